@@ -1,0 +1,295 @@
+"""Datasets as uint8 tensors, and mini-batches drawn from them on the training device.
+
+Every loader returns an :class:`ImageSet`: images (N, 3, H, W) uint8 in [0, 255] and labels (N,) int64
+in [0, n_classes). Images enter the model as float in [−1, 1] (x/127.5 − 1), see :func:`to_float`.
+
+Datasets (``--dataset``):
+- ``digits``: scikit-learn's bundled handwritten digits (1,797 8×8 images, 16 grey levels), resized to
+  32×32, 3 channels; the embedded default, no download. Split: every 5th image is the test set.
+- ``cifar10`` / ``cifar100``: torchvision's on-disk format under ``root`` (``cifar-10-batches-py``);
+  downloaded only with ``download=True``.
+- ``imagenet32``: the official Downsampled-ImageNet 32×32 files ``train_data_batch_1..10`` and
+  ``val_data`` (pickled dicts or ``.npz``) with keys ``data`` (N×3072 uint8: all red values, then all
+  green, then all blue, rows of 32), ``labels`` (1..1000) → labels 0..999.
+- ``celebahq128`` / ``folder``: class-folder layout ``root/train/<class>/*.jpg|*.png`` and
+  ``root/test/`` (or ``root/val/``); classes are the sorted folder names. ``celebahq128`` resizes to
+  128×128.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet32", "celebahq128", "folder")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class DatasetError(ValueError):
+    """A dataset is missing or malformed; the message says what was expected and where."""
+
+
+@dataclass
+class ImageSet:
+    """A labelled image set held in memory.
+
+    Attributes:
+        images: (N, 3, H, W) uint8, values 0..255.
+        labels: (N,) int64, values 0..n_classes−1.
+        n_classes: number of classes.
+        name: dataset name, for messages and caches.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    n_classes: int
+    name: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+    def subset(self, n: int | None, seed: int = 0) -> "ImageSet":
+        """The first ``n`` images of a fixed random permutation (all images if n is None or ≥ N)."""
+        if n is None or n >= len(self):
+            return self
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return ImageSet(self.images[idx], self.labels[idx], self.n_classes, self.name)
+
+
+def to_float(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] → float32 in [−1, 1] (same shape)."""
+    return images_u8.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float images in [−1, 1] → uint8 in [0, 255] (values outside are clamped; non-finite → 0)."""
+    x = torch.nan_to_num(x.detach().float(), nan=-1.0, posinf=1.0, neginf=-1.0)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _check_images(images: torch.Tensor, where: str) -> torch.Tensor:
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+        raise DatasetError(f"{where}: expected a non-empty (N, 3, H, W) uint8 image array, "
+                           f"got shape {tuple(images.shape)} dtype {images.dtype}")
+    return images.contiguous()
+
+
+def load_digits(split: str = "train", image_size: int = 32) -> ImageSet:
+    """scikit-learn's handwritten digits, resized to image_size² and repeated to 3 channels."""
+    from sklearn.datasets import load_digits as _load
+
+    bunch = _load()
+    grey = torch.from_numpy(bunch.images).float().div(16.0)[:, None]  # (N, 1, 8, 8) in [0, 1]
+    grey = F.interpolate(grey, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    images = (grey.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(bunch.target).long()
+    test = torch.arange(len(labels)) % 5 == 0
+    keep = test if split == "test" else ~test
+    return ImageSet(images[keep].contiguous(), labels[keep].contiguous(), 10, "digits")
+
+
+def load_cifar(root: str, split: str, n_classes: int, download: bool = False) -> ImageSet:
+    """CIFAR-10/100 in torchvision's on-disk format under ``root``."""
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if n_classes == 10 else datasets.CIFAR100
+    try:
+        ds = cls(root, train=(split == "train"), download=download)
+    except RuntimeError as e:
+        raise DatasetError(f"cifar{n_classes}: expected torchvision's CIFAR files under {root!r} "
+                           f"(or pass --download): {e}") from None
+    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
+    return ImageSet(_check_images(images, f"cifar{n_classes} {root}"),
+                    torch.as_tensor(ds.targets, dtype=torch.long), n_classes, f"cifar{n_classes}")
+
+
+def _read_imagenet32_file(path: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        if path.endswith(".npz"):
+            with np.load(path) as f:
+                d = {k: f[k] for k in f.files}
+        else:
+            with open(path, "rb") as f:
+                d = pickle.load(f)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a malformed dataset
+        raise DatasetError(f"imagenet32: could not read {path!r} as a pickled dict or .npz: {e}") from None
+    if not isinstance(d, dict) or "data" not in d or "labels" not in d:
+        raise DatasetError(f"imagenet32: {path!r} must hold a dict with keys 'data' and 'labels'")
+    data, labels = np.asarray(d["data"]), np.asarray(d["labels"]).astype(np.int64).reshape(-1)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise DatasetError(f"imagenet32: {path!r}: expected 'data' N×3072 uint8 and N labels, got "
+                           f"{data.shape} {data.dtype} and {labels.shape[0]} labels")
+    if labels.min() < 1 or labels.max() > 1000:
+        raise DatasetError(f"imagenet32: {path!r}: expected labels in 1..1000, got "
+                           f"{labels.min()}..{labels.max()}")
+    return data, labels - 1
+
+
+def load_imagenet32(root: str, split: str) -> ImageSet:
+    """Downsampled ImageNet 32×32 (train_data_batch_1..10 / val_data, pickled or .npz)."""
+    stems = [f"train_data_batch_{i}" for i in range(1, 11)] if split == "train" else ["val_data"]
+    paths = []
+    for stem in stems:
+        found = [p for p in (os.path.join(root, stem), os.path.join(root, stem + ".npz")) if os.path.isfile(p)]
+        if found:
+            paths.append(found[0])
+    if not paths:
+        raise DatasetError(f"imagenet32: expected {stems[0]}[.npz] ... under {root!r}, found none")
+    parts = [_read_imagenet32_file(p) for p in paths]
+    data = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    # Each row holds 1024 red values, then 1024 green, then 1024 blue, each plane row-major.
+    images = torch.from_numpy(data).view(-1, 3, 32, 32)
+    return ImageSet(_check_images(images, f"imagenet32 {root}"), torch.from_numpy(labels), 1000, "imagenet32")
+
+
+def load_folder(root: str, split: str, image_size: int | None = None, name: str = "folder",
+                max_per_class: int | None = None) -> ImageSet:
+    """Class-folder layout ``root/<split>/<class>/*.jpg|png`` (``test`` falls back to ``val``).
+
+    Images are decoded to RGB; if ``image_size`` is given they are resized to image_size² (antialiased),
+    otherwise all images must share one size. ``max_per_class`` keeps the first files of each class.
+    """
+    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.transforms.v2.functional import resize
+
+    split_dir = os.path.join(root, split)
+    if split == "test" and not os.path.isdir(split_dir):
+        split_dir = os.path.join(root, "val")
+    if not os.path.isdir(split_dir):
+        raise DatasetError(f"{name}: expected class folders under {os.path.join(root, split)!r}"
+                           f"{' (or val/)' if split == 'test' else ''}, found no such folder")
+    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    images, labels = [], []
+    for c, cls in enumerate(classes):
+        files = sorted(f for f in glob.glob(os.path.join(split_dir, cls, "*"))
+                       if f.lower().endswith(IMAGE_EXTENSIONS))[:max_per_class]
+        for f in files:
+            try:
+                img = decode_image(read_file(f), mode=ImageReadMode.RGB)
+            except Exception as e:  # noqa: BLE001
+                raise DatasetError(f"{name}: could not decode image {f!r}: {e}") from None
+            if image_size is not None and tuple(img.shape[1:]) != (image_size, image_size):
+                img = resize(img, [image_size, image_size], antialias=True)
+            images.append(img)
+            labels.append(c)
+    if not images:
+        raise DatasetError(f"{name}: expected *.jpg or *.png images in class folders under {split_dir!r}, "
+                           f"found none")
+    sizes = {tuple(i.shape) for i in images}
+    if len(sizes) > 1:
+        raise DatasetError(f"{name}: images under {split_dir!r} have different sizes {sorted(sizes)[:3]}...; "
+                           f"pass an image size to resize them")
+    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), len(classes), name)
+
+
+def load_dataset(name: str, root: str | None = None, split: str = "train", download: bool = False,
+                 max_per_class: int | None = None) -> ImageSet:
+    """Load a dataset by name (see module docstring) into an :class:`ImageSet`.
+
+    Args:
+        name: one of :data:`DATASETS`.
+        root: data folder (not needed for ``digits``).
+        split: ``"train"`` or ``"test"``.
+        download: allow torchvision to download CIFAR (never done otherwise).
+        max_per_class: for the folder layouts, keep at most this many images per class (tests, demos).
+
+    Raises:
+        DatasetError: unknown name or split, missing root, missing or malformed files.
+    """
+    if name not in DATASETS:
+        raise DatasetError(f"dataset: expected one of {DATASETS}, got {name!r}")
+    if split not in ("train", "test"):
+        raise DatasetError(f"split: expected 'train' or 'test', got {split!r}")
+    if name == "digits":
+        return load_digits(split)
+    if not root:
+        raise DatasetError(f"dataset {name!r} needs --data-root (the folder that holds its files)")
+    if not os.path.isdir(root) and not download:
+        raise DatasetError(f"dataset {name!r}: data root {root!r} is not a folder")
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(root, split, 10 if name == "cifar10" else 100, download)
+    if name == "imagenet32":
+        return load_imagenet32(root, split)
+    return load_folder(root, split, 128 if name == "celebahq128" else None, name, max_per_class)
+
+
+def augment(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Reflect-pad by ``pad``, random crop back to H×W, random horizontal flip — batched, fixed shapes.
+
+    x: (N, C, H, W) float; uses the global torch RNG of x's device. Returns a new (N, C, H, W) tensor.
+    """
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
+    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                 torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    flip = torch.rand(n, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+class Batches:
+    """Mini-batches of a dataset kept on the training device as uint8 (airbench-style).
+
+    The batch of global iteration ``it`` is a pure function of (seed, stream, it): sample i of the
+    concatenated per-epoch permutations, so that a resumed run reads exactly the same batches.
+
+    Args:
+        data: the :class:`ImageSet`.
+        batch_size: images per batch (fixed; every batch has this size).
+        device: where images live and batches are built.
+        seed, stream: the permutation of pass p is ``randperm(N)`` seeded by (seed, stream, p).
+        augment: apply :func:`augment` (reflect-pad 4, crop, flip).
+        data_noise: standard deviation of Gaussian noise added to the [−1, 1] batch (JEM uses 0.03).
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, device, seed: int = 0, stream: int = 0,
+                 augment: bool = False, data_noise: float = 0.0):
+        if batch_size < 1:
+            raise ValueError(f"batch size: expected >= 1, got {batch_size}")
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size, self.seed, self.stream = batch_size, seed, stream
+        self.augment, self.data_noise = augment, data_noise
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, p: int) -> torch.Tensor:
+        if p not in self._perms:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.stream) * 1_000_003 + p)
+            self._perms = {k: v for k, v in self._perms.items() if k >= p - 1}
+            self._perms[p] = torch.randperm(len(self.labels), generator=g).to(self.labels.device)
+        return self._perms[p]
+
+    def indices(self, it: int) -> torch.Tensor:
+        """Dataset indices (batch_size,) int64 of global iteration ``it``."""
+        n = len(self.labels)
+        start = it * self.batch_size
+        pos = torch.arange(start, start + self.batch_size)
+        passes = pos // n
+        out = torch.empty(self.batch_size, dtype=torch.long, device=self.labels.device)
+        for p in passes.unique().tolist():
+            sel = (passes == p).nonzero().squeeze(1)
+            out[sel.to(out.device)] = self._perm(p)[(pos[sel] % n).to(out.device)]
+        return out
+
+    def get(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch of iteration ``it``: images (B, 3, H, W) float32 in [−1, 1] (plus noise/augmentation), labels (B,)."""
+        idx = self.indices(it)
+        x = to_float(self.images[idx])
+        if self.augment:
+            x = augment(x)
+        if self.data_noise > 0:
+            x = x + self.data_noise * torch.randn_like(x)
+        return x, self.labels[idx]

@@ -1,0 +1,173 @@
+"""Energy functions E_θ(x): a Wide-ResNet backbone with the heads of M-EBM, M-JEM and JEM.
+
+Sign convention (the one of the whole package): E(x) is an *energy*, low = likely,
+p_θ(x) ∝ exp(−E_θ(x)).
+
+- ``mebm``: E(x) = w·h(x) + b, a linear energy head on the penultimate features h(x); unconditional.
+- ``mjem``: the same energy head plus a classifier head (paper Fig. 2a); the energy comes from the
+  energy head, p(y|x) from the classifier head.
+- ``jem``:  E(x) = −logsumexp_y f(x)[y] (JEM, paper Eq. 4), the classifier's logits define the energy.
+
+The backbone follows the WRN of the JEM / JEM++ / M-EBM code lineage: pre-activation basic blocks,
+LeakyReLU(0.2), optional BatchNorm or no normalization, 3×3 convolutions with bias, and a fourth
+stage for inputs of 64 px and more (CelebA-HQ 128).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MODEL_KINDS = ("mebm", "mjem", "jem")
+NORMS = ("batch", "none")
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Energies and logits are reduced in fp32 (or fp64), never in bf16/fp16."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _norm(channels: int, norm: str, momentum: float = 0.1) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(channels, momentum=momentum)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+
+
+class WideBasic(nn.Module):
+    """Pre-activation wide basic block: x + conv(act(norm(conv(act(norm(x)))))).
+
+    Input (N, C_in, H, W) → output (N, C_out, H/stride, W/stride), any float dtype.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int, norm: str, leak: float, dropout: float):
+        super().__init__()
+        self.norm1 = _norm(in_planes, norm)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, padding=1, bias=True)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.norm2 = _norm(planes, norm)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=True)
+        self.act = nn.LeakyReLU(leak)
+        self.shortcut = (
+            nn.Conv2d(in_planes, planes, 1, stride=stride, bias=True)
+            if stride != 1 or in_planes != planes
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.dropout(self.conv1(self.act(self.norm1(x))))
+        out = self.conv2(self.act(self.norm2(out)))
+        return out + self.shortcut(x)
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-width feature extractor h(x).
+
+    Args:
+        depth: 6n + 4 (28 in the paper; 10 is the smallest with one block per stage; 4 gives a stem only).
+        width: widening factor k (10 on CIFAR, 2 on ImageNet 32×32, 5 on CelebA-HQ 128).
+        norm: ``"batch"`` or ``"none"``.
+        image_size: input side in pixels; 64 and more adds a fourth stage (stride 2, 128·k channels).
+        in_channels, leak (LeakyReLU slope, 0.2), dropout (0 in the paper).
+
+    Input: (N, in_channels, image_size, image_size) float in [−1, 1]. Output: (N, feature_dim) features.
+
+    Raises:
+        ValueError: depth not of the form 6n + 4, width < 1, unknown norm.
+    """
+
+    def __init__(self, depth: int = 28, width: int = 10, norm: str = "batch", image_size: int = 32,
+                 in_channels: int = 3, leak: float = 0.2, dropout: float = 0.0):
+        super().__init__()
+        if depth < 4 or (depth - 4) % 6 != 0:
+            raise ValueError(f"WRN depth: expected 6n + 4 (10, 16, 22, 28, ...), got {depth}")
+        if width < 1:
+            raise ValueError(f"WRN width: expected an integer >= 1, got {width}")
+        n = (depth - 4) // 6
+        stages = [16, 16 * width, 32 * width, 64 * width]
+        strides = [1, 2, 2]
+        if image_size >= 64:
+            stages.append(128 * width)
+            strides.append(2)
+        self.conv1 = nn.Conv2d(in_channels, stages[0], 3, padding=1, bias=True)
+        layers, in_planes = [], stages[0]
+        for planes, stride in zip(stages[1:], strides):
+            for i in range(n):
+                layers.append(WideBasic(in_planes, planes, stride if i == 0 else 1, norm, leak, dropout))
+                in_planes = planes
+        self.blocks = nn.Sequential(*layers)
+        self.norm = _norm(in_planes, norm, momentum=0.1)
+        self.act = nn.LeakyReLU(leak)
+        self.feature_dim = in_planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.norm(self.blocks(self.conv1(x))))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+class EnergyModel(nn.Module):
+    """E_θ(x) and, for classifier models, p_θ(y|x).
+
+    Args:
+        kind: ``"mebm"``, ``"mjem"`` or ``"jem"`` (see module docstring).
+        n_classes: number of classes (needed for ``mjem`` and ``jem``).
+        depth, width, norm, image_size, in_channels: the WRN backbone (:class:`WideResNet`).
+
+    Raises:
+        ValueError: unknown kind, or a classifier kind with n_classes < 2.
+    """
+
+    def __init__(self, kind: str = "mjem", n_classes: int = 10, depth: int = 28, width: int = 10,
+                 norm: str = "batch", image_size: int = 32, in_channels: int = 3, dropout: float = 0.0):
+        super().__init__()
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"model kind: expected one of {MODEL_KINDS}, got {kind!r}")
+        if kind != "mebm" and n_classes < 2:
+            raise ValueError(f"model {kind!r} is a classifier: expected n_classes >= 2, got {n_classes}")
+        self.kind = kind
+        self.n_classes = n_classes
+        self.f = WideResNet(depth, width, norm, image_size, in_channels, dropout=dropout)
+        d = self.f.feature_dim
+        self.energy_head = nn.Linear(d, 1) if kind in ("mebm", "mjem") else None
+        self.class_head = nn.Linear(d, n_classes) if kind in ("mjem", "jem") else None
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.class_head is not None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features h(x): (N, feature_dim)."""
+        return self.f(x)
+
+    def energy_from_features(self, h: torch.Tensor) -> torch.Tensor:
+        """Energy (N,) float32 from features (N, feature_dim); JEM: −logsumexp of the logits (Eq. 4)."""
+        if self.energy_head is not None:
+            return _at_least_fp32(self.energy_head(h).squeeze(1))
+        return -torch.logsumexp(_at_least_fp32(self.class_head(h)), dim=1)
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """E_θ(x): input (N, C, H, W) in [−1, 1] → energies (N,) float32 (low = likely)."""
+        return self.energy_from_features(self.features(x))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Classifier logits (N, n_classes) float32. Raises RuntimeError for ``mebm``."""
+        if self.class_head is None:
+            raise RuntimeError("model 'mebm' has no classifier head: logits are defined for 'mjem' and 'jem'")
+        return _at_least_fp32(self.class_head(self.features(x)))
+
+    def forward(self, x: torch.Tensor):
+        """One backbone pass → (energy (N,) float32, logits (N, n_classes) float32 or None)."""
+        h = self.features(x)
+        if self.class_head is None:
+            return self.energy_from_features(h), None
+        logits = _at_least_fp32(self.class_head(h))
+        if self.energy_head is None:  # JEM: the logits define the energy (Eq. 4)
+            return -torch.logsumexp(logits, dim=1), logits
+        return self.energy_from_features(h), logits
+
+
+def build_model(cfg) -> EnergyModel:
+    """Build the :class:`EnergyModel` described by a :class:`fastebm.config.Config`."""
+    return EnergyModel(kind=cfg.model, n_classes=cfg.n_classes, depth=cfg.depth, width=cfg.width,
+                       norm=cfg.norm, image_size=cfg.image_size, in_channels=3, dropout=cfg.dropout)

@@ -1,0 +1,303 @@
+"""The training loop: Algorithm 1 of the paper (:meth:`Trainer.train_step`), with logging, evaluation,
+sample grids, atomic checkpoints, exact resume and divergence stops around it (:meth:`Trainer.fit`).
+
+Run folder (``cfg.out``):
+    config.json     the resolved configuration
+    metrics.jsonl   one JSON object per line: {"kind": "train", "iter", "epoch", "loss", "loss_gen",
+                    "loss_cls", "e_pos", "e_neg", "acc", "lr", "it_s"} and {"kind": "eval", "iter",
+                    "test_acc", "test_loss", "test_energy"}
+    samples/        PNG grids of replay-buffer samples (negatives) and of p0 samples
+    p0.pt           the fitted informative initialization (cache, reused by later runs)
+    ckpt.pt         the latest checkpoint (written atomically)
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+import numpy as np
+import torch
+
+from .buffer import ReplayBuffer
+from .checkpoint import CheckpointError, atomic_save, load_checkpoint
+from .config import Config
+from .data import Batches, ImageSet, load_dataset, to_float, to_uint8
+from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
+from .loss import classification_loss, generative_loss
+from .model import build_model
+from .sampler import SGLDConfig, frozen_bn_stats, sgld
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged (non-finite or exploding loss/energies); the last good checkpoint is intact."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise ``torch.device(name)``.
+
+    Raises ValueError for an unknown device string or an unavailable CUDA device.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def lr_at(cfg: Config, it: int) -> float:
+    """Learning rate at iteration ``it``: linear warm-up over ``warmup_iters``, then ×decay_rate at each
+    epoch in ``decay_epochs``."""
+    lr = cfg.lr * cfg.decay_rate ** sum(it >= e * cfg.iters_per_epoch for e in cfg.decay_epochs)
+    if it < cfg.warmup_iters:
+        lr *= (it + 1) / cfg.warmup_iters
+    return lr
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Builds a run from a :class:`Config` and trains it.
+
+    Args:
+        cfg: resolved configuration (:func:`fastebm.config.resolve`).
+        train_data, test_data: optional preloaded :class:`ImageSet` (else loaded from cfg).
+
+    Raises:
+        DatasetError: missing or malformed data. ValueError: bad configuration.
+    """
+
+    def __init__(self, cfg: Config, train_data: ImageSet | None = None, test_data: ImageSet | None = None):
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        if train_data is None:
+            train_data = load_dataset(cfg.dataset, cfg.data_root, "train", cfg.download, cfg.max_per_class)
+        self.train_data = train_data.subset(cfg.train_subset, cfg.seed)
+        self.test_data = test_data
+        cfg.image_size, cfg.n_classes = self.train_data.image_size, self.train_data.n_classes
+        self.cfg = cfg
+        self.out = cfg.out or os.path.join("runs", f"{cfg.dataset}-{cfg.model}-k{cfg.k}")
+        os.makedirs(os.path.join(self.out, "samples"), exist_ok=True)
+
+        self.model = build_model(cfg).to(self.device)
+        params = self.model.parameters()
+        if cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        form = default_cov_form(cfg.image_size) if cfg.cov == "auto" else cfg.cov
+        self.p0 = load_or_fit_p0(self.train_data, cfg.p0, form, cfg.rank, os.path.join(self.out, "p0.pt"),
+                                 self.device)
+        self.buffer = ReplayBuffer(cfg.buffer_size, self.p0, cfg.reinit_freq, self.device)
+        self.sgld_cfg = SGLDConfig(cfg.k, cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, cfg.sgld_bn)
+        self.gen_batches = Batches(self.train_data, cfg.batch_size, self.device, cfg.seed, stream=0,
+                                   data_noise=cfg.data_noise)
+        self.cls_batches = None
+        if cfg.model == "mjem":  # M-JEM: a second, augmented batch for p(y|x)
+            self.cls_batches = Batches(self.train_data, cfg.cls_batch_size, self.device, cfg.seed, stream=1,
+                                       augment=True, data_noise=cfg.data_noise)
+        self.iteration = 0
+        self.last_checkpoint: str | None = None
+        self._log_file = None
+
+    # ------------------------------------------------------------------ Algorithm 1
+    def train_step(self, it: int) -> dict:
+        """One iteration of Algorithm 1; returns device tensors (no host sync)."""
+        cfg, model = self.cfg, self.model
+        x_pos, y_pos = self.gen_batches.get(it)                     # x+ ~ p_data (not augmented)
+        x0, idx = self.buffer.sample(cfg.batch_size)                # lines 2–3: x0 ~ B, ρ of them from p0
+        x_neg = sgld(model, x0, self.sgld_cfg)                      # lines 4–6: K SGLD steps (Eq. 3)
+        written = self.buffer.update(idx, x_neg)                    # line 7: B ← x−
+        e_pos, logits = model(x_pos)                                # E(x+) (and JEM's logits, same batch)
+        with frozen_bn_stats(model):                                # E(x−); BN running stats stay
+            e_neg = model.energy(x_neg)                             #   estimates of the data's
+        loss_gen = generative_loss(e_pos, e_neg, cfg.l2, cfg.reg_form)  # Eq. 8
+        loss, loss_cls, acc = loss_gen, torch.zeros((), device=x_pos.device), torch.zeros((), device=x_pos.device)
+        if model.has_classifier:                                    # M-JEM / JEM: − log p(y|x)
+            if self.cls_batches is not None:                        # M-JEM: separate augmented batch
+                x_cls, y = self.cls_batches.get(it)
+                logits = model.logits(x_cls)
+            else:                                                   # JEM: the same batch as p(x)
+                y = y_pos
+            loss_cls = classification_loss(logits, y)
+            loss = loss + cfg.cls_weight * loss_cls
+            acc = (logits.argmax(1) == y).float().mean()
+        self.opt.zero_grad(set_to_none=True)                        # line 8: θ ← θ − η ∇θ L
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.detach(), "loss_gen": loss_gen.detach(), "loss_cls": loss_cls.detach(),
+                "e_pos": e_pos.detach().mean(), "e_neg": e_neg.detach().mean(), "acc": acc,
+                "finite_negatives": written.float().mean(), "_x_pos": x_pos, "_x_neg": x_neg}
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        """Train from ``self.iteration`` to ``cfg.total_iters``; returns the last logged metrics.
+
+        Raises:
+            DivergenceError: non-finite or |loss| > max_loss; a diagnostic grid is saved and the last
+                good checkpoint is left as it was.
+        """
+        cfg = self.cfg
+        with open(os.path.join(self.out, "config.json"), "w") as f:
+            f.write(cfg.to_json())
+        eval_every = cfg.eval_every or cfg.iters_per_epoch
+        sample_every = cfg.sample_every or cfg.iters_per_epoch
+        ckpt_every = cfg.ckpt_every or cfg.iters_per_epoch
+        self._log_file = open(os.path.join(self.out, "metrics.jsonl"), "a")
+        bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.total_iters, initial=self.iteration, dynamic_ncols=True, mininterval=1.0)
+        last, t0, it0 = {}, time.perf_counter(), self.iteration
+        try:
+            while self.iteration < cfg.total_iters:
+                it = self.iteration
+                for g in self.opt.param_groups:
+                    g["lr"] = lr_at(cfg, it)
+                self.model.train()
+                m = self.train_step(it)
+                self.iteration = it + 1
+                done = self.iteration
+                if done % cfg.check_every == 0 or done % cfg.log_every == 0 or done % ckpt_every == 0:
+                    self._check(m, done)
+                if done % cfg.log_every == 0 or done == cfg.total_iters:
+                    rate = (done - it0) / max(time.perf_counter() - t0, 1e-9)
+                    last = {"kind": "train", "iter": done, "epoch": done / cfg.iters_per_epoch,
+                            **{k: float(v) for k, v in m.items() if not k.startswith("_")},
+                            "lr": lr_at(cfg, it), "it_s": rate}
+                    self.log(last)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{last['loss']:.3g}", e_pos=f"{last['e_pos']:.3g}",
+                                        e_neg=f"{last['e_neg']:.3g}", acc=f"{last['acc']:.2f}")
+                if done % eval_every == 0 or done == cfg.total_iters:
+                    self.log({"kind": "eval", "iter": done, **self.evaluate()})
+                if done % sample_every == 0 or done == cfg.total_iters:
+                    self.save_samples(f"iter_{done:07d}")
+                if done % ckpt_every == 0 or done == cfg.total_iters:
+                    self.save_checkpoint()
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            self._log_file.close()
+        return last
+
+    def _check(self, m: dict, it: int) -> None:
+        """Stop on non-finite or exploding loss/energies (host sync; every ``check_every`` iterations)."""
+        vals = torch.stack([m["loss"], m["e_pos"], m["e_neg"]]).float().cpu()
+        if bool(torch.isfinite(vals).all()) and float(vals[0].abs()) <= self.cfg.max_loss:
+            return
+        path = self.save_samples(f"diverged_iter_{it:07d}", extra=(m["_x_pos"], m["_x_neg"]))
+        raise DivergenceError(
+            f"training diverged at iteration {it}: loss {float(vals[0]):.4g}, E(x+) {float(vals[1]):.4g}, "
+            f"E(x-) {float(vals[2]):.4g} (limit |loss| <= {self.cfg.max_loss:g}); diagnostic grid {path}; "
+            f"last good checkpoint: {self.last_checkpoint or 'none written yet'}")
+
+    def log(self, record: dict) -> None:
+        self._log_file.write(json.dumps(record) + "\n")
+        self._log_file.flush()
+
+    # ------------------------------------------------------------------ evaluation and samples
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Test accuracy / loss (classifier models) and mean test energy, in eval mode."""
+        cfg = self.cfg
+        if self.test_data is None:
+            try:
+                self.test_data = load_dataset(cfg.dataset, cfg.data_root, "test", False, cfg.max_per_class)
+            except ValueError:
+                self.test_data = False  # no test split: evaluation reports nothing
+        if self.test_data is False:
+            return {}
+        data = self.test_data.subset(cfg.test_subset, 0)
+        self.model.eval()
+        n, correct, loss, energy = len(data), 0.0, 0.0, 0.0
+        for i in range(0, n, 256):
+            x = to_float(data.images[i:i + 256].to(self.device))
+            y = data.labels[i:i + 256].to(self.device)
+            e, logits = self.model(x)
+            energy += float(e.sum())
+            if logits is not None:
+                correct += float((logits.argmax(1) == y).sum())
+                loss += float(classification_loss(logits, y)) * len(y)
+        self.model.train()
+        out = {"test_energy": energy / n}
+        if self.model.has_classifier:
+            out.update(test_acc=correct / n, test_loss=loss / n)
+        return out
+
+    def save_samples(self, name: str, extra=None) -> str:
+        """PNG grid of 64 replay-buffer samples (or of ``extra`` tensors) under samples/; returns the path."""
+        from torchvision.utils import save_image
+
+        imgs = torch.cat([t[:32] for t in extra]) if extra is not None else self.buffer.samples[:64]
+        path = os.path.join(self.out, "samples", f"{name}.png")
+        save_image(to_uint8(imgs).float() / 255.0, path, nrow=8)
+        return path
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "buffer": self.buffer.state_dict(), "p0": self.p0.state_dict(), "rng": rng_state(),
+                "iteration": self.iteration, "epoch": self.iteration / self.cfg.iters_per_epoch,
+                "config": self.cfg.to_dict(), "arch": self.cfg.arch(), "format": "fastebm-1"}
+
+    def save_checkpoint(self, path: str | None = None) -> str:
+        """Write ckpt.pt atomically (never with non-finite parameters or buffer)."""
+        path = path or os.path.join(self.out, "ckpt.pt")
+        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if not finite or not bool(torch.isfinite(self.buffer.samples).all()):
+            raise DivergenceError(f"refusing to write a checkpoint with non-finite values at iteration "
+                                  f"{self.iteration}; last good checkpoint: {self.last_checkpoint}")
+        atomic_save(self.state_dict(), path)
+        self.last_checkpoint = path
+        return path
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore model, optimizer, buffer, p0, RNG states and iteration from ``path`` (exact resume).
+
+        Raises:
+            CheckpointError: missing/unreadable file, or a checkpoint of another model/architecture.
+        """
+        ckpt = load_checkpoint(path, map_location="cpu")
+        if ckpt.get("arch") != self.cfg.arch():
+            raise CheckpointError(f"checkpoint {path!r} is for model {ckpt.get('arch')}, "
+                                  f"expected {self.cfg.arch()}")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.buffer.load_state_dict(ckpt["buffer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {path!r} does not fit this run: {e}") from None
+        self.p0 = p0_from_state_dict(ckpt["p0"]).to(self.device)
+        self.buffer.p0 = self.p0
+        self.iteration = int(ckpt["iteration"])
+        set_rng_state(ckpt["rng"])
+        self.last_checkpoint = path
+
+
+def checkpoint_config(path: str) -> dict:
+    """The configuration stored in a checkpoint (raises CheckpointError if unreadable)."""
+    return load_checkpoint(path)["config"]
+

@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from fastebm.loss import classification_loss, generative_loss
+
+
+def test_eq8_and_reference_forms():
+    e_pos = torch.tensor([1.0, -2.0, 0.5])
+    e_neg = torch.tensor([3.0, 0.0, 1.5])
+    contrast = e_pos.mean() - e_neg.mean()
+    eq8 = contrast + 0.5 * ((e_pos ** 2).mean() + (e_neg ** 2).mean())  # (1+4+.25)/3 + (9+0+2.25)/3
+    torch.testing.assert_close(generative_loss(e_pos, e_neg, 0.5), eq8)
+    torch.testing.assert_close(eq8, torch.tensor(-1.6666667 + 0.5 * (5.25 / 3 + 11.25 / 3)))
+    ref = contrast + 0.5 * ((e_pos ** 2).mean() + e_neg.mean() ** 2)
+    torch.testing.assert_close(generative_loss(e_pos, e_neg, 0.5, "reference"), ref)
+    torch.testing.assert_close(generative_loss(e_pos, e_neg, 0.0), contrast)
+
+
+def test_gradient_lowers_positive_and_raises_negative_energy():
+    e_pos = torch.zeros(4, requires_grad=True)
+    e_neg = torch.zeros(4, requires_grad=True)
+    generative_loss(e_pos, e_neg, 0.1).backward()
+    assert torch.all(e_pos.grad > 0) and torch.all(e_neg.grad < 0)
+
+
+def test_errors_and_cross_entropy():
+    with pytest.raises(ValueError, match="regularization form"):
+        generative_loss(torch.zeros(2), torch.zeros(2), 0.1, "l1")
+    with pytest.raises(ValueError, match="λ"):
+        generative_loss(torch.zeros(2), torch.zeros(2), -1.0)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    expected = -torch.log_softmax(logits, 1)[[0, 1], [0, 0]].mean()
+    torch.testing.assert_close(classification_loss(logits, torch.tensor([0, 0])), expected)

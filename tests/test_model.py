@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from fastebm.model import EnergyModel, WideResNet
+
+
+@pytest.mark.parametrize("kind", ["mebm", "mjem", "jem"])
+def test_energy_input_gradient_matches_finite_differences(kind):
+    torch.manual_seed(0)
+    model = EnergyModel(kind, n_classes=5, depth=10, width=1, norm="none", image_size=8).double().eval()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64) * 2 - 1
+    x.requires_grad_(True)
+    (g,) = torch.autograd.grad(model.energy(x).sum(), x)
+    # Central differences along a few random directions.
+    for seed in range(3):
+        v = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        h = 1e-5
+        with torch.no_grad():
+            fd = (model.energy(x + h * v).sum() - model.energy(x - h * v).sum()) / (2 * h)
+        assert torch.allclose((g * v).sum(), fd, rtol=1e-6, atol=1e-8)
+
+
+def test_heads_and_sign_convention(tiny_model):
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    jem = tiny_model("jem").eval()
+    e, logits = jem(x)
+    assert e.shape == (4,) and logits.shape == (4, 10) and e.dtype == torch.float32
+    assert torch.allclose(e, -torch.logsumexp(logits, 1))  # Eq. 4: low energy = likely
+    assert torch.allclose(jem.energy(x), e)
+    mjem = tiny_model("mjem").eval()
+    e2, logits2 = mjem(x)
+    assert torch.allclose(e2, mjem.energy_head(mjem.features(x)).squeeze(1))
+    assert logits2.shape == (4, 10)
+    mebm = tiny_model("mebm").eval()
+    assert mebm(x)[1] is None and not mebm.has_classifier
+    with pytest.raises(RuntimeError, match="no classifier head"):
+        mebm.logits(x)
+
+
+def test_wrn_shapes_and_fourth_stage():
+    assert WideResNet(28, 10).feature_dim == 640
+    net = WideResNet(10, 1, image_size=64)
+    assert net.feature_dim == 128  # fourth stage: 128·k channels
+    assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 128)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in WideResNet(10, 1, norm="none").modules()) == 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(depth=27), "6n \\+ 4"), (dict(width=0), "width"), (dict(norm="layer"), "norm")])
+def test_bad_architecture(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WideResNet(**{"depth": 10, "width": 1, **kwargs})
+
+
+def test_bad_kind():
+    with pytest.raises(ValueError, match="model kind"):
+        EnergyModel("ebm")

@@ -1,0 +1,138 @@
+"""End-to-end training: Algorithm 1 on real images, exact resume, divergence stops, bad input."""
+import json
+import os
+
+import pytest
+import torch
+
+from fastebm.config import resolve
+from fastebm.data import load_dataset
+from fastebm.train import main
+from fastebm.trainer import DivergenceError, Trainer
+
+TINY = dict(depth=10, width=1, buffer_size=200, batch_size=16, cls_batch_size=32, warmup_iters=5,
+            decay_epochs=[], progress=False, log_every=1, eval_every=1000, sample_every=1000, test_subset=64)
+TINY_CLI = ["--depth", "10", "--width", "1", "--buffer-size", "200", "--batch-size", "8", "--cls-batch-size", "8",
+            "--train-subset", "200", "--test-subset", "32", "--no-progress", "--warmup-iters", "2", "--log-every", "1"]
+
+
+def _records(out, kind="train"):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def cifar_subset(cifar_root):
+    return (load_dataset("folder", cifar_root, "train", max_per_class=24),
+            load_dataset("folder", cifar_root, "test", max_per_class=8))
+
+
+def test_mjem_on_real_cifar_gives_finite_energies_and_falling_classification_loss(tmp_path, cifar_subset):
+    cfg = resolve(dict(TINY, dataset="folder", model="mjem", k=2, epochs=1, iters_per_epoch=40, lr=0.05,
+                       out=str(tmp_path), eval_every=40))
+    trainer = Trainer(cfg, *cifar_subset)
+    trainer.fit()
+    recs = _records(tmp_path)
+    assert len(recs) == 40
+    assert all(torch.isfinite(torch.tensor([r["e_pos"], r["e_neg"], r["loss"]])).all() for r in recs)
+    first = sum(r["loss_cls"] for r in recs[:8]) / 8
+    last = sum(r["loss_cls"] for r in recs[-8:]) / 8
+    assert last < first - 0.1, (first, last)
+    assert os.path.isfile(tmp_path / "ckpt.pt") and os.path.isfile(tmp_path / "samples" / "iter_0000040.png")
+    ev = _records(tmp_path, "eval")
+    assert ev and 0 <= ev[-1]["test_acc"] <= 1
+    assert json.load(open(tmp_path / "config.json"))["k"] == 2
+    assert torch.isfinite(trainer.buffer.samples).all()
+
+
+@pytest.mark.parametrize("model", ["mebm", "jem"])
+def test_other_models_train(tmp_path, cifar_subset, model):
+    cfg = resolve(dict(TINY, dataset="folder", model=model, k=2, epochs=1, iters_per_epoch=3, out=str(tmp_path)))
+    if model == "jem":
+        assert cfg.p0 == "uniform" and cfg.l2 == 0.0 and cfg.norm == "none"
+    Trainer(cfg, *cifar_subset).fit()
+    assert len(_records(tmp_path)) == 3
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, cifar_subset):
+    base = dict(TINY, dataset="folder", model="mjem", k=2, iters_per_epoch=3, noise=0.01, data_noise=0.01)
+    full = Trainer(resolve(dict(base, epochs=2, out=str(tmp_path / "a"))), *cifar_subset)
+    full.fit()
+    half = Trainer(resolve(dict(base, epochs=1, out=str(tmp_path / "b"))), *cifar_subset)
+    half.fit()
+    resumed = Trainer(resolve(dict(base, epochs=2, out=str(tmp_path / "b"))), *cifar_subset)
+    resumed.load_checkpoint(str(tmp_path / "b" / "ckpt.pt"))
+    assert resumed.iteration == 3
+    resumed.fit()
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.equal(full.buffer.samples, resumed.buffer.samples)
+    assert full.opt.state_dict()["state"][0]["momentum_buffer"].equal(
+        resumed.opt.state_dict()["state"][0]["momentum_buffer"])
+    assert [r["loss"] for r in _records(tmp_path / "a")][3:] == [r["loss"] for r in _records(tmp_path / "b")][3:]
+
+
+def test_divergence_stops_with_last_good_checkpoint_intact(tmp_path, cifar_subset):
+    cfg = resolve(dict(TINY, dataset="folder", k=1, epochs=1, iters_per_epoch=2, out=str(tmp_path)))
+    Trainer(cfg, *cifar_subset).fit()
+    ckpt = tmp_path / "ckpt.pt"
+    before = ckpt.read_bytes()
+    cfg2 = resolve(dict(TINY, dataset="folder", k=1, epochs=2, iters_per_epoch=2, out=str(tmp_path),
+                        max_loss=1e-12))
+    t = Trainer(cfg2, *cifar_subset)
+    t.load_checkpoint(str(ckpt))
+    with pytest.raises(DivergenceError, match="diverged at iteration 3") as e:
+        t.fit()
+    assert "last good checkpoint" in str(e.value)
+    assert ckpt.read_bytes() == before
+    assert os.path.isfile(tmp_path / "samples" / "diverged_iter_0000003.png")
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+def test_non_finite_energies_stop_the_run(tmp_path, cifar_subset):
+    cfg = resolve(dict(TINY, dataset="folder", k=1, epochs=1, iters_per_epoch=3, out=str(tmp_path)))
+    t = Trainer(cfg, *cifar_subset)
+    with torch.no_grad():
+        t.model.energy_head.bias.fill_(float("nan"))
+    with pytest.raises(DivergenceError, match="iteration 1"):
+        t.fit()
+    assert not os.path.exists(tmp_path / "ckpt.pt")
+    assert torch.isfinite(t.buffer.samples).all()
+
+
+def test_cli_digits_run_and_resume(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(TINY_CLI + ["--out", out, "--epochs", "1", "--iters-per-epoch", "2", "--k", "1"]) == 0
+    assert {"config.json", "metrics.jsonl", "ckpt.pt", "p0.pt", "samples"} <= set(os.listdir(out))
+    with pytest.raises(SystemExit) as e:  # an existing run is never overwritten
+        main(TINY_CLI + ["--out", out, "--epochs", "1", "--iters-per-epoch", "2"])
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+    assert main(["--resume", os.path.join(out, "ckpt.pt"), "--epochs", "2", "--no-progress"]) == 0
+    assert [r["iter"] for r in _records(out)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--dataset", "folder", "--data-root", "/nonexistent/data"], "not a folder"),
+    (["--dataset", "cifar10"], "needs --data-root"),
+    (["--k", "0"], "K must be an integer >= 1"),
+    (["--reinit-freq", "1.5"], "reinit-freq"),
+    (["--device", "tpu"], "--device"),
+    (["--model", "ebm"], "invalid choice"),
+    (["--cov", "diag"], "invalid choice"),
+    (["--resume", "/nonexistent/ckpt.pt"], "expected a file"),
+])
+def test_cli_bad_input_gives_one_line_error(argv, match, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert match in err[-1]
+
+
+def test_cli_checkpoint_from_another_model(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(TINY_CLI + ["--out", out, "--epochs", "1", "--iters-per-epoch", "1", "--k", "1",
+                            "--model", "mebm"]) == 0
+    with pytest.raises(SystemExit) as e:
+        main(["--resume", os.path.join(out, "ckpt.pt"), "--model", "mjem"])
+    assert e.value.code == 2 and "expected {'model': 'mjem'" in capsys.readouterr().err
