@@ -25,7 +25,14 @@ import os
 
 import torch
 
-__all__ = ["make_rng_state", "check_rng_state", "advance_rng_state", "is_dense", "check_device_runnable"]
+__all__ = [
+    "make_rng_state",
+    "check_rng_state",
+    "advance_rng_state",
+    "is_dense",
+    "same_layout",
+    "check_device_runnable",
+]
 
 
 def make_rng_state(seed: int, device=None) -> torch.Tensor:
@@ -87,6 +94,12 @@ def is_dense(t: torch.Tensor) -> bool:
             return False
         expected *= sz
     return True
+
+
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when ``a`` and ``b`` (same shape) place every element at the same memory index, i.e. their
+    strides agree on all dimensions of size > 1 (the stride of a size-1 dimension is irrelevant)."""
+    return all(sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n > 1)
 
 
 def check_device_runnable(device: torch.device, what: str) -> None:

@@ -23,7 +23,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import advance_rng_state, check_device_runnable, check_rng_state, is_dense, make_rng_state
+from ._common import (
+    advance_rng_state,
+    check_device_runnable,
+    check_rng_state,
+    is_dense,
+    make_rng_state,
+    same_layout,
+)
 
 __all__ = ["langevin_step", "langevin_step_reference", "make_rng_state"]
 
@@ -152,7 +159,7 @@ def langevin_step(
         raise ValueError(f"x and grad must have the same shape, got {tuple(x.shape)} and {tuple(grad.shape)}")
     if x.device != grad.device:
         raise ValueError(f"x and grad must be on the same device, got {x.device} and {grad.device}")
-    if x.numel() > 1 and x.stride() != grad.stride():
+    if not same_layout(x, grad):
         raise ValueError(
             f"x and grad must have the same strides (the kernel walks both in memory order), got "
             f"{x.stride()} and {grad.stride()}; make them both contiguous or both channels_last"
@@ -183,7 +190,7 @@ def langevin_step(
             raise TypeError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
         if out.dtype != torch.float32:
             raise TypeError(f"out must be torch.float32, got {out.dtype}")
-        if out.shape != x.shape or out.device != x.device or (x.numel() > 1 and out.stride() != x.stride()):
+        if out.shape != x.shape or out.device != x.device or not same_layout(out, x):
             raise ValueError(
                 f"out must match x in shape, strides and device: expected {tuple(x.shape)}, "
                 f"{x.stride()}, {x.device}; got {tuple(out.shape)}, {out.stride()}, {out.device}"

@@ -102,6 +102,11 @@ def test_langevin_channels_last_and_inplace(device):
     yc = langevin_step(xc, gc, 0.01, 0.0, rs, grad_clip=3.0)
     assert yc.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(yc, y)
+    # a size-1 channel dim: channels_last and contiguous strides differ only on that dim (irrelevant)
+    x1, g1 = x[:, :1].contiguous(), g[:, :1].to(memory_format=torch.channels_last)
+    assert x1.stride() != g1.stride()
+    y1 = langevin_step(x1, g1, 0.01, 0.0, rs, grad_clip=3.0)
+    assert_exact(y1, langevin_step_reference(x1, g1, 0.01, 0.0, grad_clip=3.0), device)
     # in place (out=x), channels_last
     ret = langevin_step(xc, gc, 0.01, 0.0, rs, grad_clip=3.0, out=xc)
     assert ret is xc and torch.equal(xc, y)
