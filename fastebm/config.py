@@ -83,6 +83,13 @@ class Config:
     epochs: int = 150
     iters_per_epoch: int = 390
     max_loss: float = 1e5  # |loss| above this stops the run (reference code)
+    # fast path (issue 3); "auto" = fast on CUDA, plain reference path on CPU (see fast_flags / plain_flags)
+    compile: str = "auto"  # off | default | max-autotune
+    cuda_graphs: bool | None = None  # capture the K-step SGLD loop in a CUDA graph
+    amp: str = "auto"  # bf16 | fp16 | off: autocast for the network
+    triton: bool | None = None  # fused Triton kernels (Langevin update, low-rank p0 sampling)
+    channels_last: bool | None = None
+    nvtx: bool = False  # NVTX ranges for nsys
     # run
     device: str = "auto"
     seed: int = 1
@@ -124,7 +131,35 @@ JEM_BASELINE = dict(k=20, p0="uniform", l2=0.0, noise=0.01, data_noise=0.03, nor
 
 CHOICES = {"dataset": DATASETS, "model": MODEL_KINDS, "norm": NORMS, "p0": ("gaussian", "uniform"),
            "cov": ("auto",) + COV_FORMS, "sgld_bn": BN_MODES, "reg_form": REG_FORMS,
-           "optimizer": ("sgd", "adam"), "device": None}
+           "optimizer": ("sgd", "adam"), "device": None,
+           "compile": ("auto", "off", "default", "max-autotune"), "amp": ("auto", "bf16", "fp16", "off")}
+
+
+def plain_flags() -> dict:
+    """Every fast-path flag off: the plain PyTorch reference path."""
+    return dict(compile="off", cuda_graphs=False, amp="off", triton=False, channels_last=False)
+
+
+def fast_flags(device_type: str) -> dict:
+    """The fast-path flags that ``auto`` means on a device type: everything on CUDA, plain on CPU."""
+    if device_type != "cuda":
+        return plain_flags()
+    return dict(compile="default", cuda_graphs=True, amp="bf16", triton=True, channels_last=True)
+
+
+def resolve_fast_flags(cfg: "Config", device_type: str) -> None:
+    """Replace ``auto`` / None fast-path flags of ``cfg`` in place by :func:`fast_flags` of the device.
+
+    Raises ValueError when a CUDA-only flag (cuda_graphs, triton) is forced on without CUDA.
+    """
+    auto = fast_flags(device_type)
+    for name, value in auto.items():
+        if getattr(cfg, name) in (None, "auto"):
+            setattr(cfg, name, value)
+    if device_type != "cuda":
+        for name in ("cuda_graphs", "triton"):
+            if getattr(cfg, name):
+                raise ValueError(f"--{name.replace('_', '-')} needs a CUDA device (this run is on {device_type})")
 
 
 def resolve(overrides: dict) -> Config:

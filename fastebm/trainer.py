@@ -22,7 +22,7 @@ import torch
 
 from .buffer import ReplayBuffer
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint
-from .config import Config
+from .config import Config, resolve_fast_flags
 from .data import Batches, ImageSet, load_dataset, to_float, to_uint8
 from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
 from .loss import classification_loss, generative_loss
@@ -87,6 +87,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, train_data: ImageSet | None = None, test_data: ImageSet | None = None):
         self.device = resolve_device(cfg.device)
+        resolve_fast_flags(cfg, self.device.type)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
