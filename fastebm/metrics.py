@@ -149,17 +149,6 @@ def _sqrtm(a: np.ndarray) -> np.ndarray:
     return linalg.sqrtm(a, disp=False)[0]
 
 
-def _trace_sqrt_product_symmetric(s1: np.ndarray, s2: np.ndarray) -> float:
-    """tr sqrt(s1 @ s2) through symmetric eigendecompositions: s1 @ s2 is similar to the PSD
-    matrix s1^1/2 s2 s1^1/2, so its square root's trace is the sum of the square roots of that
-    matrix's (clipped, non-negative) eigenvalues.  Always real; used as the last fallback."""
-    w, v = np.linalg.eigh((s1 + s1.T) / 2.0)
-    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    m = root1 @ s2 @ root1
-    ev = np.linalg.eigvalsh((m + m.T) / 2.0)
-    return float(np.sum(np.sqrt(np.clip(ev, 0.0, None))))
-
-
 def _check_gaussian(mu: Any, sigma: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
     mu = np.atleast_1d(_float64(mu, f"mu{i}"))
     sigma = np.atleast_2d(_float64(sigma, f"sigma{i}"))
@@ -200,17 +189,19 @@ def frechet_distance(
         FID is conventionally reported.
 
     Numerics (all in float64):
-        The matrix square root is taken with ``scipy.linalg.sqrtm`` of ``sigma1 @ sigma2``.  When
-        either covariance is numerically singular (smallest eigenvalue <= 1e-10 x largest, e.g.
-        fewer samples than feature dimensions) or the square root comes back with non-finite
-        entries or a non-negligible imaginary part, a :class:`UserWarning` is issued and the
-        distance is computed between N(mu1, sigma1 + eps I) and N(mu2, sigma2 + eps I).  Unlike
-        pytorch-fid, the traces are taken of the regularised covariances as well, so identical
-        statistics still give ~0 rather than -2·F·eps.  If the regularised square root still has
-        a large imaginary part or non-finite entries, the trace of the square root is computed
-        instead from the eigenvalues of the similar PSD matrix sigma1^1/2 sigma2 sigma1^1/2 (again
-        with a warning).  A slightly negative result from rounding is clipped to 0.0.  A merely
-        near-singular product never raises.
+        Normally the matrix square root is taken with ``scipy.linalg.sqrtm`` of
+        ``sigma1 @ sigma2``, as pytorch-fid does (results agree with it to ~1e-10).  When either
+        covariance is numerically singular (smallest eigenvalue <= 1e-10 x largest, e.g. fewer
+        samples than feature dimensions) or that square root has non-finite entries or a
+        non-negligible imaginary part (> 1e-10 x its largest real entry), a :class:`UserWarning`
+        is issued and the distance is computed between N(mu1, sigma1 + eps I) and
+        N(mu2, sigma2 + eps I).  Unlike pytorch-fid, the traces are taken of the regularised
+        covariances too, so identical statistics still give ~0 rather than -2·F·eps.  In that
+        regularised case tr sqrt(S1 S2) is computed as the sum of the square roots of the
+        eigenvalues of the similar symmetric PSD matrix S1^1/2 S2 S1^1/2 (eigenvalues clipped at
+        0), which is always real and ~10x faster than ``sqrtm`` on an ill-conditioned 2048 x 2048
+        product.  A slightly negative result from rounding is clipped to 0.0 (with a warning if it
+        is below -1e-6 x the total variance).  A singular or near-singular product never raises.
 
     Raises:
         ValueError: if shapes do not match ((F,), (F, F)), values are not finite, a covariance is
@@ -227,10 +218,10 @@ def frechet_distance(
         raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
     n_feat = mu1.shape[0]
 
+    w1, w2 = np.linalg.eigvalsh(sigma1), np.linalg.eigvalsh(sigma2)
     problems: list[str] = []
-    for i, s in ((1, sigma1), (2, sigma2)):
-        ev = np.linalg.eigvalsh(s)
-        top = max(float(np.max(np.abs(ev))), 0.0)
+    for i, ev in ((1, w1), (2, w2)):
+        top = float(np.max(np.abs(ev)))
         if ev[0] < -1e-3 * top:
             raise ValueError(
                 f"sigma{i}: expected a positive semi-definite covariance matrix, got smallest "
@@ -242,22 +233,20 @@ def frechet_distance(
                 "fewer samples than feature dimensions?)"
             )
 
-    def imag_issue(c: np.ndarray) -> float:
-        if not np.iscomplexobj(c):
-            return 0.0
-        imag = float(np.max(np.abs(c.imag)))
-        real = float(np.max(np.abs(c.real)))
-        return imag if imag > 1e-10 * max(real, 1e-300) else 0.0
-
-    covmean = None
+    tr_covmean = 0.0
     if not problems:
         covmean = _sqrtm(sigma1 @ sigma2)
         if not np.all(np.isfinite(covmean)):
             problems.append("the square root of sigma1 @ sigma2 has non-finite entries")
-        elif imag_issue(covmean):
+        elif np.iscomplexobj(covmean) and np.max(np.abs(covmean.imag)) > 1e-10 * max(
+            float(np.max(np.abs(covmean.real))), 1e-300
+        ):
             problems.append(
-                f"the square root of sigma1 @ sigma2 has an imaginary part (max {imag_issue(covmean):.3g})"
+                "the square root of sigma1 @ sigma2 has an imaginary part "
+                f"(max {np.max(np.abs(covmean.imag)):.3g})"
             )
+        else:
+            tr_covmean = float(np.trace(covmean.real if np.iscomplexobj(covmean) else covmean))
 
     if problems:
         warnings.warn(
@@ -266,35 +255,16 @@ def frechet_distance(
             UserWarning,
             stacklevel=2,
         )
-        offset = np.eye(n_feat) * eps
-        sigma1 = sigma1 + offset
-        sigma2 = sigma2 + offset
-        covmean = _sqrtm(sigma1 @ sigma2)
-        tr_covmean = None
-        if not np.all(np.isfinite(covmean)):
-            tr_covmean = _trace_sqrt_product_symmetric(sigma1, sigma2)
-            warnings.warn(
-                "frechet_distance: the regularised square root is still not finite; using the "
-                "eigenvalues of sigma1^1/2 sigma2 sigma1^1/2 instead",
-                UserWarning,
-                stacklevel=2,
-            )
-        elif np.iscomplexobj(covmean):
-            if np.allclose(np.diagonal(covmean).imag, 0.0, atol=1e-3):
-                tr_covmean = float(np.trace(covmean.real))
-            else:
-                tr_covmean = _trace_sqrt_product_symmetric(sigma1, sigma2)
-                warnings.warn(
-                    "frechet_distance: the regularised square root still has a large imaginary "
-                    f"part (max {np.max(np.abs(covmean.imag)):.3g}); using the eigenvalues of "
-                    "sigma1^1/2 sigma2 sigma1^1/2 instead",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        else:
-            tr_covmean = float(np.trace(covmean))
-    else:
-        tr_covmean = float(np.trace(covmean.real if np.iscomplexobj(covmean) else covmean))
+        sigma1 = sigma1 + np.eye(n_feat) * eps
+        sigma2 = sigma2 + np.eye(n_feat) * eps
+        # tr sqrt(S1 S2) = tr sqrt(S1^1/2 S2 S1^1/2): the latter matrix is symmetric PSD, so the
+        # trace is the sum of the square roots of its (clipped) eigenvalues -- always real, and far
+        # faster than sqrtm on an ill-conditioned product.
+        w1, v1 = np.linalg.eigh(sigma1)
+        root1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
+        m = root1 @ sigma2 @ root1
+        ev = np.linalg.eigvalsh((m + m.T) / 2.0)
+        tr_covmean = float(np.sum(np.sqrt(np.clip(ev, 0.0, None))))
 
     diff = mu1 - mu2
     dist = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
@@ -762,7 +732,7 @@ def save_stats(path: str | os.PathLike, mu: Any, sigma: Any) -> str:
     tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
     try:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, mu=mu, sigma=sigma)
+            np.savez(fh, mu=mu, sigma=sigma)  # uncompressed: float64 covariances barely compress
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
