@@ -37,7 +37,10 @@ Design (issue 6):
   once per backward, which holds because each parameter is used by at least one loss term
   (energy head by E(x±), class head by the classification loss, JEM's class head by both).
   Hence ``find_unused_parameters=False`` (an unused parameter would make DDP raise at the next
-  iteration, never silently skip a reduction) and no ``static_graph``.
+  iteration, never silently skip a reduction) and no ``static_graph``. (DDP's reduction hooks sit on
+  the parameters' gradient accumulators, which fire once per backward with the gradient summed over
+  all forwards; a DDP forward is what arms the reducer for that backward. Routing all three passes
+  through DDP keeps this explicit and does not depend on which pass comes first.)
 - **SGLD never communicates.** The sampler runs the bare module (not the DDP wrapper) with every
   parameter frozen (``requires_grad_(False)`` in ``sampling_mode``), so no parameter gradient and
   hence no DDP gradient hook or all-reduce happens while sampling (tested with a counting comm hook).
