@@ -253,12 +253,17 @@ class Batches:
         seed, stream: the permutation of pass p is ``randperm(N)`` seeded by (seed, stream, p).
         augment: apply :func:`augment` (reflect-pad 4, crop, flip).
         data_noise: standard deviation of Gaussian noise added to the [−1, 1] batch (JEM uses 0.03).
+        shard: (rank, world_size) of a data-parallel run: :meth:`get` returns the rank-th contiguous
+            slice (``tensor_split``) of the global batch of ``batch_size`` images; (0, 1) = all of it.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, device, seed: int = 0, stream: int = 0,
-                 augment: bool = False, data_noise: float = 0.0):
+                 augment: bool = False, data_noise: float = 0.0, shard: tuple[int, int] = (0, 1)):
         if batch_size < 1:
             raise ValueError(f"batch size: expected >= 1, got {batch_size}")
+        if not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"batch shard: expected (rank, world_size) with 0 <= rank < world_size, got {shard}")
+        self.shard = tuple(shard)
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size, self.seed, self.stream = batch_size, seed, stream
@@ -285,8 +290,12 @@ class Batches:
         return out
 
     def get(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch of iteration ``it``: images (B, 3, H, W) float32 in [−1, 1] (plus noise/augmentation), labels (B,)."""
+        """Batch of iteration ``it``: images (B, 3, H, W) float32 in [−1, 1] (plus noise/augmentation), labels (B,).
+
+        With ``shard=(r, N)``: the r-th slice of the global batch's indices (B/N images when N divides B)."""
         idx = self.indices(it)
+        if self.shard[1] > 1:
+            idx = torch.tensor_split(idx, self.shard[1])[self.shard[0]]
         x = to_float(self.images[idx])
         if self.augment:
             x = augment(x)

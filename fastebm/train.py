@@ -6,6 +6,9 @@ described in :mod:`fastebm.trainer`. ``--resume RUN/ckpt.pt`` continues a run ex
 (same buffer, optimizer, LR schedule position and RNG states); options given with ``--resume`` override
 the stored configuration, except the architecture, which must match.
 
+Data-parallel: ``torchrun --nproc-per-node N -m fastebm.train ...`` trains on N processes (DDP; gloo on
+CPU, nccl on GPUs); see :mod:`fastebm.distributed`. A plain run creates no process group.
+
 Exit status: 0 done, 1 training diverged (the last good checkpoint is intact), 2 bad input.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 from .checkpoint import CheckpointError
 from .config import CHOICES, Config, resolve
 from .data import DatasetError
+from .distributed import init_from_env, shutdown
 from .trainer import DivergenceError, Trainer, checkpoint_config
 
 
@@ -99,10 +103,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        shutdown()  # the torchrun process group, if any
+
+
+def _main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
+        init_from_env(cfg.device)  # torchrun (WORLD_SIZE > 1): process group from RANK/WORLD_SIZE/LOCAL_RANK
         trainer = Trainer(cfg)
         if args.resume:
             trainer.load_checkpoint(args.resume)
@@ -111,9 +123,12 @@ def main(argv=None) -> int:
                                   f"{os.path.join(trainer.out, 'ckpt.pt')} or choose another --out")
     except (ValueError, DatasetError, CheckpointError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    print(f"fastebm: {cfg.model} on {cfg.dataset} ({len(trainer.train_data)} images, "
-          f"{cfg.image_size}px, {cfg.n_classes} classes), WRN-{cfg.depth}-{cfg.width}, K={cfg.k}, "
-          f"device {trainer.device}, run folder {trainer.out}", file=sys.stderr)
+    say = trainer.dist.is_main  # only rank 0 talks
+    if say:
+        print(f"fastebm: {cfg.model} on {cfg.dataset} ({len(trainer.train_data)} images, "
+              f"{cfg.image_size}px, {cfg.n_classes} classes), WRN-{cfg.depth}-{cfg.width}, K={cfg.k}, "
+              f"device {trainer.device}, {trainer.dist.world_size} process(es), run folder {trainer.out}",
+              file=sys.stderr)
     try:
         last = trainer.fit()
     except DivergenceError as e:
@@ -122,8 +137,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; last checkpoint: {trainer.last_checkpoint}", file=sys.stderr)
         return 130
-    print(f"fastebm: done at iteration {trainer.iteration}; last metrics {last}; checkpoint "
-          f"{trainer.last_checkpoint}", file=sys.stderr)
+    if say:
+        print(f"fastebm: done at iteration {trainer.iteration}; last metrics {last}; checkpoint "
+              f"{trainer.last_checkpoint}", file=sys.stderr)
     return 0
 
 

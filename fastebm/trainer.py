@@ -24,6 +24,7 @@ from .buffer import ReplayBuffer
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint
 from .config import Config, resolve_fast_flags
 from .data import Batches, ImageSet, load_dataset, to_float, to_uint8
+from .distributed import DistContext
 from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
 from .loss import classification_loss, generative_loss
 from .model import build_model
@@ -101,22 +102,25 @@ class Trainer:
         os.makedirs(os.path.join(self.out, "samples"), exist_ok=True)
 
         self.model = build_model(cfg).to(self.device)
+        self.dist = DistContext.for_run(cfg, self.device)           # issue 6: no-op without a process group
+        self.net = self.dist.wrap(self.model)                        # loss forwards: DDP when distributed
+        self.dist.seed_rank(cfg.seed)                                # per-rank RNG stream (buffer, SGLD)
         params = self.model.parameters()
         if cfg.optimizer == "sgd":
             self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         else:
             self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
         form = default_cov_form(cfg.image_size) if cfg.cov == "auto" else cfg.cov
-        self.p0 = load_or_fit_p0(self.train_data, cfg.p0, form, cfg.rank, os.path.join(self.out, "p0.pt"),
-                                 self.device)
-        self.buffer = ReplayBuffer(cfg.buffer_size, self.p0, cfg.reinit_freq, self.device)
+        self.p0 = self.dist.from_rank0(lambda: load_or_fit_p0(
+            self.train_data, cfg.p0, form, cfg.rank, os.path.join(self.out, "p0.pt"), self.device))
+        self.buffer = ReplayBuffer(self.dist.buffer_size(cfg.buffer_size), self.p0, cfg.reinit_freq, self.device)
         self.sgld_cfg = SGLDConfig(cfg.k, cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, cfg.sgld_bn)
         self.gen_batches = Batches(self.train_data, cfg.batch_size, self.device, cfg.seed, stream=0,
-                                   data_noise=cfg.data_noise)
+                                   data_noise=cfg.data_noise, shard=self.dist.shard)
         self.cls_batches = None
         if cfg.model == "mjem":  # M-JEM: a second, augmented batch for p(y|x)
             self.cls_batches = Batches(self.train_data, cfg.cls_batch_size, self.device, cfg.seed, stream=1,
-                                       augment=True, data_noise=cfg.data_noise)
+                                       augment=True, data_noise=cfg.data_noise, shard=self.dist.shard)
         self.iteration = 0
         self.last_checkpoint: str | None = None
         self._log_file = None
@@ -124,20 +128,20 @@ class Trainer:
     # ------------------------------------------------------------------ Algorithm 1
     def train_step(self, it: int) -> dict:
         """One iteration of Algorithm 1; returns device tensors (no host sync)."""
-        cfg, model = self.cfg, self.model
+        cfg, model, net = self.cfg, self.model, self.net            # net: DDP view when distributed
         x_pos, y_pos = self.gen_batches.get(it)                     # x+ ~ p_data (not augmented)
-        x0, idx = self.buffer.sample(cfg.batch_size)                # lines 2–3: x0 ~ B, ρ of them from p0
+        x0, idx = self.buffer.sample(len(x_pos))                    # lines 2–3: x0 ~ B, ρ of them from p0
         x_neg = sgld(model, x0, self.sgld_cfg)                      # lines 4–6: K SGLD steps (Eq. 3)
         written = self.buffer.update(idx, x_neg)                    # line 7: B ← x−
-        e_pos, logits = model(x_pos)                                # E(x+) (and JEM's logits, same batch)
+        e_pos, logits = net(x_pos)                                  # E(x+) (and JEM's logits, same batch)
         with frozen_bn_stats(model):                                # E(x−); BN running stats stay
-            e_neg = model.energy(x_neg)                             #   estimates of the data's
+            e_neg = net.energy(x_neg)                               #   estimates of the data's
         loss_gen = generative_loss(e_pos, e_neg, cfg.l2, cfg.reg_form)  # Eq. 8
         loss, loss_cls, acc = loss_gen, torch.zeros((), device=x_pos.device), torch.zeros((), device=x_pos.device)
         if model.has_classifier:                                    # M-JEM / JEM: − log p(y|x)
             if self.cls_batches is not None:                        # M-JEM: separate augmented batch
                 x_cls, y = self.cls_batches.get(it)
-                logits = model.logits(x_cls)
+                logits = net.logits(x_cls)
             else:                                                   # JEM: the same batch as p(x)
                 y = y_pos
             loss_cls = classification_loss(logits, y)
@@ -159,14 +163,15 @@ class Trainer:
                 good checkpoint is left as it was.
         """
         cfg = self.cfg
-        with open(os.path.join(self.out, "config.json"), "w") as f:
-            f.write(cfg.to_json())
+        if self.dist.is_main:                                       # only rank 0 writes
+            with open(os.path.join(self.out, "config.json"), "w") as f:
+                f.write(cfg.to_json())
         eval_every = cfg.eval_every or cfg.iters_per_epoch
         sample_every = cfg.sample_every or cfg.iters_per_epoch
         ckpt_every = cfg.ckpt_every or cfg.iters_per_epoch
-        self._log_file = open(os.path.join(self.out, "metrics.jsonl"), "a")
+        self._log_file = open(os.path.join(self.out, "metrics.jsonl") if self.dist.is_main else os.devnull, "a")
         bar = None
-        if cfg.progress:
+        if cfg.progress and self.dist.is_main:
             from tqdm import tqdm
             bar = tqdm(total=cfg.total_iters, initial=self.iteration, dynamic_ncols=True, mininterval=1.0)
         last, t0, it0 = {}, time.perf_counter(), self.iteration
@@ -176,7 +181,7 @@ class Trainer:
                 for g in self.opt.param_groups:
                     g["lr"] = lr_at(cfg, it)
                 self.model.train()
-                m = self.train_step(it)
+                m = self.dist.average_metrics(self.train_step(it))  # mean over ranks (no-op single process)
                 self.iteration = it + 1
                 done = self.iteration
                 if done % cfg.check_every == 0 or done % cfg.log_every == 0 or done % ckpt_every == 0:
@@ -224,6 +229,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Test accuracy / loss (classifier models) and mean test energy, in eval mode."""
         cfg = self.cfg
+        self.dist.average_buffers(self.model)                       # BN running stats: mean over ranks
         if self.test_data is None:
             try:
                 self.test_data = load_dataset(cfg.dataset, cfg.data_root, "test", False, cfg.max_per_class)
@@ -254,6 +260,8 @@ class Trainer:
 
         imgs = torch.cat([t[:32] for t in extra]) if extra is not None else self.buffer.samples[:64]
         path = os.path.join(self.out, "samples", f"{name}.png")
+        if not self.dist.is_main:                                   # only rank 0 writes
+            return path
         save_image(to_uint8(imgs).float() / 255.0, path, nrow=8)
         return path
 
@@ -267,11 +275,14 @@ class Trainer:
     def save_checkpoint(self, path: str | None = None) -> str:
         """Write ckpt.pt atomically (never with non-finite parameters or buffer)."""
         path = path or os.path.join(self.out, "ckpt.pt")
+        self.dist.average_buffers(self.model)                       # BN running stats: mean over ranks
         finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-        if not finite or not bool(torch.isfinite(self.buffer.samples).all()):
+        if not self.dist.all_ranks(finite and bool(torch.isfinite(self.buffer.samples).all())):
             raise DivergenceError(f"refusing to write a checkpoint with non-finite values at iteration "
                                   f"{self.iteration}; last good checkpoint: {self.last_checkpoint}")
-        atomic_save(self.state_dict(), path)
+        state = self.dist.gather_checkpoint(self.state_dict())      # every rank's buffer shard → rank 0
+        if state is not None:
+            atomic_save(state, path)
         self.last_checkpoint = path
         return path
 
@@ -288,13 +299,14 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optimizer"])
-            self.buffer.load_state_dict(ckpt["buffer"])
+            self.buffer.load_state_dict(self.dist.buffer_shard(ckpt["buffer"]))  # re-split across ranks
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint {path!r} does not fit this run: {e}") from None
         self.p0 = p0_from_state_dict(ckpt["p0"]).to(self.device)
         self.buffer.p0 = self.p0
         self.iteration = int(ckpt["iteration"])
         set_rng_state(ckpt["rng"])
+        self.dist.restore_rng(ckpt, self.iteration, self.cfg.seed)  # per-rank streams (no-op single process)
         self.last_checkpoint = path
 
 

@@ -1,0 +1,277 @@
+"""Multi-process data-parallel training (``torchrun --nproc-per-node N -m fastebm.train ...``).
+
+A plain ``python -m fastebm.train`` run creates no process group and is unchanged: every hook of
+:class:`DistContext` is a no-op for it (``enabled`` is False). Under torchrun with WORLD_SIZE > 1,
+:func:`init_from_env` creates the process group from torchrun's RANK / WORLD_SIZE / LOCAL_RANK (and
+MASTER_ADDR / MASTER_PORT) with the ``nccl`` backend on CUDA (each rank on ``cuda:LOCAL_RANK``) and
+``gloo`` on CPU, and the :class:`~fastebm.trainer.Trainer` picks it up through
+:meth:`DistContext.for_run`.
+
+Design (issue 6):
+
+- **Data sharding.** The global batch of iteration ``it`` is exactly the single-process one (the
+  ``--batch-size`` / ``--cls-batch-size`` images that :class:`~fastebm.data.Batches` picks for
+  (seed, stream, it)); rank r takes the r-th contiguous slice of it (``Batches(shard=(r, N))``).
+  Both batch sizes must be divisible by N, so every rank holds B/N images, and DDP's gradient average
+  equals the gradient of the single-process loss over the global batch (every term of the loss is a
+  mean over the batch). Data noise and augmentation are drawn per rank from the rank's own RNG.
+- **Replay buffer.** Each rank keeps its own shard of the buffer, ``tensor_split`` of the configured
+  size (so the shards add up to ``--buffer-size``), initialized and updated with the rank's own RNG
+  stream (``seed + rank·1000003``), and draws its B/N chains from it. Checkpoints hold the
+  concatenation of every rank's shard (gathered to rank 0), in the single-process format, so a
+  checkpoint resumes on any number of ranks: the concatenated buffer is re-split on load.
+- **p0** is fitted (or read from the ``p0.pt`` cache) on rank 0 only and broadcast to the others.
+- **BatchNorm: per-rank statistics**, not SyncBatchNorm. Each rank normalizes with the statistics
+  of its local batch, as the single-GPU reference code does with its batch. SyncBatchNorm would
+  all-reduce statistics in every SGLD forward *and* backward (2·K collectives per BN layer per
+  iteration) and couple the ranks' chains, while SGLD is meant to stay local and communication-free.
+  DDP's per-forward buffer broadcast is off; the BN running statistics are tracked per rank and averaged
+  across ranks before each evaluation and checkpoint (:meth:`DistContext.average_buffers`), so the
+  evaluated and saved model is the same on every rank. Consequence: with BatchNorm, a run on N ranks
+  is not numerically the single-process run (each rank's BN sees B/N images); with ``--norm none``
+  it is, up to float reduction order (tested).
+- **Gradients.** The three loss forward passes (E(x+), E(x−), logits of x_cls) go through the DDP
+  module (:class:`DDPEnergyModel`, whose ``energy`` / ``logits`` call ``DDP.forward``, which returns
+  (energy, logits) and so uses every parameter), then one backward all-reduces every gradient once:
+  several forwards before one backward are fine for DDP as long as each parameter gets its gradient
+  once per backward, which holds because each parameter is used by at least one loss term
+  (energy head by E(x±), class head by the classification loss, JEM's class head by both).
+  Hence ``find_unused_parameters=False`` (an unused parameter would make DDP raise at the next
+  iteration, never silently skip a reduction) and no ``static_graph``. (DDP's reduction hooks sit on
+  the parameters' gradient accumulators, which fire once per backward with the gradient summed over
+  all forwards; a DDP forward is what arms the reducer for that backward. Routing all three passes
+  through DDP keeps this explicit and does not depend on which pass comes first.)
+- **SGLD never communicates.** The sampler runs the bare module (not the DDP wrapper) with every
+  parameter frozen (``requires_grad_(False)`` in ``sampling_mode``), so no parameter gradient and
+  hence no DDP gradient hook or all-reduce happens while sampling (tested with a counting comm hook).
+- **Only rank 0 writes** config.json, metrics.jsonl, sample grids, p0.pt and checkpoints. Logged
+  training metrics are averaged over ranks every iteration (one small all-reduce), so every rank
+  takes the same divergence decision.
+- **RNG and resume.** Checkpoints also store every rank's RNG state; a resume on the same number of
+  ranks restores each rank's stream (exact resume), on another number rank 0 takes the stored
+  rank-0 state and the other ranks reseed from (seed, rank, iteration).
+"""
+from __future__ import annotations
+
+import datetime
+import inspect
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+RANK_SEED_STRIDE = 1_000_003
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE set by torchrun (1 when absent)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_from_env(device: str = "auto", timeout_s: float | None = None) -> bool:
+    """Create the process group when launched by torchrun with WORLD_SIZE > 1; return whether it did.
+
+    Backend: ``nccl`` when the run is on CUDA (``device`` auto with CUDA available, ``cuda``), each
+    rank pinned to ``cuda:LOCAL_RANK``; ``gloo`` otherwise. Does nothing for a plain single-process
+    run (no RANK/WORLD_SIZE, or WORLD_SIZE=1) or when a process group already exists.
+
+    Raises:
+        ValueError: ``device`` names one CUDA device (``cuda:N``) in a multi-process run.
+    """
+    if env_world_size() <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and ":" in device:
+        raise ValueError(f"--device {device}: with torchrun pass --device auto or cuda "
+                         f"(rank r uses cuda:LOCAL_RANK)")
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    kw = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+    dist.init_process_group("nccl" if use_cuda else "gloo", **kw)
+    return True
+
+
+def shutdown() -> None:
+    """Destroy the process group if one exists."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _no_forward_buffer_sync() -> dict:
+    """DDP keyword that stops the per-forward broadcast of rank 0's buffers (BN running stats): newer
+    torch calls it ``forward_sync_buffers`` (``broadcast_buffers`` is deprecated there), older torch
+    only has ``broadcast_buffers``. The buffers are still equal at start (same seed, init sync)."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
+class DDPEnergyModel:
+    """The loss-side view of a DDP-wrapped :class:`~fastebm.model.EnergyModel`: ``net(x)``,
+    ``net.energy(x)`` and ``net.logits(x)`` all run ``DDP.forward`` (one backbone pass returning
+    (energy, logits)), so their gradients are all-reduced. Sampling must use the bare module."""
+
+    def __init__(self, ddp: nn.parallel.DistributedDataParallel):
+        self.ddp, self.module = ddp, ddp.module
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.module.has_classifier
+
+    def __call__(self, x):
+        return self.ddp(x)
+
+    def energy(self, x):
+        return self.ddp(x)[0]
+
+    def logits(self, x):
+        if not self.module.has_classifier:
+            raise RuntimeError("model 'mebm' has no classifier head: logits are defined for 'mjem' and 'jem'")
+        return self.ddp(x)[1]
+
+
+class DistContext:
+    """Rank, world size and the distributed hooks of a run (all no-ops when ``enabled`` is False)."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, device: torch.device | None = None):
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+
+    @classmethod
+    def for_run(cls, cfg, device) -> "DistContext":
+        """The context of a run: distributed iff a process group is initialized with world size > 1.
+
+        Raises:
+            ValueError: batch sizes not divisible by the world size, or a buffer smaller than it.
+        """
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return cls(0, 1, device)
+        ctx = cls(dist.get_rank(), dist.get_world_size(), device)
+        n = ctx.world_size
+        for name in ("batch_size", "cls_batch_size"):
+            if getattr(cfg, name) % n:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: the global batch must be "
+                                 f"divisible by the number of ranks ({n})")
+        if cfg.buffer_size < n:
+            raise ValueError(f"--buffer-size {cfg.buffer_size}: expected at least one sample per rank ({n})")
+        return ctx
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(rank, world size), for :class:`~fastebm.data.Batches`."""
+        return self.rank, self.world_size
+
+    # ---------------------------------------------------------------- setup
+    def wrap(self, model: nn.Module):
+        """The module the loss forwards go through: ``model`` itself, or a :class:`DDPEnergyModel`."""
+        if not self.enabled:
+            return model
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=False, **_no_forward_buffer_sync())
+        return DDPEnergyModel(ddp)
+
+    def seed_rank(self, seed: int, iteration: int = 0) -> None:
+        """Give this rank its own torch / numpy / python RNG stream (buffer, SGLD noise, augmentation)."""
+        if not self.enabled:
+            return
+        s = (seed + RANK_SEED_STRIDE * self.rank + 7919 * iteration) % (2 ** 31)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+
+    def buffer_size(self, total: int) -> int:
+        """This rank's share of a buffer of ``total`` samples (``tensor_split`` sizes; they sum to total)."""
+        return total // self.world_size + (1 if self.rank < total % self.world_size else 0)
+
+    def from_rank0(self, build):
+        """p0 = ``build()`` on rank 0, broadcast to the other ranks (``build`` runs once in all)."""
+        if not self.enabled:
+            return build()
+        from .init import p0_from_state_dict
+
+        obj = [build().state_dict() if self.is_main else None]
+        dist.broadcast_object_list(obj, src=0, device=self._comm_device())
+        return p0_from_state_dict(obj[0]).to(self.device)
+
+    # ---------------------------------------------------------------- per step
+    def average_metrics(self, m: dict) -> dict:
+        """Average the scalar metrics (keys not starting with ``_``) over ranks (one all-reduce)."""
+        if not self.enabled:
+            return m
+        keys = [k for k in m if not k.startswith("_")]
+        vals = torch.stack([m[k].detach().float().reshape(()) for k in keys])
+        dist.all_reduce(vals)
+        vals /= self.world_size
+        return {**m, **dict(zip(keys, vals.unbind()))}
+
+    def all_ranks(self, flag: bool) -> bool:
+        """True iff ``flag`` is true on every rank."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([0.0 if flag else 1.0], device=self._comm_device())
+        dist.all_reduce(t)
+        return float(t) == 0.0
+
+    @torch.no_grad()
+    def average_buffers(self, model: nn.Module) -> None:
+        """Average floating-point buffers (BatchNorm running mean / var) over ranks, in place."""
+        if not self.enabled:
+            return
+        for b in model.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b /= self.world_size
+
+    # ---------------------------------------------------------------- checkpoints
+    def gather_checkpoint(self, state: dict) -> dict | None:
+        """Rank 0: ``state`` with the buffer replaced by the concatenation of every rank's shard (the
+        single-process format) and every rank's RNG state under ``state["dist"]``; other ranks: None."""
+        if not self.enabled:
+            return state
+        shards = [None] * self.world_size if self.is_main else None
+        dist.gather_object({"samples": state["buffer"]["samples"], "rng": state["rng"]}, shards, dst=0)
+        if not self.is_main:
+            return None
+        buf = dict(state["buffer"], samples=torch.cat([s["samples"] for s in shards]))
+        return {**state, "buffer": buf,
+                "dist": {"world_size": self.world_size, "rng": [s["rng"] for s in shards],
+                         "shard_sizes": [len(s["samples"]) for s in shards]}}
+
+    def buffer_shard(self, buffer_state: dict) -> dict:
+        """This rank's slice of a checkpoint's (concatenated) buffer state."""
+        if not self.enabled:
+            return buffer_state
+        part = torch.tensor_split(buffer_state["samples"], self.world_size)[self.rank]
+        return dict(buffer_state, samples=part)
+
+    def restore_rng(self, ckpt: dict, iteration: int, seed: int) -> None:
+        """After the rank-0 RNG state of ``ckpt`` was set: give each rank its own stream back."""
+        if not self.enabled:
+            return
+        saved = ckpt.get("dist")
+        if saved and saved.get("world_size") == self.world_size:
+            from .trainer import set_rng_state
+
+            set_rng_state(saved["rng"][self.rank])
+        elif not self.is_main:
+            self.seed_rank(seed, iteration)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")

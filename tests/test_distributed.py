@@ -1,0 +1,218 @@
+"""Data-parallel training (issue 6) on CPU with the gloo backend and 2 processes.
+
+One ``torch.multiprocessing.spawn`` job (module fixture ``ddp``) runs, in each of 2 ranks:
+  A. M-JEM with BatchNorm through ``Trainer.fit`` with a comm hook that counts DDP's gradient buckets:
+     parameters must be identical across ranks, replay-buffer shards must differ, and SGLD must
+     trigger no all-reduce while a training step does;
+  B. JEM with ``norm="none"``, no data noise, SGLD noise 0 and negatives from a fixed global batch, to
+     compare the logged (rank-averaged) loss and the final parameters with a single-process run of the
+     same global batch. Per-rank BatchNorm statistics would make this comparison inexact (each rank
+     normalizes over B/N images), hence ``norm="none"`` here.
+Then a real ``torchrun --nproc-per-node 2 -m fastebm.train`` run writes a checkpoint that resumes on 1
+process with the full-size buffer.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from fastebm.config import resolve
+from fastebm.data import Batches, load_dataset
+from fastebm.distributed import DistContext
+from fastebm.sampler import sgld
+from fastebm.train import main
+from fastebm.trainer import Trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORLD = 2
+TINY = dict(dataset="digits", depth=10, width=1, train_subset=200, test_subset=32, progress=False, log_every=1,
+            warmup_iters=2, decay_epochs=[], epochs=1, device="cpu")
+CFG_A = dict(TINY, model="mjem", k=2, batch_size=16, cls_batch_size=16, buffer_size=64, iters_per_epoch=3)
+CFG_B = dict(TINY, model="jem", k=2, batch_size=16, buffer_size=16, iters_per_epoch=3, data_noise=0.0,
+             noise=0.0, norm="none", lr=1e-3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _records(out, kind="train"):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+class FixedNegatives:
+    """Replay-buffer stand-in: the x0 of the i-th draw is this rank's slice of a fixed global batch
+    (a function of i only), so a 2-rank run and a 1-rank run see the same global negatives."""
+
+    def __init__(self, rank: int, global_batch: int):
+        self.rank, self.global_batch, self.calls = rank, global_batch, 0
+        self.samples = torch.zeros(4, 3, 32, 32)
+
+    def sample(self, n):
+        g = torch.Generator().manual_seed(1000 + self.calls)
+        self.calls += 1
+        x = torch.rand(self.global_batch, 3, 32, 32, generator=g) * 2 - 1
+        return x[self.rank * n:(self.rank + 1) * n], torch.arange(n)
+
+    def update(self, idx, x):
+        return torch.ones(len(idx), dtype=torch.bool)
+
+    def state_dict(self):
+        return {"samples": self.samples, "reinit_freq": 0.0}
+
+
+def _worker(rank, port, tmp):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    from fastebm.distributed import init_from_env, shutdown
+
+    assert init_from_env("cpu", timeout_s=120)
+    try:
+        data = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+        # A: M-JEM with BatchNorm, counting DDP's all-reduced gradient buckets.
+        t = Trainer(resolve(dict(CFG_A, out=os.path.join(tmp, "a"))), *data)
+        buckets = []
+        t.net.ddp.register_comm_hook(None, lambda state, bucket: (buckets.append(1), allreduce_hook(None, bucket))[1])
+        t.fit()
+        n_fit = len(buckets)
+        grads = [p.grad.clone() for p in t.model.parameters()]
+        buffer_at_ckpt = t.buffer.samples.clone()
+        x0, _ = t.buffer.sample(8)
+        sgld(t.model, x0, t.sgld_cfg)  # SGLD after training: no all-reduce, gradients untouched
+        n_sgld = len(buckets) - n_fit
+        grads_untouched = all(torch.equal(g, p.grad) for g, p in zip(grads, t.model.parameters()))
+        t.model.train()
+        t.train_step(t.iteration)  # one more optimizer step: the same number of buckets as each fit step
+        n_step = len(buckets) - n_fit - n_sgld
+        torch.save({"params": [p.detach().clone() for p in t.model.parameters()], "buffer": buffer_at_ckpt,
+                    "buffer_len": len(t.buffer), "n_fit": n_fit, "n_sgld": n_sgld, "n_step": n_step,
+                    "grads_untouched": grads_untouched, "x_pos": t.gen_batches.get(0)[0]},
+                   os.path.join(tmp, f"a{rank}.pt"))
+        # B: JEM without normalization on a fixed global batch of negatives.
+        t = Trainer(resolve(dict(CFG_B, out=os.path.join(tmp, "b"))), *data)
+        t.buffer = FixedNegatives(rank, CFG_B["batch_size"])
+        t.fit()
+        torch.save({"params": [p.detach().clone() for p in t.model.parameters()]}, os.path.join(tmp, f"b{rank}.pt"))
+    finally:
+        shutdown()
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("ddp"))
+    mp.spawn(_worker, args=(_free_port(), tmp), nprocs=WORLD, join=True)
+    return tmp, [torch.load(os.path.join(tmp, f"a{r}.pt")) for r in range(WORLD)], \
+        [torch.load(os.path.join(tmp, f"b{r}.pt")) for r in range(WORLD)]
+
+
+def test_parameters_stay_identical_across_ranks(ddp):
+    _, a, b = ddp
+    for res in (a, b):
+        for p0, p1 in zip(res[0]["params"], res[1]["params"]):
+            assert torch.equal(p0, p1)
+    # and training did move them: rank 0 of A differs from a fresh model of the same seed
+    torch.manual_seed(1)
+    from fastebm.model import build_model
+    fresh = build_model(resolve(dict(CFG_A, n_classes=10)))
+    assert any(not torch.equal(p, q) for p, q in zip(fresh.parameters(), a[0]["params"]))
+
+
+def test_ranks_take_their_slice_of_the_global_batch(ddp):
+    _, a, _ = ddp
+    data = load_dataset("digits", split="train").subset(200, 1)
+    full, _ = Batches(data, CFG_A["batch_size"], "cpu", seed=1).get(0)
+    assert torch.equal(torch.cat([a[0]["x_pos"], a[1]["x_pos"]]), full)
+
+
+def test_buffer_shards_differ_and_add_up_to_the_configured_size(ddp):
+    tmp, a, _ = ddp
+    assert [r["buffer_len"] for r in a] == [CFG_A["buffer_size"] // WORLD] * WORLD
+    assert not torch.allclose(a[0]["buffer"], a[1]["buffer"])
+    ckpt = torch.load(os.path.join(tmp, "a", "ckpt.pt"), weights_only=False)
+    assert torch.equal(ckpt["buffer"]["samples"], torch.cat([r["buffer"] for r in a]))
+    assert ckpt["dist"]["world_size"] == WORLD and ckpt["dist"]["shard_sizes"] == [32, 32]
+    assert len(ckpt["dist"]["rng"]) == WORLD
+    assert sorted(os.listdir(os.path.join(tmp, "a"))) == ["ckpt.pt", "config.json", "metrics.jsonl", "p0.pt",
+                                                          "samples"]
+
+
+def test_sgld_triggers_no_all_reduce(ddp):
+    _, a, _ = ddp
+    for r in a:
+        assert r["n_sgld"] == 0 and r["grads_untouched"]
+        assert r["n_step"] >= 1 and r["n_fit"] == CFG_A["iters_per_epoch"] * r["n_step"]
+
+
+def test_loss_matches_single_process_run_with_the_same_global_batch(ddp, tmp_path):
+    tmp, _, b = ddp
+    t = Trainer(resolve(dict(CFG_B, out=str(tmp_path))), load_dataset("digits", split="train"),
+                load_dataset("digits", split="test"))
+    assert not t.dist.enabled and t.net is t.model
+    t.buffer = FixedNegatives(0, CFG_B["batch_size"])
+    t.fit()
+    single, multi = _records(tmp_path), _records(os.path.join(tmp, "b"))
+    assert len(single) == len(multi) == CFG_B["iters_per_epoch"]
+    for key in ("loss", "loss_gen", "loss_cls", "e_pos", "e_neg", "acc"):
+        assert [r[key] for r in multi] == pytest.approx([r[key] for r in single], rel=1e-4, abs=1e-5), key
+    for p, q in zip(t.model.parameters(), b[0]["params"]):
+        torch.testing.assert_close(p.detach(), q, rtol=1e-4, atol=1e-5)
+
+
+def test_torchrun_checkpoint_resumes_on_one_process(tmp_path):
+    out = str(tmp_path / "run")
+    argv = ["--depth", "10", "--width", "1", "--buffer-size", "40", "--batch-size", "8", "--cls-batch-size", "8",
+            "--train-subset", "200", "--test-subset", "32", "--no-progress", "--warmup-iters", "2",
+            "--log-every", "1", "--k", "1", "--epochs", "1", "--iters-per-epoch", "2", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "--master-port",
+           str(_free_port()), "-m", "fastebm.train", *argv, "--out", out]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("fastebm: done at iteration 2") == 1  # only rank 0 talks
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
+    assert ckpt["buffer"]["samples"].shape == (40, 3, 32, 32) and ckpt["dist"]["world_size"] == WORLD
+    assert [r["iter"] for r in _records(out)] == [1, 2]
+
+    cfg = resolve(dict(ckpt["config"], epochs=2))
+    t = Trainer(cfg)
+    t.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert len(t.buffer) == 40 and torch.equal(t.buffer.samples, ckpt["buffer"]["samples"])
+    assert main(["--resume", os.path.join(out, "ckpt.pt"), "--epochs", "2", "--no-progress"]) == 0
+    assert [r["iter"] for r in _records(out)] == [1, 2, 3, 4]
+    assert "dist" not in torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)  # a plain 1-process ckpt
+
+
+def test_single_process_has_no_process_group_and_no_op_hooks():
+    import torch.distributed as dist
+
+    ctx = DistContext(0, 1)
+    assert not ctx.enabled and ctx.is_main and ctx.shard == (0, 1) and ctx.buffer_size(10) == 10
+    m = torch.nn.Linear(2, 2)
+    assert ctx.wrap(m) is m
+    state = {"buffer": {"samples": torch.zeros(3)}, "rng": None}
+    assert ctx.gather_checkpoint(state) is state and ctx.buffer_shard(state["buffer"]) is state["buffer"]
+    assert not dist.is_initialized()
+    sizes = [DistContext(r, 3).buffer_size(10) for r in range(3)]
+    assert sizes == [len(s) for s in torch.tensor_split(torch.arange(10), 3)] and sum(sizes) == 10
+
+
+def test_batch_shards_concatenate_to_the_global_batch():
+    data = load_dataset("digits", split="train").subset(100, 0)
+    full = Batches(data, 12, "cpu", seed=3, stream=1).indices(5)
+    full_x, full_y = Batches(data, 12, "cpu", seed=3, stream=1).get(5)
+    parts = [Batches(data, 12, "cpu", seed=3, stream=1, shard=(r, 3)).get(5) for r in range(3)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), full_x) and torch.equal(torch.cat([p[1] for p in parts]), full_y)
+    assert len(full) == 12 and all(len(p[1]) == 4 for p in parts)
+    with pytest.raises(ValueError, match="rank"):
+        Batches(data, 12, "cpu", shard=(3, 3))
