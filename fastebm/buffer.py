@@ -63,7 +63,12 @@ class ReplayBuffer:
         """
         x = x.detach().float()
         ok = torch.isfinite(x).flatten(1).all(1)
-        self.samples[idx] = torch.where(ok[:, None, None, None], x, self.samples[idx])
+        # Indices are drawn with replacement: for a repeated index the last draw wins. Every write to a
+        # repeated index carries that same value, so the scatter is deterministic (fixed shapes, no sync).
+        pos = torch.arange(len(idx), device=idx.device)
+        last = torch.full((len(self),), -1, dtype=pos.dtype, device=idx.device).scatter_reduce_(
+            0, idx, pos, reduce="amax")[idx]
+        self.samples[idx] = torch.where(ok[last][:, None, None, None], x[last], self.samples[idx])
         return ok
 
     def state_dict(self) -> dict:

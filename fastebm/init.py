@@ -70,6 +70,13 @@ class GaussianInit:
     def dim(self) -> int:
         return self.mean.numel()
 
+    def use_triton(self, rng_state: torch.Tensor | None) -> None:
+        """Sample CUDA batches with the fused Triton kernel (``fastebm.kernels.lowrank_gaussian``):
+        x = clamp(μ + U z + √d ⊙ ε) in one launch, noise from the device Philox state ``rng_state``
+        ([seed, offset] int64). The full form is the same kernel with U = L (r = D) and d = 0.
+        ``None`` goes back to the plain PyTorch path."""
+        self._triton_rng = rng_state
+
     def covariance(self) -> torch.Tensor:
         """Σ as a dense (D, D) float32 matrix (for tests and small D only)."""
         if self.form == "full":
@@ -79,6 +86,16 @@ class GaussianInit:
     def sample(self, n: int, device=None) -> torch.Tensor:
         """n samples (n, C, H, W) float32 in [−1, 1] (clamped), with the global torch RNG, batched."""
         mean = self.mean if device is None else self.mean.to(device)
+        rng = getattr(self, "_triton_rng", None)
+        if rng is not None and mean.is_cuda:
+            from .kernels.lowrank_gaussian import lowrank_gaussian_sample
+
+            if self.form == "full":
+                factor, diag = self.scale_tril, torch.zeros_like(self.mean)
+            else:
+                factor, diag = self.factor, self.diag_sqrt
+            x = lowrank_gaussian_sample(mean, factor.to(mean.device), diag.to(mean.device), n, rng)
+            return x.view(n, *self.shape)
         if self.form == "full":
             z = torch.randn(n, self.dim, device=mean.device)
             x = torch.addmm(mean, z, self.scale_tril.to(mean.device).T)

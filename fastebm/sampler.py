@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .profiling import nvtx_range
+
 BN_MODES = ("batch", "eval")
 
 
@@ -61,26 +63,45 @@ class SGLDConfig:
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
+def _bn_layers(model: nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
+
+
+def bn_snapshot(model: nn.Module) -> list:
+    """Copies of every BatchNorm running mean / var / count (for :func:`bn_restore`)."""
+    return [[m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()]
+            for m in _bn_layers(model)]
+
+
+def bn_restore(model: nn.Module, snapshot: list) -> None:
+    """Copy a :func:`bn_snapshot` back in place (a device op, capturable in a CUDA graph)."""
+    with torch.no_grad():
+        for m, (mean, var, count) in zip(_bn_layers(model), snapshot):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+
+
 @contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module):
-    """Context in which BatchNorm layers may normalize with batch statistics but their running
-    mean / var / batch count are left unchanged (so they keep estimating the data's statistics).
+    """Context in which training-mode BatchNorm normalizes with batch statistics but leaves its running
+    mean / var unchanged, so that they keep estimating the statistics of the data.
 
-    Inside, each BatchNorm works on copies of its running buffers; on exit the original tensors are put
-    back. No in-place write touches the originals, so autograd graphs built inside stay valid.
+    Inside, each BatchNorm's momentum is 0 (running ← 1·running + 0·batch, exact for finite batches);
+    no tensor saved for backward is written afterwards, so autograd graphs built inside stay valid and
+    the backward may run after the context ends. The batch count is restored on exit.
     """
-    bns = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
-    names = ("running_mean", "running_var", "num_batches_tracked")
-    saved = [[getattr(m, n) for n in names] for m in bns]
-    for m, bufs in zip(bns, saved):
-        for n, b in zip(names, bufs):
-            setattr(m, n, b.clone())
+    bns = _bn_layers(model)
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
     try:
         yield
     finally:
-        for m, bufs in zip(bns, saved):
-            for n, b in zip(names, bufs):
-                setattr(m, n, b)
+        with torch.no_grad():
+            for m, (momentum, count) in zip(bns, saved):
+                m.momentum = momentum
+                m.num_batches_tracked.copy_(count)
 
 
 @contextlib.contextmanager
@@ -88,7 +109,7 @@ def sampling_mode(model: nn.Module, bn_mode: str = "batch"):
     """Context for sampling: parameters frozen, BatchNorm running statistics preserved.
 
     ``bn_mode="batch"`` keeps the model's mode (training BatchNorm normalizes with batch statistics)
-    and restores the running statistics on exit (:func:`frozen_bn_stats`); ``"eval"`` switches the
+    and restores the running statistics on exit (:func:`bn_restore`); ``"eval"`` switches the
     model to eval mode. On exit ``requires_grad`` flags and the train/eval mode are restored.
     """
     params = [p for p in model.parameters() if p.requires_grad]
@@ -97,10 +118,11 @@ def sampling_mode(model: nn.Module, bn_mode: str = "batch"):
         p.requires_grad_(False)
     if bn_mode == "eval":
         model.eval()
+    snapshot = bn_snapshot(model)
     try:
-        with frozen_bn_stats(model):
-            yield
+        yield
     finally:
+        bn_restore(model, snapshot)
         for p in params:
             p.requires_grad_(True)
         model.train(was_training)
@@ -151,3 +173,138 @@ def sgld(model: nn.Module, x0: torch.Tensor, cfg: SGLDConfig, energy_fn=None, no
             g = energy_grad(energy_fn, x)
             x = langevin_update(x, g, cfg, None if noise is None else noise[k])
     return x.detach()
+
+
+# ---------------------------------------------------------------------------------------------- fast path
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def compile_mode(mode: str, cuda_graphs: bool) -> dict:
+    """torch.compile keyword arguments for ``--compile`` (off | default | max-autotune | aot_eager).
+
+    ``max-autotune`` uses Inductor's own CUDA graphs, which cannot nest inside ours, so with
+    ``cuda_graphs`` it becomes ``max-autotune-no-cudagraphs``. ``aot_eager`` runs the compile pipeline
+    (Dynamo + AOTAutograd) without code generation: for tests and debugging.
+    """
+    if mode == "aot_eager":
+        return {"backend": "aot_eager", "dynamic": False}
+    if mode == "max-autotune" and cuda_graphs:
+        mode = "max-autotune-no-cudagraphs"
+    return {"mode": mode, "dynamic": False}
+
+
+class Sampler:
+    """K-step SGLD (Eq. 3) with the fast-path switches beside the plain path of :func:`sgld`.
+
+    Args:
+        model: the :class:`~fastebm.model.EnergyModel`.
+        cfg: :class:`SGLDConfig`.
+        net: the callable x → (energy, logits) to differentiate (``model`` itself, or its
+            ``torch.compile``d version; static shapes, so one graph per batch size).
+        triton: use the fused Triton Langevin kernel (``fastebm.kernels.langevin``), noise drawn from
+            the device tensor ``rng_state`` ([seed, offset], int64) that each step advances.
+        cuda_graphs: capture the whole K-step loop (forward, input gradient, update, BatchNorm
+            restore) in one CUDA graph at the first call and replay it afterwards (CUDA only).
+        amp: ``off``, ``bf16`` or ``fp16`` autocast for the network; the chain state stays fp32.
+        channels_last: keep the chain in channels-last layout (the model must be converted too).
+        rng_state: the Triton kernel's noise state (made from the global torch RNG when None).
+
+    Calling ``sampler(x0)`` with x0 (N, C, H, W) float32 returns x_K, a new detached float32 tensor.
+    Parameters are frozen and BatchNorm running statistics restored exactly as in :func:`sgld`.
+    """
+
+    def __init__(self, model: nn.Module, cfg: SGLDConfig, net=None, triton: bool = False,
+                 cuda_graphs: bool = False, amp: str = "off", channels_last: bool = False,
+                 rng_state: torch.Tensor | None = None):
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"--amp: expected one of {list(AMP_DTYPES)}, got {amp!r}")
+        self.model, self.cfg, self.net = model, cfg, net if net is not None else model
+        self.triton, self.cuda_graphs, self.amp, self.channels_last = triton, cuda_graphs, amp, channels_last
+        self.rng_state = rng_state
+        self._graph = None
+
+    # -- one step ---------------------------------------------------------------------------------
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = AMP_DTYPES[self.amp]
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None,
+                            cache_enabled=False):
+            return self.net(x)[0]
+
+    def step(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One SGLD update of the fp32 chain state x; returns the new state."""
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self._energy(x).sum(), x)
+        x = x.detach()
+        if not self.triton:
+            return langevin_update(x, g, self.cfg, noise)
+        from fastebm.kernels.langevin import langevin_step
+
+        if g.stride() != x.stride():  # the fused kernel walks x and g in one memory order
+            g = torch.empty_like(x, dtype=g.dtype).copy_(g)
+        if self.rng_state is None:
+            self.rng_state = _rng_state_from_torch(x.device)
+        clamp = (-1.0, 1.0) if self.cfg.clamp_x else None
+        return langevin_step(x, g, self.cfg.step_size, self.cfg.noise, self.rng_state,
+                             grad_clip=self.cfg.grad_clip, clamp=clamp)
+
+    def _loop(self, x0: torch.Tensor, noise=None) -> torch.Tensor:
+        x = x0.detach().float()
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for k in range(self.cfg.n_steps):
+            with nvtx_range("sgld/step"):
+                x = self.step(x, None if noise is None else noise[k])
+        return x
+
+    # -- the whole chain ----------------------------------------------------------------------------
+    def __call__(self, x0: torch.Tensor, noise=None) -> torch.Tensor:
+        with nvtx_range("sgld"), sampling_mode(self.model, self.cfg.bn_mode):
+            if self.cuda_graphs and noise is None:
+                return self._replay(x0)
+            return self._loop(x0, noise).detach()
+
+    def _replay(self, x0: torch.Tensor) -> torch.Tensor:
+        """CUDA-graph path: capture once (static shapes), then copy x0 in, replay, copy x_K out."""
+        if self._graph is None or self._static_in.shape != x0.shape:
+            self._capture(x0)
+        self._static_in.copy_(x0)
+        with nvtx_range("sgld/graph"):
+            self._graph.replay()
+        return self._static_out.clone()  # the next replay overwrites the static output
+
+    def _capture(self, x0: torch.Tensor) -> None:
+        if x0.device.type != "cuda":
+            raise ValueError("--cuda-graphs needs CUDA tensors (this chain is on "
+                             f"{x0.device.type})")
+        if self.triton and self.rng_state is None:
+            self.rng_state = _rng_state_from_torch(x0.device)
+        self._static_in = x0.detach().float().clone()
+        snapshot = bn_snapshot(self.model)
+        # Warm-up on a side stream (cuDNN / Triton autotuning, compile), as torch.cuda.graph requires.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._loop(self._static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        bn_restore(self.model, snapshot)  # undo what warm-up did to the running statistics
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            inner = bn_snapshot(self.model)
+            self._static_out = self._loop(self._static_in)
+            bn_restore(self.model, inner)  # captured: every replay restores the statistics
+        self._graph = graph
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the chain noise: the torch generators and, for the Triton kernel, ``rng_state``."""
+        torch.manual_seed(seed)
+        if self.rng_state is not None:
+            self.rng_state.copy_(torch.tensor([seed, 0], dtype=torch.int64))
+
+
+def _rng_state_from_torch(device) -> torch.Tensor:
+    """A Triton Philox [seed, offset] state seeded from the global torch RNG (reproducible by seed)."""
+    from fastebm.kernels import make_rng_state
+
+    return make_rng_state(int(torch.randint(0, 2 ** 62, (1,))), device)

@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decay-epochs", type=int, nargs="*")
     g.add_argument("--decay-rate", type=float)
     g.add_argument("--max-loss", type=float, help="stop when |loss| exceeds this")
+    g = p.add_argument_group("fast path (auto: on for CUDA, plain reference path on CPU)")
+    g.add_argument("--compile", choices=CHOICES["compile"], help="torch.compile of the energy network")
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture the K-step SGLD loop in a CUDA graph")
+    g.add_argument("--amp", choices=CHOICES["amp"], help="autocast precision of the network")
+    g.add_argument("--triton", action=argparse.BooleanOptionalAction, default=None,
+                   help="fused Triton kernels (Langevin update, p0 sampling)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--nvtx", action="store_true", default=None, help="NVTX ranges for nsys")
     g = p.add_argument_group("data subsets (demos, tests)")
     g.add_argument("--train-subset", type=int)
     g.add_argument("--test-subset", type=int)

@@ -28,7 +28,9 @@ from .distributed import DistContext
 from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
 from .loss import classification_loss, generative_loss
 from .model import build_model
-from .sampler import SGLDConfig, frozen_bn_stats, sgld
+from .profiling import enable as enable_nvtx
+from .profiling import nvtx_range
+from .sampler import AMP_DTYPES, Sampler, SGLDConfig, compile_mode, frozen_bn_stats
 
 
 class DivergenceError(RuntimeError):
@@ -89,6 +91,7 @@ class Trainer:
     def __init__(self, cfg: Config, train_data: ImageSet | None = None, test_data: ImageSet | None = None):
         self.device = resolve_device(cfg.device)
         resolve_fast_flags(cfg, self.device.type)
+        enable_nvtx(cfg.nvtx)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
@@ -102,8 +105,16 @@ class Trainer:
         os.makedirs(os.path.join(self.out, "samples"), exist_ok=True)
 
         self.model = build_model(cfg).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in self.model.modules())
+        # Fast path: one compiled callable x → (energy, logits) for SGLD and the loss (static shapes:
+        # one graph per batch size and grad mode; parameters frozen while sampling, so the SGLD graph
+        # computes input gradients only).
+        self.compiled = (torch.compile(self.model, **compile_mode(cfg.compile, cfg.cuda_graphs))
+                         if cfg.compile != "off" else self.model)
         self.dist = DistContext.for_run(cfg, self.device)           # issue 6: no-op without a process group
-        self.net = self.dist.wrap(self.model)                        # loss forwards: DDP when distributed
+        self.net = self.dist.wrap(self.model) if self.dist.world_size > 1 else self.compiled
         self.dist.seed_rank(cfg.seed)                                # per-rank RNG stream (buffer, SGLD)
         params = self.model.parameters()
         if cfg.optimizer == "sgd":
@@ -115,6 +126,15 @@ class Trainer:
             self.train_data, cfg.p0, form, cfg.rank, os.path.join(self.out, "p0.pt"), self.device))
         self.buffer = ReplayBuffer(self.dist.buffer_size(cfg.buffer_size), self.p0, cfg.reinit_freq, self.device)
         self.sgld_cfg = SGLDConfig(cfg.k, cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, cfg.sgld_bn)
+        rng = None
+        if cfg.triton:  # the fused kernels' Philox state: a device tensor, advanced on the device
+            from .kernels import make_rng_state
+            rng = make_rng_state(int(torch.randint(0, 2 ** 62, (1,))), self.device)
+        self.sampler = Sampler(self.model, self.sgld_cfg, net=self.compiled, triton=cfg.triton,
+                               cuda_graphs=cfg.cuda_graphs, amp=cfg.amp, channels_last=cfg.channels_last,
+                               rng_state=rng)
+        if cfg.triton:
+            self.p0.use_triton(rng)
         self.gen_batches = Batches(self.train_data, cfg.batch_size, self.device, cfg.seed, stream=0,
                                    data_noise=cfg.data_noise, shard=self.dist.shard)
         self.cls_batches = None
@@ -128,31 +148,63 @@ class Trainer:
     # ------------------------------------------------------------------ Algorithm 1
     def train_step(self, it: int) -> dict:
         """One iteration of Algorithm 1; returns device tensors (no host sync)."""
-        cfg, model, net = self.cfg, self.model, self.net            # net: DDP view when distributed
-        x_pos, y_pos = self.gen_batches.get(it)                     # x+ ~ p_data (not augmented)
-        x0, idx = self.buffer.sample(len(x_pos))                    # lines 2–3: x0 ~ B, ρ of them from p0
-        x_neg = sgld(model, x0, self.sgld_cfg)                      # lines 4–6: K SGLD steps (Eq. 3)
+        cfg, net = self.cfg, self.net                               # net: compiled / DDP view of the model
+        with nvtx_range("data"):
+            x_pos, y_pos = self.gen_batches.get(it)                 # x+ ~ p_data (not augmented)
+        with nvtx_range("p0"):
+            x0, idx = self.buffer.sample(len(x_pos))                # lines 2–3: x0 ~ B, ρ of them from p0
+        x_neg = self.sampler(x0)                                    # lines 4–6: K SGLD steps (Eq. 3)
         written = self.buffer.update(idx, x_neg)                    # line 7: B ← x−
-        e_pos, logits = net(x_pos)                                  # E(x+) (and JEM's logits, same batch)
-        with frozen_bn_stats(model):                                # E(x−); BN running stats stay
-            e_neg = net.energy(x_neg)                               #   estimates of the data's
-        loss_gen = generative_loss(e_pos, e_neg, cfg.l2, cfg.reg_form)  # Eq. 8
-        loss, loss_cls, acc = loss_gen, torch.zeros((), device=x_pos.device), torch.zeros((), device=x_pos.device)
-        if model.has_classifier:                                    # M-JEM / JEM: − log p(y|x)
-            if self.cls_batches is not None:                        # M-JEM: separate augmented batch
-                x_cls, y = self.cls_batches.get(it)
-                logits = net.logits(x_cls)
-            else:                                                   # JEM: the same batch as p(x)
-                y = y_pos
-            loss_cls = classification_loss(logits, y)
-            loss = loss + cfg.cls_weight * loss_cls
-            acc = (logits.argmax(1) == y).float().mean()
+        with self.autocast():
+            e_pos, e_neg, logits = self.energies(x_pos, x_neg)      # E(x+), E(x−) (+ JEM's logits of x+)
+            loss_gen = generative_loss(e_pos, e_neg, cfg.l2, cfg.reg_form)  # Eq. 8
+            loss, loss_cls, acc = loss_gen, torch.zeros_like(loss_gen), torch.zeros_like(loss_gen)
+            if self.model.has_classifier:                           # M-JEM / JEM: − log p(y|x)
+                with nvtx_range("classify"):
+                    if self.cls_batches is not None:                # M-JEM: separate augmented batch
+                        x_cls, y = self.cls_batches.get(it)
+                        logits = net(self.layout(x_cls))[1]
+                    else:                                           # JEM: the same batch as p(x)
+                        y = y_pos
+                    loss_cls = classification_loss(logits, y)
+                loss = loss + cfg.cls_weight * loss_cls
+                acc = (logits.argmax(1) == y).float().mean()
         self.opt.zero_grad(set_to_none=True)                        # line 8: θ ← θ − η ∇θ L
-        loss.backward()
-        self.opt.step()
+        with nvtx_range("backward"):
+            loss.backward()
+        with nvtx_range("optimizer"):
+            self.opt.step()
         return {"loss": loss.detach(), "loss_gen": loss_gen.detach(), "loss_cls": loss_cls.detach(),
-                "e_pos": e_pos.detach().mean(), "e_neg": e_neg.detach().mean(), "acc": acc,
+                "e_pos": e_pos.detach().mean(), "e_neg": e_neg.detach().mean(), "acc": acc.detach(),
                 "finite_negatives": written.float().mean(), "_x_pos": x_pos, "_x_neg": x_neg}
+
+    def energies(self, x_pos: torch.Tensor, x_neg: torch.Tensor):
+        """E(x+) (N,), E(x−) (N,) and the logits of x+ (None for mebm).
+
+        Without BatchNorm one forward over [x+; x−] is exact and cheaper; with BatchNorm two forwards,
+        as the reference code (each batch normalized by its own statistics), and the negatives' pass
+        leaves the running statistics to the data (:func:`~fastebm.sampler.frozen_bn_stats`).
+        """
+        x_pos, x_neg = self.layout(x_pos), self.layout(x_neg)
+        if not self.has_bn:
+            with nvtx_range("energy/pos+neg"):
+                e, logits = self.net(torch.cat([x_pos, x_neg]))
+            n = len(x_pos)
+            return e[:n], e[n:], None if logits is None else logits[:n]
+        with nvtx_range("energy/pos"):
+            e_pos, logits = self.net(x_pos)
+        with nvtx_range("energy/neg"), frozen_bn_stats(self.model):
+            e_neg = self.net(x_neg)[0]
+        return e_pos, e_neg, logits
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs in the model's memory format (channels-last on the fast path)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def autocast(self):
+        """Autocast context of ``--amp`` for the network (energies and losses are reduced in fp32)."""
+        dtype = AMP_DTYPES[self.cfg.amp]
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
@@ -270,7 +322,8 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "buffer": self.buffer.state_dict(), "p0": self.p0.state_dict(), "rng": rng_state(),
                 "iteration": self.iteration, "epoch": self.iteration / self.cfg.iters_per_epoch,
-                "config": self.cfg.to_dict(), "arch": self.cfg.arch(), "format": "fastebm-1"}
+                "config": self.cfg.to_dict(), "arch": self.cfg.arch(), "format": "fastebm-1",
+                "triton_rng": None if self.sampler.rng_state is None else self.sampler.rng_state.cpu()}
 
     def save_checkpoint(self, path: str | None = None) -> str:
         """Write ckpt.pt atomically (never with non-finite parameters or buffer)."""
@@ -303,6 +356,9 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint {path!r} does not fit this run: {e}") from None
         self.p0 = p0_from_state_dict(ckpt["p0"]).to(self.device)
+        if self.cfg.triton:
+            self.p0.use_triton(self.sampler.rng_state)
+            self.sampler.rng_state.copy_(ckpt["triton_rng"])
         self.buffer.p0 = self.p0
         self.iteration = int(ckpt["iteration"])
         set_rng_state(ckpt["rng"])

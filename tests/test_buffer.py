@@ -47,3 +47,16 @@ def test_filled_from_p0_and_state_roundtrip():
     other = ReplayBuffer(2500, Constant(0.0))
     other.load_state_dict(buf.state_dict())
     assert torch.equal(other.samples, buf.samples)
+
+
+def test_repeated_indices_take_the_last_draw():
+    buf = ReplayBuffer(4, UniformInit((3, 2, 2)), reinit_freq=0.0)
+    idx = torch.tensor([1, 2, 1, 1, 2])
+    x = torch.arange(5, dtype=torch.float32)[:, None, None, None].expand(5, 3, 2, 2) / 10
+    nan = x.clone()
+    nan[4] = float("nan")
+    buf.update(idx, x)
+    assert torch.all(buf.samples[1] == 0.3) and torch.all(buf.samples[2] == 0.4)
+    before = buf.samples[2].clone()
+    buf.update(idx, nan)  # the last draw of index 2 is non-finite: index 2 keeps its old value
+    assert torch.equal(buf.samples[2], before) and torch.all(buf.samples[1] == 0.3)

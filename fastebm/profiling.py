@@ -1,0 +1,46 @@
+"""NVTX ranges for Nsight Systems (``--nvtx``): the ``nvtx`` package, falling back to
+``torch.cuda.nvtx``; no-ops unless enabled.
+
+Ranges (see README, "Profiling"): ``data`` (batch gather + augmentation), ``p0`` (buffer draw and
+ρ-reinitialization), ``sgld`` (the K-step loop; ``sgld/step`` per step, or ``sgld/graph`` for a CUDA-
+graph replay), ``energy/pos`` and ``energy/neg`` (loss forwards), ``classify`` (p(y|x) forward),
+``backward``, ``optimizer``.
+"""
+from __future__ import annotations
+
+import contextlib
+
+_enabled = False
+_push = _pop = None
+
+
+def enable(on: bool = True) -> None:
+    """Turn NVTX ranges on or off for this process."""
+    global _enabled, _push, _pop
+    _enabled = bool(on)
+    if _enabled and _push is None:
+        try:
+            import nvtx as _nvtx
+
+            _push, _pop = (lambda name: _nvtx.push_range(name)), (lambda: _nvtx.pop_range())
+        except ImportError:  # pragma: no cover - the nvtx package is a dependency
+            import torch
+
+            _push, _pop = torch.cuda.nvtx.range_push, torch.cuda.nvtx.range_pop
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+@contextlib.contextmanager
+def nvtx_range(name: str):
+    """``with nvtx_range("sgld"): ...`` marks a range when profiling is enabled, else does nothing."""
+    if not _enabled:
+        yield
+        return
+    _push(name)
+    try:
+        yield
+    finally:
+        _pop()
