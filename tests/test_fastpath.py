@@ -1,0 +1,235 @@
+"""The fast path agrees with the plain reference path (issue 3): compiled energy, fused Triton update,
+channels-last, AMP, one-forward energies; FLOPs of an SGLD step; no recompiles; GPU-only CUDA graphs."""
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fastebm.config import resolve
+from fastebm.data import ImageSet
+from fastebm.sampler import Sampler, SGLDConfig, compile_mode, sampling_mode, sgld
+from fastebm.trainer import Trainer
+
+
+def _x(n=8, size=16, seed=0):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _input_grad(fn, x):
+    leaf = x.detach().requires_grad_(True)
+    xin = leaf.view_as(leaf)  # a non-leaf input: FlopCounterMode's module tracker needs one
+    return torch.autograd.grad(fn(xin).sum(), xin)[0]
+
+
+def _compiled(model):
+    torch._dynamo.reset()
+    return torch.compile(model, **compile_mode("aot_eager", False))
+
+
+def test_plain_sampler_equals_reference_sgld(tiny_model):
+    model = tiny_model("mjem").train()
+    cfg = SGLDConfig(n_steps=3, noise=0.01)
+    noise = [torch.randn(8, 3, 16, 16) for _ in range(3)]
+    torch.testing.assert_close(Sampler(model, cfg)(_x(), noise), sgld(model, _x(), cfg, noise=noise), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("phase", ["train", "frozen", "no_grad_after"])
+def test_compiled_energy_gradient_and_chain_match_eager(tiny_model, phase):
+    model = tiny_model("mjem").train()
+    net = _compiled(model)
+    x = _x()
+    if phase == "frozen":
+        with sampling_mode(model):
+            ge, gc = _input_grad(model.energy, x), _input_grad(lambda t: net(t)[0], x)
+    else:
+        ge, gc = _input_grad(model.energy, x), _input_grad(lambda t: net(t)[0], x)
+    if phase == "no_grad_after":
+        with torch.no_grad():
+            torch.testing.assert_close(net(x)[0], model.energy(x), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-7)
+    cfg = SGLDConfig(n_steps=4, noise=0.005, clamp_x=False)
+    noise = [torch.randn_like(x) for _ in range(4)]
+    eager = Sampler(model, cfg)(x, noise)
+    compiled = Sampler(model, cfg, net=net)(x, noise)
+    rel = (compiled - eager).norm() / (eager - x).norm()
+    assert float(rel) <= 1e-4
+    assert all(p.requires_grad for p in model.parameters())  # freeze / unfreeze restored
+
+
+def test_sgld_step_costs_two_forwards_in_flops(tiny_model):
+    """One SGLD step = forward + input-gradient backward = 2× the forward FLOPs (no weight gradients)."""
+    model = tiny_model("mebm", width=2).train()
+    x = _x(4)
+    with FlopCounterMode(display=False) as fc:
+        model.energy(x)
+    forward = fc.get_total_flops()
+    net = _compiled(model)
+    for fn in (model.energy, lambda t: net(t)[0]):
+        with sampling_mode(model):
+            _input_grad(fn, x)  # warm-up / compile in the frozen state
+            with FlopCounterMode(display=False) as fc:
+                _input_grad(fn, x)
+        assert fc.get_total_flops() == 2 * forward
+    # With trainable parameters a full backward would cost 3× (weight gradients too):
+    with FlopCounterMode(display=False) as fc:
+        out = model.energy(x.requires_grad_(True).view_as(x)).sum()
+        torch.autograd.grad(out, [x] + list(model.parameters()))
+    assert fc.get_total_flops() == 3 * forward
+
+
+def test_triton_update_matches_plain_update(tiny_model):
+    from fastebm.kernels import make_rng_state
+
+    model = tiny_model("mebm").train()
+    x = _x()
+    cfg = SGLDConfig(n_steps=3, noise=0.0, grad_clip=0.01)
+    plain = Sampler(model, cfg)(x)
+    fused = Sampler(model, cfg, triton=True, rng_state=make_rng_state(0))(x)
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-7)
+    noisy = SGLDConfig(n_steps=2, noise=0.01)
+    state = make_rng_state(123)
+    s = Sampler(model, noisy, triton=True, rng_state=state)
+    a = s(x)
+    b = s(x)
+    assert not torch.equal(a, b)  # the step advances the Philox offset: fresh noise
+    state.copy_(make_rng_state(123))
+    assert torch.equal(s(x), a)  # reseeding reproduces
+
+
+def test_channels_last_matches_contiguous(tiny_model):
+    model = tiny_model("mjem").train()
+    x = _x()
+    cfg = SGLDConfig(n_steps=3, noise=0.0)
+    g = _input_grad(model.energy, x)
+    ref = Sampler(model, cfg)(x)
+    model_cl = tiny_model("mjem").train().to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(_input_grad(model_cl.energy, x_cl), g, rtol=1e-5, atol=1e-7)
+    out = Sampler(model_cl, cfg, channels_last=True)(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_input_gradients_close_to_fp32(tiny_model):
+    model = tiny_model("mjem", norm="none").train()
+    x = _x(16)
+    g32 = _input_grad(model.energy, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g16 = _input_grad(model.energy, x)
+    assert g16.dtype == torch.float32  # the chain state stays fp32
+    cos = torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)
+    assert float(cos) > 0.99
+    out = Sampler(model, SGLDConfig(n_steps=2, noise=0.0), amp="bf16")(x)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def _toy_data(n=64, size=16):
+    g = torch.Generator().manual_seed(0)
+    return ImageSet(torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
+                    torch.arange(n) % 10, 10, "toy")
+
+
+TINY = dict(dataset="folder", depth=10, width=1, buffer_size=64, batch_size=8, cls_batch_size=16, k=2,
+            epochs=1, progress=False, eval_every=1000, sample_every=1000, ckpt_every=1000, warmup_iters=1)
+
+
+def test_one_forward_without_batchnorm_equals_two_forwards(tmp_path):
+    t = Trainer(resolve(dict(TINY, norm="none", out=str(tmp_path))), _toy_data())
+    assert not t.has_bn
+    xp, xn = _x(8), _x(8, seed=1)
+    e_pos, e_neg, logits = t.energies(xp, xn)
+    e2, l2 = t.model(xp)
+    torch.testing.assert_close(e_pos, e2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(e_neg, t.model.energy(xn), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, l2, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_training_does_not_recompile(tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    t = Trainer(resolve(dict(TINY, compile="aot_eager", iters_per_epoch=6, out=str(tmp_path))), _toy_data())
+    for it in range(3):  # warm-up: one graph per (batch size, grad mode, BN momentum) variant
+        t.train_step(it)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    for it in range(3, 6):
+        t.train_step(it)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_fast_flags_resolve_and_refuse_cuda_only_options_on_cpu(tmp_path):
+    t = Trainer(resolve(dict(TINY, iters_per_epoch=1, out=str(tmp_path))), _toy_data())
+    assert (t.cfg.compile, t.cfg.cuda_graphs, t.cfg.amp, t.cfg.triton) == ("off", False, "off", False)
+    assert t.cfg.check_every == 1
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Trainer(resolve(dict(TINY, cuda_graphs=True, out=str(tmp_path / "b"))), _toy_data())
+
+
+# ------------------------------------------------------------------------------------------- GPU only
+def _gpu_model(kind="mjem"):
+    from fastebm.model import EnergyModel
+
+    torch.manual_seed(0)
+    return EnergyModel(kind, depth=10, width=2, norm="batch", image_size=32).cuda().train()
+
+
+@pytest.mark.gpu
+def test_graph_replay_equals_eager_sgld_with_the_same_noise():
+    from fastebm.kernels import make_rng_state
+
+    model = _gpu_model()
+    x0 = torch.rand(16, 3, 32, 32, device="cuda") * 2 - 1
+    cfg = SGLDConfig(n_steps=5, noise=0.01)
+    state = make_rng_state(7, "cuda")
+    graphed = Sampler(model, cfg, triton=True, cuda_graphs=True, rng_state=state)
+    graphed(x0)  # capture (warm-up advances the state)
+    state.copy_(make_rng_state(7, "cuda"))
+    replay = graphed(x0)
+    state.copy_(make_rng_state(7, "cuda"))
+    eager = Sampler(model, cfg, triton=True, rng_state=state)(x0)
+    torch.testing.assert_close(replay, eager, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(graphed(x0), replay)  # later replays draw fresh noise
+
+
+@pytest.mark.gpu
+def test_graph_replays_do_not_grow_memory_and_keep_bn_stats():
+    model = _gpu_model()
+    x0 = torch.rand(16, 3, 32, 32, device="cuda") * 2 - 1
+    s = Sampler(model, SGLDConfig(n_steps=3, noise=0.01), cuda_graphs=True)
+    stats = [b.clone() for b in model.buffers()]
+    for _ in range(5):
+        s(x0)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for _ in range(200):
+        s(x0)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() <= before
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+
+
+@pytest.mark.gpu
+def test_graph_reseed_reproduces_with_torch_noise():
+    model = _gpu_model("mebm")
+    x0 = torch.rand(16, 3, 32, 32, device="cuda") * 2 - 1
+    s = Sampler(model, SGLDConfig(n_steps=3, noise=0.01), cuda_graphs=True)
+    s(x0)
+    s.reseed(3)
+    a = s(x0)
+    s.reseed(3)
+    assert torch.equal(s(x0), a)
+
+
+@pytest.mark.gpu
+def test_bf16_gpu_gradients_and_fast_training_step(tmp_path):
+    model = _gpu_model().to(memory_format=torch.channels_last)
+    x = (torch.rand(32, 3, 32, 32, device="cuda") * 2 - 1).contiguous(memory_format=torch.channels_last)
+    g32 = _input_grad(model.energy, x)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        g16 = _input_grad(model.energy, x)
+    assert float(torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)) > 0.99
+    t = Trainer(resolve(dict(TINY, device="cuda", iters_per_epoch=3, out=str(tmp_path))), _toy_data(256, 32))
+    assert t.cfg.cuda_graphs and t.cfg.triton and t.cfg.amp == "bf16" and t.cfg.channels_last
+    t.fit()
+    assert torch.isfinite(t.buffer.samples).all()
