@@ -10,7 +10,7 @@ cifar10/100    WRN-28-10   BatchNorm, SGD lr 0.1, momentum 0.9, warm-up 1000 its
 imagenet32     WRN-28-2    as CIFAR
 celebahq128    WRN-28-5    M-EBM (unconditional), low-rank p0, fourth WRN stage
 folder         WRN-28-10   as CIFAR, image size from the data
-digits         WRN-10-1    tiny CPU demo: 2 epochs of 40 iterations, buffer 1,000
+digits         WRN-10-1    tiny CPU demo: 3 epochs of 100 iterations, lr 0.05, buffer 1,000
 =============  ==========  =====================================================================
 
 K-dependent rules of the reference scripts: λ (L2 energy) = 0.1 and σ (SGLD noise) = 0 for K ≤ 2;
@@ -122,8 +122,8 @@ PRESETS: dict[str, dict] = {
     "imagenet32": dict(depth=28, width=2),
     "celebahq128": dict(depth=28, width=5, model="mebm", cov="lowrank", image_size=128),
     "folder": dict(depth=28, width=10),
-    "digits": dict(depth=10, width=1, epochs=2, iters_per_epoch=40, buffer_size=1000, warmup_iters=20,
-                   decay_epochs=[], batch_size=32, cls_batch_size=64, log_every=5),
+    "digits": dict(depth=10, width=1, epochs=3, iters_per_epoch=100, buffer_size=1000, warmup_iters=50,
+                   lr=0.05, decay_epochs=[2], batch_size=32, cls_batch_size=64, log_every=10),
 }
 
 JEM_BASELINE = dict(k=20, p0="uniform", l2=0.0, noise=0.01, data_noise=0.03, norm="none",

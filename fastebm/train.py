@@ -107,7 +107,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         stored = checkpoint_config(args.resume)
         stored.update(given)
         given = stored
-        given.setdefault("out", os.path.dirname(os.path.abspath(args.resume)))
+        if not args.out:  # continue in the checkpoint's own run folder
+            given["out"] = os.path.dirname(os.path.abspath(args.resume))
     return resolve(given)
 
 

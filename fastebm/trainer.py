@@ -53,6 +53,17 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def default_run_folder(cfg: Config) -> str:
+    """``runs/<dataset>-<model>-k<K>``, or the first ``...-2``, ``...-3`` without a checkpoint in it, so
+    that a repeated command starts a new run and never touches an earlier one."""
+    base = os.path.join("runs", f"{cfg.dataset}-{cfg.model}-k{cfg.k}")
+    out, i = base, 1
+    while os.path.isfile(os.path.join(out, "ckpt.pt")):
+        i += 1
+        out = f"{base}-{i}"
+    return out
+
+
 def lr_at(cfg: Config, it: int) -> float:
     """Learning rate at iteration ``it``: linear warm-up over ``warmup_iters``, then ×decay_rate at each
     epoch in ``decay_epochs``."""
@@ -101,7 +112,7 @@ class Trainer:
         self.test_data = test_data
         cfg.image_size, cfg.n_classes = self.train_data.image_size, self.train_data.n_classes
         self.cfg = cfg
-        self.out = cfg.out or os.path.join("runs", f"{cfg.dataset}-{cfg.model}-k{cfg.k}")
+        self.out = cfg.out = cfg.out or default_run_folder(cfg)
         os.makedirs(os.path.join(self.out, "samples"), exist_ok=True)
 
         self.model = build_model(cfg).to(self.device)
