@@ -247,6 +247,20 @@ class PeakRSS:
         return self.peak - self.base
 
 
+def exact_rss_accounting() -> bool:
+    """Make freed CPU buffers of 64 KiB and more leave the process at once (glibc ``mallopt``), so that RSS
+    growth measures the live peak of a block. glibc's default *dynamic* mmap threshold rises to up to 32 MiB
+    after large frees, after which multi-MB buffers come from (and stay in) the heap and an RSS sampler
+    sees no growth. Called only by the p0-fit benchmark (the last one of the suite). False if not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 64 * 1024))  # M_MMAP_THRESHOLD = -3
+    except (OSError, AttributeError):
+        return False
+
+
 # ---------------------------------------------------------------------------------------------- summary
 SUMMARY: dict[str, dict] = {}  # section title → {"header": [...], "rows": [...], "notes": [...]}
 
