@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
-import threading
 import time
 
 import torch
@@ -210,55 +209,49 @@ class ClassifierStep:
 
 
 # ---------------------------------------------------------------------------------------------- memory
-class PeakRSS:
-    """Peak resident-set growth of this process over a block, sampled from /proc/self/statm every 2 ms.
-
-    Large torch CPU buffers are mmap'ed and returned on free, so the baseline is the RSS at entry.
-    """
-
-    def __init__(self, interval: float = 0.002):
-        self.interval, self.peak, self.base = interval, 0, 0
-        self._page = os.sysconf("SC_PAGE_SIZE")
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self._page
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self.base = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *args):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-        return False
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.base
+_RSS_SCRIPT = r"""
+import json, os, sys, threading, time, torch
+torch.set_num_threads(1)
+from fastebm.init import fit_gaussian
+side, n, form = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(side))
+fit_gaussian(torch.randint(0, 256, (16, 3, 4, 4), dtype=torch.uint8), form=form, rank=4)  # first-call setup, tiny D
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+base = peak = rss()
+stop = threading.Event()
+def sample():
+    global peak
+    while not stop.is_set():
+        peak = max(peak, rss())
+        time.sleep(0.002)
+th = threading.Thread(target=sample, daemon=True)
+th.start()
+t0 = time.perf_counter()
+fit_gaussian(images, form=form, rank=100, device="cpu")
+dt = time.perf_counter() - t0
+stop.set(); th.join()
+peak = max(peak, rss())
+print(json.dumps({"growth_bytes": peak - base, "s": dt}))
+"""
 
 
-def exact_rss_accounting() -> bool:
-    """Make freed CPU buffers of 64 KiB and more leave the process at once (glibc ``mallopt``), so that RSS
-    growth measures the live peak of a block. glibc's default *dynamic* mmap threshold rises to up to 32 MiB
-    after large frees, after which multi-MB buffers come from (and stay in) the heap and an RSS sampler
-    sees no growth. Called only by the p0-fit benchmark (the last one of the suite). False if not glibc."""
-    import ctypes
+def fit_peak_rss_subprocess(side: int, n: int, form: str) -> dict:
+    """Peak-RSS growth (bytes) of one CPU ``fit_gaussian`` in a fresh process: resident set sampled from
+    /proc/self/statm every 2 ms during the fit, minus the RSS just before it. In a fresh process the heap
+    holds no freed multi-MB chunks from earlier benchmarks (which the fit would reuse without any RSS growth;
+    ru_maxrss does not work either: importing torch sets a higher high-water mark than a 3k fit)."""
+    import json
+    import subprocess
+    import sys
 
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 64 * 1024))  # M_MMAP_THRESHOLD = -3
-    except (OSError, AttributeError):
-        return False
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(side), str(n), form], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------------------------------------- summary
