@@ -65,8 +65,8 @@ echo
 echo "================ fastebm GPU check: short table ================"
 sed -n '/fastebm benchmark summary/,/^-\{20,\}.*benchmark/p' "$DEST/bench.log" | grep -v "benchmark '" | grep -v '^$'
 echo
-echo "GPU tests : rc=$RC_TESTS  $(grep -E '(passed|failed|error)' "$DEST/gpu-tests.log" | tail -n 1)"
-echo "benchmarks: rc=$RC_BENCH  $(grep -E '(passed|failed|error)' "$DEST/bench.log" | tail -n 1)"
+echo "GPU tests : rc=$RC_TESTS  $(grep -E '(passed|failed|error|skipped|deselected)' "$DEST/gpu-tests.log" | tail -n 1)"
+echo "benchmarks: rc=$RC_BENCH  $(grep -E '(passed|failed|error|skipped)' "$DEST/bench.log" | tail -n 1)"
 [ "$RC_TESTS" = 124 ] && echo "GPU tests hit the 150 s limit"
 [ "$RC_BENCH" = 124 ] && echo "benchmarks hit the 300 s limit"
 echo "files in $DEST; total $(( $(date +%s) - T0 )) s"
