@@ -14,10 +14,16 @@ all their configurations *interleaved* (round r runs one iteration of every conf
 order) so that a change of machine load hits all configurations alike; the ratios come from those
 medians. Each parametrized test then also times its configuration alone with pytest-benchmark's
 ``benchmark.pedantic`` (for the JSON/history); both medians are in ``extra_info``.
+
+Environment knobs: FASTEBM_BENCH_SIZE=full (paper sizes on CPU), FASTEBM_BENCH_THREADS (CPU threads, 1),
+FASTEBM_BENCH_FLAGS=fast (epoch-speed runs with fast_flags(device) instead of plain_flags()),
+FASTEBM_BENCH_CPU_FACTOR (the CPU speedup assertion factor, 0.5), FASTEBM_CIFAR_JPG (data folder).
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -80,6 +86,12 @@ def interleaved_medians(steps: dict, rounds: int, warmup: int) -> dict:
 
 def median(xs) -> float:
     return float(statistics.median(xs))
+
+
+def bench_median(benchmark) -> float | None:
+    """Median seconds of the pytest-benchmark run just done (None when benchmarks are disabled)."""
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    return None if stats is None else float(stats.median)
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs
@@ -160,7 +172,8 @@ def cifar_train():
 DATA_NAME = "not loaded"
 
 
-_RUN_DIR = tempfile.mkdtemp(prefix="fastebm-bench-")
+_RUN_DIR = tempfile.mkdtemp(prefix="fastebm-bench-")  # run folder (p0 cache) of every Trainer, removed at exit
+atexit.register(shutil.rmtree, _RUN_DIR, ignore_errors=True)
 
 
 def make_trainer(model: str, k: int, flags: dict | None = None, **extra):
