@@ -477,7 +477,11 @@ def _load_inception(opts, device):
                       "meaningless (tests and smoke runs only)", UserWarning, stacklevel=2)
         return metrics.load_inception(device=device, random_init=True), "random-init (numbers meaningless)"
     path = opts.inception_weights or metrics.default_inception_weights_path()
-    return metrics.load_inception(path, device=device), os.path.abspath(path)
+    try:
+        model = metrics.load_inception(opts.inception_weights, device=device)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e} (command line: --inception-weights PATH)") from None
+    return model, os.path.abspath(path)
 
 
 def _stats_cache_path(run: Run, opts, split: str, n: int, inception_id: str) -> str:

@@ -204,7 +204,8 @@ def test_is_from_fresh_chains(ckpts, tmp_path):
 def test_missing_inception_weights_exit_2_with_path(ckpts, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     expected = os.path.join(str(tmp_path / "hub"), "checkpoints", M.FID_WEIGHTS_FILENAME)
-    _fails(["--ckpt", ckpts["mjem"], "--task", "fid", "--out", str(tmp_path)], capsys, expected)
+    msg = _fails(["--ckpt", ckpts["mjem"], "--task", "fid", "--out", str(tmp_path)], capsys, expected)
+    assert "--inception-weights" in msg and "Nothing is downloaded" in msg
     missing = str(tmp_path / "nowhere" / "w.pth")
     _fails(["--ckpt", ckpts["mjem"], "--task", "is", "--inception-weights", missing, "--out", str(tmp_path)],
            capsys, missing)
