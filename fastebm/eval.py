@@ -484,7 +484,7 @@ def _load_inception(opts, device):
     return model, os.path.abspath(path)
 
 
-def _stats_cache_path(run: Run, opts, split: str, n: int, inception_id: str) -> str:
+def _stats_cache_path(run: Run, opts, split: str, n: int | str, inception_id: str) -> str:
     cfg = run.cfg
     root = os.path.abspath(cfg.data_root) if cfg.data_root else ""
     key = json.dumps([cfg.dataset, root, cfg.max_per_class, cfg.image_size, split, n, inception_id])
@@ -532,16 +532,23 @@ def task_fid_is(run: Run, opts, fid: bool = True, inception_score: bool = True) 
         record["splits"] = opts.splits
     if fid:
         split = opts.fid_split
-        real = load_dataset(run.cfg.dataset, run.cfg.data_root, split, False, run.cfg.max_per_class)
-        n_real = min(opts.n_real or len(real), len(real))
-        cache = _stats_cache_path(run, opts, split, n_real, inception_id)
-        if os.path.isfile(cache):
+        cache = _stats_cache_path(run, opts, split, opts.n_real or "all", inception_id)
+        if os.path.isfile(cache) and os.path.isfile(cache + ".json"):  # real images not even loaded
             mu_r, sigma_r = metrics.load_stats(cache)
+            with open(cache + ".json") as f:
+                n_real = int(json.load(f)["n_real"])
             record["real_stats_cached"] = True
         else:
-            images = to_float(real.subset(n_real, 0).images)
-            mu_r, sigma_r = metrics.compute_statistics(images, inception, opts.batch_size, run.device)
+            real = load_dataset(run.cfg.dataset, run.cfg.data_root, split, False, run.cfg.max_per_class)
+            real = real.subset(opts.n_real, 0)
+            n_real = len(real)
+            mu_r, sigma_r = metrics.compute_statistics(to_float(real.images), inception, opts.batch_size,
+                                                       run.device)
             metrics.save_stats(cache, mu_r, sigma_r)
+            meta = {"n_real": n_real, "dataset": run.cfg.dataset, "data_root": run.cfg.data_root,
+                    "split": split, "max_per_class": run.cfg.max_per_class, "inception": inception_id}
+            with open(cache + ".json", "w") as f:
+                json.dump(meta, f, indent=2)
             record["real_stats_cached"] = False
         mu_f, sigma_f = metrics.activation_statistics(pool)
         record["fid"] = metrics.frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
@@ -733,7 +740,7 @@ def task_tsne(run: Run, opts) -> dict:
     if run.buffer is None or run.p0 is None:
         raise EvalError(f"task 'tsne' needs the replay buffer and p0 stored in {run.ckpt!r}")
     n = opts.n_samples or 500
-    real = _load_split(run, "train", min(n, 10**9), seed=opts.seed)
+    real = _load_split(run, "train", n, seed=opts.seed)
     torch.manual_seed(opts.seed)
     x0 = run.p0.sample(n, device=run.device).cpu()
     g = torch.Generator().manual_seed(opts.seed)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fastebm import eval as E
 from fastebm import metrics as M
 from fastebm.config import resolve
 from fastebm.eval import filter_by_confidence, load_run, main, sample_chains
@@ -171,7 +172,7 @@ def test_tsne(ckpts, tmp_path):
     _png_ok(tmp_path / "tsne.png")
 
 
-def test_fid_is_random_inception_buffer_filtered(ckpts, tmp_path):
+def test_fid_is_random_inception_buffer_filtered(ckpts, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     argv = ["--ckpt", ckpts["mjem"], "--task", "fid", "is", "--random-inception", "--keep-ratio", "0.5",
             "--n-real", "24", "--splits", "2", "--stats-cache", str(cache), "--out", str(tmp_path), *FAST]
@@ -184,10 +185,17 @@ def test_fid_is_random_inception_buffer_filtered(ckpts, tmp_path):
     assert math.isfinite(is_["is_mean"]) and is_["is_mean"] >= 1 and is_["is_std"] >= 0
     assert fid["n_real"] == 24 and fid["n_buffer"] == 64 and 20 <= fid["n_fake"] <= 32
     assert "note" in fid and fid["real_stats_cached"] is False
-    files = os.listdir(cache)
-    assert len(files) == 1 and files[0].startswith("fid_stats_digits_train_24_random-inception_")
+    files = sorted(os.listdir(cache))
+    assert len(files) == 2 and files[0].startswith("fid_stats_digits_train_24_random-inception_")
+    assert files[1] == files[0] + ".json" and _json(cache / files[1])["n_real"] == 24
     mu, sigma = M.load_stats(cache / files[0])
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
+    # a second run reuses the cached statistics without loading the real images
+    monkeypatch.setattr(E, "load_dataset", lambda *a, **k: pytest.fail("real data loaded despite the cache"))
+    with pytest.warns(UserWarning):
+        assert main(argv[:4] + argv[5:]) == 0  # fid only
+    again = _json(tmp_path / "fid.json")
+    assert again["real_stats_cached"] is True and again["n_real"] == 24 and again["fid"] == fid["fid"]
 
 
 def test_is_from_fresh_chains(ckpts, tmp_path):
