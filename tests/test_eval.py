@@ -1,0 +1,254 @@
+"""The evaluation CLI (python -m fastebm.eval) end to end on tiny checkpoints (CPU, digits)."""
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastebm import eval as E
+from fastebm import metrics as M
+from fastebm.config import resolve
+from fastebm.eval import filter_by_confidence, load_run, main, sample_chains
+from fastebm.sampler import frozen_bn_stats
+from fastebm.trainer import Trainer
+
+TINY = dict(dataset="digits", depth=10, width=1, k=1, epochs=1, iters_per_epoch=2, buffer_size=64,
+            batch_size=16, cls_batch_size=16, warmup_iters=1, decay_epochs=[], progress=False, log_every=1,
+            eval_every=1000, sample_every=1000, train_subset=200, test_subset=32, device="cpu")
+FAST = ["--batch-size", "32", "--test-subset", "48"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_threaded():
+    """One torch / BLAS thread: the machine is shared and small; contention makes things slower."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """Tiny mjem and mebm checkpoints (WRN-10-1, K=1, 2 iterations, buffer 64) trained on digits."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for kind in ("mjem", "mebm"):
+        run = root / kind
+        if kind == "mebm":  # same data, same p0: reuse the fitted p0 cache
+            os.makedirs(run)
+            shutil.copy(root / "mjem" / "p0.pt", run / "p0.pt")
+        Trainer(resolve(dict(TINY, model=kind, out=str(run)))).fit()
+        out[kind] = str(run / "ckpt.pt")
+    return out
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _png_ok(path):
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.size[0] > 10 and im.size[1] > 10
+
+
+def _fails(argv, capsys, match):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m fastebm.eval: error: "), err
+    assert match in err[0], err[0]
+    return err[0]
+
+
+def test_load_run_restores_model_and_buffer(ckpts):
+    run = load_run(ckpts["mjem"], "cpu")
+    assert run.cfg.model == "mjem" and not run.model.training and run.iteration == 2
+    assert run.buffer.shape == (64, 3, 32, 32) and run.buffer.dtype == torch.float32
+    ckpt = torch.load(ckpts["mjem"], weights_only=False)
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k
+
+
+def test_acc_and_ece(ckpts, tmp_path):
+    assert main(["--ckpt", ckpts["mjem"], "--task", "acc", "ece", "--out", str(tmp_path), *FAST]) == 0
+    acc = _json(tmp_path / "acc.json")
+    assert acc["n"] == 48 and 0 <= acc["accuracy"] <= 1 and math.isfinite(acc["loss"]) and acc["loss"] >= 0
+    ece = _json(tmp_path / "ece.json")
+    assert 0 <= ece["ece"] <= 1 and abs(ece["accuracy"] - acc["accuracy"]) < 1e-9
+    assert len(ece["bins"]["count"]) == 15 and sum(ece["bins"]["count"]) == 48
+    _png_ok(tmp_path / "reliability.png")
+
+
+def test_default_out_is_eval_next_to_checkpoint(ckpts):
+    assert main(["--ckpt", ckpts["mjem"], "--task", "logpx", *FAST]) == 0
+    out = os.path.join(os.path.dirname(ckpts["mjem"]), "eval")
+    rec = _json(os.path.join(out, "logpx.json"))
+    assert sum(c["n"] for c in rec["per_class"].values()) == rec["n"] == 48
+    for c in rec["per_class"].values():
+        assert len(c["counts"]) == 30 and len(c["edges"]) == 31
+        assert c["n"] == 0 or (math.isfinite(c["mean"]) and c["std"] >= 0)
+    _png_ok(os.path.join(out, "logpx.png"))
+
+
+def test_gen_unconditional_and_class_conditional(ckpts, tmp_path):
+    assert main(["--ckpt", ckpts["mjem"], "--task", "gen", "--n-samples", "20", "--sgld-steps", "2",
+                 "--out", str(tmp_path), *FAST]) == 0
+    rec = _json(tmp_path / "gen.json")
+    assert rec["sgld_steps"] == 2 and rec["n_per_class"] == 2 and 0 <= rec["cond_accuracy"] <= 1
+    with np.load(tmp_path / "gen_uncond.npz") as f:
+        assert f["images"].shape == (20, 32, 32, 3) and f["images"].dtype == np.uint8
+        assert f["labels"].shape == (20,) and f["labels"].min() >= 0
+    with np.load(tmp_path / "gen_cond.npz") as f:
+        assert f["images"].shape == (20, 32, 32, 3) and f["images"].dtype == np.uint8
+        assert f["labels"].tolist() == [c for c in range(10) for _ in range(2)]
+    _png_ok(tmp_path / "gen_uncond.png")
+    _png_ok(tmp_path / "gen_cond.png")
+
+
+def test_conditional_chains_follow_minus_the_class_logit(ckpts):
+    """One SGLD step on E(x, y) = -f(x)[y] (K = 1: noise 0, step size 1) is x0 + grad_x f(x0)[y],
+    computed with the training BN mode (batch statistics); the model's state is left as it was."""
+    run = load_run(ckpts["mjem"], "cpu")
+    assert run.cfg.noise == 0 and run.cfg.step_size == 1 and run.cfg.sgld_bn == "batch"
+    y = torch.arange(16) % 10
+    state = {k: v.clone() for k, v in run.model.state_dict().items()}
+    torch.manual_seed(0)
+    x0 = run.p0.sample(16)
+    torch.manual_seed(0)
+    x1 = sample_chains(run, 16, 1, 16, labels=y)
+    assert not run.model.training and all(p.requires_grad for p in run.model.parameters())
+    for k, v in state.items():  # BN running statistics untouched by sampling
+        assert torch.equal(v, run.model.state_dict()[k]), k
+    model = run.model.train()
+    x = x0.clone().requires_grad_(True)
+    with frozen_bn_stats(model):
+        (g,) = torch.autograd.grad(model.logits(x).gather(1, y[:, None]).sum(), x)
+    model.eval()
+    assert g.abs().max() > 0
+    torch.testing.assert_close(x1, (x0 + g).clamp(-1, 1))
+
+
+def test_ood_digits_vs_cifar(ckpts, tmp_path, cifar_root):
+    assert main(["--ckpt", ckpts["mjem"], "--task", "ood", "--ood-dataset", "folder", "--ood-root", cifar_root,
+                 "--ood-max-per-class", "3", "--out", str(tmp_path), *FAST]) == 0
+    rec = _json(tmp_path / "ood.json")
+    assert rec["n_in"] == 48 and rec["n_out"] == 30
+    assert set(rec["auroc"]) == {"logpx", "max_softmax", "grad_norm"}
+    assert all(0 <= v <= 1 for v in rec["auroc"].values())
+    assert rec["mean_in"]["grad_norm"] <= 0  # the score is minus a norm
+    _png_ok(tmp_path / "ood_hist.png")
+
+
+def test_mebm_tasks_without_classifier(ckpts, tmp_path, cifar_root):
+    assert main(["--ckpt", ckpts["mebm"], "--task", "ood,gen", "--ood-dataset", "folder", "--ood-root",
+                 cifar_root, "--ood-max-per-class", "2", "--n-samples", "8", "--out", str(tmp_path), *FAST]) == 0
+    assert set(_json(tmp_path / "ood.json")["auroc"]) == {"logpx", "grad_norm"}
+    assert not os.path.exists(tmp_path / "gen_cond.npz")
+    with np.load(tmp_path / "gen_uncond.npz") as f:
+        assert f["images"].shape == (8, 32, 32, 3) and (f["labels"] == -1).all()
+
+
+def test_tsne(ckpts, tmp_path):
+    assert main(["--ckpt", ckpts["mjem"], "--task", "tsne", "--n-samples", "20", "--perplexity", "5",
+                 "--out", str(tmp_path), *FAST]) == 0
+    with np.load(tmp_path / "tsne.npz") as f:
+        assert f["coords"].shape == (60, 2) and np.isfinite(f["coords"]).all()
+        assert np.bincount(f["group"]).tolist() == [20, 20, 20]
+    rec = _json(tmp_path / "tsne.json")
+    assert rec["names"] == ["real x+", "p0 x0", "buffer x-"] and len(rec["coords"]) == 60
+    _png_ok(tmp_path / "tsne.png")
+
+
+def test_fid_is_random_inception_buffer_filtered(ckpts, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    argv = ["--ckpt", ckpts["mjem"], "--task", "fid", "is", "--random-inception", "--keep-ratio", "0.5",
+            "--n-real", "24", "--splits", "2", "--stats-cache", str(cache), "--out", str(tmp_path), *FAST]
+    with pytest.warns(UserWarning) as record:
+        assert main(argv) == 0
+    messages = " ".join(str(w.message) for w in record)
+    assert "meaningless" in messages and "singular" in messages  # N < 2048 features
+    fid, is_ = _json(tmp_path / "fid.json"), _json(tmp_path / "is.json")
+    assert math.isfinite(fid["fid"]) and fid["fid"] >= 0 and fid["fid"] == is_["fid"]
+    assert math.isfinite(is_["is_mean"]) and is_["is_mean"] >= 1 and is_["is_std"] >= 0
+    assert fid["n_real"] == 24 and fid["n_buffer"] == 64 and 20 <= fid["n_fake"] <= 32
+    assert "note" in fid and fid["real_stats_cached"] is False
+    files = sorted(os.listdir(cache))
+    assert len(files) == 2 and files[0].startswith("fid_stats_digits_train_24_random-inception_")
+    assert files[1] == files[0] + ".json" and _json(cache / files[1])["n_real"] == 24
+    mu, sigma = M.load_stats(cache / files[0])
+    assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
+    # a second run reuses the cached statistics without loading the real images
+    monkeypatch.setattr(E, "load_dataset", lambda *a, **k: pytest.fail("real data loaded despite the cache"))
+    with pytest.warns(UserWarning):
+        assert main(argv[:4] + argv[5:]) == 0  # fid only
+    again = _json(tmp_path / "fid.json")
+    assert again["real_stats_cached"] is True and again["n_real"] == 24 and again["fid"] == fid["fid"]
+
+
+def test_is_from_fresh_chains(ckpts, tmp_path):
+    argv = ["--ckpt", ckpts["mebm"], "--task", "is", "--random-inception", "--source", "chains",
+            "--n-samples", "6", "--sgld-steps", "2", "--splits", "2", "--out", str(tmp_path), *FAST]
+    with pytest.warns(UserWarning, match="meaningless"):
+        assert main(argv) == 0
+    rec = _json(tmp_path / "is.json")
+    assert rec["source"] == "chains" and rec["n_fake"] == 6 and rec["sgld_steps"] == 2
+    assert math.isfinite(rec["is_mean"]) and rec["is_mean"] >= 1 and "fid" not in rec
+    assert not os.path.exists(tmp_path / "fid.json")
+
+
+def test_missing_inception_weights_exit_2_with_path(ckpts, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    expected = os.path.join(str(tmp_path / "hub"), "checkpoints", M.FID_WEIGHTS_FILENAME)
+    msg = _fails(["--ckpt", ckpts["mjem"], "--task", "fid", "--out", str(tmp_path)], capsys, expected)
+    assert "--inception-weights" in msg and "Nothing is downloaded" in msg
+    missing = str(tmp_path / "nowhere" / "w.pth")
+    _fails(["--ckpt", ckpts["mjem"], "--task", "is", "--inception-weights", missing, "--out", str(tmp_path)],
+           capsys, missing)
+    assert not os.path.exists(tmp_path / "fid.json")
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--task", "acc"], "'mebm', which has no p(y|x)"),
+    (["--task", "logpx", "ece"], "task 'ece' needs a classifier"),
+    (["--task", "fid", "--random-inception", "--keep-ratio", "0.5"], "--keep-ratio"),
+    (["--task", "nope"], "unknown task(s) ['nope']"),
+    (["--task", "logpx", "--dataset", "mnist"], "--dataset: expected one of"),
+    (["--task", "logpx", "--dataset", "folder", "--data-root", "/nonexistent/x"], "not a folder"),
+    (["--task", "ood"], "needs --ood-dataset"),
+    (["--task", "logpx", "--batch-size", "0"], "--batch-size"),
+])
+def test_bad_input_one_line_exit_2(ckpts, tmp_path, capsys, argv, match):
+    _fails(["--ckpt", ckpts["mebm"], "--out", str(tmp_path), *argv], capsys, match)
+
+
+def test_missing_checkpoint_and_missing_task(tmp_path, capsys):
+    _fails(["--ckpt", str(tmp_path / "none.pt"), "--task", "acc"], capsys, "expected a file")
+    _fails(["--ckpt", str(tmp_path / "none.pt")], capsys, "--task")
+
+
+def test_filter_by_confidence_keeps_top_ratio_per_predicted_class():
+    # predicted class 0: confidences .9 .6 .8 .7 (indices 0-3); class 1: .55 .95 (4, 5); class 2: .5 (6)
+    conf = [(.9, 0), (.6, 0), (.8, 0), (.7, 0), (.55, 1), (.95, 1), (.5, 2)]
+    probs = np.zeros((7, 3))
+    for i, (c, k) in enumerate(conf):
+        probs[i, k] = c
+        probs[i, [j for j in range(3) if j != k]] = (1 - c) / 2
+    assert filter_by_confidence(probs, 0.5).tolist() == [0, 2, 5]  # floor(.5*4)=2, floor(.5*2)=1, floor(.5)=0
+    assert filter_by_confidence(probs, 1.0).tolist() == list(range(7))
+    assert filter_by_confidence(torch.from_numpy(probs), 0.75).tolist() == [0, 2, 3, 5]
+    assert filter_by_confidence(probs, 2).tolist() == [0, 2, 4, 5, 6]  # > 1: a count per class
+    with pytest.raises(ValueError, match="keep-ratio"):
+        filter_by_confidence(probs, 0.0)
