@@ -74,6 +74,7 @@ from .data import DATASETS, DatasetError, ImageSet, load_dataset, to_float, to_u
 from .init import p0_from_state_dict
 from .model import EnergyModel, build_model
 from .sampler import SGLDConfig, sampling_mode, sgld
+from .trainer import resolve_device
 
 __all__ = ["TASKS", "EvalError", "Run", "load_run", "filter_by_confidence", "sample_chains",
            "task_fid_is", "task_gen", "task_acc", "task_ece", "task_ood", "task_logpx", "task_tsne",
@@ -119,15 +120,10 @@ class Run:
 
 
 def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise EvalError(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {name}: CUDA is not available on this machine")
-    return dev
+        return resolve_device(name)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
 
 
 def load_run(ckpt_path: str, device: str = "auto", dataset: str | None = None,
