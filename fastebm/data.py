@@ -268,26 +268,31 @@ class Batches:
         self.labels = data.labels.to(device)
         self.batch_size, self.seed, self.stream = batch_size, seed, stream
         self.augment, self.data_noise = augment, data_noise
-        self._perms: dict[int, torch.Tensor] = {}
+        self._cached, self._cached_key = None, None
 
-    def _perm(self, p: int) -> torch.Tensor:
-        if p not in self._perms:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.stream) * 1_000_003 + p)
-            self._perms = {k: v for k, v in self._perms.items() if k >= p - 1}
-            self._perms[p] = torch.randperm(len(self.labels), generator=g).to(self.labels.device)
-        return self._perms[p]
+    def _perms_for(self, first: int, last: int) -> torch.Tensor:
+        """Concatenated permutations of passes first..last, on the device (cached: one new pass per epoch)."""
+        if self._cached_key != (first, last):
+            perms = []
+            for p in range(first, last + 1):
+                g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.stream) * 1_000_003 + p)
+                perms.append(torch.randperm(len(self.labels), generator=g))
+            self._cached = torch.cat(perms).to(self.labels.device)
+            self._cached_key = (first, last)
+        return self._cached
 
     def indices(self, it: int) -> torch.Tensor:
-        """Dataset indices (batch_size,) int64 of global iteration ``it``."""
+        """Dataset indices (batch_size,) int64 of global iteration ``it``, on the device.
+
+        Built with device ops only (no host sync): position i of the batch is element start + i of the
+        concatenated per-pass permutations.
+        """
         n = len(self.labels)
         start = it * self.batch_size
-        pos = torch.arange(start, start + self.batch_size)
-        passes = pos // n
-        out = torch.empty(self.batch_size, dtype=torch.long, device=self.labels.device)
-        for p in passes.unique().tolist():
-            sel = (passes == p).nonzero().squeeze(1)
-            out[sel.to(out.device)] = self._perm(p)[(pos[sel] % n).to(out.device)]
-        return out
+        first, last = start // n, (start + self.batch_size - 1) // n
+        offset = start - first * n
+        pos = torch.arange(offset, offset + self.batch_size, device=self.labels.device)
+        return self._perms_for(first, last)[pos]
 
     def get(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch of iteration ``it``: images (B, 3, H, W) float32 in [−1, 1] (plus noise/augmentation), labels (B,).
