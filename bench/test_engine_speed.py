@@ -91,7 +91,7 @@ def test_engine_speed(benchmark, engine_runs, model, k, mode):
              "fast TFLOP/s" + (" (% bf16 peak)" if C.CUDA else "")])
         if not sec["notes"]:
             sec["notes"].append("fast flags on CPU: compile=default only (fast_flags('cpu') == plain_flags()); "
-                                "0 dynamo graphs = the trainer does not act on the flag yet.")
+                                "dynamo graphs = graphs torch.compile produced for the fast side.")
         on = ",".join(f"{n}={v}" for n, v in fast["flags"].items() if v not in (False, "off"))
         tf = f"{tflops:.3f}" + (f" ({100 * tflops / peak:.1f} %)" if peak else "")
         sec["rows"].append([f"{model}-k{k}", f"{plain['median']:.3f}", f"{fast['median']:.3f}", f"{ratio:.2f}x",
