@@ -44,6 +44,9 @@ class UniformInit:
     def to(self, device) -> "UniformInit":
         return self
 
+    def use_triton(self, rng_state) -> None:
+        """Uniform sampling is one torch.rand; there is no fused kernel to switch to."""
+
     def state_dict(self) -> dict:
         return {"kind": self.kind, "shape": self.shape}
 

@@ -369,7 +369,8 @@ class Trainer:
         self.p0 = p0_from_state_dict(ckpt["p0"]).to(self.device)
         if self.cfg.triton:
             self.p0.use_triton(self.sampler.rng_state)
-            self.sampler.rng_state.copy_(ckpt["triton_rng"])
+            if ckpt.get("triton_rng") is not None:  # a checkpoint of a CPU run has none
+                self.sampler.rng_state.copy_(ckpt["triton_rng"])
         self.buffer.p0 = self.p0
         self.iteration = int(ckpt["iteration"])
         set_rng_state(ckpt["rng"])
