@@ -3,33 +3,20 @@
 - On CPU, torch runs with one intra-op thread (override with FASTEBM_BENCH_THREADS): the 2-core
   development machine is shared with other processes, and two OpenMP threads on oversubscribed cores
   made training iterations 3–4× slower and much noisier than one.
-- Triton variants are marked ``gpu`` and skipped cleanly without CUDA (the Triton interpreter on CPU is
-  far too slow to say anything about speed; TRITON_INTERPRET is deliberately *not* set here).
+- Triton variants are marked ``gpu`` and skipped cleanly without CUDA by the root conftest.py (the
+  Triton interpreter on CPU is far too slow to say anything about speed; TRITON_INTERPRET is
+  deliberately *not* set here).
 - A plain table of every figure (speedups, FLOP ratios, paper claims, bandwidths, memory) is printed at
   the end of the run (``pytest_terminal_summary``), from ``bench._common.SUMMARY``.
 """
 import os
 
-import pytest
 import torch
 
 from bench import _common
 
 if not torch.cuda.is_available():
     torch.set_num_threads(int(os.environ.get("FASTEBM_BENCH_THREADS", "1")))
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped cleanly without one)")
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device (Triton kernel; on CPU only the interpreter runs it)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -3,7 +3,8 @@
 Without a CUDA device the Triton kernels run in the Triton interpreter on CPU tensors. TRITON_INTERPRET
 must be in the environment before ``triton`` is imported (the ``triton.jit`` decorator picks the
 interpreter at decoration time), so it is set here, before any test module imports the kernels.
-GPU tests are marked ``gpu`` and skipped cleanly without CUDA.
+GPU tests are marked ``gpu`` and skipped cleanly without CUDA (the hook is in the root conftest.py,
+shared with bench/).
 """
 import os
 
@@ -16,13 +17,19 @@ if not torch.cuda.is_available():
 CIFAR_JPG = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpg")
 
 
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+@pytest.fixture(scope="module")
+def single_threaded():
+    """One torch and one BLAS thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): on a
+    small shared machine, thread contention made the Inception / eigh-heavy tests 5-20× slower."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -22,18 +22,7 @@ TINY = dict(dataset="digits", depth=10, width=1, k=1, epochs=1, iters_per_epoch=
 FAST = ["--batch-size", "32", "--test-subset", "48"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    """One torch / BLAS thread: the machine is shared and small; contention makes things slower."""
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_threaded")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

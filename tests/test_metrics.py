@@ -10,23 +10,11 @@ from scipy import linalg
 
 from fastebm import metrics as M
 
-CIFAR_TEST = "/work/shared/data/cifar10-jpg/test"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    """One BLAS thread and one torch thread while this file runs: on a busy 2-core machine the
-    threads contend with other processes, and OpenBLAS's eigh of a 2048 x 2048 covariance was seen
-    to take 5-20 s instead of ~1 s, a 4-image Inception forward 20 s instead of 1 s."""
-    from threadpoolctl import threadpool_limits
-
-    n_torch = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(n_torch)
+# One BLAS thread and one torch thread while this file runs: on a busy 2-core machine OpenBLAS's eigh
+# of a 2048 x 2048 covariance was seen to take 5-20 s instead of ~1 s.
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,23 +166,22 @@ def test_activation_statistics():
 # --------------------------------------------------------------------------------------------------
 # Inception pipeline (random weights; real CIFAR-10 images)
 # --------------------------------------------------------------------------------------------------
-def _cifar_images(n):
+def _cifar_images(root, n):
     from torchvision.io import read_image
 
-    if not os.path.isdir(CIFAR_TEST):
-        pytest.skip(f"CIFAR-10 JPEG test images not found at {CIFAR_TEST}")
-    classes = sorted(os.listdir(CIFAR_TEST))
+    test_dir = os.path.join(root, "test")
+    classes = sorted(os.listdir(test_dir))
     imgs = []
     for i in range(n):  # spread over the classes: image i // len(classes) of class i % len(classes)
         cls = classes[i % len(classes)]
-        imgs.append(read_image(os.path.join(CIFAR_TEST, cls, f"{i // len(classes):04d}.jpg")))
+        imgs.append(read_image(os.path.join(test_dir, cls, f"{i // len(classes):04d}.jpg")))
     x = torch.stack(imgs)  # uint8 (n, 3, 32, 32) in [0, 255]
     return x
 
 
 @pytest.fixture(scope="module")
-def cifar_uint8():
-    return _cifar_images(16)
+def cifar_uint8(cifar_root):
+    return _cifar_images(cifar_root, 16)
 
 
 @pytest.fixture(scope="module")
