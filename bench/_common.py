@@ -205,42 +205,33 @@ class TrainStep:
     def __call__(self):
         from fastebm.trainer import lr_at
 
-        tr = self.trainer
-        for g in tr.opt.param_groups:
-            g["lr"] = lr_at(tr.cfg, self.it)
-        self.last = tr.train_step(self.it)
+        for g in self.trainer.opt.param_groups:
+            g["lr"] = lr_at(self.trainer.cfg, self.it)
+        self.last = self.step(self.it)
         self.it += 1
         return self.last
+
+    def step(self, it: int) -> dict:
+        return self.trainer.train_step(it)
 
     def finite(self) -> bool:
         return self.last is None or bool(torch.isfinite(self.last["loss"]))
 
 
-class ClassifierStep:
+class ClassifierStep(TrainStep):
     """The plain-classifier floor: cross-entropy on one augmented batch of ``cls_batch_size`` through the
     same network (M-JEM's backbone + classifier head), SGD step; no SGLD, no generative term."""
 
-    def __init__(self, trainer):
-        self.trainer, self.it, self.last = trainer, 0, None
-
-    def __call__(self):
+    def step(self, it: int) -> dict:
         import torch.nn.functional as F
-        from fastebm.trainer import lr_at
 
         tr = self.trainer
-        for g in tr.opt.param_groups:
-            g["lr"] = lr_at(tr.cfg, self.it)
-        x, y = tr.cls_batches.get(self.it)
+        x, y = tr.cls_batches.get(it)
         loss = F.cross_entropy(tr.model.logits(x), y)
         tr.opt.zero_grad(set_to_none=True)
         loss.backward()
         tr.opt.step()
-        self.it += 1
-        self.last = {"loss": loss.detach()}
-        return self.last
-
-    def finite(self) -> bool:
-        return self.last is None or bool(torch.isfinite(self.last["loss"]))
+        return {"loss": loss.detach()}
 
 
 # ---------------------------------------------------------------------------------------------- memory

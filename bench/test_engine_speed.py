@@ -19,7 +19,6 @@ more than 20 % slower than the plain one (noise margin), and both losses stay fi
 from __future__ import annotations
 
 import pytest
-import torch
 
 from bench import _common as C
 

@@ -197,7 +197,7 @@ def test_jem_baseline(benchmark, epoch_runs):
 def test_epoch_speed(benchmark, epoch_runs, label):
     _pedantic(benchmark, epoch_runs, label)
     info = _report(benchmark, epoch_runs, label)
-    model, k = info["model"], info["k"]
+    model = info["model"]
     # The FLOP model of flop_units against FlopCounterMode over one real iteration. On CPU (small
     # network) the p0 sample of the buffer draw (a 3072x3072 GEMM per batch) adds a few % of FLOPs.
     assert info["flop_units_counted"] == pytest.approx(info["flop_units"], rel=0.12), (
