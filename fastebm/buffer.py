@@ -72,6 +72,7 @@ class ReplayBuffer:
         return ok
 
     def state_dict(self) -> dict:
+        """Samples (|B|, C, H, W) float32 on the CPU and ρ, for checkpoints."""
         return {"samples": self.samples.detach().cpu(), "reinit_freq": self.reinit_freq}
 
     def load_state_dict(self, state: dict) -> None:

@@ -103,12 +103,15 @@ class Config:
 
     @property
     def total_iters(self) -> int:
+        """epochs × iters_per_epoch."""
         return self.epochs * self.iters_per_epoch
 
     def to_dict(self) -> dict:
+        """Plain dict of every field (stored in checkpoints)."""
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
+        """The resolved configuration as indented JSON (config.json of a run)."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def arch(self) -> dict:

@@ -55,6 +55,7 @@ class ImageSet:
 
     @property
     def image_size(self) -> int:
+        """Side H (= W) in pixels."""
         return self.images.shape[-1]
 
     def subset(self, n: int | None, seed: int = 0) -> "ImageSet":

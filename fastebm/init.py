@@ -39,15 +39,18 @@ class UniformInit:
         self.shape = tuple(shape)
 
     def sample(self, n: int, device=None) -> torch.Tensor:
+        """n samples (n, C, H, W) float32 uniform in [−1, 1), global torch RNG."""
         return torch.rand((n, *self.shape), device=device).mul_(2).sub_(1)
 
     def to(self, device) -> "UniformInit":
+        """No tensors to move: returns self."""
         return self
 
     def use_triton(self, rng_state) -> None:
         """Uniform sampling is one torch.rand; there is no fused kernel to switch to."""
 
     def state_dict(self) -> dict:
+        """{"kind": "uniform", "shape"} (see :func:`p0_from_state_dict`)."""
         return {"kind": self.kind, "shape": self.shape}
 
 
@@ -71,6 +74,7 @@ class GaussianInit:
 
     @property
     def dim(self) -> int:
+        """D = C·H·W."""
         return self.mean.numel()
 
     def use_triton(self, rng_state: torch.Tensor | None) -> None:
@@ -110,11 +114,13 @@ class GaussianInit:
         return x.clamp_(-1, 1).view(n, *self.shape)
 
     def to(self, device) -> "GaussianInit":
+        """A copy with every tensor on ``device``."""
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return GaussianInit(self.shape, mv(self.mean), self.form, mv(self.scale_tril), mv(self.factor),
                             mv(self.diag_sqrt), self.meta)
 
     def state_dict(self) -> dict:
+        """Every tensor on the CPU plus form and meta (see :func:`p0_from_state_dict`)."""
         cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
         return {"kind": self.kind, "shape": self.shape, "form": self.form, "mean": cpu(self.mean),
                 "scale_tril": cpu(self.scale_tril), "factor": cpu(self.factor),

@@ -134,6 +134,7 @@ class EnergyModel(nn.Module):
 
     @property
     def has_classifier(self) -> bool:
+        """True for ``mjem`` and ``jem``."""
         return self.class_head is not None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

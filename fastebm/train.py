@@ -29,6 +29,7 @@ def _optional_float(s: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m fastebm.train``; every default is None (the preset decides)."""
     p = argparse.ArgumentParser(prog="python -m fastebm.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
@@ -113,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def main(argv=None) -> int:
+    """Run the CLI; returns the exit status (0 done, 1 diverged, 2 bad input via SystemExit, 130 interrupted)."""
     try:
         return _main(argv)
     finally:

@@ -74,6 +74,7 @@ def lr_at(cfg: Config, it: int) -> float:
 
 
 def rng_state() -> dict:
+    """States of the torch (CPU and CUDA), numpy and Python generators, for checkpoints."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -81,6 +82,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved (exact resume)."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -284,6 +286,7 @@ class Trainer:
             f"last good checkpoint: {self.last_checkpoint or 'none written yet'}")
 
     def log(self, record: dict) -> None:
+        """Append one JSON line to metrics.jsonl (flushed)."""
         self._log_file.write(json.dumps(record) + "\n")
         self._log_file.flush()
 
@@ -330,6 +333,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
+        """Everything a checkpoint holds: model, optimizer, buffer, p0, RNG states, iteration, config."""
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "buffer": self.buffer.state_dict(), "p0": self.p0.state_dict(), "rng": rng_state(),
                 "iteration": self.iteration, "epoch": self.iteration / self.cfg.iters_per_epoch,
