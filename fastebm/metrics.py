@@ -199,8 +199,8 @@ def frechet_distance(
         covariances too, so identical statistics still give ~0 rather than -2·F·eps.  In that
         regularised case tr sqrt(S1 S2) is computed as the sum of the square roots of the
         eigenvalues of the similar symmetric PSD matrix S1^1/2 S2 S1^1/2 (eigenvalues clipped at
-        0), which is always real and ~10x faster than ``sqrtm`` on an ill-conditioned 2048 x 2048
-        product.  A slightly negative result from rounding is clipped to 0.0 (with a warning if it
+        0), which is always real (``sqrtm`` of an ill-conditioned product can return complex or
+        non-finite values).  A slightly negative result from rounding is clipped to 0.0 (with a warning if it
         is below -1e-6 x the total variance).  A singular or near-singular product never raises.
 
     Raises:
@@ -258,8 +258,7 @@ def frechet_distance(
         sigma1 = sigma1 + np.eye(n_feat) * eps
         sigma2 = sigma2 + np.eye(n_feat) * eps
         # tr sqrt(S1 S2) = tr sqrt(S1^1/2 S2 S1^1/2): the latter matrix is symmetric PSD, so the
-        # trace is the sum of the square roots of its (clipped) eigenvalues -- always real, and far
-        # faster than sqrtm on an ill-conditioned product.
+        # trace is the sum of the square roots of its (clipped) eigenvalues -- always real.
         w1, v1 = np.linalg.eigh(sigma1)
         root1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
         m = root1 @ sigma2 @ root1
