@@ -13,6 +13,7 @@ process with the full-size buffer.
 """
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -38,9 +39,25 @@ CFG_B = dict(TINY, model="jem", k=2, batch_size=16, buffer_size=16, iters_per_ep
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port *below* the kernel's ephemeral range. A port from the ephemeral range (what
+    binding port 0 returns) can be handed to rank 1's own outgoing socket while it connects before
+    rank 0 listens: a TCP self-connection, which made gloo abort ("terminate called without an
+    active exception") in about one run of six."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError):
+        low = 32768
+    rng = random.Random(os.getpid())
+    for _ in range(100):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 def _records(out, kind="train"):
