@@ -1,24 +1,56 @@
-"""Run configuration: plain values, the paper's presets per dataset, and the rules that depend on K.
+"""Run configuration: plain values, the paper's presets, and the rules that depend on K.
 
-Presets (all overridable from the command line):
+Every value below carries its source next to it. Abbreviations of the sources:
 
-=============  ==========  =====================================================================
-dataset        network     notes
-=============  ==========  =====================================================================
-cifar10/100    WRN-28-10   BatchNorm, SGD lr 0.1, momentum 0.9, warm-up 1000 its, 150 epochs,
-                           decay ×0.2 at epochs 50/100/125, buffer 10,000, ρ 0.05, α 1
-imagenet32     WRN-28-2    as CIFAR
-celebahq128    WRN-28-5    M-EBM (unconditional), low-rank p0, fourth WRN stage
-folder         WRN-28-10   as CIFAR, image size from the data
-digits         WRN-10-1    tiny CPU demo: 3 epochs of 100 iterations, lr 0.05, buffer 1,000
-=============  ==========  =====================================================================
+- *paper*: Yang & Ji, "M-EBM: Towards Understanding the Manifolds of Energy-Based Models" (PAKDD 2023,
+  arXiv 2303.04343): Table 5 (hyper-parameters), Appendix A (learning rates), Section 5 (experiments).
+  The paper's text was not available to this project; its values are the ones quoted in issue 9.
+- *mebm*: the authors' code, github sndnyang/mebm: ``train_maebm.py`` (argparse defaults, ``sample_q``,
+  the training loop), ``utils.py`` (``get_data``), ``scripts/maebm_cifar10.sh``, ``scripts/majem_cifar10.sh``,
+  ``scripts/maebm_celeba.sh``.
+- *JEM*: github wgrathwohl/JEM: ``train_wrn_ebm.py`` (argparse defaults, ``get_data``, ``sample_q``) and
+  the CIFAR-10 command of its ``README.md``.
 
-K-dependent rules of the reference scripts: λ (L2 energy) = 0.1 and σ (SGLD noise) = 0 for K ≤ 2;
-λ = 0.5 and σ = 0.001 for K ≥ 3 (the scripts use K ≥ 5; K = 3, 4 follow the larger-K rule).
+How a run's configuration is resolved (:func:`resolve`)::
 
-The JEM baseline (``--model jem``): K = 20, uniform p0, energy −logsumexp(logits), one batch of 64 for
-both terms, no L2 term, SGLD noise 0.01, data noise 0.03, no normalization, Adam lr 1e-4
-(the settings of the JEM paper's code).
+    Config defaults (the M-EBM / M-JEM recipe of the mebm code)
+      ← dataset preset (PRESETS)  ← model preset (MODEL_PRESETS: jem, lse-jem)
+      ← K rule (λ, σ)  ← what the user set  ← iterations per epoch from the dataset size
+
+Presets (``python -m fastebm.train --print-config --dataset D --model M --k K`` prints any of them):
+
+=============  ===========  ==========================================================================
+dataset        network      recipe
+=============  ===========  ==========================================================================
+cifar10        WRN-28-10    SGD lr 0.1, momentum 0.9, weight decay 5e-4, warm-up lr·it/1000 over 1,000
+                            iterations, 200 epochs of 390 iterations, ×0.2 at epochs 60/120/180,
+                            SGLD α 1 with ∂E/∂x clamped to [−1, 1] and x to [−1, 1], buffer 10,000, ρ 0.05
+cifar100       WRN-28-10    as cifar10 with lr 0.02
+imagenet32     WRN-28-2     as cifar10 with lr 0.02, 50 epochs (Section 5) of 10,009 iterations
+celebahq128    WRN-28-5     M-EBM, K 5, lr 0.02, fourth WRN stage, low-rank p0, ×0.2 at 80/120/160
+folder         WRN-28-10    as cifar10; iterations per epoch from the number of training images
+digits         WRN-10-1     tiny CPU demo: 3 epochs of 100 iterations, lr 0.05, buffer 1,000
+=============  ===========  ==========================================================================
+
+K rule (mebm ``scripts/maebm_cifar10.sh`` at commit da79aff, its closing comment: "K=2 ... l2_coeff 0.1 and
+sgld_std 0; K>=5, l2_coeff=0.5, sgld_std=0.001"): λ (L2 energy) = 0.1 and σ (SGLD noise) = 0 for K ≤ 2;
+λ = 0.5 and σ = 0.001 for K ≥ 3 (K = 3, 4 follow the larger-K rule). Table 5 of the paper (and the later
+revision 652f5c6 of that script) gives σ = 0.001, λ = 0.5 for K = 2 as well: ``--noise 0.001 --l2 0.5``.
+
+Where the paper and the authors' code disagree, the choice and the way to the other:
+
+- L2 term: Eq. 8 squares every energy, λ·mean(E(x+)² + E(x−)²) — the default (``--reg-form eq8``);
+  mebm ``train_maebm.py`` squares the batch means, λ·(mean E(x+))² + λ·(mean E(x−))²: ``--reg-form reference``.
+- σ for K = 2: the script's 0 (above); Table 5's 0.001 with ``--noise 0.001``.
+- Epochs: 200 (Table 5, the scripts' ``--n_epochs 200``); the 150 of earlier fastebm versions with
+  ``--epochs 150``. ImageNet 32×32: Section 5's 50 epochs; Table 5's 200 with ``--epochs 200``
+  (the decay epochs 60/120/180 of ``train_maebm.py`` then apply; within 50 epochs none is reached).
+
+Models (``--model``): ``mebm`` (energy head, unconditional), ``mjem`` (energy head + classifier head, a
+second augmented batch of 128 for p(y|x)), ``lse-jem`` (the paper's LSE-JEM ablation, Fig. 2b / 4a: the
+M-JEM recipe with E(x) = −logsumexp of the logits and no energy head; λ = 0, because an L2 penalty on
+−logsumexp pulls all logits towards 0 and so fights the cross-entropy, the paper's argument — ``--l2``
+turns it back on), and ``jem`` (the JEM baseline as JEM's code, :data:`MODEL_PRESETS`).
 """
 from __future__ import annotations
 
@@ -33,77 +65,111 @@ from .model import MODEL_KINDS, NORMS
 from .sampler import BN_MODES
 
 
+class _NoneGiven:
+    """Marks an option the user set to ``none`` explicitly (so that no preset replaces it)."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+NONE = _NoneGiven()
+
+
+def _f(default, help: str, group: str, **kw):
+    """A Config field with its command-line help and help group (read by ``fastebm.train.build_parser``)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, "group": group, **kw})
+    return field(default=default, metadata={"help": help, "group": group, **kw})
+
+
 @dataclass
 class Config:
-    """Every knob of a run; defaults are the CIFAR-10 M-JEM preset (see :func:`resolve`)."""
+    """Every knob of a run. The defaults are the M-EBM / M-JEM recipe of the authors' code (sources in the
+    comments); :func:`resolve` applies the dataset, model and K presets on top. Each field's ``metadata``
+    holds its ``help`` line (and ``group``), from which ``python -m fastebm.train`` builds its flags."""
 
     # data
-    dataset: str = "digits"
-    data_root: str | None = None
-    download: bool = False
-    train_subset: int | None = None  # keep this many training images (demos, tests)
-    test_subset: int | None = None  # evaluate on this many test images
-    max_per_class: int | None = None  # folder layouts: read at most this many files per class
-    image_size: int = 32  # set from the data
-    n_classes: int = 10  # set from the data
-    data_noise: float = 0.0
+    dataset: str = _f("digits", "dataset (digits: the embedded demo, no download)", "data")
+    data_root: str | None = _f(None, "folder holding the dataset's files (not needed for digits)", "data")
+    download: bool = _f(False, "allow torchvision to download CIFAR", "data")
+    train_subset: int | None = _f(None, "keep this many training images (demos, tests; none: all)", "data")
+    test_subset: int | None = _f(None, "evaluate on this many test images (none: all)", "data")
+    max_per_class: int | None = _f(None, "folder layouts: read at most this many files per class "
+                                         "(none: all)", "data")
+    image_size: int = _f(32, "image side in pixels (set from the data)", "data")
+    n_classes: int = _f(10, "number of classes (set from the data)", "data")
+    data_noise: float = _f(0.0, "std of Gaussian noise added to data batches", "data")  # mebm scripts --sigma .0
+    augment_px: bool = _f(False, "augment the p(x) batch too (reflect-pad 4, crop, flip)", "data")  # mebm utils.get_data: transform_px has no augmentation
     # model
-    model: str = "mjem"
-    depth: int = 28
-    width: int = 10
-    norm: str = "batch"
-    dropout: float = 0.0
-    # informative initialization and buffer
-    p0: str = "gaussian"
-    cov: str = "auto"
-    rank: int = 100
-    buffer_size: int = 10_000
-    reinit_freq: float = 0.05
+    model: str = _f("mjem", "mebm, mjem, lse-jem or the jem baseline", "model")
+    depth: int = _f(28, "WRN depth 6n+4", "model")  # mebm scripts --depth 28
+    width: int = _f(10, "WRN widening factor", "model")  # mebm scripts --width 10
+    norm: str = _f("batch", "normalization layers of the WRN", "model")  # mebm scripts --norm batch
+    dropout: float = _f(0.0, "dropout rate inside the WRN blocks", "model")  # mebm train_maebm.py --dropout_rate 0
+    # informative initialization and replay buffer
+    p0: str = _f("gaussian", "SGLD initial distribution: gaussian (informative, Eq. 6) or uniform",
+                 "p0 and replay buffer")  # mebm train_maebm.py --init gm
+    cov: str = _f("auto", "p0 covariance form (auto: full up to 64 px, low-rank above)", "p0 and replay buffer")
+    rank: int = _f(100, "rank of the low-rank p0 covariance", "p0 and replay buffer")
+    buffer_size: int = _f(10_000, "replay buffer size", "p0 and replay buffer")  # mebm train_maebm.py --buffer_size 10000
+    reinit_freq: float = _f(0.05, "ρ, fraction of chains restarted from p0 per draw",
+                            "p0 and replay buffer")  # mebm train_maebm.py --reinit_freq 0.05
     # SGLD
-    k: int = 5
-    step_size: float = 1.0
-    noise: float | None = None  # None: by the K rule
-    grad_clip: float | None = None
-    clamp_x: bool = True
-    sgld_bn: str = "batch"
+    k: int = _f(5, "SGLD steps K per iteration", "SGLD")  # mebm scripts/majem_cifar10.sh --n_steps 5
+    step_size: float = _f(1.0, "SGLD step size α", "SGLD")  # mebm scripts --sgld_lr 1
+    noise: float | None = _f(None, "SGLD noise σ (none: by the K rule)", "SGLD")  # K rule, see module docstring
+    grad_clip: float | None = _f(1.0, "clamp ∂E/∂x to [-c, c] at every SGLD step (none: no clamp)",
+                                 "SGLD")  # mebm train_maebm.py sample_q: t.clamp(eta, -1, 1)
+    clamp_x: bool = _f(True, "clamp SGLD samples to [-1, 1] after every step", "SGLD")  # mebm sample_q: t.clamp(x_k, -1, 1)
+    sgld_bn: str = _f("batch", "BatchNorm while sampling", "SGLD")  # mebm sample_q: f stays in train mode
     # loss
-    l2: float | None = None  # None: by the K rule
-    reg_form: str = "eq8"
-    cls_weight: float = 1.0
-    batch_size: int = 64  # p(x) batch, not augmented
-    cls_batch_size: int = 128  # p(y|x) batch, augmented (M-JEM)
+    l2: float | None = _f(None, "λ, L2 energy regularization (none: by the K rule)", "loss")  # K rule
+    reg_form: str = _f("eq8", "L2 term: eq8 (paper Eq. 8, per sample) or reference (mebm code: squared "
+                              "batch means)", "loss")
+    cls_weight: float = _f(1.0, "weight of the cross-entropy term", "loss")  # mebm scripts --pyx 1.0
+    batch_size: int = _f(64, "p(x) batch (positives and SGLD chains)", "loss")  # mebm train_maebm.py --batch_size 64
+    cls_batch_size: int = _f(128, "p(y|x) batch, augmented; it also sets the epoch (one pass of it)",
+                             "loss")  # mebm utils.get_data: label_bs = 128
     # optimization
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    warmup_iters: int = 1000
-    decay_epochs: list = field(default_factory=lambda: [50, 100, 125])
-    decay_rate: float = 0.2
-    epochs: int = 150
-    iters_per_epoch: int = 390
-    max_loss: float = 1e5  # |loss| above this stops the run (reference code)
+    optimizer: str = _f("sgd", "optimizer", "optimization")  # mebm scripts --optimizer sgd
+    lr: float = _f(0.1, "learning rate", "optimization")  # mebm scripts --lr .1; paper Appendix A (CIFAR-10)
+    momentum: float = _f(0.9, "SGD momentum", "optimization")  # mebm train_maebm.py: SGD(momentum=.9)
+    weight_decay: float = _f(5e-4, "weight decay", "optimization")  # mebm train_maebm.py --weight_decay 5e-4 (never overridden by its scripts)
+    warmup_iters: int = _f(1000, "linear warm-up lr·it/warmup over the first iterations",
+                           "optimization")  # mebm scripts --warmup_iters 1000; train_maebm.py: lr * cur_iter / warmup_iters
+    decay_epochs: list[int] = _f([60, 120, 180], "epochs at which the lr is multiplied by --decay-rate",
+                                 "optimization")  # mebm scripts --decay_epochs 60 120 180
+    decay_rate: float = _f(0.2, "lr decay factor", "optimization")  # mebm train_maebm.py --decay_rate .2
+    epochs: int = _f(200, "training epochs", "optimization")  # paper Table 5; mebm scripts --n_epochs 200
+    iters_per_epoch: int | None = _f(None, "iterations per epoch (none: training images // "
+                                           "--cls-batch-size, one pass of the labelled loader)",
+                                     "optimization")  # mebm utils.get_data: drop_last=True, batch 128
+    max_loss: float = _f(1e5, "stop the run when |loss| exceeds this", "optimization")  # mebm train_maebm.py: loss.abs() > 1e5
     # fast path (issue 3); "auto" = fast on CUDA, plain reference path on CPU (see fast_flags / plain_flags)
-    compile: str = "auto"  # off | default | max-autotune
-    cuda_graphs: bool | None = None  # capture the K-step SGLD loop in a CUDA graph
-    amp: str = "auto"  # bf16 | fp16 | off: autocast for the network
-    triton: bool | None = None  # fused Triton kernels (Langevin update, low-rank p0 sampling)
-    channels_last: bool | None = None
-    nvtx: bool = False  # NVTX ranges for nsys
+    compile: str = _f("auto", "torch.compile of the energy network (auto: default on CUDA, off on CPU)",
+                      "fast path")
+    cuda_graphs: bool | None = _f(None, "capture the K-step SGLD loop in a CUDA graph (unset: on with CUDA)",
+                                  "fast path")
+    amp: str = _f("auto", "autocast precision of the network (auto: bf16 on CUDA, off on CPU)", "fast path")
+    triton: bool | None = _f(None, "fused Triton kernels: Langevin update, p0 sampling (unset: on with CUDA)",
+                             "fast path")
+    channels_last: bool | None = _f(None, "channels-last network and chains (unset: on with CUDA)", "fast path")
+    nvtx: bool = _f(False, "NVTX ranges for nsys", "fast path")
     # run
-    device: str = "auto"
-    seed: int = 1
-    out: str | None = None
-    log_every: int = 10
-    eval_every: int | None = None  # None: once per epoch
-    sample_every: int | None = None  # None: once per epoch
-    ckpt_every: int | None = None  # None: once per epoch
-    check_every: int | None = None  # host-side divergence check interval; None: 1 on CPU, log_every on CUDA
-    progress: bool = True
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N", "run")
+    seed: int = _f(1, "random seed", "run")  # mebm train_maebm.py --seed 1
+    out: str | None = _f(None, "run folder (none: runs/<dataset>-<model>-k<K>, -2, -3, ... if taken)", "run")
+    log_every: int = _f(10, "iterations between metric lines", "run")
+    eval_every: int | None = _f(None, "iterations between test evaluations (none: once per epoch)", "run")
+    sample_every: int | None = _f(None, "iterations between sample grids (none: once per epoch)", "run")
+    ckpt_every: int | None = _f(None, "iterations between checkpoints (none: once per epoch)", "run")
+    check_every: int | None = _f(None, "iterations between host-side divergence checks (none: 1 on CPU, "
+                                       "--log-every on CUDA)", "run")
+    progress: bool = _f(True, "progress bar", "run")
 
     @property
     def total_iters(self) -> int:
-        """epochs × iters_per_epoch."""
+        """epochs × iters_per_epoch (needs iters_per_epoch resolved, see :func:`derive_iters_per_epoch`)."""
         return self.epochs * self.iters_per_epoch
 
     def to_dict(self) -> dict:
@@ -111,7 +177,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        """The resolved configuration as indented JSON (config.json of a run)."""
+        """The resolved configuration as indented JSON (config.json of a run, ``--print-config``)."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def arch(self) -> dict:
@@ -119,18 +185,69 @@ class Config:
         return {k: getattr(self, k) for k in ("model", "depth", "width", "norm", "n_classes", "image_size")}
 
 
+# Per-dataset presets on top of the Config defaults.
 PRESETS: dict[str, dict] = {
-    "cifar10": dict(depth=28, width=10),
-    "cifar100": dict(depth=28, width=10),
-    "imagenet32": dict(depth=28, width=2),
-    "celebahq128": dict(depth=28, width=5, model="mebm", cov="lowrank", image_size=128),
-    "folder": dict(depth=28, width=10),
-    "digits": dict(depth=10, width=1, epochs=3, iters_per_epoch=100, buffer_size=1000, warmup_iters=50,
-                   lr=0.05, decay_epochs=[2], batch_size=32, cls_batch_size=64, log_every=10),
+    "cifar10": dict(),  # every value is a Config default (the mebm CIFAR-10 scripts)
+    "cifar100": dict(
+        n_classes=100,  # the dataset (so that --print-config shows it before the data is loaded)
+        lr=0.02,  # paper Appendix A: 0.02 for CIFAR-100, CelebA-HQ and ImageNet 32×32
+    ),
+    "imagenet32": dict(
+        n_classes=1000,  # the dataset
+        lr=0.02,  # paper Appendix A
+        width=2,  # fastebm's earlier preset; not checked against the paper (text not available)
+        epochs=50,  # paper Section 5: "ImageNet 32×32 for 50 epochs" (Table 5: 200; --epochs 200)
+    ),
+    "celebahq128": dict(
+        model="mebm",  # paper Section 5: unconditional M-EBM on CelebA-HQ 128
+        width=5,  # paper Section 5: WRN-28-5 with a fourth stage (the fourth stage follows from 128 px)
+        k=5,  # paper Section 5: K = 5 or 10 (2 GPUs); --k 10 for the other
+        lr=0.02,  # paper Appendix A; mebm scripts/maebm_celeba.sh --lr=.02
+        decay_epochs=[80, 120, 160],  # mebm scripts/maebm_celeba.sh --decay_epochs 80 120 160
+        cov="lowrank",  # fastebm: a full 49,152² covariance does not fit (rank-100 + diagonal)
+        image_size=128,
+    ),
+    "folder": dict(),  # as cifar10; iterations per epoch from the data
+    "digits": dict(  # fastebm's CPU demo (about 2 minutes), not a paper setting
+        depth=10, width=1, epochs=3, iters_per_epoch=100, buffer_size=1000, warmup_iters=50,
+        lr=0.05, decay_epochs=[2], batch_size=32, cls_batch_size=64, log_every=10),
 }
 
-JEM_BASELINE = dict(k=20, p0="uniform", l2=0.0, noise=0.01, data_noise=0.03, norm="none",
-                    optimizer="adam", lr=1e-4, weight_decay=0.0)
+# Per-model presets, applied after the dataset preset.
+MODEL_PRESETS: dict[str, dict] = {
+    "jem": dict(  # the JEM baseline as JEM's code (train_wrn_ebm.py defaults + its README's CIFAR-10 command)
+        k=20,  # JEM train_wrn_ebm.py --n_steps 20
+        p0="uniform",  # JEM init_random: uniform(-1, 1)
+        l2=0.0,  # JEM: no L2 energy term
+        noise=0.01,  # JEM --sgld_std 1e-2
+        grad_clip=None,  # JEM sample_q: x += sgld_lr * f_prime + ... (no clamp)
+        clamp_x=False,  # JEM sample_q: x is never clamped
+        data_noise=0.03,  # JEM README --sigma .03 (transform_train adds it to both loaders)
+        augment_px=True,  # JEM get_data: dset_train and dset_train_labeled both use transform_train
+        cls_batch_size=64,  # JEM: the labelled loader uses the same --batch_size 64
+        norm="none",  # JEM --norm None
+        optimizer="adam",  # JEM README --optimizer adam
+        lr=1e-4,  # JEM README --lr .0001
+        weight_decay=0.0,  # JEM --weight_decay 0.0
+        decay_epochs=[160, 180],  # JEM --decay_epochs 160 180
+        decay_rate=0.3,  # JEM --decay_rate .3
+        max_loss=1e8,  # JEM: L.abs().item() > 1e8 stops the run
+        # Equal to the Config defaults, so not repeated (a dataset preset such as the digits demo keeps its
+        # own): step_size 1 (JEM --sgld_lr 1.0), batch_size 64 (--batch_size 64), warmup_iters 1000 (README
+        # --warmup_iters 1000), epochs 200 (--n_epochs 200), buffer_size 10,000 and reinit_freq 0.05
+        # (--buffer_size 10000 --reinit_freq .05), depth 28 and width 10 (README --depth 28 --width 10).
+    ),
+    "lse-jem": dict(  # paper Fig. 2b / 4a: the M-JEM recipe with E(x) = -logsumexp(logits)
+        l2=0.0,  # fastebm's choice: an L2 penalty on -logsumexp fights the classifier (see the module docstring)
+    ),
+}
+
+# Training-set sizes of the known datasets, for the iterations per epoch without loading the data.
+TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet32": 1_281_167}
+# JEM's epoch is one pass of its p(x) loader (batch 64, drop_last) over 50,000 − 5,000 images (JEM
+# train_wrn_ebm.py --n_valid 5000 holds out a validation set): 45,000 // 64 = 703 on CIFAR. fastebm trains
+# on all images and keeps JEM's schedule length: 703 iterations per epoch.
+JEM_N_VALID = 5_000
 
 CHOICES = {"dataset": DATASETS, "model": MODEL_KINDS, "norm": NORMS, "p0": ("gaussian", "uniform"),
            "cov": ("auto",) + COV_FORMS, "sgld_bn": BN_MODES, "reg_form": REG_FORMS,
@@ -167,11 +284,33 @@ def resolve_fast_flags(cfg: "Config", device_type: str) -> None:
                 raise ValueError(f"--{name.replace('_', '-')} needs a CUDA device (this run is on {device_type})")
 
 
+def derive_iters_per_epoch(cfg: Config, n_train: int) -> int:
+    """Iterations of one epoch for ``n_train`` training images (after ``--train-subset``).
+
+    M-EBM / M-JEM / LSE-JEM: one pass of the labelled loader, ``n_train // cls_batch_size`` (mebm
+    ``train_maebm.py`` iterates ``dload_train_labeled``, batch 128, drop_last, even for M-EBM; the p(x)
+    loader of 64 is cycled beside it): 390 on CIFAR, 10,009 on ImageNet 32×32.
+    JEM: one pass of its p(x) loader over the images left after JEM's validation hold-out,
+    ``(n_train − 5,000) // batch_size`` when that leaves at least half the images (703 on CIFAR), else
+    ``n_train // batch_size``. At least 1.
+    """
+    if cfg.model == "jem":
+        n = n_train - JEM_N_VALID if n_train - JEM_N_VALID >= n_train // 2 else n_train
+        return max(1, n // cfg.batch_size)
+    return max(1, n_train // cfg.cls_batch_size)
+
+
 def resolve(overrides: dict) -> Config:
-    """Config = defaults ← dataset preset ← JEM baseline (``model="jem"``) ← K rule ← explicit overrides.
+    """Config = defaults ← dataset preset ← model preset ← K rule ← explicit overrides ← epoch length.
 
     Args:
-        overrides: field → value for what the user set (``None`` values are ignored).
+        overrides: field → value for what the user set (``None`` values are ignored; :data:`NONE` sets
+            the field to None whatever the presets say).
+
+    Returns:
+        the resolved :class:`Config`; ``iters_per_epoch`` is filled in for the datasets of known size
+        (:data:`TRAIN_SIZES`) and stays None for the folder layouts until the data is loaded
+        (:func:`derive_iters_per_epoch`, called by the trainer).
 
     Raises:
         ValueError: unknown field, a value outside its choices, K < 1, or an inconsistent setting.
@@ -184,14 +323,23 @@ def resolve(overrides: dict) -> Config:
     dataset = given.get("dataset", Config.dataset)
     values: dict = {}
     values.update(PRESETS.get(dataset, {}))
-    if given.get("model", values.get("model")) == "jem":
-        values.update(JEM_BASELINE)
+    model = given.get("model", values.get("model", "mjem"))
+    values.update(MODEL_PRESETS.get(model, {}))
     values.update(given)
+    values = {k: (None if v is NONE else v) for k, v in values.items()}
+    explicit_none = {k for k, v in given.items() if v is NONE}
     cfg = Config(**values)
-    if cfg.l2 is None:
+    if cfg.l2 is None and "l2" not in explicit_none:
         cfg.l2 = 0.1 if cfg.k <= 2 else 0.5
-    if cfg.noise is None:
+    if cfg.noise is None and "noise" not in explicit_none:
         cfg.noise = 0.0 if cfg.k <= 2 else 0.001
+    if cfg.l2 is None:
+        raise ValueError("--l2: expected a number >= 0 (none is not a valid λ)")
+    if cfg.noise is None:
+        raise ValueError("--noise: expected a number >= 0 (none is not a valid σ)")
+    if cfg.iters_per_epoch is None and dataset in TRAIN_SIZES:
+        n = TRAIN_SIZES[dataset] if cfg.train_subset is None else min(cfg.train_subset, TRAIN_SIZES[dataset])
+        cfg.iters_per_epoch = derive_iters_per_epoch(cfg, n)
     validate(cfg)
     return cfg
 
@@ -204,8 +352,8 @@ def validate(cfg: Config) -> None:
                              f"got {getattr(cfg, name)!r}")
     if int(cfg.k) != cfg.k or cfg.k < 1:
         raise ValueError(f"--k: SGLD steps K must be an integer >= 1, got {cfg.k}")
-    positive = ("step_size", "lr", "epochs", "iters_per_epoch", "batch_size", "cls_batch_size",
-                "buffer_size", "log_every", "rank", "max_loss")
+    positive = ("step_size", "lr", "epochs", "batch_size", "cls_batch_size", "buffer_size", "log_every", "rank",
+                "max_loss")
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected a value > 0, got {getattr(cfg, name)}")
@@ -214,7 +362,6 @@ def validate(cfg: Config) -> None:
     for name in ("noise", "l2", "data_noise", "weight_decay", "warmup_iters", "momentum", "dropout"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected a value >= 0, got {getattr(cfg, name)}")
-    if cfg.check_every is not None and cfg.check_every <= 0:
-        raise ValueError(f"--check-every: expected a value > 0, got {cfg.check_every}")
-    if cfg.grad_clip is not None and cfg.grad_clip <= 0:
-        raise ValueError(f"--grad-clip: expected a value > 0, got {cfg.grad_clip}")
+    for name in ("check_every", "grad_clip", "iters_per_epoch"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')}: expected a value > 0, got {getattr(cfg, name)}")

@@ -6,9 +6,10 @@ Eq. 8 (energies, low = likely; x+ data, x− SGLD negatives):
     L_gen = mean_i(E(x+_i) − E(x−_i)) + λ · mean_i(E(x+_i)² + E(x−_i)²)
 
 Minimizing it lowers the energy of data and raises that of negatives; the L2 term keeps energies near 0.
-``reg_form="reference"`` reproduces the paper's reference code, which squares the *mean* of the
-negative energies instead: λ · (mean_i E(x+_i)² + (mean_i E(x−_i))²). Offered as an option, not the
-default.
+``reg_form="reference"`` reproduces the authors' code (github sndnyang/mebm ``train_maebm.py``:
+``l2_coeff * (fp ** 2 + fq ** 2)`` with ``fp``, ``fq`` the batch means), which squares the batch *means*:
+λ · ((mean_i E(x+_i))² + (mean_i E(x−_i))²). Offered as an option (``--reg-form reference``), not the
+default (see :mod:`fastebm.config`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def generative_loss(e_pos: torch.Tensor, e_neg: torch.Tensor, l2: float, reg_for
     Args:
         e_pos: (N+,) energies of positive samples (data), float32.
         e_neg: (N−,) energies of negative samples (SGLD), float32.
-        l2: λ ≥ 0 (0.1 for K ≤ 2, 0.5 for K ≥ 5 in the reference scripts).
+        l2: λ ≥ 0 (0.1 for K ≤ 2, 0.5 for K ≥ 5 in the authors' scripts).
         reg_form: ``"eq8"`` (default) or ``"reference"`` (see module docstring).
 
     Returns:
@@ -42,7 +43,7 @@ def generative_loss(e_pos: torch.Tensor, e_neg: torch.Tensor, l2: float, reg_for
         return contrast
     if reg_form == "eq8":
         return contrast + l2 * ((e_pos ** 2).mean() + (e_neg ** 2).mean())
-    return contrast + l2 * ((e_pos ** 2).mean() + e_neg.mean() ** 2)
+    return contrast + l2 * (e_pos.mean() ** 2 + e_neg.mean() ** 2)
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

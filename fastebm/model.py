@@ -7,6 +7,8 @@ p_θ(x) ∝ exp(−E_θ(x)).
 - ``mjem``: the same energy head plus a classifier head (paper Fig. 2a); the energy comes from the
   energy head, p(y|x) from the classifier head.
 - ``jem``:  E(x) = −logsumexp_y f(x)[y] (JEM, paper Eq. 4), the classifier's logits define the energy.
+- ``lse-jem``: the same network as ``jem`` (no energy head, E(x) = −logsumexp of the logits), trained with
+  the M-JEM recipe (paper Fig. 2b / 4a, the LSE-JEM ablation); the recipe lives in :mod:`fastebm.config`.
 
 The backbone follows the WRN of the JEM / JEM++ / M-EBM code lineage: pre-activation basic blocks,
 LeakyReLU(0.2), optional BatchNorm or no normalization, 3×3 convolutions with bias, and a fourth
@@ -18,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODEL_KINDS = ("mebm", "mjem", "jem")
+MODEL_KINDS = ("mebm", "mjem", "jem", "lse-jem")
 NORMS = ("batch", "none")
 
 
@@ -110,7 +112,7 @@ class EnergyModel(nn.Module):
     """E_θ(x) and, for classifier models, p_θ(y|x).
 
     Args:
-        kind: ``"mebm"``, ``"mjem"`` or ``"jem"`` (see module docstring).
+        kind: ``"mebm"``, ``"mjem"``, ``"jem"`` or ``"lse-jem"`` (see module docstring).
         n_classes: number of classes (needed for ``mjem`` and ``jem``).
         depth, width, norm, image_size, in_channels: the WRN backbone (:class:`WideResNet`).
 
@@ -130,11 +132,11 @@ class EnergyModel(nn.Module):
         self.f = WideResNet(depth, width, norm, image_size, in_channels, dropout=dropout)
         d = self.f.feature_dim
         self.energy_head = nn.Linear(d, 1) if kind in ("mebm", "mjem") else None
-        self.class_head = nn.Linear(d, n_classes) if kind in ("mjem", "jem") else None
+        self.class_head = nn.Linear(d, n_classes) if kind != "mebm" else None
 
     @property
     def has_classifier(self) -> bool:
-        """True for ``mjem`` and ``jem``."""
+        """True for ``mjem``, ``jem`` and ``lse-jem``."""
         return self.class_head is not None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +156,8 @@ class EnergyModel(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Classifier logits (N, n_classes) float32. Raises RuntimeError for ``mebm``."""
         if self.class_head is None:
-            raise RuntimeError("model 'mebm' has no classifier head: logits are defined for 'mjem' and 'jem'")
+            raise RuntimeError("model 'mebm' has no classifier head: logits are defined for 'mjem', 'jem' "
+                               "and 'lse-jem'")
         return _at_least_fp32(self.class_head(self.features(x)))
 
     def forward(self, x: torch.Tensor):
@@ -163,7 +166,7 @@ class EnergyModel(nn.Module):
         if self.class_head is None:
             return self.energy_from_features(h), None
         logits = _at_least_fp32(self.class_head(h))
-        if self.energy_head is None:  # JEM: the logits define the energy (Eq. 4)
+        if self.energy_head is None:  # JEM / LSE-JEM: the logits define the energy (Eq. 4)
             return -torch.logsumexp(logits, dim=1), logits
         return self.energy_from_features(h), logits
 

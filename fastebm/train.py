@@ -14,98 +14,118 @@ Exit status: 0 done, 1 training diverged (the last good checkpoint is intact), 2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+import types
+import typing
 
 from .checkpoint import CheckpointError
-from .config import CHOICES, Config, resolve
+from .config import CHOICES, NONE, Config, resolve
 from .data import DatasetError
 from .distributed import init_from_env, shutdown
 from .trainer import DivergenceError, Trainer, checkpoint_config
 
-
-def _optional_float(s: str):
-    return None if s.lower() == "none" else float(s)
+CLI_ONLY = ("resume", "print_config")  # flags that are not Config fields
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m fastebm.train``; every default is None (the preset decides)."""
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _typed(base: type, optional: bool):
+    """argparse ``type`` for a field: ``base`` values, and ``none`` → :data:`fastebm.config.NONE` if optional."""
+    def parse(s: str):
+        if optional and s.lower() == "none":
+            return NONE
+        return base(s)
+    parse.__name__ = base.__name__  # argparse names the type in its error messages
+    return parse
+
+
+def _field_kind(tp) -> tuple[type, bool, bool]:
+    """(element type, is a list, accepts None) of a Config field's annotation."""
+    optional = False
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+    if typing.get_origin(tp) is list:
+        return (typing.get_args(tp) or (str,))[0], True, optional
+    return tp, False, optional
+
+
+def _shown(value) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value)) if value else "(none)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _preset_view(argv) -> Config | None:
+    """The Config that the --dataset / --model / --k of ``argv`` resolve to (for the help's defaults)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    for name in ("dataset", "model", "k"):
+        pre.add_argument(_flag(name))
+    known, _ = pre.parse_known_args(argv)
+    given = {k: v for k, v in vars(known).items() if v is not None}
+    try:
+        if "k" in given:
+            given["k"] = int(given["k"])
+        return resolve(given)
+    except ValueError:  # an invalid value is reported by the real parser
+        return None
+
+
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The command line of ``python -m fastebm.train``, generated from the :class:`Config` fields.
+
+    Every field ``name`` becomes ``--name`` (underscores → dashes) with the help line of its
+    ``metadata["help"]``, in the help group ``metadata.get("group", "other options")``; bool fields get
+    ``--x`` / ``--no-x``, list fields take several values, Optional fields also accept ``none``, and the
+    choices come from :data:`fastebm.config.CHOICES`. Every default is None (= not given: the preset
+    decides); the help shows the value the presets resolve to for the ``--dataset`` / ``--model`` /
+    ``--k`` of ``argv`` (``sys.argv[1:]`` when None). CLI-only: ``--resume``, ``--print-config``.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    view = _preset_view(argv)
     p = argparse.ArgumentParser(prog="python -m fastebm.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
-    # Every default is None: unset options take the dataset preset (fastebm/config.py).
-    a("--dataset", choices=CHOICES["dataset"], help="dataset (default: digits, embedded)")
-    a("--data-root", help="folder holding the dataset's files")
-    a("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
-    a("--model", choices=CHOICES["model"], help="mebm, mjem (default) or the jem baseline")
-    a("--k", type=int, help="SGLD steps K per iteration (preset 5; JEM 20)")
-    a("--epochs", type=int)
-    a("--iters-per-epoch", type=int, help="iterations per epoch (390 in the paper)")
-    a("--device", help="auto, cpu, cuda, cuda:N")
-    a("--out", help="run folder (default runs/<dataset>-<model>-k<K>)")
-    a("--resume", metavar="CKPT", help="continue the run stored in this checkpoint")
-    a("--seed", type=int)
-    g = p.add_argument_group("model")
-    g.add_argument("--depth", type=int, help="WRN depth 6n+4")
-    g.add_argument("--width", type=int, help="WRN widening factor")
-    g.add_argument("--norm", choices=CHOICES["norm"])
-    g.add_argument("--dropout", type=float)
-    g = p.add_argument_group("informative initialization and replay buffer")
-    g.add_argument("--p0", choices=CHOICES["p0"], help="gaussian (informative, Eq. 6) or uniform")
-    g.add_argument("--cov", choices=CHOICES["cov"], help="p0 covariance form (auto: full up to 64 px)")
-    g.add_argument("--rank", type=int, help="rank of the low-rank p0 covariance")
-    g.add_argument("--buffer-size", type=int)
-    g.add_argument("--reinit-freq", type=float, help="ρ, fraction of chains restarted from p0")
-    g = p.add_argument_group("SGLD and loss")
-    g.add_argument("--step-size", type=float, help="SGLD step size α")
-    g.add_argument("--noise", type=float, help="SGLD noise σ (default by K)")
-    g.add_argument("--grad-clip", type=_optional_float, help="clamp ∂E/∂x to [-c, c]")
-    g.add_argument("--no-clamp-x", dest="clamp_x", action="store_false", default=None,
-                   help="do not clamp SGLD samples to [-1, 1]")
-    g.add_argument("--sgld-bn", choices=CHOICES["sgld_bn"], help="BatchNorm while sampling")
-    g.add_argument("--l2", type=float, help="λ, L2 energy regularization (default by K)")
-    g.add_argument("--reg-form", choices=CHOICES["reg_form"], help="eq8 (paper) or reference (code)")
-    g.add_argument("--cls-weight", type=float)
-    g.add_argument("--batch-size", type=int, help="p(x) batch (64)")
-    g.add_argument("--cls-batch-size", type=int, help="augmented p(y|x) batch of M-JEM (128)")
-    g.add_argument("--data-noise", type=float, help="Gaussian noise added to data batches")
-    g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", choices=CHOICES["optimizer"])
-    g.add_argument("--lr", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--warmup-iters", type=int)
-    g.add_argument("--decay-epochs", type=int, nargs="*")
-    g.add_argument("--decay-rate", type=float)
-    g.add_argument("--max-loss", type=float, help="stop when |loss| exceeds this")
-    g = p.add_argument_group("fast path (auto: on for CUDA, plain reference path on CPU)")
-    g.add_argument("--compile", choices=CHOICES["compile"], help="torch.compile of the energy network")
-    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="capture the K-step SGLD loop in a CUDA graph")
-    g.add_argument("--amp", choices=CHOICES["amp"], help="autocast precision of the network")
-    g.add_argument("--triton", action=argparse.BooleanOptionalAction, default=None,
-                   help="fused Triton kernels (Langevin update, p0 sampling)")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--nvtx", action="store_true", default=None, help="NVTX ranges for nsys")
-    g = p.add_argument_group("data subsets (demos, tests)")
-    g.add_argument("--train-subset", type=int)
-    g.add_argument("--test-subset", type=int)
-    g.add_argument("--max-per-class", type=int, help="folder layouts: files read per class")
-    g = p.add_argument_group("logging")
-    g.add_argument("--log-every", type=int)
-    g.add_argument("--eval-every", type=int)
-    g.add_argument("--sample-every", type=int)
-    g.add_argument("--ckpt-every", type=int)
-    g.add_argument("--check-every", type=int, help="host-side divergence check interval")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+                                epilog="Defaults shown are the presets resolved for the --dataset / --model / "
+                                       "--k given (fastebm/config.py; --print-config prints them all).")
+    p.add_argument("--resume", metavar="CKPT", help="continue the run stored in this checkpoint")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration as JSON and exit (no data is loaded)")
+    hints = typing.get_type_hints(Config)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(Config):
+        meta = f.metadata
+        title = meta.get("group", "other options")
+        g = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
+        base, is_list, optional = _field_kind(hints[f.name])
+        help_ = meta.get("help", f.name.replace("_", " "))
+        value = getattr(view, f.name) if view is not None else None
+        if value is not None:
+            help_ += f" (default: {_shown(value)})"
+        kw: dict = dict(dest=f.name, default=None, help=help_)
+        if base is bool:
+            g.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if is_list:
+            kw.update(nargs="*", metavar=f.name.upper())
+        if CHOICES.get(f.name):
+            kw["choices"] = CHOICES[f.name]
+        else:
+            kw["type"] = _typed(base, optional)
+        g.add_argument(_flag(f.name), **kw)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Resolve the run's Config from parsed arguments (and the checkpoint's config with --resume)."""
-    given = {k: v for k, v in vars(args).items() if k != "resume" and v is not None}
+    given = {k: v for k, v in vars(args).items() if k not in CLI_ONLY and v is not None}
     if args.resume:
-        stored = checkpoint_config(args.resume)
+        stored = {k: (NONE if v is None else v) for k, v in checkpoint_config(args.resume).items()}
         stored.update(given)
         given = stored
         if not args.out:  # continue in the checkpoint's own run folder
@@ -122,10 +142,13 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
+        if args.print_config:
+            print(cfg.to_json())
+            return 0
         init_from_env(cfg.device)  # torchrun (WORLD_SIZE > 1): process group from RANK/WORLD_SIZE/LOCAL_RANK
         trainer = Trainer(cfg)
         if args.resume:

@@ -22,7 +22,7 @@ import torch
 
 from .buffer import ReplayBuffer
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint
-from .config import Config, resolve_fast_flags
+from .config import Config, derive_iters_per_epoch, resolve_fast_flags
 from .data import Batches, ImageSet, load_dataset, to_float, to_uint8
 from .distributed import DistContext
 from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
@@ -65,11 +65,12 @@ def default_run_folder(cfg: Config) -> str:
 
 
 def lr_at(cfg: Config, it: int) -> float:
-    """Learning rate at iteration ``it``: linear warm-up over ``warmup_iters``, then ×decay_rate at each
-    epoch in ``decay_epochs``."""
+    """Learning rate at iteration ``it`` (0-based): lr · it / warmup_iters while it < warmup_iters (so 0 at
+    the first iteration, as mebm ``train_maebm.py`` and JEM ``train_wrn_ebm.py``: ``lr * cur_iter /
+    warmup_iters``), then ×decay_rate at the start of each epoch in ``decay_epochs``."""
     lr = cfg.lr * cfg.decay_rate ** sum(it >= e * cfg.iters_per_epoch for e in cfg.decay_epochs)
     if it < cfg.warmup_iters:
-        lr *= (it + 1) / cfg.warmup_iters
+        lr *= it / cfg.warmup_iters
     return lr
 
 
@@ -112,6 +113,8 @@ class Trainer:
             train_data = load_dataset(cfg.dataset, cfg.data_root, "train", cfg.download, cfg.max_per_class)
         self.train_data = train_data.subset(cfg.train_subset, cfg.seed)
         self.test_data = test_data
+        if cfg.iters_per_epoch is None:  # folder layouts: the epoch follows the number of images
+            cfg.iters_per_epoch = derive_iters_per_epoch(cfg, len(self.train_data))
         cfg.image_size, cfg.n_classes = self.train_data.image_size, self.train_data.n_classes
         self.cfg = cfg
         self.out = cfg.out = cfg.out or default_run_folder(cfg)
@@ -148,10 +151,11 @@ class Trainer:
                                rng_state=rng)
         if cfg.triton:
             self.p0.use_triton(rng)
+        # x+ for p(x): unaugmented (M-EBM / M-JEM: mebm utils.get_data transform_px) or augmented (JEM).
         self.gen_batches = Batches(self.train_data, cfg.batch_size, self.device, cfg.seed, stream=0,
-                                   data_noise=cfg.data_noise, shard=self.dist.shard)
+                                   augment=cfg.augment_px, data_noise=cfg.data_noise, shard=self.dist.shard)
         self.cls_batches = None
-        if cfg.model == "mjem":  # M-JEM: a second, augmented batch for p(y|x)
+        if self.model.has_classifier:  # a second, augmented batch for p(y|x), its own permutation stream
             self.cls_batches = Batches(self.train_data, cfg.cls_batch_size, self.device, cfg.seed, stream=1,
                                        augment=True, data_noise=cfg.data_noise, shard=self.dist.shard)
         self.iteration = 0
@@ -163,22 +167,19 @@ class Trainer:
         """One iteration of Algorithm 1; returns device tensors (no host sync)."""
         cfg, net = self.cfg, self.net                               # net: compiled / DDP view of the model
         with nvtx_range("data"):
-            x_pos, y_pos = self.gen_batches.get(it)                 # x+ ~ p_data (not augmented)
+            x_pos, _ = self.gen_batches.get(it)                     # x+ ~ p_data (augmented only for JEM)
         with nvtx_range("p0"):
             x0, idx = self.buffer.sample(len(x_pos))                # lines 2–3: x0 ~ B, ρ of them from p0
         x_neg = self.sampler(x0)                                    # lines 4–6: K SGLD steps (Eq. 3)
         written = self.buffer.update(idx, x_neg)                    # line 7: B ← x−
         with self.autocast():
-            e_pos, e_neg, logits = self.energies(x_pos, x_neg)      # E(x+), E(x−) (+ JEM's logits of x+)
+            e_pos, e_neg = self.energies(x_pos, x_neg)              # E(x+), E(x−)
             loss_gen = generative_loss(e_pos, e_neg, cfg.l2, cfg.reg_form)  # Eq. 8
             loss, loss_cls, acc = loss_gen, torch.zeros_like(loss_gen), torch.zeros_like(loss_gen)
-            if self.model.has_classifier:                           # M-JEM / JEM: − log p(y|x)
-                with nvtx_range("classify"):
-                    if self.cls_batches is not None:                # M-JEM: separate augmented batch
-                        x_cls, y = self.cls_batches.get(it)
-                        logits = net(self.layout(x_cls))[1]
-                    else:                                           # JEM: the same batch as p(x)
-                        y = y_pos
+            if self.cls_batches is not None:                        # M-JEM / LSE-JEM / JEM: − log p(y|x)
+                with nvtx_range("classify"):                        # on its own augmented batch
+                    x_cls, y = self.cls_batches.get(it)
+                    logits = net(self.layout(x_cls))[1]
                     loss_cls = classification_loss(logits, y)
                 loss = loss + cfg.cls_weight * loss_cls
                 acc = (logits.argmax(1) == y).float().mean()
@@ -192,7 +193,7 @@ class Trainer:
                 "finite_negatives": written.float().mean(), "_x_pos": x_pos, "_x_neg": x_neg}
 
     def energies(self, x_pos: torch.Tensor, x_neg: torch.Tensor):
-        """E(x+) (N,), E(x−) (N,) and the logits of x+ (None for mebm).
+        """E(x+) (N,) and E(x−) (N,), float32.
 
         Without BatchNorm one forward over [x+; x−] is exact and cheaper; with BatchNorm two forwards,
         as the reference code (each batch normalized by its own statistics), and the negatives' pass
@@ -201,14 +202,14 @@ class Trainer:
         x_pos, x_neg = self.layout(x_pos), self.layout(x_neg)
         if not self.has_bn:
             with nvtx_range("energy/pos+neg"):
-                e, logits = self.net(torch.cat([x_pos, x_neg]))
+                e = self.net(torch.cat([x_pos, x_neg]))[0]
             n = len(x_pos)
-            return e[:n], e[n:], None if logits is None else logits[:n]
+            return e[:n], e[n:]
         with nvtx_range("energy/pos"):
-            e_pos, logits = self.net(x_pos)
+            e_pos = self.net(x_pos)[0]
         with nvtx_range("energy/neg"), frozen_bn_stats(self.model):
             e_neg = self.net(x_neg)[0]
-        return e_pos, e_neg, logits
+        return e_pos, e_neg
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs in the model's memory format (channels-last on the fast path)."""

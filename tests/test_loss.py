@@ -11,7 +11,8 @@ def test_eq8_and_reference_forms():
     eq8 = contrast + 0.5 * ((e_pos ** 2).mean() + (e_neg ** 2).mean())  # (1+4+.25)/3 + (9+0+2.25)/3
     torch.testing.assert_close(generative_loss(e_pos, e_neg, 0.5), eq8)
     torch.testing.assert_close(eq8, torch.tensor(-1.6666667 + 0.5 * (5.25 / 3 + 11.25 / 3)))
-    ref = contrast + 0.5 * ((e_pos ** 2).mean() + e_neg.mean() ** 2)
+    # mebm train_maebm.py: l2_coeff * (fp ** 2 + fq ** 2), fp and fq the batch means (-1/6 and 1.5 here)
+    ref = contrast + 0.5 * (torch.tensor(-0.5 / 3) ** 2 + torch.tensor(1.5) ** 2)
     torch.testing.assert_close(generative_loss(e_pos, e_neg, 0.5, "reference"), ref)
     torch.testing.assert_close(generative_loss(e_pos, e_neg, 0.0), contrast)
 
