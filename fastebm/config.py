@@ -224,7 +224,6 @@ MODEL_PRESETS: dict[str, dict] = {
         clamp_x=False,  # JEM sample_q: x is never clamped
         data_noise=0.03,  # JEM README --sigma .03 (transform_train adds it to both loaders)
         augment_px=True,  # JEM get_data: dset_train and dset_train_labeled both use transform_train
-        cls_batch_size=64,  # JEM: the labelled loader uses the same --batch_size 64
         norm="none",  # JEM --norm None
         optimizer="adam",  # JEM README --optimizer adam
         lr=1e-4,  # JEM README --lr .0001
@@ -232,7 +231,8 @@ MODEL_PRESETS: dict[str, dict] = {
         decay_epochs=[160, 180],  # JEM --decay_epochs 160 180
         decay_rate=0.3,  # JEM --decay_rate .3
         max_loss=1e8,  # JEM: L.abs().item() > 1e8 stops the run
-        # Equal to the Config defaults, so not repeated (a dataset preset such as the digits demo keeps its
+        # cls_batch_size = batch_size (JEM get_data: the labelled loader uses the same --batch_size 64), set
+        # in resolve() unless given. Equal to the Config defaults, so not repeated (a dataset preset such as the digits demo keeps its
         # own): step_size 1 (JEM --sgld_lr 1.0), batch_size 64 (--batch_size 64), warmup_iters 1000 (README
         # --warmup_iters 1000), epochs 200 (--n_epochs 200), buffer_size 10,000 and reinit_freq 0.05
         # (--buffer_size 10000 --reinit_freq .05), depth 28 and width 10 (README --depth 28 --width 10).
@@ -329,6 +329,8 @@ def resolve(overrides: dict) -> Config:
     values = {k: (None if v is NONE else v) for k, v in values.items()}
     explicit_none = {k for k, v in given.items() if v is NONE}
     cfg = Config(**values)
+    if cfg.model == "jem" and "cls_batch_size" not in given:
+        cfg.cls_batch_size = cfg.batch_size  # JEM get_data: both loaders use --batch_size
     if cfg.l2 is None and "l2" not in explicit_none:
         cfg.l2 = 0.1 if cfg.k <= 2 else 0.5
     if cfg.noise is None and "noise" not in explicit_none:

@@ -104,7 +104,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
         g = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
         base, is_list, optional = _field_kind(hints[f.name])
         help_ = meta.get("help", f.name.replace("_", " "))
-        value = getattr(view, f.name) if view is not None else None
+        value = getattr(view, f.name, None)
         if value is not None:
             help_ += f" (default: {_shown(value)})"
         kw: dict = dict(dest=f.name, default=None, help=help_)
