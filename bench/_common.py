@@ -186,7 +186,9 @@ def make_trainer(model: str, k: int, flags: dict | None = None, **extra):
 
     over = dict(dataset="folder", model=model, k=k, device=DEVICE, out=_RUN_DIR, progress=False,
                 depth=SIZES["depth"], width=SIZES["width"], batch_size=SIZES["batch_size"],
-                cls_batch_size=SIZES["cls_batch_size"], buffer_size=SIZES["buffer_size"])
+                buffer_size=SIZES["buffer_size"])
+    if model != "jem":  # JEM's labelled batch is its p(x) batch size (config.resolve)
+        over["cls_batch_size"] = SIZES["cls_batch_size"]
     over.update(plain_flags() if flags is None else flags)
     over.update(extra)
     cfg = resolve(over)

@@ -5,7 +5,8 @@ replay-buffer draw with ρ-reinitialization from p0, K SGLD steps, the losses, b
 CUDA synchronized. Minutes per epoch = median iteration time × 390 / 60 (the paper's CIFAR-10 epoch).
 
 The JEM baseline is JEM's own setting run by the same engine: K = 20, uniform p0, energy
-−logsumexp(logits), one batch of 64 for both terms (no BatchNorm, Adam, as the JEM code). The floor is the
+−logsumexp(logits), two separate augmented batches of 64, one for p(x) and one for p(y|x) (no BatchNorm,
+Adam, as the JEM code: ``train_wrn_ebm.py`` draws ``dload_train`` and ``dload_train_labeled``). The floor is the
 plain classifier: cross-entropy only on an augmented batch of 128 through the same network (0.77 min/epoch
 in the paper on their GPU).
 
@@ -63,18 +64,19 @@ def flop_units(model: str, k: int, b: int = 64, bc: int = 128) -> int:
 
     M-EBM:   K·b·2 (SGLD)  + 2b·3 (E(x+) and E(x−), b each, forward + backward)       = 128K + 384
     M-JEM:   M-EBM         + bc·3 (cross-entropy on the separate augmented batch)       = 128K + 768
-    JEM:     20·b·2 (SGLD) + 2b·3 (x+ gives E and the logits in one pass, x− gives E)   = 2560 + 384 = 2944
+    JEM:     20·b·2 (SGLD) + 2b·3 (E(x+), E(x−)) + b·3 (cross-entropy on JEM's second
+             batch of b)                                                                = 2560 + 576 = 3136
     classifier: bc·3                                                                     = 384
     (numbers for b = 64, bc = 128.)
 
-    FLOP ratio JEM/M-EBM: 5.75, 4.60, 2.88, 1.77 and JEM/M-JEM: 3.29, 2.88, 2.09, 1.44 for K = 1, 2, 5, 10:
-    the paper's M-JEM claims at K = 1, 2, 5 (3.97, 3.28, 2.22) and M-EBM at K = 1, 2 (6.29, 4.87) are above
-    what a same-engine comparison can give.
+    FLOP ratio JEM/M-EBM: 6.13, 4.90, 3.06, 1.88 and JEM/M-JEM: 3.50, 3.06, 2.23, 1.53 for K = 1, 2, 5, 10:
+    the paper's claims for M-EBM K = 1 (6.29) and M-JEM K = 1, 2 (3.97, 3.28) are above what a same-engine
+    comparison can give.
     """
     if model == "classifier":
         return bc * 3
     if model == "jem":
-        return k * b * 2 + 2 * b * 3
+        return k * b * 2 + 2 * b * 3 + b * 3
     units = k * b * 2 + 2 * b * 3
     return units + bc * 3 if model == "mjem" else units
 
