@@ -100,6 +100,7 @@ class Config:
     n_classes: int = _f(10, "number of classes (set from the data)", "data")
     data_noise: float = _f(0.0, "std of Gaussian noise added to data batches", "data")  # mebm scripts --sigma .0
     augment_px: bool = _f(False, "augment the p(x) batch too (reflect-pad 4, crop, flip)", "data")  # mebm utils.get_data: transform_px has no augmentation
+    augment_cls: bool = _f(True, "augment the p(y|x) batch (reflect-pad 4, crop, flip)", "data")  # mebm utils.get_data: dload_train_labeled uses transform_train
     # model
     model: str = _f("mjem", "mebm, mjem, lse-jem or the jem baseline", "model")
     depth: int = _f(28, "WRN depth 6n+4", "model")  # mebm scripts --depth 28

@@ -157,7 +157,7 @@ class Trainer:
         self.cls_batches = None
         if self.model.has_classifier:  # a second, augmented batch for p(y|x), its own permutation stream
             self.cls_batches = Batches(self.train_data, cfg.cls_batch_size, self.device, cfg.seed, stream=1,
-                                       augment=True, data_noise=cfg.data_noise, shard=self.dist.shard)
+                                       augment=cfg.augment_cls, data_noise=cfg.data_noise, shard=self.dist.shard)
         self.iteration = 0
         self.last_checkpoint: str | None = None
         self._log_file = None

@@ -35,6 +35,7 @@ TABLE = [
     (CIFAR10_MJEM, "batch_size", 64, "mebm --batch_size 64"),
     (CIFAR10_MJEM, "cls_batch_size", 128, "mebm utils.get_data label_bs = 128"),
     (CIFAR10_MJEM, "augment_px", False, "mebm transform_px: no augmentation"),
+    (CIFAR10_MJEM, "augment_cls", True, "mebm transform_train for the labelled loader"),
     (CIFAR10_MJEM, "data_noise", 0.0, "mebm scripts --sigma .0"),
     (CIFAR10_MJEM, "step_size", 1.0, "mebm scripts --sgld_lr 1"),
     (CIFAR10_MJEM, "buffer_size", 10_000, "mebm --buffer_size 10000"),

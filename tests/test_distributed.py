@@ -35,7 +35,7 @@ TINY = dict(dataset="digits", depth=10, width=1, train_subset=200, test_subset=3
             warmup_iters=2, decay_epochs=[], epochs=1, device="cpu")
 CFG_A = dict(TINY, model="mjem", k=2, batch_size=16, cls_batch_size=16, buffer_size=64, iters_per_epoch=3)
 CFG_B = dict(TINY, model="jem", k=2, batch_size=16, buffer_size=16, iters_per_epoch=3, data_noise=0.0,
-             noise=0.0, norm="none", lr=1e-3)
+             noise=0.0, norm="none", lr=1e-3, augment_px=False, augment_cls=False)  # no per-rank randomness
 
 
 def _free_port() -> int:
