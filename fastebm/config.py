@@ -308,6 +308,9 @@ def resolve(overrides: dict) -> Config:
         overrides: field → value for what the user set (``None`` values are ignored; :data:`NONE` sets
             the field to None whatever the presets say).
 
+    JEM (``model="jem"``): ``cls_batch_size`` follows ``batch_size`` unless given (JEM's two loaders share
+    ``--batch_size``).
+
     Returns:
         the resolved :class:`Config`; ``iters_per_epoch`` is filled in for the datasets of known size
         (:data:`TRAIN_SIZES`) and stays None for the folder layouts until the data is loaded

@@ -1,10 +1,12 @@
 """The main job: ``python -m fastebm.train --dataset imagenet32 --k 2``.
 
-Trains an M-EBM / M-JEM / JEM energy model with Algorithm 1 of the paper, from the dataset's preset
-(see :mod:`fastebm.config`) with any knob overridden on the command line, and writes the run folder
+Trains an M-EBM / M-JEM / LSE-JEM / JEM energy model with Algorithm 1 of the paper, from the presets of
+:mod:`fastebm.config` with any knob overridden on the command line (one flag per ``Config`` field, generated
+by :func:`build_parser`), and writes the run folder
 described in :mod:`fastebm.trainer`. ``--resume RUN/ckpt.pt`` continues a run exactly where it stopped
 (same buffer, optimizer, LR schedule position and RNG states); options given with ``--resume`` override
-the stored configuration, except the architecture, which must match.
+the stored configuration, except the architecture, which must match. ``--print-config`` prints the resolved
+configuration as JSON and exits 0 without loading any data.
 
 Data-parallel: ``torchrun --nproc-per-node N -m fastebm.train ...`` trains on N processes (DDP; gloo on
 CPU, nccl on GPUs); see :mod:`fastebm.distributed`. A plain run creates no process group.
