@@ -23,15 +23,11 @@ class ReplayBuffer:
     Attributes:
         samples: (size, C, H, W) float32, values in [−1, 1] when SGLD clamps.
 
-    Raises:
-        ValueError: size < 1 or ρ outside [0, 1].
+    The values are checked once, at the boundary (:func:`fastebm.config.validate`, naming the option).
     """
 
     def __init__(self, size: int, p0, reinit_freq: float = 0.05, device="cpu"):
-        if size < 1:
-            raise ValueError(f"buffer size: expected >= 1, got {size}")
-        if not 0.0 <= reinit_freq <= 1.0:
-            raise ValueError(f"reinitialization frequency: expected a value in [0, 1], got {reinit_freq}")
+        assert size >= 1 and 0.0 <= reinit_freq <= 1.0, (size, reinit_freq)  # validated by config.validate
         self.p0, self.reinit_freq, self.device = p0, reinit_freq, torch.device(device)
         self.samples = torch.cat([p0.sample(min(1000, size - i), device=self.device)
                                   for i in range(0, size, 1000)]).float().contiguous()

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 
+import numpy as np
 import torch
 
 
@@ -42,3 +44,20 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"checkpoint {path!r}: expected a fastebm checkpoint (keys 'model', 'config')")
     return ckpt
+
+
+def rng_state() -> dict:
+    """States of the torch (CPU and CUDA), numpy and Python generators, for checkpoints."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved (exact resume)."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -58,6 +58,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+import torch
+
 from .data import DATASETS
 from .init import COV_FORMS
 from .loss import REG_FORMS
@@ -283,6 +285,22 @@ def resolve_fast_flags(cfg: "Config", device_type: str) -> None:
         for name in ("cuda_graphs", "triton"):
             if getattr(cfg, name):
                 raise ValueError(f"--{name.replace('_', '-')} needs a CUDA device (this run is on {device_type})")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise ``torch.device(name)``.
+
+    Raises ValueError for an unknown device string or an unavailable CUDA device.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return dev
 
 
 def derive_iters_per_epoch(cfg: Config, n_train: int) -> int:

@@ -31,8 +31,8 @@ Design (issue 6):
   is not numerically the single-process run (each rank's BN sees B/N images); with ``--norm none``
   it is, up to float reduction order (tested).
 - **Gradients.** The three loss forward passes (E(x+), E(x−), logits of x_cls) go through the DDP
-  module (:class:`DDPEnergyModel`, whose ``energy`` / ``logits`` call ``DDP.forward``, which returns
-  (energy, logits) and so uses every parameter), then one backward all-reduces every gradient once:
+  module (:class:`DDPEnergyModel`, whose call is ``DDP.forward``, which returns (energy, logits) and so
+  uses every parameter), then one backward all-reduces every gradient once:
   several forwards before one backward are fine for DDP as long as each parameter gets its gradient
   once per backward, which holds because each parameter is used by at least one loss term
   (energy head by E(x±), class head by the classification loss, JEM's class head by both).
@@ -62,6 +62,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from .checkpoint import set_rng_state
 
 RANK_SEED_STRIDE = 1_000_003
 
@@ -109,9 +111,9 @@ def _no_forward_buffer_sync() -> dict:
 
 
 class DDPEnergyModel:
-    """The loss-side view of a DDP-wrapped :class:`~fastebm.model.EnergyModel`: ``net(x)``,
-    ``net.energy(x)`` and ``net.logits(x)`` all run ``DDP.forward`` (one backbone pass returning
-    (energy, logits)), so their gradients are all-reduced. Sampling must use the bare module."""
+    """The loss-side view of a DDP-wrapped :class:`~fastebm.model.EnergyModel`: ``net(x)`` runs
+    ``DDP.forward`` (one backbone pass returning (energy, logits)), so its gradients are all-reduced.
+    Sampling must use the bare module."""
 
     def __init__(self, ddp: nn.parallel.DistributedDataParallel):
         self.ddp, self.module = ddp, ddp.module
@@ -123,13 +125,6 @@ class DDPEnergyModel:
     def __call__(self, x):
         return self.ddp(x)
 
-    def energy(self, x):
-        return self.ddp(x)[0]
-
-    def logits(self, x):
-        if not self.module.has_classifier:
-            raise RuntimeError("model 'mebm' has no classifier head: logits are defined for 'mjem' and 'jem'")
-        return self.ddp(x)[1]
 
 
 class DistContext:
@@ -263,8 +258,6 @@ class DistContext:
             return
         saved = ckpt.get("dist")
         if saved and saved.get("world_size") == self.world_size:
-            from .trainer import set_rng_state
-
             set_rng_state(saved["rng"][self.rank])
         elif not self.is_main:
             self.seed_rank(seed, iteration)

@@ -69,12 +69,11 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import Config, resolve
+from .config import Config, resolve, resolve_device
 from .data import DATASETS, DatasetError, ImageSet, load_dataset, to_float, to_uint8
 from .init import p0_from_state_dict
 from .model import EnergyModel, build_model
 from .sampler import SGLDConfig, sampling_mode, sgld
-from .trainer import resolve_device
 
 __all__ = ["TASKS", "EvalError", "Run", "load_run", "filter_by_confidence", "sample_chains",
            "task_fid_is", "task_gen", "task_acc", "task_ece", "task_ood", "task_logpx", "task_tsne",

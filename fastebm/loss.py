@@ -31,13 +31,8 @@ def generative_loss(e_pos: torch.Tensor, e_neg: torch.Tensor, l2: float, reg_for
     Returns:
         scalar float32 loss.
 
-    Raises:
-        ValueError: unknown reg_form or λ < 0.
+    Both options are validated once by :func:`fastebm.config.validate` (``--l2``, ``--reg-form``).
     """
-    if reg_form not in REG_FORMS:
-        raise ValueError(f"regularization form: expected one of {REG_FORMS}, got {reg_form!r}")
-    if l2 < 0:
-        raise ValueError(f"L2 energy coefficient λ: expected >= 0, got {l2}")
     contrast = e_pos.mean() - e_neg.mean()
     if l2 == 0:
         return contrast

@@ -29,10 +29,6 @@ def enable(on: bool = True) -> None:
             _push, _pop = torch.cuda.nvtx.range_push, torch.cuda.nvtx.range_pop
 
 
-def enabled() -> bool:
-    return _enabled
-
-
 @contextlib.contextmanager
 def nvtx_range(name: str):
     """``with nvtx_range("sgld"): ...`` marks a range when profiling is enabled, else does nothing."""

@@ -47,18 +47,6 @@ class SGLDConfig:
     clamp_x: bool = True
     bn_mode: str = "batch"
 
-    def __post_init__(self):
-        if int(self.n_steps) != self.n_steps or self.n_steps < 1:
-            raise ValueError(f"SGLD steps K: expected an integer >= 1, got {self.n_steps}")
-        if self.step_size <= 0:
-            raise ValueError(f"SGLD step size α: expected > 0, got {self.step_size}")
-        if self.noise < 0:
-            raise ValueError(f"SGLD noise σ: expected >= 0, got {self.noise}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"SGLD gradient clamp: expected > 0 or None, got {self.grad_clip}")
-        if self.bn_mode not in BN_MODES:
-            raise ValueError(f"SGLD BatchNorm mode: expected one of {BN_MODES}, got {self.bn_mode!r}")
-
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 

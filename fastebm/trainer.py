@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from .buffer import ReplayBuffer
-from .checkpoint import CheckpointError, atomic_save, load_checkpoint
-from .config import Config, derive_iters_per_epoch, resolve_fast_flags
+from .checkpoint import CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
+from .config import Config, derive_iters_per_epoch, resolve_device, resolve_fast_flags
 from .data import Batches, ImageSet, load_dataset, to_float, to_uint8
 from .distributed import DistContext
 from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
@@ -35,22 +35,6 @@ from .sampler import AMP_DTYPES, Sampler, SGLDConfig, compile_mode, frozen_bn_st
 
 class DivergenceError(RuntimeError):
     """Training diverged (non-finite or exploding loss/energies); the last good checkpoint is intact."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; otherwise ``torch.device(name)``.
-
-    Raises ValueError for an unknown device string or an unavailable CUDA device.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return dev
 
 
 def default_run_folder(cfg: Config) -> str:
@@ -72,23 +56,6 @@ def lr_at(cfg: Config, it: int) -> float:
     if it < cfg.warmup_iters:
         lr *= it / cfg.warmup_iters
     return lr
-
-
-def rng_state() -> dict:
-    """States of the torch (CPU and CUDA), numpy and Python generators, for checkpoints."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` saved (exact resume)."""
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Trainer:

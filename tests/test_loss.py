@@ -25,10 +25,12 @@ def test_gradient_lowers_positive_and_raises_negative_energy():
 
 
 def test_errors_and_cross_entropy():
-    with pytest.raises(ValueError, match="regularization form"):
-        generative_loss(torch.zeros(2), torch.zeros(2), 0.1, "l1")
-    with pytest.raises(ValueError, match="λ"):
-        generative_loss(torch.zeros(2), torch.zeros(2), -1.0)
+    from fastebm.config import resolve
+
+    with pytest.raises(ValueError, match="--reg-form"):  # validated once, at the boundary (issue 13)
+        resolve({"reg_form": "l1"})
+    with pytest.raises(ValueError, match="--l2"):
+        resolve({"l2": -1.0})
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
     expected = -torch.log_softmax(logits, 1)[[0, 1], [0, 0]].mean()
     torch.testing.assert_close(classification_loss(logits, torch.tensor([0, 0])), expected)
