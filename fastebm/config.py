@@ -100,6 +100,13 @@ class Config:
     ckpt_every: int | None = None  # None: once per epoch
     check_every: int | None = None  # host-side divergence check interval; None: 1 on CPU, log_every on CUDA
     progress: bool = True
+    # issue 11: automatic recovery from divergence (Trainer.fit / Trainer.rollback)
+    on_divergence: str = field(default="rollback", metadata={
+        "help": "on divergence: rollback (to the latest ckpt.pt, lower lr, reseed) or stop (exit 1)"})
+    max_rollbacks: int = field(default=3, metadata={
+        "help": "rollbacks allowed over the whole run (stored in checkpoints); one more divergence stops"})
+    rollback_lr_factor: float = field(default=0.5, metadata={
+        "help": "each rollback multiplies the learning rate (a persistent scale on the schedule) by this"})
 
     @property
     def total_iters(self) -> int:
@@ -135,7 +142,8 @@ JEM_BASELINE = dict(k=20, p0="uniform", l2=0.0, noise=0.01, data_noise=0.03, nor
 CHOICES = {"dataset": DATASETS, "model": MODEL_KINDS, "norm": NORMS, "p0": ("gaussian", "uniform"),
            "cov": ("auto",) + COV_FORMS, "sgld_bn": BN_MODES, "reg_form": REG_FORMS,
            "optimizer": ("sgd", "adam"), "device": None,
-           "compile": ("auto", "off", "default", "max-autotune", "aot_eager"), "amp": ("auto", "bf16", "fp16", "off")}
+           "compile": ("auto", "off", "default", "max-autotune", "aot_eager"), "amp": ("auto", "bf16", "fp16", "off"),
+           "on_divergence": ("rollback", "stop")}
 
 
 def plain_flags() -> dict:
@@ -218,3 +226,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--check-every: expected a value > 0, got {cfg.check_every}")
     if cfg.grad_clip is not None and cfg.grad_clip <= 0:
         raise ValueError(f"--grad-clip: expected a value > 0, got {cfg.grad_clip}")
+    # issue 11: divergence recovery
+    if int(cfg.max_rollbacks) != cfg.max_rollbacks or cfg.max_rollbacks < 0:
+        raise ValueError(f"--max-rollbacks: expected an integer >= 0, got {cfg.max_rollbacks}")
+    if not 0 < cfg.rollback_lr_factor <= 1:
+        raise ValueError(f"--rollback-lr-factor: expected a value in (0, 1], got {cfg.rollback_lr_factor}")

@@ -9,7 +9,12 @@ the stored configuration, except the architecture, which must match.
 Data-parallel: ``torchrun --nproc-per-node N -m fastebm.train ...`` trains on N processes (DDP; gloo on
 CPU, nccl on GPUs); see :mod:`fastebm.distributed`. A plain run creates no process group.
 
-Exit status: 0 done, 1 training diverged (the last good checkpoint is intact), 2 bad input.
+Divergence (non-finite or exploding loss / energies): by default the run rolls back to its latest
+``ckpt.pt``, lowers the learning rate and goes on (``--on-divergence rollback``, at most
+``--max-rollbacks`` times); ``--on-divergence stop`` stops at once. See :mod:`fastebm.trainer`.
+
+Exit status: 0 done, 1 training diverged and was not (or no longer) rolled back (the last good checkpoint
+is intact), 2 bad input.
 """
 from __future__ import annotations
 
@@ -98,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ckpt-every", type=int)
     g.add_argument("--check-every", type=int, help="host-side divergence check interval")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    g = p.add_argument_group("divergence recovery (issue 11)")
+    g.add_argument("--on-divergence", choices=CHOICES["on_divergence"],
+                   help="rollback (default): back to the latest ckpt.pt with a lower lr and new RNG streams; "
+                        "stop: exit 1 at once")
+    g.add_argument("--max-rollbacks", type=int, help="rollbacks allowed over the whole run (default 3)")
+    g.add_argument("--rollback-lr-factor", type=float, help="lr multiplier per rollback (default 0.5)")
     return p
 
 
