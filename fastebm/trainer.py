@@ -378,8 +378,10 @@ class Trainer:
     def rollback(self, reason: str) -> None:
         """Recover from a divergence: restore ``ckpt.pt`` (:meth:`load_checkpoint`: model, optimizer,
         buffer, p0, RNG states, iteration), multiply ``lr_scale`` by ``--rollback-lr-factor``, count the
-        rollback, draw new RNG streams (:meth:`reseed`) and log a ``"rollback"`` row (module docstring).
-        Every rank must call it together (it starts with a barrier).
+        rollback, draw new RNG streams (:meth:`reseed`), rewrite ``ckpt.pt`` with them (same model, so a
+        process killed now resumes with the lowered lr and the new streams, and a run stopped after
+        ``max_rollbacks`` keeps its count) and log a ``"rollback"`` row (module docstring). Every rank must
+        call it together (it starts with a barrier).
 
         Args:
             reason: the divergence message (logged).
@@ -393,6 +395,7 @@ class Trainer:
         self.lr_scale, self.rollbacks = scale, count                # not the checkpoint's older values
         self.reseed()
         self._bad_iter = self._bad_vals = None
+        self.save_checkpoint()                                      # the new lr scale, count and streams, at once
         self.log({"kind": "rollback", "iter": self.iteration, "from_iter": at,
                   "lr": lr_at(cfg, self.iteration) * scale, "lr_scale": scale, "rollbacks": count,
                   "reason": reason})
