@@ -169,6 +169,13 @@ class Config:
     check_every: int | None = _f(None, "iterations between host-side divergence checks (none: 1 on CPU, "
                                        "--log-every on CUDA)", "run")
     progress: bool = _f(True, "progress bar", "run")
+    # issue 11: automatic recovery from divergence (Trainer.fit / Trainer.rollback)
+    on_divergence: str = _f("rollback", "on divergence: rollback (to the latest ckpt.pt, lower lr, reseed) or "
+                                        "stop (exit 1)", "divergence recovery")
+    max_rollbacks: int = _f(3, "rollbacks allowed over the whole run (stored in checkpoints); one more "
+                               "divergence stops", "divergence recovery")
+    rollback_lr_factor: float = _f(0.5, "each rollback multiplies the learning rate (a persistent scale on the "
+                                        "schedule) by this", "divergence recovery")
 
     @property
     def total_iters(self) -> int:
@@ -255,7 +262,8 @@ JEM_N_VALID = 5_000
 CHOICES = {"dataset": DATASETS, "model": MODEL_KINDS, "norm": NORMS, "p0": ("gaussian", "uniform"),
            "cov": ("auto",) + COV_FORMS, "sgld_bn": BN_MODES, "reg_form": REG_FORMS,
            "optimizer": ("sgd", "adam"), "device": None,
-           "compile": ("auto", "off", "default", "max-autotune", "aot_eager"), "amp": ("auto", "bf16", "fp16", "off")}
+           "compile": ("auto", "off", "default", "max-autotune", "aot_eager"), "amp": ("auto", "bf16", "fp16", "off"),
+           "on_divergence": ("rollback", "stop")}
 
 
 def plain_flags() -> dict:
@@ -389,3 +397,8 @@ def validate(cfg: Config) -> None:
     for name in ("check_every", "grad_clip", "iters_per_epoch"):
         if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected a value > 0, got {getattr(cfg, name)}")
+    # issue 11: divergence recovery
+    if int(cfg.max_rollbacks) != cfg.max_rollbacks or cfg.max_rollbacks < 0:
+        raise ValueError(f"--max-rollbacks: expected an integer >= 0, got {cfg.max_rollbacks}")
+    if not 0 < cfg.rollback_lr_factor <= 1:
+        raise ValueError(f"--rollback-lr-factor: expected a value in (0, 1], got {cfg.rollback_lr_factor}")

@@ -192,7 +192,10 @@ class Sampler:
         triton: use the fused Triton Langevin kernel (``fastebm.kernels.langevin``), noise drawn from
             the device tensor ``rng_state`` ([seed, offset], int64) that each step advances.
         cuda_graphs: capture the whole K-step loop (forward, input gradient, update, BatchNorm
-            restore) in one CUDA graph at the first call and replay it afterwards (CUDA only).
+            restore) in one CUDA graph at the first call and replay it afterwards (CUDA only). The graph
+            reads the model's parameters and buffers and ``rng_state`` by address: restore them in place
+            (``load_state_dict``, ``copy_``) and it stays valid, as :meth:`Trainer.rollback
+            <fastebm.trainer.Trainer.rollback>` does.
         amp: ``off``, ``bf16`` or ``fp16`` autocast for the network; the chain state stays fp32.
         channels_last: keep the chain in channels-last layout (the model must be converted too).
         rng_state: the Triton kernel's noise state (made from the global torch RNG when None).

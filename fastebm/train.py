@@ -11,7 +11,12 @@ configuration as JSON and exits 0 without loading any data.
 Data-parallel: ``torchrun --nproc-per-node N -m fastebm.train ...`` trains on N processes (DDP; gloo on
 CPU, nccl on GPUs); see :mod:`fastebm.distributed`. A plain run creates no process group.
 
-Exit status: 0 done, 1 training diverged (the last good checkpoint is intact), 2 bad input.
+Divergence (non-finite or exploding loss / energies): by default the run rolls back to its latest
+``ckpt.pt``, lowers the learning rate and goes on (``--on-divergence rollback``, at most
+``--max-rollbacks`` times); ``--on-divergence stop`` stops at once. See :mod:`fastebm.trainer`.
+
+Exit status: 0 done, 1 training diverged and was not (or no longer) rolled back (the last good checkpoint
+is intact), 2 bad input.
 """
 from __future__ import annotations
 

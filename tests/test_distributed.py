@@ -8,6 +8,8 @@ One ``torch.multiprocessing.spawn`` job (module fixture ``ddp``) runs, in each o
      compare the logged (rank-averaged) loss and the final parameters with a single-process run of the
      same global batch. Per-rank BatchNorm statistics would make this comparison inexact (each rank
      normalizes over B/N images), hence ``norm="none"`` here.
+  C. M-JEM with a NaN loss noted on rank 1 only (after the rank average, so rank 0's own metrics are
+     clean): both ranks must roll back together to ckpt.pt (issue 11), lower the lr and finish identical.
 Then a real ``torchrun --nproc-per-node 2 -m fastebm.train`` run writes a checkpoint that resumes on 1
 process with the full-size buffer.
 """
@@ -36,6 +38,8 @@ TINY = dict(dataset="digits", depth=10, width=1, train_subset=200, test_subset=3
 CFG_A = dict(TINY, model="mjem", k=2, batch_size=16, cls_batch_size=16, buffer_size=64, iters_per_epoch=3)
 CFG_B = dict(TINY, model="jem", k=2, batch_size=16, buffer_size=16, iters_per_epoch=3, data_noise=0.0,
              noise=0.0, norm="none", lr=1e-3, augment_px=False, augment_cls=False)  # no per-rank randomness
+CFG_C = dict(TINY, model="mjem", k=1, batch_size=16, cls_batch_size=16, buffer_size=32, iters_per_epoch=3, epochs=2,
+             ckpt_every=2, eval_every=1000, sample_every=1000)
 
 
 def _free_port() -> int:
@@ -121,6 +125,21 @@ def _worker(rank, port, tmp):
         t.buffer = FixedNegatives(rank, CFG_B["batch_size"])
         t.fit()
         torch.save({"params": [p.detach().clone() for p in t.model.parameters()]}, os.path.join(tmp, f"b{rank}.pt"))
+        # C: a divergence seen by rank 1 only → every rank rolls back together.
+        t = Trainer(resolve(dict(CFG_C, out=os.path.join(tmp, "c"))), *data)
+        watch, hits = t._watch, []
+
+        def watch_rank1(m, it):
+            if rank == 1 and it == 4 and not hits:
+                hits.append(it)
+                m = dict(m, loss=m["loss"] * float("nan"))
+            watch(m, it)
+
+        t._watch = watch_rank1
+        t.fit()
+        torch.save({"params": [p.detach().clone() for p in t.model.parameters()], "iteration": t.iteration,
+                    "rollbacks": t.rollbacks, "lr_scale": t.lr_scale, "lr": t.opt.param_groups[0]["lr"]},
+                   os.path.join(tmp, f"c{rank}.pt"))
     finally:
         shutdown()
 
@@ -130,11 +149,12 @@ def ddp(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("ddp"))
     mp.spawn(_worker, args=(_free_port(), tmp), nprocs=WORLD, join=True)
     return tmp, [torch.load(os.path.join(tmp, f"a{r}.pt")) for r in range(WORLD)], \
-        [torch.load(os.path.join(tmp, f"b{r}.pt")) for r in range(WORLD)]
+        [torch.load(os.path.join(tmp, f"b{r}.pt")) for r in range(WORLD)], \
+        [torch.load(os.path.join(tmp, f"c{r}.pt")) for r in range(WORLD)]
 
 
 def test_parameters_stay_identical_across_ranks(ddp):
-    _, a, b = ddp
+    _, a, b, _ = ddp
     for res in (a, b):
         for p0, p1 in zip(res[0]["params"], res[1]["params"]):
             assert torch.equal(p0, p1)
@@ -146,14 +166,14 @@ def test_parameters_stay_identical_across_ranks(ddp):
 
 
 def test_ranks_take_their_slice_of_the_global_batch(ddp):
-    _, a, _ = ddp
+    _, a, _, _ = ddp
     data = load_dataset("digits", split="train").subset(200, 1)
     full, _ = Batches(data, CFG_A["batch_size"], "cpu", seed=1).get(0)
     assert torch.equal(torch.cat([a[0]["x_pos"], a[1]["x_pos"]]), full)
 
 
 def test_buffer_shards_differ_and_add_up_to_the_configured_size(ddp):
-    tmp, a, _ = ddp
+    tmp, a, _, _ = ddp
     assert [r["buffer_len"] for r in a] == [CFG_A["buffer_size"] // WORLD] * WORLD
     assert not torch.allclose(a[0]["buffer"], a[1]["buffer"])
     ckpt = torch.load(os.path.join(tmp, "a", "ckpt.pt"), weights_only=False)
@@ -165,14 +185,14 @@ def test_buffer_shards_differ_and_add_up_to_the_configured_size(ddp):
 
 
 def test_sgld_triggers_no_all_reduce(ddp):
-    _, a, _ = ddp
+    _, a, _, _ = ddp
     for r in a:
         assert r["n_sgld"] == 0 and r["grads_untouched"]
         assert r["n_step"] >= 1 and r["n_fit"] == CFG_A["iters_per_epoch"] * r["n_step"]
 
 
 def test_loss_matches_single_process_run_with_the_same_global_batch(ddp, tmp_path):
-    tmp, _, b = ddp
+    tmp, _, b, _ = ddp
     t = Trainer(resolve(dict(CFG_B, out=str(tmp_path))), load_dataset("digits", split="train"),
                 load_dataset("digits", split="test"))
     assert not t.dist.enabled and t.net is t.model
@@ -184,6 +204,21 @@ def test_loss_matches_single_process_run_with_the_same_global_batch(ddp, tmp_pat
         assert [r[key] for r in multi] == pytest.approx([r[key] for r in single], rel=1e-4, abs=1e-5), key
     for p, q in zip(t.model.parameters(), b[0]["params"]):
         torch.testing.assert_close(p.detach(), q, rtol=1e-4, atol=1e-4)  # batched-conv rounding
+
+
+def test_all_ranks_roll_back_together(ddp):
+    tmp, _, _, c = ddp
+    for r in c:
+        assert (r["iteration"], r["rollbacks"], r["lr_scale"]) == (6, 1, 0.5)
+    assert c[0]["lr"] == c[1]["lr"]
+    for p0, p1 in zip(c[0]["params"], c[1]["params"]):
+        assert torch.equal(p0, p1) and torch.isfinite(p0).all()
+    out = os.path.join(tmp, "c")
+    [rb] = _records(out, "rollback")  # one row: only rank 0 writes
+    assert (rb["iter"], rb["from_iter"], rb["rollbacks"]) == (2, 4, 1)
+    assert [r["iter"] for r in _records(out)] == [1, 2, 3, 3, 4, 5, 6]
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
+    assert (ckpt["iteration"], ckpt["lr_scale"], ckpt["dist"]["world_size"]) == (6, 0.5, WORLD)
 
 
 def test_torchrun_checkpoint_resumes_on_one_process(tmp_path):

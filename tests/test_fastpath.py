@@ -231,3 +231,33 @@ def test_bf16_gpu_gradients_and_fast_training_step(tmp_path):
     assert t.cfg.cuda_graphs and t.cfg.triton and t.cfg.amp == "bf16" and t.cfg.channels_last
     t.fit()
     assert torch.isfinite(t.buffer.samples).all()
+
+
+@pytest.mark.gpu
+def test_rollback_keeps_the_captured_sgld_graph_valid(tmp_path):
+    """Issue 11: a rollback restores the weights in place, so the SGLD CUDA graph captured before it is
+    replayed (not re-captured) and reads the restored, finite weights."""
+    t = Trainer(resolve(dict(TINY, device="cuda", noise=0.0, iters_per_epoch=6, ckpt_every=2,
+                             out=str(tmp_path))), _toy_data(256, 32))
+    assert t.cfg.cuda_graphs and t.cfg.triton and t.cfg.check_every == t.cfg.log_every  # checks at 2, 4, 6
+    step, graphs = t.train_step, []
+
+    def nan_weight_at_5(it):
+        m = step(it)
+        if it + 1 == 5 and not graphs:
+            graphs.append(t.sampler._graph)
+            with torch.no_grad():
+                t.model.energy_head.weight.fill_(float("nan"))  # read by the captured graph at iteration 6
+        return m
+
+    t.train_step = nan_weight_at_5
+    t.fit()
+    assert t.iteration == 6 and t.rollbacks == 1 and graphs[0] is not None
+    assert t.sampler._graph is graphs[0]  # the same capture, replayed after the rollback
+    assert torch.isfinite(t.model.energy_head.weight).all() and torch.isfinite(t.buffer.samples).all()
+    x0 = t.buffer.samples[:TINY["batch_size"]].clone()
+    replay = t.sampler(x0)
+    with sampling_mode(t.model, t.sgld_cfg.bn_mode):
+        eager = t.sampler._loop(x0).detach()
+    assert torch.isfinite(replay).all()
+    torch.testing.assert_close(replay, eager, rtol=1e-2, atol=1e-2)  # bf16 network, same compiled code

@@ -78,7 +78,7 @@ def test_divergence_stops_with_last_good_checkpoint_intact(tmp_path, cifar_subse
     ckpt = tmp_path / "ckpt.pt"
     before = ckpt.read_bytes()
     cfg2 = resolve(dict(TINY, dataset="folder", k=1, epochs=2, iters_per_epoch=2, out=str(tmp_path),
-                        max_loss=1e-12))
+                        max_loss=1e-12, on_divergence="stop"))
     t = Trainer(cfg2, *cifar_subset)
     t.load_checkpoint(str(ckpt))
     with pytest.raises(DivergenceError, match="diverged at iteration 3") as e:
@@ -90,7 +90,8 @@ def test_divergence_stops_with_last_good_checkpoint_intact(tmp_path, cifar_subse
 
 
 def test_non_finite_energies_stop_the_run(tmp_path, cifar_subset):
-    cfg = resolve(dict(TINY, dataset="folder", k=1, epochs=1, iters_per_epoch=3, out=str(tmp_path)))
+    cfg = resolve(dict(TINY, dataset="folder", k=1, epochs=1, iters_per_epoch=3, out=str(tmp_path),
+                       on_divergence="stop"))
     t = Trainer(cfg, *cifar_subset)
     with torch.no_grad():
         t.model.energy_head.bias.fill_(float("nan"))
@@ -98,6 +99,13 @@ def test_non_finite_energies_stop_the_run(tmp_path, cifar_subset):
         t.fit()
     assert not os.path.exists(tmp_path / "ckpt.pt")
     assert torch.isfinite(t.buffer.samples).all()
+    # with rollback there is no good state to return to: the initial checkpoint is refused, nothing is written
+    t = Trainer(resolve(dict(cfg.to_dict(), on_divergence="rollback")), *cifar_subset)
+    with torch.no_grad():
+        t.model.energy_head.bias.fill_(float("nan"))
+    with pytest.raises(DivergenceError, match="non-finite values at iteration 0"):
+        t.fit()
+    assert not os.path.exists(tmp_path / "ckpt.pt") and t.iteration == 0
 
 
 def test_cli_digits_run_and_resume(tmp_path, capsys):
