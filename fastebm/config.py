@@ -100,6 +100,15 @@ class Config:
     ckpt_every: int | None = None  # None: once per epoch
     check_every: int | None = None  # host-side divergence check interval; None: 1 on CPU, log_every on CUDA
     progress: bool = True
+    # issue 10: best-before-divergence evaluation during training, TensorBoard
+    fid_every: int | None = field(default=None, metadata={
+        "help": "FID / IS of the whole replay buffer every N epochs (best_fid.pt); None: 5 on CUDA, 0 (off) on CPU"})
+    keep_every: int = field(default=0, metadata={"help": "keep ckpt_eNNN.pt every N epochs (0: off)"})
+    inception_weights: str | None = field(default=None, metadata={
+        "help": "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: torch.hub.get_dir()/checkpoints)"})
+    random_inception: bool = field(default=False, metadata={
+        "help": "randomly initialised Inception (tests, smoke runs: FID / IS meaningless)"})
+    tensorboard: bool = field(default=True, metadata={"help": "TensorBoard event files in the run folder"})
 
     @property
     def total_iters(self) -> int:
@@ -216,5 +225,8 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"--{name.replace('_', '-')}: expected a value >= 0, got {getattr(cfg, name)}")
     if cfg.check_every is not None and cfg.check_every <= 0:
         raise ValueError(f"--check-every: expected a value > 0, got {cfg.check_every}")
+    for name in ("fid_every", "keep_every"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')}: expected epochs >= 0 (0: off), got {getattr(cfg, name)}")
     if cfg.grad_clip is not None and cfg.grad_clip <= 0:
         raise ValueError(f"--grad-clip: expected a value > 0, got {cfg.grad_clip}")

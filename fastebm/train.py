@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ckpt-every", type=int)
     g.add_argument("--check-every", type=int, help="host-side divergence check interval")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    g = p.add_argument_group("evaluation during training (issue 10)")
+    g.add_argument("--fid-every", type=int, help="FID / IS of the replay buffer every N epochs, best_fid.pt "
+                   "(default 5 on CUDA, 0 = off on CPU)")
+    g.add_argument("--keep-every", type=int, help="keep ckpt_eNNN.pt every N epochs (0: off)")
+    g.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (default: "
+                   "torch.hub.get_dir()/checkpoints)")
+    g.add_argument("--random-inception", action="store_true", default=None, help=argparse.SUPPRESS)  # tests
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                   help="no TensorBoard event files")
     return p
 
 

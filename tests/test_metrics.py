@@ -254,3 +254,12 @@ def test_ece_equals_a_brute_force_count():
             total += len(members) / 500 * abs(acc - conf)
             assert bins["count"][b] == len(members)
     assert ece == pytest.approx(total, abs=1e-12) and ece > 0.05
+
+
+def test_the_fast_fid_of_the_plumbing_tests_equals_pytorch_fid():
+    from conftest import fid_eigh
+
+    rng = np.random.default_rng(4)
+    s1 = M.activation_statistics(rng.normal(size=(300, 20)))
+    s2 = M.activation_statistics(rng.normal(size=(300, 20)) @ rng.normal(size=(20, 20)))
+    assert fid_eigh(*s1, *s2) == pytest.approx(M.frechet_distance(*s1, *s2), rel=1e-8)
