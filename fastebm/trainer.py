@@ -450,7 +450,8 @@ class Trainer:
                 "buffer": self.buffer.state_dict(), "p0": self.p0.state_dict(), "rng": rng_state(),
                 "iteration": self.iteration, "epoch": self.iteration / self.cfg.iters_per_epoch,
                 "config": self.cfg.to_dict(), "arch": self.cfg.arch(), "format": "fastebm-1",
-                "triton_rng": None if self.sampler.rng_state is None else self.sampler.rng_state.cpu()}
+                "triton_rng": None if self.sampler.rng_state is None else self.sampler.rng_state.cpu(),
+                "best": dict(self.best)}
 
     def save_checkpoint(self, path: str | None = None) -> str:
         """Write ckpt.pt atomically (never with non-finite parameters or buffer)."""
@@ -488,6 +489,7 @@ class Trainer:
             if ckpt.get("triton_rng") is not None:  # a checkpoint of a CPU run has none
                 self.sampler.rng_state.copy_(ckpt["triton_rng"])
         self.buffer.p0 = self.p0
+        self.best.update(ckpt.get("best", {}))                     # best FID / accuracy so far (issue 10)
         self.iteration = int(ckpt["iteration"])
         set_rng_state(ckpt["rng"])
         self.dist.restore_rng(ckpt, self.iteration, self.cfg.seed)  # per-rank streams (no-op single process)
