@@ -344,6 +344,12 @@ def _common(run: Run, task: str) -> dict:
             "dataset": run.cfg.dataset}
 
 
+def _run_name(run: Run) -> str:
+    """``<run folder>`` for RUN/ckpt.pt, ``<run folder>-<stem>`` for other files (best_fid.pt, ckpt_e010.pt)."""
+    folder, name = os.path.split(run.ckpt)
+    return os.path.basename(folder) + ("" if name == "ckpt.pt" else f"-{os.path.splitext(name)[0]}")
+
+
 def _need_buffer(run: Run, task: str) -> torch.Tensor:
     if run.buffer is None:
         raise EvalError(f"task {task!r} needs the replay buffer stored in {run.ckpt!r}")
@@ -661,7 +667,7 @@ def task_tsne(runs: list[Run], opts) -> dict:
             raise EvalError(f"task 'tsne' needs the replay buffer and p0 stored in {run.ckpt!r}")
     real, x0, buf = _three_sets(ref, n, opts.seed)
     sets = [("x+ data", real), ("x0 p0", x0)]
-    label = (lambda r: f"x- {os.path.basename(os.path.dirname(r.ckpt))}") if len(runs) > 1 else (lambda r: "x- buffer")
+    label = (lambda r: f"x- {_run_name(r)}") if len(runs) > 1 else (lambda r: "x- buffer")
     sets += [(label(ref), buf)] + [(label(r), _subsample(r.buffer, n, opts.seed)) for r in runs[1:]]
     feats = np.concatenate([_outputs(ref, x, opts.batch_size, features=True)[2].double().numpy() for _, x in sets])
     groups = np.concatenate([np.full(len(x), i, dtype=np.int64) for i, (_, x) in enumerate(sets)])
@@ -868,8 +874,8 @@ def main(argv=None) -> int:
         tasks = [t for t in opts.task if not (t == "tsne" and len(runs) > 1)]
         for run in runs if tasks else []:
             if len(runs) > 1:
-                name = os.path.basename(os.path.dirname(run.ckpt))
-                opts.out = os.path.join(out, name) if out else os.path.join(os.path.dirname(run.ckpt), "eval")
+                opts.out = (os.path.join(out, _run_name(run)) if out else
+                            os.path.join(os.path.dirname(run.ckpt), "eval", os.path.basename(run.ckpt)[:-3]))
             results.update({f"{t}" if len(runs) == 1 else f"{t} {run.ckpt}": r
                             for t, r in run_tasks(run, tasks, opts).items()})
     except (EvalError, CheckpointError, DatasetError, FileNotFoundError, ImportError, ValueError) as e:
