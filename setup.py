@@ -16,10 +16,15 @@ setup(
         "torchvision==0.29.1",
         "triton",
         "numpy",
-        "scikit-learn",  # the embedded `digits` dataset, t-SNE
+        "scikit-learn",  # the embedded `digits` dataset, t-SNE, AUROC
         "tqdm",
         "nvtx",
-        "pytorch-fid",
+        "pytorch-fid",  # FID: InceptionV3 and calculate_frechet_distance
+        "tensorboard",  # event files in the run folder (torch.utils.tensorboard)
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    extras_require={
+        "plots": ["matplotlib"],  # the paper's figures (python -m fastebm.eval --task tsne logpx ...)
+        # torch-fidelity: the Inception Score reference the tests compare against
+        "test": ["pytest", "pytest-benchmark", "matplotlib", "torch-fidelity"],
+    },
 )

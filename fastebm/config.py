@@ -176,6 +176,15 @@ class Config:
                                "divergence stops", "divergence recovery")
     rollback_lr_factor: float = _f(0.5, "each rollback multiplies the learning rate (a persistent scale on the "
                                         "schedule) by this", "divergence recovery")
+    # issue 10: best-before-divergence evaluation during training, TensorBoard
+    fid_every: int | None = _f(None, "FID / IS of the whole replay buffer every N epochs, best_fid.pt (none: 5 on "
+                                     "CUDA, 0 = off on CPU)", "evaluation during training")
+    keep_every: int = _f(0, "keep ckpt_eNNN.pt every N epochs (0: off)", "evaluation during training")
+    inception_weights: str | None = _f(None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (none: "
+                                             "torch.hub.get_dir()/checkpoints)", "evaluation during training")
+    random_inception: bool = _f(False, "randomly initialised Inception (tests, smoke runs: FID / IS meaningless)",
+                                "evaluation during training")
+    tensorboard: bool = _f(True, "TensorBoard event files in the run folder", "evaluation during training")
 
     @property
     def total_iters(self) -> int:
@@ -402,3 +411,6 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--max-rollbacks: expected an integer >= 0, got {cfg.max_rollbacks}")
     if not 0 < cfg.rollback_lr_factor <= 1:
         raise ValueError(f"--rollback-lr-factor: expected a value in (0, 1], got {cfg.rollback_lr_factor}")
+    for name in ("fid_every", "keep_every"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')}: expected epochs >= 0 (0: off), got {getattr(cfg, name)}")

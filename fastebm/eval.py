@@ -1,55 +1,44 @@
-"""Evaluation of a trained checkpoint: ``python -m fastebm.eval --ckpt RUN/ckpt.pt --task ...``.
+"""Evaluation of trained checkpoints: ``python -m fastebm.eval --ckpt RUN/ckpt.pt [MORE.pt ...] --task ...``.
 
-Reproduces the measurements of the M-EBM paper (Yang & Ji, "M-EBM: Towards Understanding the
-Manifolds of Energy-Based Models") from a checkpoint written by :class:`fastebm.trainer.Trainer`.
-Each task writes ``<task>.json`` (its numbers) and, where a picture helps, PNG files into ``--out``
-(default: ``eval/`` next to the checkpoint).
+Reproduces the measurements and figures of the M-EBM paper (Yang & Ji, "M-EBM: Towards Understanding the
+Manifolds of Energy-Based Models") from checkpoints written by :class:`fastebm.trainer.Trainer`. Each task
+writes ``<task>.json`` (its numbers) and PNG figures into ``--out`` (default: ``eval/`` next to the
+checkpoint). With several ``--ckpt``, ``tsne`` embeds them jointly; the other tasks run per checkpoint
+(into ``--out/<run folder name>`` or each checkpoint's own ``eval/``).
 
-Tasks (``--task``, one or several, space- or comma-separated):
+========  =========================================================================================
+fid       FID of generated images (pytorch-fid's InceptionV3 and ``calculate_frechet_distance``)
+is        Inception Score (softmax of the unbiased logits pool3 · Wᵀ, shuffled ``--splits``)
+gen       fresh SGLD samples from p0 (and class-conditional ones for mjem/jem): PNG grids and .npz
+acc       test accuracy and cross-entropy (classifier models)
+ece       expected calibration error and a reliability diagram (classifier models)
+ood       AUROC (scikit-learn) of the test set vs ``--ood-dataset`` for log p(x), max softmax, grad norm
+logpx     log p(x) = -E(x) histograms per class: test data by label, buffer by predicted class (Fig. 6)
+tsne      one joint t-SNE of penultimate features of x+, x0 ~ p0 and buffer x- of each checkpoint (Fig. 4)
+extremes  per class, buffer samples with the highest / lowest p(x) and p(y|x) (Figs. 5, 9-17)
+energy    distributions of E(x+), E(x0), E(x-) (violins and histograms)
+p0        μ of p0 and a grid of p0 samples (Fig. 7)
+========  =========================================================================================
 
-======  ===========================================================================================
-fid     FID of generated images against the real data (pytorch-fid's InceptionV3, FID weights)
-is      Inception Score of generated images (shuffled splits, ``--splits``)
-gen     fresh SGLD samples from p0 (and class-conditional ones for mjem/jem): PNG grids and .npz
-acc     test accuracy and cross-entropy loss (classifier models mjem/jem)
-ece     expected calibration error and a reliability diagram (classifier models)
-ood     AUROC in-distribution test set vs ``--ood-dataset`` for log p(x), max softmax, grad norm
-logpx   per-class histograms of log p(x) = -E(x) on the test set (the paper's Fig. 6)
-tsne    t-SNE of penultimate features of real x+, initial x0 ~ p0 and buffer x- (the paper's Fig. 4)
-======  ===========================================================================================
+Figures (every task but fid / is / acc / gen / p0) need matplotlib (``pip install 'fastebm[plots]'``).
 
-Examples::
-
-    python -m fastebm.eval --ckpt runs/cifar10-mjem-k5/ckpt.pt --task acc ece
-    python -m fastebm.eval --ckpt RUN/ckpt.pt --task fid is --source buffer --keep-ratio 0.1
-    python -m fastebm.eval --ckpt RUN/ckpt.pt --task fid --source chains --sgld-steps 100 --n-samples 10000
-    python -m fastebm.eval --ckpt RUN/ckpt.pt --task ood --ood-dataset folder --ood-root /data/svhn-jpg
-    python -m fastebm.eval --ckpt RUN/ckpt.pt --task gen logpx tsne --out /tmp/eval
-
-Conventions and choices:
+Conventions:
 
 * Images are float (N, 3, H, W) in [-1, 1]; E(x) low = likely, log p(x) = -E(x) + const.
-* Scoring (acc, ece, ood, logpx, tsne, buffer filtering) runs the network in eval mode (BatchNorm
-  running statistics) without gradients (except the input gradient of the ood grad-norm score);
-  the model's train/eval mode and ``requires_grad`` flags are restored afterwards.
-* SGLD (gen, ``--source chains``) uses the checkpoint's SGLD settings (step size, noise, gradient
-  clamp, x clamp, BatchNorm mode); with ``sgld_bn = batch`` the chains see batch statistics as in
-  training (running statistics are left unchanged).  ``--sgld-steps`` defaults to the training K.
-* FID real-data statistics are cached in ``--stats-cache`` (default ``$FASTEBM_CACHE/fid_stats``,
-  else ``~/.cache/fastebm/fid_stats``) as ``fid_stats_<dataset>_<split>_<n>[_random-inception]_
-  <key>.npz``; ``<key>`` hashes the data root, image size, per-class limit and the Inception weights
-  file, so statistics of different folders or weights never collide.
-* Buffer filtering (``--keep-ratio``, classifier models), as the JEM++ / M-EBM reference code's
-  ``cond_is_fid``: each buffer image is assigned its predicted class argmax p(y|x); within each
-  predicted class the images are sorted by confidence max p(y|x) and the top
-  ``floor(ratio * n_class)`` kept (ratio in (0, 1]); a ratio > 1 keeps the top ``int(ratio)`` per
-  class (the reference's "images per category").
-* OOD scores are oriented so that in-distribution inputs score higher (AUROC 1 = perfect):
-  ``logpx`` = -E(x); ``max_softmax`` = max_y p(y|x) (Hendrycks & Gimpel 2017); ``grad_norm`` =
-  -||dE/dx||_2 = -||d log p(x)/dx||_2 (the sign of JEM's OOD code, Grathwohl et al. 2020: data
-  points sit near modes where the gradient is small).  The sign is fixed, never chosen from data.
-* ``--random-inception`` (hidden, for tests and smoke runs): a randomly initialised Inception, no
-  weights file needed.  Its FID / IS numbers are meaningless.
+* Scoring runs the network in eval mode without gradients (model mode and flags restored afterwards).
+* SGLD (gen, ``--source chains``) runs the fast :class:`~fastebm.sampler.Sampler` (Triton update, CUDA
+  graph and bf16 autocast on CUDA; the plain path on CPU) with the checkpoint's SGLD settings;
+  ``--sgld-steps`` defaults to the training K.
+* FID real-data statistics are cached in ``--stats-cache`` (default ``$FASTEBM_CACHE/fid_stats``, else
+  ``~/.cache/fastebm/fid_stats``), keyed by the content of the data (every file's path, size and mtime
+  under the data root), the split, the image count and the Inception weights file: a folder that gains
+  images gets new statistics.
+* Buffer filtering (``--keep-ratio``, classifier models), as the JEM++ / M-EBM reference ``cond_is_fid``:
+  per predicted class argmax p(y|x), keep the top ``floor(ratio * n_class)`` by confidence (ratio in
+  (0, 1]), or the top ``int(ratio)`` per class when ratio > 1.
+* OOD scores are oriented so that in-distribution inputs score higher: ``logpx`` = -E(x);
+  ``max_softmax`` = max_y p(y|x); ``grad_norm`` = -||dE/dx||_2 (JEM's sign).
+* ``--random-inception`` (hidden, tests and smoke runs): a randomly initialised Inception.
 
 Exit status: 0 done, 2 bad input (one line ``python -m fastebm.eval: error: ...`` on stderr).
 """
@@ -69,20 +58,14 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import Config, resolve, resolve_device
+from .config import Config, fast_flags, resolve, resolve_device
 from .data import DATASETS, DatasetError, ImageSet, load_dataset, to_float, to_uint8
 from .init import p0_from_state_dict
 from .model import EnergyModel, build_model
-from .sampler import SGLDConfig, sampling_mode, sgld
+from .sampler import Sampler, SGLDConfig, sampling_mode
 
-__all__ = ["TASKS", "EvalError", "Run", "load_run", "filter_by_confidence", "sample_chains",
-           "task_fid_is", "task_gen", "task_acc", "task_ece", "task_ood", "task_logpx", "task_tsne",
-           "run_tasks", "build_parser", "main"]
-
-TASKS = ("fid", "is", "gen", "acc", "ece", "ood", "logpx", "tsne")
+TASKS = ("fid", "is", "gen", "acc", "ece", "ood", "logpx", "tsne", "extremes", "energy", "p0")
 PROG = "python -m fastebm.eval"
-_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 class EvalError(ValueError):
@@ -237,17 +220,18 @@ def _grad_norms(run: Run, images: torch.Tensor, batch_size: int) -> torch.Tensor
 
 def sample_chains(run: Run, n: int, n_steps: int, batch_size: int, labels: torch.Tensor | None = None
                   ) -> torch.Tensor:
-    """Fresh SGLD chains from p0 with the run's SGLD settings (paper Eq. 3).
+    """Fresh SGLD chains from p0 with the run's SGLD settings (paper Eq. 3), through the fast
+    :class:`~fastebm.sampler.Sampler`: on CUDA the fused Triton update, bf16 autocast and (unconditional
+    chains) a CUDA graph per batch shape; on the CPU the plain path (identical to :func:`~fastebm.sampler.sgld`).
 
     Args:
-        run: the loaded run (uses ``run.p0`` and the step size / noise / clamps / BN mode of its config).
-        n: number of chains; n_steps: SGLD steps (>= 1); batch_size: chains per batch.
-        labels: optional (n,) int64 classes for class-conditional sampling (classifier models): chain
-            i follows E(x, y_i) = -f(x)[y_i], i.e. SGLD on minus the class logit (JEM, Grathwohl et
-            al. 2020, "Your classifier is secretly an energy based model", Sec. 3 / p(x|y)).
+        run: the loaded run (``run.p0`` and the step size / noise / clamps / BN mode of its config).
+        n: chains; n_steps: SGLD steps (>= 1); batch_size: chains per batch.
+        labels: optional (n,) int64 classes (classifier models): chain i follows E(x, y_i) = -f(x)[y_i]
+            (JEM, Grathwohl et al. 2020, p(x|y)).
 
     Returns:
-        (n, C, H, W) float32 on the CPU, clamped to [-1, 1] (as images).
+        (n, C, H, W) float32 on the CPU, clamped to [-1, 1].
 
     Raises:
         EvalError: bad n / n_steps, no p0 in the checkpoint, labels for an unconditional model.
@@ -258,21 +242,20 @@ def sample_chains(run: Run, n: int, n_steps: int, batch_size: int, labels: torch
         raise EvalError(f"checkpoint {run.ckpt!r} holds no p0 to start chains from")
     if labels is not None:
         _require_classifier(run, "class-conditional sampling")
-    cfg = run.cfg
+    cfg, model = run.cfg, run.model
     scfg = SGLDConfig(int(n_steps), cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, cfg.sgld_bn)
-    model = run.model
-    out = []
-    was_training = model.training
-    model.train(cfg.sgld_bn == "batch")  # as in training; sgld() keeps BN running stats intact
+    fast = fast_flags(run.device.type)
+    sampler = Sampler(model, scfg, triton=fast["triton"], amp=fast["amp"], cuda_graphs=fast["cuda_graphs"])
+    out, was_training = [], model.training
+    model.train(cfg.sgld_bn == "batch")  # as in training; the Sampler restores BN running statistics
     try:
         for i in range(0, n, batch_size):
             m = min(batch_size, n - i)
-            x0 = run.p0.sample(m, device=run.device)
-            energy_fn = None
-            if labels is not None:
+            if labels is not None:  # E(x, y) = -f(x)[y]: a per-batch energy, so no CUDA graph
                 y = labels[i:i + m].to(run.device)
-                energy_fn = lambda x, y=y: -model.logits(x).gather(1, y[:, None]).squeeze(1)  # noqa: E731
-            out.append(sgld(model, x0, scfg, energy_fn=energy_fn).clamp_(-1, 1).cpu())
+                sampler = Sampler(model, scfg, triton=fast["triton"], amp=fast["amp"], rng_state=sampler.rng_state,
+                                  net=lambda x, y=y: (-model.logits(x).gather(1, y[:, None]).squeeze(1), None))
+            out.append(sampler(run.p0.sample(m, device=run.device)).clamp_(-1, 1).cpu())
     finally:
         model.train(was_training)
     return torch.cat(out)
@@ -312,7 +295,7 @@ def filter_by_confidence(probs, keep_ratio: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# output helpers (JSON, PIL drawings)
+# output helpers
 # --------------------------------------------------------------------------------------------------
 def _jsonable(obj):
     if isinstance(obj, dict):
@@ -321,7 +304,7 @@ def _jsonable(obj):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, (np.ndarray, torch.Tensor)):
         return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
+    if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None  # NaN (empty bins) -> null
@@ -335,69 +318,6 @@ def _write_json(out: str, name: str, record: dict) -> str:
     return path
 
 
-def _draw_histograms(panels: list[dict], path: str, cols: int = 4, w: int = 260, h: int = 180) -> str:
-    """Grid of histogram panels drawn with PIL (matplotlib is not a dependency).
-
-    Each panel: ``{"title": str, "edges": (B+1,) array, "series": [(counts (B,), (r, g, b), label)]}``;
-    series are drawn as translucent bars over each other, with a legend.
-    """
-    from PIL import Image, ImageDraw
-
-    rows = math.ceil(len(panels) / cols)
-    cols = min(cols, len(panels))
-    img = Image.new("RGBA", (cols * w, rows * h), "white")
-    for i, panel in enumerate(panels):
-        ox, oy = (i % cols) * w, (i // cols) * h
-        left, right, top, bottom = ox + 10, ox + w - 10, oy + 22, oy + h - 28
-        edges = np.asarray(panel["edges"], float)
-        peak = max([float(np.max(c)) for c, _, _ in panel["series"] if len(c)] + [1.0])
-        lo, hi = edges[0], edges[-1]
-        span = hi - lo if hi > lo else 1.0
-        for counts, color, _ in panel["series"]:
-            layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
-            d = ImageDraw.Draw(layer)
-            for b, c in enumerate(counts):
-                if c <= 0:
-                    continue
-                x0 = left + (edges[b] - lo) / span * (right - left)
-                x1 = left + (edges[b + 1] - lo) / span * (right - left)
-                d.rectangle([x0, bottom - c / peak * (bottom - top), max(x1 - 1, x0), bottom],
-                            fill=tuple(color) + (120,), outline=tuple(color) + (255,))
-            img.alpha_composite(layer)
-        d = ImageDraw.Draw(img)
-        d.line([left, bottom, right, bottom], fill="black")
-        d.text((left, oy + 4), str(panel["title"]), fill="black")
-        d.text((left, bottom + 4), f"{lo:.3g}", fill="black")
-        d.text((right - 40, bottom + 4), f"{hi:.3g}", fill="black")
-        for j, (_, color, label) in enumerate(panel["series"]):
-            if label:
-                d.rectangle([right - 70, top + 2 + 12 * j, right - 62, top + 10 + 12 * j], fill=tuple(color))
-                d.text((right - 58, top + 12 * j), str(label), fill="black")
-    img.convert("RGB").save(path, format="PNG")
-    return path
-
-
-def _draw_scatter(points: np.ndarray, groups: np.ndarray, names: list[str], path: str, size: int = 640) -> str:
-    """Scatter plot of 2-D points coloured by group, with a legend (PIL)."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (size, size), "white")
-    d = ImageDraw.Draw(img)
-    margin = 30
-    lo, hi = points.min(0), points.max(0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    xy = margin + (points - lo) / span * (size - 2 * margin)
-    for g in range(len(names)):
-        color = _PALETTE[g % len(_PALETTE)]
-        for x, y in xy[groups == g]:
-            d.ellipse([x - 2.5, size - y - 2.5, x + 2.5, size - y + 2.5], fill=color)
-    for g, name in enumerate(names):
-        d.rectangle([8, 8 + 14 * g, 16, 16 + 14 * g], fill=_PALETTE[g % len(_PALETTE)])
-        d.text((20, 6 + 14 * g), f"{name} ({int((groups == g).sum())})", fill="black")
-    img.save(path, format="PNG")
-    return path
-
-
 def _save_npz_images(path: str, images: torch.Tensor, labels: torch.Tensor, **extra) -> str:
     """Images float [-1, 1] (N, 3, H, W) -> .npz with ``images`` uint8 (N, H, W, 3), ``labels`` int64 (N,)."""
     u8 = to_uint8(images).permute(0, 2, 3, 1).contiguous().numpy()
@@ -406,15 +326,8 @@ def _save_npz_images(path: str, images: torch.Tensor, labels: torch.Tensor, **ex
     return path
 
 
-def _save_grid(path: str, images: torch.Tensor, nrow: int) -> str:
-    from torchvision.utils import save_image
-
-    save_image(to_uint8(images).float() / 255.0, path, nrow=nrow)
-    return path
-
-
 def _check_range(x: torch.Tensor, what: str) -> torch.Tensor:
-    """Validate (once) that images are finite and in [-1, 1] (1e-3 tolerance, then clamped)."""
+    """Images finite and in [-1, 1] (1e-3 tolerance, then clamped), else EvalError."""
     if not bool(torch.isfinite(x).all()):
         raise EvalError(f"{what}: {int((~torch.isfinite(x)).sum())} non-finite pixel values")
     lo, hi = float(x.min()), float(x.max())
@@ -429,16 +342,33 @@ def _common(run: Run, task: str) -> dict:
             "dataset": run.cfg.dataset}
 
 
+def _run_name(run: Run) -> str:
+    """``<run folder>`` for RUN/ckpt.pt, ``<run folder>-<stem>`` for other files (best_fid.pt, ckpt_e010.pt)."""
+    folder, name = os.path.split(run.ckpt)
+    return os.path.basename(folder) + ("" if name == "ckpt.pt" else f"-{os.path.splitext(name)[0]}")
+
+
+def _need_buffer(run: Run, task: str) -> torch.Tensor:
+    if run.buffer is None:
+        raise EvalError(f"task {task!r} needs the replay buffer stored in {run.ckpt!r}")
+    return run.buffer
+
+
+def _subsample(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
+    """A fixed random subset of n rows (all when n is None or >= len)."""
+    if n is None or n >= len(x):
+        return x
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
 # --------------------------------------------------------------------------------------------------
-# tasks
+# FID / IS
 # --------------------------------------------------------------------------------------------------
 def _fake_images(run: Run, opts) -> tuple[torch.Tensor, dict]:
     """Generated images for FID / IS from ``--source`` (buffer or chains), validated in [-1, 1]."""
     info: dict = {"source": opts.source}
     if opts.source == "buffer":
-        if run.buffer is None:
-            raise EvalError(f"checkpoint {run.ckpt!r} holds no replay buffer; use --source chains")
-        x = run.buffer
+        x = _need_buffer(run, "fid/is (use --source chains)")
         if opts.keep_ratio is not None:
             _require_classifier(run, "--keep-ratio (per-class confidence filtering)")
             _, logits = _outputs(run, x, opts.batch_size)
@@ -447,17 +377,13 @@ def _fake_images(run: Run, opts) -> tuple[torch.Tensor, dict]:
                 raise EvalError(f"--keep-ratio {opts.keep_ratio} keeps no buffer image")
             x = x[torch.from_numpy(idx)]
             info.update(keep_ratio=opts.keep_ratio, n_buffer=len(run.buffer))
-        if opts.n_samples is not None and opts.n_samples < len(x):
-            g = torch.Generator().manual_seed(opts.seed)
-            x = x[torch.randperm(len(x), generator=g)[:opts.n_samples]]
-    elif opts.source == "chains":
+        x = _subsample(x, opts.n_samples, opts.seed)
+    else:
         n = opts.n_samples or (len(run.buffer) if run.buffer is not None else run.cfg.buffer_size)
         steps = opts.sgld_steps or run.cfg.k
         torch.manual_seed(opts.seed)
         x = sample_chains(run, n, steps, opts.batch_size)
         info.update(sgld_steps=steps)
-    else:
-        raise EvalError(f"--source: expected 'buffer' or 'chains', got {opts.source!r}")
     info["n_fake"] = len(x)
     return _check_range(x, f"generated images ({opts.source})"), info
 
@@ -470,136 +396,135 @@ def _load_inception(opts, device):
             raise EvalError("--random-inception and --inception-weights are exclusive")
         warnings.warn("--random-inception: randomly initialised Inception; FID / IS numbers are "
                       "meaningless (tests and smoke runs only)", UserWarning, stacklevel=2)
-        return metrics.load_inception(device=device, random_init=True), "random-init (numbers meaningless)"
-    path = opts.inception_weights or metrics.default_inception_weights_path()
+        return metrics.load_inception(device=device, random_init=True), "random-init"
     try:
         model = metrics.load_inception(opts.inception_weights, device=device)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e} (command line: --inception-weights PATH)") from None
-    return model, os.path.abspath(path)
+    path = os.path.abspath(opts.inception_weights or metrics.default_inception_weights_path())
+    return model, f"{path}:{os.path.getsize(path)}:{os.stat(path).st_mtime_ns}"
 
 
-def _stats_cache_path(run: Run, opts, split: str, n: int | str, inception_id: str) -> str:
-    cfg = run.cfg
-    root = os.path.abspath(cfg.data_root) if cfg.data_root else ""
-    key = json.dumps([cfg.dataset, root, cfg.max_per_class, cfg.image_size, split, n, inception_id])
-    if not opts.random_inception and os.path.isfile(inception_id):
-        key += f":{os.path.getsize(inception_id)}"
-    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+def data_fingerprint(cfg: Config, split: str) -> str:
+    """SHA-1 of the data's content listing: every file under the data root (for the folder layouts, under
+    ``root/<split>``, or ``val`` for test) as (relative path, size in bytes, mtime in ns), sorted; for the
+    embedded ``digits``, scikit-learn's version. Changes when files are added, removed or rewritten."""
+    h = hashlib.sha1()
+    if cfg.dataset == "digits" or not cfg.data_root:
+        import sklearn
+
+        h.update(f"{cfg.dataset}:{sklearn.__version__}".encode())
+        return h.hexdigest()
+    root = os.path.abspath(cfg.data_root)
+    if cfg.dataset in ("folder", "celebahq128"):
+        sub = os.path.join(root, split)
+        root = sub if os.path.isdir(sub) or split != "test" else os.path.join(root, "val")
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            st = os.stat(os.path.join(folder, name))
+            h.update(f"{os.path.relpath(os.path.join(folder, name), root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _real_statistics(run: Run, opts, inception, inception_id: str) -> tuple[tuple, int, str, bool]:
+    """(mu, sigma), n_real, cache path and whether it was cached, for split ``opts.fid_split``."""
+    from . import metrics
+
+    cfg, split = run.cfg, opts.fid_split
+    key = json.dumps([cfg.dataset, os.path.abspath(cfg.data_root) if cfg.data_root else "", cfg.max_per_class,
+                      cfg.image_size, split, opts.n_real, inception_id, data_fingerprint(cfg, split)])
     folder = opts.stats_cache or os.path.join(
         os.environ.get("FASTEBM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "fastebm")), "fid_stats")
     tag = "_random-inception" if opts.random_inception else ""
-    return os.path.join(folder, f"fid_stats_{cfg.dataset}_{split}_{n}{tag}_{digest}.npz")
+    cache = os.path.join(folder, f"fid_stats_{cfg.dataset}_{split}_{opts.n_real or 'all'}{tag}_"
+                                 f"{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz")
+    if os.path.isfile(cache) and os.path.isfile(cache + ".json"):  # real images not even loaded
+        with open(cache + ".json") as f:
+            return metrics.load_stats(cache), int(json.load(f)["n_real"]), cache, True
+    real = load_dataset(cfg.dataset, cfg.data_root, split, False, cfg.max_per_class).subset(opts.n_real, 0)
+    pool, _ = metrics.inception_outputs(inception, to_float(real.images), opts.batch_size, run.device)
+    stats = metrics.activation_statistics(pool)
+    metrics.save_stats(cache, *stats)
+    with open(cache + ".json", "w") as f:
+        json.dump({"n_real": len(real), "dataset": cfg.dataset, "data_root": cfg.data_root, "split": split,
+                   "inception": inception_id}, f, indent=2)
+    return stats, len(real), cache, False
 
 
 def task_fid_is(run: Run, opts, fid: bool = True, inception_score: bool = True) -> dict:
-    """FID and / or Inception Score of generated images (the paper's Tables 1-4).
+    """FID and / or Inception Score of generated images (the paper's Tables 1-4), one Inception pass.
 
-    Fake images come from ``opts.source``: ``buffer`` (the checkpoint's replay buffer, optionally
-    filtered per predicted class with ``opts.keep_ratio``, see :func:`filter_by_confidence`;
-    ``opts.n_samples`` draws a random subset) or ``chains`` (``opts.n_samples`` fresh chains from p0
-    run for ``opts.sgld_steps`` steps, :func:`sample_chains`).  Images are validated once to be
-    finite and in [-1, 1].  Real statistics: ``opts.n_real`` images (default all) of split
-    ``opts.fid_split`` (default ``train``), cached (see the module docstring).  FID: Heusel et al.
-    2017 via :func:`fastebm.metrics.frechet_distance`; IS: Salimans et al. 2016 with ``opts.splits``
-    shuffled splits (seed ``opts.seed``).  With fewer samples than the 2048 feature dimensions the
-    metrics module warns and returns a regularised (real, strongly biased) FID.
+    Fake images: ``opts.source`` ``buffer`` (optionally filtered per predicted class with
+    ``opts.keep_ratio``; ``opts.n_samples`` draws a random subset) or ``chains`` (fresh chains through the
+    fast Sampler, :func:`sample_chains`). Real statistics: ``opts.n_real`` images (default all) of
+    ``opts.fid_split``, cached by content (:func:`data_fingerprint`). FID:
+    :func:`fastebm.metrics.frechet_distance` (pytorch-fid); IS: :func:`fastebm.metrics.inception_score`
+    with ``opts.splits`` shuffled splits (seed ``opts.seed``).
 
-    Writes ``fid.json`` and / or ``is.json`` (the same record) in ``opts.out``.
-
-    Returns:
-        dict with ``fid`` and / or ``is_mean``, ``is_std`` (floats), ``n_fake``, ``n_real``, ...
-
-    Raises:
-        FileNotFoundError: Inception weights absent (message names where to put them).
-        EvalError: bad source / filtering / sample counts.
+    Writes ``fid.json`` and / or ``is.json``. Returns the record (``fid``, ``is_mean``, ``is_std``,
+    ``n_fake``, ``n_real``, ...). Raises FileNotFoundError (no Inception weights) or EvalError.
     """
     from . import metrics
 
     inception, inception_id = _load_inception(opts, run.device)  # fail fast on missing weights
     fake, info = _fake_images(run, opts)
     record = {**_common(run, "fid" if fid else "is"), **info, "inception": inception_id}
-    pool, probs = metrics.inception_outputs(inception, fake, batch_size=opts.batch_size, device=run.device)
+    pool, logits = metrics.inception_outputs(inception, fake, batch_size=opts.batch_size, device=run.device)
     if inception_score:
         if len(fake) < opts.splits:
             raise EvalError(f"Inception Score: {len(fake)} images for --splits {opts.splits}; lower --splits")
-        record["is_mean"], record["is_std"] = metrics.inception_score(probs, opts.splits, True, opts.seed)
+        record["is_mean"], record["is_std"] = metrics.inception_score(logits, opts.splits, True, opts.seed)
         record["splits"] = opts.splits
     if fid:
-        split = opts.fid_split
-        cache = _stats_cache_path(run, opts, split, opts.n_real or "all", inception_id)
-        if os.path.isfile(cache) and os.path.isfile(cache + ".json"):  # real images not even loaded
-            mu_r, sigma_r = metrics.load_stats(cache)
-            with open(cache + ".json") as f:
-                n_real = int(json.load(f)["n_real"])
-            record["real_stats_cached"] = True
-        else:
-            real = load_dataset(run.cfg.dataset, run.cfg.data_root, split, False, run.cfg.max_per_class)
-            real = real.subset(opts.n_real, 0)
-            n_real = len(real)
-            mu_r, sigma_r = metrics.compute_statistics(to_float(real.images), inception, opts.batch_size,
-                                                       run.device)
-            metrics.save_stats(cache, mu_r, sigma_r)
-            meta = {"n_real": n_real, "dataset": run.cfg.dataset, "data_root": run.cfg.data_root,
-                    "split": split, "max_per_class": run.cfg.max_per_class, "inception": inception_id}
-            with open(cache + ".json", "w") as f:
-                json.dump(meta, f, indent=2)
-            record["real_stats_cached"] = False
-        mu_f, sigma_f = metrics.activation_statistics(pool)
-        record["fid"] = metrics.frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
-        record.update(n_real=n_real, real_split=split, real_stats=cache)
+        real, n_real, cache, cached = _real_statistics(run, opts, inception, inception_id)
+        record.update(fid=metrics.frechet_distance(*real, *metrics.activation_statistics(pool)), n_real=n_real,
+                      real_split=opts.fid_split, real_stats=cache, real_stats_cached=cached)
     if min(len(fake), record.get("n_real", 10**9)) < pool.shape[1]:
-        record["note"] = (f"fewer samples than the {pool.shape[1]} Inception features: covariance singular, "
-                          "FID regularised and strongly biased; use >= 10k samples for reported numbers")
-    if fid:
-        _write_json(opts.out, "fid.json", dict(record, task="fid"))
-    if inception_score:
-        _write_json(opts.out, "is.json", dict(record, task="is"))
+        record["note"] = (f"fewer samples than the {pool.shape[1]} Inception features: FID regularised and "
+                          "strongly biased; use >= 10k samples for reported numbers")
+    for task, wanted in (("fid", fid), ("is", inception_score)):
+        if wanted:
+            _write_json(opts.out, f"{task}.json", dict(record, task=task))
     return record
 
 
+# --------------------------------------------------------------------------------------------------
+# tasks
+# --------------------------------------------------------------------------------------------------
 def task_gen(run: Run, opts) -> dict:
     """Fresh samples after ``opts.sgld_steps`` (default: the training K) SGLD steps from p0.
 
-    Writes ``gen_uncond.png`` (grid) and ``gen_uncond.npz`` (``images`` uint8 (N, H, W, 3) and
-    ``labels`` int64 (N,): the classifier's prediction, -1 for mebm), N = ``opts.n_samples``
-    (default 64).  Classifier models (mjem, jem) also get class-conditional samples, SGLD on
-    E(x, y) = -f(x)[y] (JEM, Grathwohl et al. 2020): ``gen_cond.png`` (one row per class) and
-    ``gen_cond.npz`` (labels = the conditioning class), max(1, N // n_classes) per class.
-    Returns and writes ``gen.json`` (paths, counts, mean energies of the samples).
+    Writes ``gen_uncond.png`` and ``gen_uncond.npz`` (``images`` uint8 (N, H, W, 3), ``labels`` int64 (N,):
+    the classifier's prediction, -1 for mebm), N = ``opts.n_samples`` (default 64). Classifier models also
+    get class-conditional samples (E(x, y) = -f(x)[y]): ``gen_cond.png`` (one row per class) and
+    ``gen_cond.npz``, max(1, N // n_classes) per class. Writes ``gen.json``.
     """
-    n = opts.n_samples or 64
-    steps = opts.sgld_steps or run.cfg.k
+    from .plots import save_grid
+
+    n, steps = opts.n_samples or 64, opts.sgld_steps or run.cfg.k
     torch.manual_seed(opts.seed)
     x = sample_chains(run, n, steps, opts.batch_size)
     energy, logits = _outputs(run, x, opts.batch_size)
     pred = logits.argmax(1) if logits is not None else torch.full((n,), -1, dtype=torch.long)
-    record = {**_common(run, "gen"), "sgld_steps": steps, "n_uncond": n,
-              "energy_uncond_mean": float(energy.mean()),
-              "grid_uncond": _save_grid(os.path.join(opts.out, "gen_uncond.png"), x, nrow=int(math.ceil(n ** 0.5))),
-              "npz_uncond": _save_npz_images(os.path.join(opts.out, "gen_uncond.npz"), x, pred,
-                                             energy=energy.numpy())}
+    record = {**_common(run, "gen"), "sgld_steps": steps, "n_uncond": n, "energy_uncond_mean": float(energy.mean()),
+              "grid_uncond": save_grid(os.path.join(opts.out, "gen_uncond.png"), x, nrow=math.ceil(n ** 0.5)),
+              "npz_uncond": _save_npz_images(os.path.join(opts.out, "gen_uncond.npz"), x, pred, energy=energy.numpy())}
     if run.has_classifier:
         per = max(1, n // run.cfg.n_classes)
         y = torch.arange(run.cfg.n_classes).repeat_interleave(per)
         xc = sample_chains(run, len(y), steps, opts.batch_size, labels=y)
         _, logits_c = _outputs(run, xc, opts.batch_size)
-        record.update(
-            n_per_class=per, n_cond=len(y),
-            cond_accuracy=float((logits_c.argmax(1) == y).float().mean()),  # do samples look like class y?
-            grid_cond=_save_grid(os.path.join(opts.out, "gen_cond.png"), xc, nrow=per),
-            npz_cond=_save_npz_images(os.path.join(opts.out, "gen_cond.npz"), xc, y))
+        record.update(n_per_class=per, n_cond=len(y), cond_accuracy=float((logits_c.argmax(1) == y).float().mean()),
+                      grid_cond=save_grid(os.path.join(opts.out, "gen_cond.png"), xc, nrow=per),
+                      npz_cond=_save_npz_images(os.path.join(opts.out, "gen_cond.npz"), xc, y))
     _write_json(opts.out, "gen.json", record)
     return record
 
 
 def task_acc(run: Run, opts) -> dict:
-    """Test accuracy and mean cross-entropy -log p(y|x) on the test split (classifier models).
-
-    Uses ``opts.test_subset`` images (default all).  Writes ``acc.json``: ``accuracy`` in [0, 1],
-    ``loss`` >= 0, ``n``, ``per_class_accuracy`` (NaN -> null for absent classes).
-    Raises EvalError for mebm (no classifier).
-    """
+    """Test accuracy and mean cross-entropy on the test split (``opts.test_subset`` images; classifier
+    models). Writes ``acc.json``: ``accuracy`` in [0, 1], ``loss``, ``n``, ``per_class_accuracy``."""
     _require_classifier(run, "task 'acc'")
     data = _load_split(run, "test", opts.test_subset)
     _, logits = _outputs(run, data.images, opts.batch_size)
@@ -608,19 +533,14 @@ def task_acc(run: Run, opts) -> dict:
     per_class = [float(correct[y == c].mean()) if bool((y == c).any()) else float("nan")
                  for c in range(run.cfg.n_classes)]
     record = {**_common(run, "acc"), "n": len(y), "accuracy": float(correct.mean()),
-              "loss": float(torch.nn.functional.cross_entropy(logits.double(), y)),
-              "per_class_accuracy": per_class}
+              "loss": float(torch.nn.functional.cross_entropy(logits.double(), y)), "per_class_accuracy": per_class}
     _write_json(opts.out, "acc.json", record)
     return record
 
 
 def task_ece(run: Run, opts) -> dict:
-    """Expected calibration error (Guo et al. 2017; the paper's calibration results) on the test
-    split with ``opts.ece_bins`` equal-width bins (default 15), and ``reliability.png``.
-
-    Writes ``ece.json``: ``ece`` in [0, 1], ``accuracy``, and the bins (edges, confidence, accuracy,
-    count; empty bins null).  Raises EvalError for mebm.
-    """
+    """Expected calibration error (Guo et al. 2017) on the test split with ``opts.ece_bins`` bins; writes
+    ``ece.json`` and ``reliability.png`` (matplotlib). Raises EvalError for mebm."""
     from . import metrics
 
     _require_classifier(run, "task 'ece'")
@@ -629,7 +549,7 @@ def task_ece(run: Run, opts) -> dict:
     probs = torch.softmax(logits.double(), 1).numpy()
     ece, bins = metrics.expected_calibration_error(probs, data.labels.numpy(), n_bins=opts.ece_bins)
     png = metrics.reliability_diagram(bins, os.path.join(opts.out, "reliability.png"),
-                                      title=f"{run.cfg.model} {run.cfg.dataset}")
+                                      title=f"{run.cfg.model} {run.cfg.dataset}  ECE {ece:.4f}")
     record = {**_common(run, "ece"), "n": len(data), "ece": ece,
               "accuracy": float((probs.argmax(1) == data.labels.numpy()).mean()), "bins": bins, "png": png}
     _write_json(opts.out, "ece.json", record)
@@ -652,112 +572,192 @@ def _ood_images(run: Run, opts) -> ImageSet:
 
 
 def task_ood(run: Run, opts) -> dict:
-    """Out-of-distribution detection: AUROC between the test split (in, positives) and
-    ``opts.ood_dataset`` (test split; resized to the model's size if needed) for the scores
-    (higher = more in-distribution):
+    """OOD detection: AUROC (:func:`fastebm.metrics.auroc`, scikit-learn) between the test split (positives)
+    and ``opts.ood_dataset`` for ``logpx`` = -E(x), ``max_softmax`` = max_y p(y|x) (classifier models;
+    Hendrycks & Gimpel 2017) and ``grad_norm`` = -||dE/dx||_2 (JEM's OOD code). Writes ``ood.json`` and
+    ``ood_hist.png`` (score histograms, matplotlib)."""
+    from . import metrics, plots
 
-    * ``logpx`` = -E(x) (unnormalised log-density, the paper's / JEM's "log p(x)");
-    * ``max_softmax`` = max_y p(y|x) (classifier models; Hendrycks & Gimpel, ICLR 2017);
-    * ``grad_norm`` = -||dE/dx||_2 (= -||d log p(x)/dx||, JEM's OOD code, Grathwohl et al. 2020).
-
-    Writes ``ood.json`` (AUROC per score in [0, 1], counts, score means) and ``ood_hist.png``.
-    """
-    from . import metrics
-
-    data_in = _load_split(run, "test", opts.test_subset)
-    data_out = _ood_images(run, opts)
-    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    data_in, data_out = _load_split(run, "test", opts.test_subset), _ood_images(run, opts)
     e_in, l_in = _outputs(run, data_in.images, opts.batch_size)
     e_out, l_out = _outputs(run, data_out.images, opts.batch_size)
-    scores["logpx"] = (-e_in.numpy(), -e_out.numpy())
+    scores = {"logpx": (-e_in.numpy(), -e_out.numpy())}
     if run.has_classifier:
-        scores["max_softmax"] = (torch.softmax(l_in.double(), 1).max(1)[0].numpy(),
-                                 torch.softmax(l_out.double(), 1).max(1)[0].numpy())
+        scores["max_softmax"] = tuple(torch.softmax(v.double(), 1).max(1)[0].numpy() for v in (l_in, l_out))
     scores["grad_norm"] = (-_grad_norms(run, data_in.images, opts.batch_size).numpy(),
                            -_grad_norms(run, data_out.images, opts.batch_size).numpy())
     record = {**_common(run, "ood"), "ood_dataset": opts.ood_dataset, "ood_root": opts.ood_root,
               "n_in": len(data_in), "n_out": len(data_out),
               "score_convention": "higher = more in-distribution: logpx=-E(x), max_softmax=max_y p(y|x), "
                                   "grad_norm=-||dE/dx||_2",
-              "auroc": {}, "mean_in": {}, "mean_out": {}}
-    panels = []
-    for name, (s_in, s_out) in scores.items():
-        record["auroc"][name] = metrics.auroc(s_in, s_out)
-        record["mean_in"][name], record["mean_out"][name] = float(s_in.mean()), float(s_out.mean())
-        edges = np.histogram_bin_edges(np.concatenate([s_in, s_out]), bins=opts.bins)
-        panels.append({"title": f"{name}  AUROC {record['auroc'][name]:.3f}", "edges": edges,
-                       "series": [(np.histogram(s_in, edges)[0], _PALETTE[0], run.cfg.dataset),
-                                  (np.histogram(s_out, edges)[0], _PALETTE[3], opts.ood_dataset)]})
-    record["png"] = _draw_histograms(panels, os.path.join(opts.out, "ood_hist.png"), cols=len(panels))
+              "auroc": {k: metrics.auroc(*v) for k, v in scores.items()},
+              "mean_in": {k: float(v[0].mean()) for k, v in scores.items()},
+              "mean_out": {k: float(v[1].mean()) for k, v in scores.items()}}
+    record["png"] = plots.histograms(
+        os.path.join(opts.out, "ood_hist.png"),
+        [(f"{k}  AUROC {record['auroc'][k]:.3f}", {run.cfg.dataset: v[0], opts.ood_dataset: v[1]})
+         for k, v in scores.items()], bins=opts.bins, cols=len(scores))
     _write_json(opts.out, "ood.json", record)
     return record
 
 
 def task_logpx(run: Run, opts) -> dict:
-    """Per-class histograms of log p(x) = -E(x) (up to the constant log Z) on the test split, by
-    true label — the paper's Fig. 6.  All classes share ``opts.bins`` bin edges.
+    """log p(x) = -E(x) (up to log Z) per class — the paper's Fig. 6: test data by true label and replay-buffer
+    samples by predicted class argmax p(y|x) (mebm: the buffer as one extra panel).
 
-    Writes ``logpx.json`` (per class: n, mean, std, counts, and the shared edges) and ``logpx.png``
-    (one panel per class).
+    Writes ``logpx.png`` (one panel per class, both series as densities) and ``logpx.json`` (per class:
+    n, mean, std of each series).
     """
+    from . import plots
+
     data = _load_split(run, "test", opts.test_subset)
     energy, _ = _outputs(run, data.images, opts.batch_size)
-    logp = -energy.double().numpy()
-    labels = data.labels.numpy()
-    edges = np.histogram_bin_edges(logp, bins=opts.bins)
+    test_lp, labels = -energy.double().numpy(), data.labels.numpy()
+    buf_lp, buf_pred = np.zeros(0), np.zeros(0, np.int64)
+    if run.buffer is not None:
+        e_b, l_b = _outputs(run, _subsample(run.buffer, opts.n_samples, opts.seed), opts.batch_size)
+        buf_lp = -e_b.double().numpy()
+        buf_pred = l_b.argmax(1).numpy() if l_b is not None else np.full(len(buf_lp), -1)
+
+    def stats(v):
+        return {"n": int(len(v)), "mean": float(v.mean()) if len(v) else None, "std": float(v.std()) if len(v) else None}
+
     per_class, panels = {}, []
     for c in range(data.n_classes):
-        v = logp[labels == c]
-        counts = np.histogram(v, edges)[0]
-        per_class[str(c)] = {"n": int(len(v)), "mean": float(v.mean()) if len(v) else None,
-                             "std": float(v.std()) if len(v) else None, "counts": counts,
-                             "edges": edges}
-        mean = f"{v.mean():.3g}" if len(v) else "-"
-        panels.append({"title": f"class {c}: n={len(v)} mean={mean}", "edges": edges,
-                       "series": [(counts, _PALETTE[c % len(_PALETTE)], "")]})
-    record = {**_common(run, "logpx"), "n": len(data), "edges": edges, "mean": float(logp.mean()),
-              "std": float(logp.std()), "per_class": per_class,
-              "png": _draw_histograms(panels, os.path.join(opts.out, "logpx.png"))}
+        series = {"test data": test_lp[labels == c], "buffer (predicted)": buf_lp[buf_pred == c]}
+        per_class[str(c)] = {k: stats(v) for k, v in series.items()}
+        panels.append((f"class {c}", series))
+    if run.buffer is not None and not run.has_classifier:
+        panels.append(("all classes", {"test data": test_lp, "buffer": buf_lp}))
+    record = {**_common(run, "logpx"), "n_test": len(data), "n_buffer": len(buf_lp), "per_class": per_class,
+              "test": stats(test_lp), "buffer": stats(buf_lp),
+              "png": plots.histograms(os.path.join(opts.out, "logpx.png"), panels, bins=opts.bins,
+                                      xlabel="log p(x) = -E(x)")}
     _write_json(opts.out, "logpx.json", record)
     return record
 
 
-def task_tsne(run: Run, opts) -> dict:
-    """t-SNE (sklearn, 2-D) of penultimate features h(x) of real x+ (training split), initial
-    x0 ~ p0 and replay-buffer x- — the paper's Fig. 4.  ``opts.n_samples`` per set (default 500,
-    capped by what exists).
+def _three_sets(run: Run, n: int, seed: int):
+    """n real training images x+ (float), n p0 samples x0 and n buffer samples x- (CPU float32)."""
+    real = to_float(_load_split(run, "train", n, seed=seed).images)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        x0 = run.p0.sample(n, device=run.device).cpu().clamp(-1, 1)
+    return real, x0, _subsample(_need_buffer(run, "this task"), n, seed)
 
-    Writes ``tsne.png`` (one colour per set), ``tsne.npz`` (``coords`` float32 (M, 2), ``group``
-    int64 (M,): 0 real, 1 p0, 2 buffer; ``names``) and ``tsne.json`` (the same as lists).
+
+def task_tsne(runs: list[Run], opts) -> dict:
+    """One joint 2-D t-SNE (scikit-learn) of penultimate features h(x) — the paper's Fig. 4 — of real x+
+    (training split), x0 ~ p0 and buffer x- of every checkpoint in ``runs``; the features of all points
+    come from the first checkpoint's network, so several checkpoints (e.g. K = 1, 2, 5) share one space.
+    ``opts.n_samples`` per set (default 500).
+
+    Writes ``tsne.png`` (one colour per set, legend), ``tsne.npz`` (``coords`` float32 (M, 2), ``group``
+    int64 (M,), ``names``) and ``tsne.json``.
     """
     from sklearn.manifold import TSNE
 
-    if run.buffer is None or run.p0 is None:
-        raise EvalError(f"task 'tsne' needs the replay buffer and p0 stored in {run.ckpt!r}")
-    n = opts.n_samples or 500
-    real = _load_split(run, "train", n, seed=opts.seed)
-    torch.manual_seed(opts.seed)
-    x0 = run.p0.sample(n, device=run.device).cpu()
-    g = torch.Generator().manual_seed(opts.seed)
-    buf = run.buffer[torch.randperm(len(run.buffer), generator=g)[:n]]
-    names = ["real x+", "p0 x0", "buffer x-"]
-    feats, groups = [], []
-    for i, imgs in enumerate((real.images, x0, buf)):
-        feats.append(_outputs(run, imgs, opts.batch_size, features=True)[2].double().numpy())
-        groups.append(np.full(len(imgs), i, dtype=np.int64))
-    feats, groups = np.concatenate(feats), np.concatenate(groups)
+    from . import plots
+
+    n, ref = opts.n_samples or 500, runs[0]
+    for run in runs:
+        if run.buffer is None or run.p0 is None:
+            raise EvalError(f"task 'tsne' needs the replay buffer and p0 stored in {run.ckpt!r}")
+    real, x0, buf = _three_sets(ref, n, opts.seed)
+    sets = [("x+ data", real), ("x0 p0", x0)]
+    label = (lambda r: f"x- {_run_name(r)}") if len(runs) > 1 else (lambda r: "x- buffer")
+    sets += [(label(ref), buf)] + [(label(r), _subsample(r.buffer, n, opts.seed)) for r in runs[1:]]
+    feats = np.concatenate([_outputs(ref, x, opts.batch_size, features=True)[2].double().numpy() for _, x in sets])
+    groups = np.concatenate([np.full(len(x), i, dtype=np.int64) for i, (_, x) in enumerate(sets)])
     if len(feats) < 4:
         raise EvalError(f"task 'tsne': need at least 4 points, got {len(feats)}; raise --n-samples")
     perplexity = float(min(opts.perplexity, (len(feats) - 1) / 3))
-    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=opts.seed,
-                  ).fit_transform(feats).astype(np.float32)
+    coords = TSNE(2, perplexity=perplexity, init="pca", random_state=opts.seed).fit_transform(feats).astype(np.float32)
+    names = [name for name, _ in sets]
     npz = os.path.join(opts.out, "tsne.npz")
     np.savez_compressed(npz, coords=coords, group=groups, names=np.array(names))
-    record = {**_common(run, "tsne"), "names": names, "counts": [int((groups == i).sum()) for i in range(3)],
-              "perplexity": perplexity, "npz": npz,
-              "png": _draw_scatter(coords, groups, names, os.path.join(opts.out, "tsne.png")),
-              "coords": coords, "group": groups}
+    record = {"task": "tsne", "checkpoints": [r.ckpt for r in runs], "features_of": ref.ckpt, "names": names,
+              "counts": np.bincount(groups).tolist(), "perplexity": perplexity, "npz": npz,
+              "png": plots.scatter(os.path.join(opts.out, "tsne.png"), coords, groups, names,
+                                   title="t-SNE of penultimate features")}
     _write_json(opts.out, "tsne.json", record)
+    return record
+
+
+def task_extremes(run: Run, opts) -> dict:
+    """Per class, the replay-buffer samples with the highest / lowest log p(x) = -E(x) and the highest /
+    lowest p(y|x) — the paper's Figs. 5, 9-17. Buffer samples are grouped by predicted class
+    argmax p(y|x) (mebm: one group, p(x) rows only); ``opts.n_show`` (default 8) images per row.
+
+    Writes ``extremes/class_<c>.png`` (4 labelled rows per class), ``extremes.png`` (the overview: classes ×
+    the four selections) and ``extremes.json`` (buffer indices and scores of each selection).
+    """
+    from . import plots
+
+    buf = _need_buffer(run, "extremes")
+    energy, logits = _outputs(run, buf, opts.batch_size)
+    logpx = -energy.double()
+    if logits is not None:
+        probs = torch.softmax(logits.double(), 1)
+        conf, pred = probs.max(1)
+        classes = list(range(run.cfg.n_classes))
+    else:
+        conf, pred, classes = None, torch.zeros(len(buf), dtype=torch.long), [0]
+    k = opts.n_show
+    folder = os.path.join(opts.out, "extremes")
+    os.makedirs(folder, exist_ok=True)
+    record = {**_common(run, "extremes"), "n_buffer": len(buf), "n_show": k, "per_class": {}}
+    table, labels = [], []
+    for c in classes:
+        idx = torch.nonzero(pred == c).flatten()
+        picks = {"highest p(x)": idx[logpx[idx].argsort(descending=True)[:k]],
+                 "lowest p(x)": idx[logpx[idx].argsort()[:k]]}
+        if conf is not None:
+            picks["highest p(y|x)"] = idx[conf[idx].argsort(descending=True)[:k]]
+            picks["lowest p(y|x)"] = idx[conf[idx].argsort()[:k]]
+        name = f"class {c}" if logits is not None else "all"
+        rows = [(f"{label}", buf[i]) for label, i in picks.items()]
+        png = plots.image_rows(os.path.join(folder, f"class_{c}.png"), rows, title=f"{name}: {len(idx)} buffer samples")
+        record["per_class"][str(c)] = {"n": len(idx), "png": png, **{
+            label: {"index": i.tolist(), "logpx": logpx[i].tolist(),
+                    **({"p_y_given_x": conf[i].tolist()} if conf is not None else {})} for label, i in picks.items()}}
+        table.append([x for _, x in rows])
+        labels.append(name)
+    record["png"] = plots.image_table(os.path.join(opts.out, "extremes.png"), table, labels, list(picks))
+    _write_json(opts.out, "extremes.json", record)
+    return record
+
+
+def task_energy(run: Run, opts) -> dict:
+    """Distributions of the energies E(x+) of real training images, E(x0) of p0 samples and E(x-) of
+    buffer samples (``opts.n_samples`` each, default 500). Writes ``energy.png`` (violins),
+    ``energy_hist.png`` (overlaid histograms) and ``energy.json`` (mean, std, quantiles per set)."""
+    from . import plots
+
+    n = opts.n_samples or 500
+    sets = dict(zip(("x+ data", "x0 p0", "x- buffer"), _three_sets(run, n, opts.seed)))
+    energies = {k: _outputs(run, x, opts.batch_size)[0].double().numpy() for k, x in sets.items()}
+    q = (0.05, 0.25, 0.5, 0.75, 0.95)
+    record = {**_common(run, "energy"), "sets": {k: {"n": len(v), "mean": float(v.mean()), "std": float(v.std()),
+                                                     "quantiles": dict(zip(map(str, q), np.quantile(v, q)))}
+                                                 for k, v in energies.items()},
+              "png": plots.violins(os.path.join(opts.out, "energy.png"), energies, ylabel="E(x)",
+                                   title=f"{run.cfg.model} {run.cfg.dataset}, iteration {run.iteration}"),
+              "png_hist": plots.histograms(os.path.join(opts.out, "energy_hist.png"), [("energies", energies)],
+                                           bins=opts.bins, xlabel="E(x)", cols=1)}
+    _write_json(opts.out, "energy.json", record)
+    return record
+
+
+def task_p0(run: Run, opts) -> dict:
+    """μ of p0 and a grid of 64 p0 samples (the paper's Fig. 7): ``p0_mean.png``, ``p0_samples.png``."""
+    from .plots import save_p0_pictures
+
+    if run.p0 is None:
+        raise EvalError(f"task 'p0' needs p0 stored in {run.ckpt!r}")
+    mean, samples = save_p0_pictures(run.p0, opts.out, device=run.device, seed=opts.seed)
+    record = {**_common(run, "p0"), "kind": run.p0.kind, "mean_png": mean, "samples_png": samples}
+    _write_json(opts.out, "p0.json", record)
     return record
 
 
@@ -765,21 +765,20 @@ def task_tsne(run: Run, opts) -> dict:
 # dispatcher and command line
 # --------------------------------------------------------------------------------------------------
 def run_tasks(run: Run, tasks: list[str], opts) -> dict[str, dict]:
-    """Run the named tasks in order (``fid`` and ``is`` share one Inception pass); returns
-    task -> record.  Raises EvalError for an unknown task."""
+    """Run the named single-checkpoint tasks in order (``fid`` and ``is`` share one Inception pass);
+    ``tsne`` of one checkpoint. Returns task -> record. Raises EvalError for an unknown task."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise EvalError(f"unknown task(s) {unknown}; expected some of {list(TASKS)}")
     os.makedirs(opts.out, exist_ok=True)
     single = {"gen": task_gen, "acc": task_acc, "ece": task_ece, "ood": task_ood, "logpx": task_logpx,
-              "tsne": task_tsne}
+              "tsne": lambda r, o: task_tsne([r], o), "extremes": task_extremes, "energy": task_energy, "p0": task_p0}
     results: dict[str, dict] = {}
     for task in dict.fromkeys(tasks):  # unique, in order
         if task in ("fid", "is"):
-            if task in results:
-                continue
-            record = task_fid_is(run, opts, fid="fid" in tasks, inception_score="is" in tasks)
-            results.update({t: record for t in ("fid", "is") if t in tasks})
+            if task not in results:
+                record = task_fid_is(run, opts, fid="fid" in tasks, inception_score="is" in tasks)
+                results.update({t: record for t in ("fid", "is") if t in tasks})
         else:
             results[task] = single[task](run, opts)
     return results
@@ -792,16 +791,16 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m fastebm.eval`` (argparse errors are one line, exit 2)."""
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--ckpt", required=True, help="checkpoint written by fastebm.train (RUN/ckpt.pt)")
+    a("--ckpt", nargs="+", required=True, help="checkpoint(s) written by fastebm.train (RUN/ckpt.pt); several: "
+      "tsne embeds them jointly, other tasks run per checkpoint")
     a("--task", nargs="+", required=True, help=f"one or several of {', '.join(TASKS)}")
     a("--out", help="output folder (default: eval/ next to the checkpoint)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     a("--batch-size", type=int, default=100, help="images per forward pass / SGLD batch")
-    a("--n-samples", type=int, help="generated images (fid/is: all buffer images or |B| chains; "
-      "gen: 64; tsne: 500 per set)")
+    a("--n-samples", type=int, help="images per set (fid/is: all buffer images or |B| chains; gen: 64; "
+      "tsne / energy: 500; logpx: all buffer images)")
     a("--seed", type=int, default=0)
     g = p.add_argument_group("data (default: the checkpoint's)")
     g.add_argument("--dataset", help=f"one of {', '.join(DATASETS)}")
@@ -821,19 +820,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-real", type=int, help="real images for the statistics (default all)")
     g.add_argument("--stats-cache", help="folder of cached real statistics (default "
                    "$FASTEBM_CACHE/fid_stats or ~/.cache/fastebm/fid_stats)")
-    g = p.add_argument_group("ece / ood / logpx / tsne")
+    g = p.add_argument_group("ece / ood / logpx / tsne / extremes")
     g.add_argument("--ece-bins", type=int, default=15)
     g.add_argument("--ood-dataset", help=f"one of {', '.join(DATASETS)}")
     g.add_argument("--ood-root")
     g.add_argument("--ood-max-per-class", type=int)
     g.add_argument("--ood-subset", type=int, help="use this many OOD images (default all)")
-    g.add_argument("--bins", type=int, default=30, help="histogram bins (ood, logpx)")
+    g.add_argument("--bins", type=int, default=30, help="histogram bins (ood, logpx, energy)")
     g.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (capped by the size)")
+    g.add_argument("--n-show", type=int, default=8, help="extremes: images per row")
     return p
 
 
 def _check_opts(opts) -> None:
-    for name in ("batch_size", "n_samples", "sgld_steps", "splits", "n_real", "ece_bins", "bins",
+    for name in ("batch_size", "n_samples", "sgld_steps", "splits", "n_real", "ece_bins", "bins", "n_show",
                  "test_subset", "ood_subset", "max_per_class", "ood_max_per_class"):
         value = getattr(opts, name)
         if value is not None and value < 1:
@@ -842,6 +842,11 @@ def _check_opts(opts) -> None:
         raise EvalError(f"--keep-ratio: expected a ratio in (0, 1] or a count > 1, got {opts.keep_ratio}")
     if opts.source not in ("buffer", "chains"):
         raise EvalError(f"--source: expected 'buffer' or 'chains', got {opts.source!r}")
+    unknown = [t for t in opts.task if t not in TASKS]
+    if unknown:
+        raise EvalError(f"unknown task(s) {unknown}; expected some of {list(TASKS)}")
+    if opts.dataset is not None and opts.dataset not in DATASETS:
+        raise EvalError(f"--dataset: expected one of {list(DATASETS)}, got {opts.dataset!r}")
 
 
 def main(argv=None) -> int:
@@ -849,28 +854,34 @@ def main(argv=None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
     opts.task = [t for item in opts.task for t in item.split(",") if t]
+    results: dict[str, dict] = {}
     try:
         _check_opts(opts)
-        unknown = [t for t in opts.task if t not in TASKS]
-        if unknown:
-            raise EvalError(f"unknown task(s) {unknown}; expected some of {list(TASKS)}")
-        if opts.dataset is not None and opts.dataset not in DATASETS:
-            raise EvalError(f"--dataset: expected one of {list(DATASETS)}, got {opts.dataset!r}")
-        run = load_run(opts.ckpt, opts.device, opts.dataset, opts.data_root, opts.max_per_class)
-        opts.out = opts.out or os.path.join(os.path.dirname(run.ckpt), "eval")
-        for task in opts.task:  # reject model/task mismatches before any expensive work
-            if task in ("acc", "ece"):
-                _require_classifier(run, f"task {task!r}")
-            if task in ("fid", "is") and opts.source == "buffer" and opts.keep_ratio is not None:
-                _require_classifier(run, "--keep-ratio (per-class confidence filtering)")
-        results = run_tasks(run, opts.task, opts)
-    except (EvalError, CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
+        runs = [load_run(c, opts.device, opts.dataset, opts.data_root, opts.max_per_class) for c in opts.ckpt]
+        for run in runs:  # reject model/task mismatches before any expensive work
+            for task in opts.task:
+                if task in ("acc", "ece"):
+                    _require_classifier(run, f"task {task!r}")
+                if task in ("fid", "is") and opts.source == "buffer" and opts.keep_ratio is not None:
+                    _require_classifier(run, "--keep-ratio (per-class confidence filtering)")
+        out = opts.out
+        opts.out = out or os.path.join(os.path.dirname(runs[0].ckpt), "eval")
+        if "tsne" in opts.task and len(runs) > 1:
+            os.makedirs(opts.out, exist_ok=True)
+            results["tsne"] = task_tsne(runs, opts)
+        tasks = [t for t in opts.task if not (t == "tsne" and len(runs) > 1)]
+        for run in runs if tasks else []:
+            if len(runs) > 1:
+                opts.out = (os.path.join(out, _run_name(run)) if out else
+                            os.path.join(os.path.dirname(run.ckpt), "eval", os.path.basename(run.ckpt)[:-3]))
+            results.update({f"{t}" if len(runs) == 1 else f"{t} {run.ckpt}": r
+                            for t, r in run_tasks(run, tasks, opts).items()})
+    except (EvalError, CheckpointError, DatasetError, FileNotFoundError, ImportError, ValueError) as e:
         parser.exit(2, f"{PROG}: error: {' '.join(str(e).split())}\n")
     for task, record in results.items():
-        nums = {k: v for k, v in record.items()
-                if isinstance(v, float) or (k == "auroc" and isinstance(v, dict))}
+        nums = {k: v for k, v in record.items() if isinstance(v, float) or (k == "auroc" and isinstance(v, dict))}
         print(f"{task}: {json.dumps(_jsonable(nums))}", file=sys.stderr)
-    print(f"fastebm.eval: wrote {opts.out}", file=sys.stderr)
+    print(f"fastebm.eval: wrote {out or opts.out}", file=sys.stderr)
     return 0
 
 

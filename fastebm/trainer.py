@@ -7,10 +7,16 @@ Run folder (``cfg.out``):
                     "loss_cls", "e_pos", "e_neg", "acc", "lr", "it_s"}, {"kind": "eval", "iter",
                     "test_acc", "test_loss", "test_energy"} and {"kind": "rollback", "iter", "from_iter",
                     "lr", "lr_scale", "rollbacks", "reason"} (see below)
-    samples/        PNG grids of replay-buffer samples (negatives) and of p0 samples; diverged_iter_*.png
-                    at each divergence
+    samples/        PNG grids of replay-buffer samples (negatives); diverged_iter_*.png at each divergence;
+                    p0_mean.png (μ of p0) and p0_samples.png (64 draws from p0), written at training start
+                    (the paper's Fig. 7)
     p0.pt           the fitted informative initialization (cache, reused by later runs)
     ckpt.pt         the latest checkpoint (written atomically), the state a rollback returns to
+    best_fid.pt     the checkpoint of the lowest buffer FID so far (``--fid-every``; metrics.jsonl rows
+                    {"kind": "fid", "iter", "epoch", "fid", "is_mean", "is_std", "n_fake"})
+    best_acc.pt     the checkpoint of the highest test accuracy so far (classifier models)
+    ckpt_eNNN.pt    the checkpoint after epoch NNN, every ``--keep-every`` epochs
+    events.out.tfevents.*  TensorBoard: every metrics.jsonl number and the sample grids (rank 0)
 
 Divergence (issue 11). Every iteration, on the device and without a host sync, the loop notes the first
 iteration whose loss or mean energies are non-finite or whose |loss| exceeds ``--max-loss``; the host
@@ -57,6 +63,7 @@ import json
 import os
 import random
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -175,6 +182,7 @@ class Trainer:
         self.last_checkpoint: str | None = None
         self._bad_iter = self._bad_vals = None                      # see _watch
         self._log_file = None
+        self._init_evaluation()                                     # issue 10: FID / best checkpoints
 
     # ------------------------------------------------------------------ Algorithm 1
     def train_step(self, it: int) -> dict:
@@ -257,6 +265,7 @@ class Trainer:
         if cfg.on_divergence == "rollback" and not _same_file(self.last_checkpoint, self.ckpt_path):
             self.save_checkpoint()                                  # a state to return to from the start
         self._log_file = open(os.path.join(self.out, "metrics.jsonl") if self.dist.is_main else os.devnull, "a")
+        self.on_fit_start()
         bar = None
         if cfg.progress and self.dist.is_main:
             from tqdm import tqdm
@@ -276,7 +285,9 @@ class Trainer:
                     log_now, eval_now, sample_now, ckpt_now = (
                         done % every == 0 or done == cfg.total_iters
                         for every in (cfg.log_every, eval_every, sample_every, ckpt_every))
-                    if done % cfg.check_every == 0 or log_now or eval_now or sample_now or ckpt_now:
+                    epoch = done // cfg.iters_per_epoch if done % cfg.iters_per_epoch == 0 else 0
+                    epoch_now = epoch > 0 and any(n and epoch % n == 0 for n in (cfg.fid_every, cfg.keep_every))
+                    if done % cfg.check_every == 0 or log_now or eval_now or sample_now or ckpt_now or epoch_now:
                         self._check(m, done)                            # before anything is logged or saved
                     if log_now:
                         rate = (done - it0) / max(time.perf_counter() - t0, 1e-9)
@@ -293,6 +304,8 @@ class Trainer:
                         self.save_samples(f"iter_{done:07d}")
                     if ckpt_now:
                         self.save_checkpoint()
+                    if epoch_now:                                       # buffer FID, epoch history
+                        self.on_epoch_end(epoch)
                 except DivergenceError as e:                            # agreed by every rank
                     if cfg.on_divergence == "stop":
                         raise
@@ -314,6 +327,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self._log_file.close()
+            if self._tb is not None:
+                self._tb.close()
         return last
 
     def _watch(self, m: dict, it: int) -> None:
@@ -381,9 +396,104 @@ class Trainer:
         random.seed(s)
 
     def log(self, record: dict) -> None:
-        """Append one JSON line to metrics.jsonl (flushed)."""
+        """Append one JSON line to metrics.jsonl (flushed), mirror its numbers to TensorBoard as
+        ``<kind>/<key>`` at step ``iter``, and keep best_acc.pt / best_fid.pt (:meth:`keep_best`)."""
         self._log_file.write(json.dumps(record) + "\n")
         self._log_file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key not in ("kind", "iter") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{record['kind']}/{key}", value, record["iter"])
+        self.keep_best(record)
+
+    # ------------------------------------------------------------------ issue 10: evaluation during training
+    def _init_evaluation(self) -> None:
+        """Resolve ``fid_every`` (None: 5 epochs on CUDA, off on CPU) and check the Inception weights.
+
+        Raises ValueError (naming --inception-weights) when FID was asked for explicitly and the weights
+        file is absent; when it was only the CUDA default, FID is switched off with a warning.
+        """
+        from . import metrics
+
+        cfg = self.cfg
+        self._inception, self._real_stats, self._tb = None, None, None
+        self.best = {"fid": float("inf"), "test_acc": -float("inf")}
+        explicit = cfg.fid_every is not None
+        if not explicit:
+            cfg.fid_every = 5 if self.device.type == "cuda" else 0
+        if cfg.fid_every and not cfg.random_inception:
+            path = cfg.inception_weights or metrics.default_inception_weights_path()
+            if not os.path.isfile(path):
+                msg = (f"--fid-every: the FID Inception weights are not at {path!r}; pass --inception-weights "
+                       f"PATH ({metrics.FID_WEIGHTS_URL}) or --fid-every 0")
+                if explicit:
+                    raise ValueError(msg)
+                warnings.warn(msg + "; in-training FID is off", UserWarning, stacklevel=3)
+                cfg.fid_every = 0
+
+    def on_fit_start(self) -> None:
+        """Rank 0: open the TensorBoard writer (``cfg.tensorboard``) and, at iteration 0, write μ of p0
+        and a grid of 64 p0 samples (``samples/p0_mean.png``, ``samples/p0_samples.png``; Fig. 7)."""
+        if not self.dist.is_main:
+            return
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(self.out)
+        if self.iteration == 0:
+            from .plots import save_p0_pictures
+
+            save_p0_pictures(self.p0, os.path.join(self.out, "samples"), device=self.device)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Every ``fid_every`` epochs: FID / IS of the whole replay buffer (logged as a ``fid`` record,
+        which may write best_fid.pt); every ``keep_every`` epochs: ``ckpt_e{epoch:03d}.pt``. Collective
+        under DDP (every rank calls it)."""
+        cfg = self.cfg
+        if cfg.fid_every and epoch % cfg.fid_every == 0:
+            record = self.buffer_fid()
+            improved = self.dist.all_ranks(record is None or record["fid"] < self.best["fid"])
+            if record is not None:
+                self.log({"kind": "fid", "iter": self.iteration, "epoch": epoch, **record})
+            if improved:
+                self._save_copy("best_fid.pt")
+        if cfg.keep_every and epoch % cfg.keep_every == 0:
+            self._save_copy(f"ckpt_e{epoch:03d}.pt")
+
+    def buffer_fid(self) -> dict | None:
+        """FID (pytorch-fid) and Inception Score (unbiased logits) of the whole replay buffer (every rank's
+        shard) against the training data's Inception statistics (computed once per process).
+
+        Returns ``{"fid", "is_mean", "is_std", "n_fake", "n_real"}`` on rank 0, None on the other ranks.
+        """
+        from . import metrics
+
+        state = self.dist.gather_checkpoint({"buffer": {"samples": self.buffer.samples}, "rng": None})
+        if state is None:
+            return None
+        fake = state["buffer"]["samples"].clamp(-1, 1)
+        if self._inception is None:
+            self._inception = metrics.load_inception(None if self.cfg.random_inception else self.cfg.inception_weights,
+                                                     device=self.device, random_init=self.cfg.random_inception)
+            real = to_float(self.train_data.images)
+            self._real_stats = metrics.activation_statistics(metrics.inception_outputs(self._inception, real, 100)[0])
+        out = metrics.fid_and_is(self._inception, fake, self._real_stats, batch_size=100)
+        return {**out, "n_fake": len(fake), "n_real": len(self.train_data)}
+
+    def keep_best(self, record: dict) -> None:
+        """best_acc.pt when an ``eval`` record beats the best test accuracy so far; remembers the best FID
+        (best_fid.pt itself is written by :meth:`on_epoch_end`, on every rank)."""
+        if record.get("kind") == "fid" and record["fid"] < self.best["fid"]:
+            self.best["fid"] = record["fid"]
+        if record.get("kind") == "eval" and "test_acc" in record and record["test_acc"] > self.best["test_acc"]:
+            self.best["test_acc"] = record["test_acc"]
+            self._save_copy("best_acc.pt")
+
+    def _save_copy(self, name: str) -> None:
+        """Atomic checkpoint ``name`` beside ckpt.pt (``last_checkpoint`` keeps pointing at ckpt.pt)."""
+        last = self.last_checkpoint
+        self.save_checkpoint(os.path.join(self.out, name))
+        self.last_checkpoint = last
 
     # ------------------------------------------------------------------ evaluation and samples
     @torch.no_grad()
@@ -424,6 +534,10 @@ class Trainer:
         if not self.dist.is_main:                                   # only rank 0 writes
             return path
         save_image(to_uint8(imgs).float() / 255.0, path, nrow=8)
+        if self._tb is not None:
+            from torchvision.utils import make_grid
+
+            self._tb.add_image(f"samples/{name.split('_')[0]}", make_grid(to_uint8(imgs).cpu(), nrow=8), self.iteration)
         return path
 
     # ------------------------------------------------------------------ checkpoints
@@ -435,7 +549,8 @@ class Trainer:
                 "iteration": self.iteration, "epoch": self.iteration / self.cfg.iters_per_epoch,
                 "lr_scale": self.lr_scale, "rollbacks": self.rollbacks,
                 "config": self.cfg.to_dict(), "arch": self.cfg.arch(), "format": "fastebm-1",
-                "triton_rng": None if self.sampler.rng_state is None else self.sampler.rng_state.cpu()}
+                "triton_rng": None if self.sampler.rng_state is None else self.sampler.rng_state.cpu(),
+                "best": dict(self.best)}
 
     def save_checkpoint(self, path: str | None = None) -> str:
         """Write ckpt.pt atomically (never with non-finite parameters or buffer; DivergenceError then)."""
@@ -475,6 +590,7 @@ class Trainer:
             if ckpt.get("triton_rng") is not None:  # a checkpoint of a CPU run has none
                 self.sampler.rng_state.copy_(ckpt["triton_rng"])
         self.buffer.p0 = self.p0
+        self.best.update(ckpt.get("best", {}))                     # best FID / accuracy so far (issue 10)
         self.iteration = int(ckpt["iteration"])
         self.lr_scale, self.rollbacks = float(ckpt.get("lr_scale", 1.0)), int(ckpt.get("rollbacks", 0))
         set_rng_state(ckpt["rng"])

@@ -180,8 +180,11 @@ def test_buffer_shards_differ_and_add_up_to_the_configured_size(ddp):
     assert torch.equal(ckpt["buffer"]["samples"], torch.cat([r["buffer"] for r in a]))
     assert ckpt["dist"]["world_size"] == WORLD and ckpt["dist"]["shard_sizes"] == [32, 32]
     assert len(ckpt["dist"]["rng"]) == WORLD
-    assert sorted(os.listdir(os.path.join(tmp, "a"))) == ["ckpt.pt", "config.json", "metrics.jsonl", "p0.pt",
-                                                          "samples"]
+    files = sorted(os.listdir(os.path.join(tmp, "a")))
+    events = [f for f in files if f.startswith("events.out.tfevents.")]
+    assert len(events) == 1  # TensorBoard: rank 0 only
+    assert [f for f in files if f not in events] == ["best_acc.pt", "ckpt.pt", "config.json", "metrics.jsonl", "p0.pt",
+                                                     "samples"]
 
 
 def test_sgld_triggers_no_all_reduce(ddp):

@@ -81,14 +81,18 @@ def test_acc_and_ece(ckpts, tmp_path):
     _png_ok(tmp_path / "reliability.png")
 
 
-def test_default_out_is_eval_next_to_checkpoint(ckpts):
+def test_default_out_is_eval_next_to_checkpoint_and_logpx_histograms(ckpts):
     assert main(["--ckpt", ckpts["mjem"], "--task", "logpx", *FAST]) == 0
     out = os.path.join(os.path.dirname(ckpts["mjem"]), "eval")
     rec = _json(os.path.join(out, "logpx.json"))
-    assert sum(c["n"] for c in rec["per_class"].values()) == rec["n"] == 48
-    for c in rec["per_class"].values():
-        assert len(c["counts"]) == 30 and len(c["edges"]) == 31
-        assert c["n"] == 0 or (math.isfinite(c["mean"]) and c["std"] >= 0)
+    assert rec["n_test"] == 48 and rec["n_buffer"] == 64
+    assert sum(c["test data"]["n"] for c in rec["per_class"].values()) == 48
+    assert sum(c["buffer (predicted)"]["n"] for c in rec["per_class"].values()) == 64  # by predicted class
+    run = load_run(ckpts["mjem"], "cpu")
+    energy, logits = E._outputs(run, run.buffer, 32)
+    c0 = (logits.argmax(1) == 0)
+    if c0.any():
+        assert rec["per_class"]["0"]["buffer (predicted)"]["mean"] == pytest.approx(float(-energy[c0].double().mean()), rel=1e-5)
     _png_ok(os.path.join(out, "logpx.png"))
 
 
@@ -150,25 +154,75 @@ def test_mebm_tasks_without_classifier(ckpts, tmp_path, cifar_root):
         assert f["images"].shape == (8, 32, 32, 3) and (f["labels"] == -1).all()
 
 
-def test_tsne(ckpts, tmp_path):
+def test_tsne_one_and_several_checkpoints(ckpts, tmp_path):
     assert main(["--ckpt", ckpts["mjem"], "--task", "tsne", "--n-samples", "20", "--perplexity", "5",
                  "--out", str(tmp_path), *FAST]) == 0
     with np.load(tmp_path / "tsne.npz") as f:
         assert f["coords"].shape == (60, 2) and np.isfinite(f["coords"]).all()
         assert np.bincount(f["group"]).tolist() == [20, 20, 20]
     rec = _json(tmp_path / "tsne.json")
-    assert rec["names"] == ["real x+", "p0 x0", "buffer x-"] and len(rec["coords"]) == 60
+    assert rec["names"] == ["x+ data", "x0 p0", "x- buffer"]
     _png_ok(tmp_path / "tsne.png")
+    joint = tmp_path / "joint"
+    assert main(["--ckpt", ckpts["mjem"], ckpts["mebm"], "--task", "tsne", "--n-samples", "15", "--perplexity", "5",
+                 "--out", str(joint), *FAST]) == 0
+    rec = _json(joint / "tsne.json")
+    assert rec["names"] == ["x+ data", "x0 p0", "x- mjem", "x- mebm"] and rec["counts"] == [15, 15, 15, 15]
+    assert rec["features_of"] == ckpts["mjem"] and sorted(os.listdir(joint)) == ["tsne.json", "tsne.npz", "tsne.png"]
+    _png_ok(joint / "tsne.png")
 
 
-def test_fid_is_random_inception_buffer_filtered(ckpts, tmp_path, monkeypatch):
+def test_extremes_energy_and_p0_figures(ckpts, tmp_path):
+    assert main(["--ckpt", ckpts["mjem"], "--task", "extremes", "energy", "p0", "--n-show", "3", "--n-samples", "16",
+                 "--out", str(tmp_path), *FAST]) == 0
+    rec = _json(tmp_path / "extremes.json")
+    run = load_run(ckpts["mjem"], "cpu")
+    energy, logits = E._outputs(run, run.buffer, 32)
+    pred = logits.argmax(1)
+    assert sum(c["n"] for c in rec["per_class"].values()) == 64
+    for c, entry in rec["per_class"].items():
+        members = torch.nonzero(pred == int(c)).flatten()
+        assert entry["n"] == len(members)
+        if len(members):
+            top = entry["highest p(x)"]
+            assert top["index"][0] == int(members[(-energy[members]).argmax()])  # the most likely of its class
+            assert top["logpx"] == sorted(top["logpx"], reverse=True) and len(top["index"]) == min(3, len(members))
+            low = entry["lowest p(y|x)"]["p_y_given_x"]
+            assert low == sorted(low) and all(int(pred[i]) == int(c) for i in entry["lowest p(y|x)"]["index"])
+            _png_ok(entry["png"])
+    _png_ok(tmp_path / "extremes.png")
+    en = _json(tmp_path / "energy.json")
+    assert set(en["sets"]) == {"x+ data", "x0 p0", "x- buffer"} and all(v["n"] == 16 for v in en["sets"].values())
+    _png_ok(tmp_path / "energy.png")
+    _png_ok(tmp_path / "energy_hist.png")
+    with Image.open(tmp_path / "p0_mean.png") as im:
+        mean = np.asarray(im.convert("RGB"), dtype=np.float64)
+    expected = ((run.p0.mean.reshape(3, 32, 32).clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
+    assert mean.shape == (32, 32, 3) and np.abs(mean - expected).max() <= 1  # one image: no grid padding
+    _png_ok(tmp_path / "p0_samples.png")
+
+
+def test_figure_tasks_without_matplotlib_say_what_to_install(ckpts, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    _fails(["--ckpt", ckpts["mjem"], "--task", "energy", "--n-samples", "8", "--out", str(tmp_path)], capsys,
+           "pip install 'fastebm[plots]'")
+
+
+def test_fid_is_random_inception_buffer_filtered(ckpts, tmp_path, monkeypatch, fast_fid):
     cache = tmp_path / "cache"
     argv = ["--ckpt", ckpts["mjem"], "--task", "fid", "is", "--random-inception", "--keep-ratio", "0.5",
             "--n-real", "24", "--splits", "2", "--stats-cache", str(cache), "--out", str(tmp_path), *FAST]
-    with pytest.warns(UserWarning) as record:
+    with pytest.warns(UserWarning, match="meaningless"):
         assert main(argv) == 0
-    messages = " ".join(str(w.message) for w in record)
-    assert "meaningless" in messages and "singular" in messages  # N < 2048 features
     fid, is_ = _json(tmp_path / "fid.json"), _json(tmp_path / "is.json")
     assert math.isfinite(fid["fid"]) and fid["fid"] >= 0 and fid["fid"] == is_["fid"]
     assert math.isfinite(is_["is_mean"]) and is_["is_mean"] >= 1 and is_["is_std"] >= 0
@@ -241,3 +295,50 @@ def test_filter_by_confidence_keeps_top_ratio_per_predicted_class():
     assert filter_by_confidence(probs, 2).tolist() == [0, 2, 4, 5, 6]  # > 1: a count per class
     with pytest.raises(ValueError, match="keep-ratio"):
         filter_by_confidence(probs, 0.0)
+
+
+def test_fid_stats_cache_is_keyed_by_content(ckpts, tmp_path, cifar_root, fast_fid):
+    """Issue 10's stale-cache case: a 2-class folder with 20 train images per class gives n_real 40; after 20
+    more per class are copied in, the same command recomputes the statistics (n_real 80)."""
+    data = tmp_path / "data"
+    classes = sorted(os.listdir(os.path.join(cifar_root, "train")))[:2]
+
+    def fill(first, last):
+        for cls in classes:
+            os.makedirs(data / "train" / cls, exist_ok=True)
+            files = sorted(os.listdir(os.path.join(cifar_root, "train", cls)))[first:last]
+            for f in files:
+                shutil.copy(os.path.join(cifar_root, "train", cls, f), data / "train" / cls / f)
+
+    fill(0, 20)
+    argv = ["--ckpt", ckpts["mebm"], "--task", "fid", "--random-inception", "--dataset", "folder", "--data-root",
+            str(data), "--n-samples", "8", "--stats-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o"),
+            "--batch-size", "40"]
+    with pytest.warns(UserWarning, match="meaningless"):
+        assert main(argv) == 0
+    first = _json(tmp_path / "o" / "fid.json")
+    assert first["n_real"] == 40 and first["real_stats_cached"] is False
+    with pytest.warns(UserWarning, match="meaningless"):
+        assert main(argv) == 0
+    assert _json(tmp_path / "o" / "fid.json")["real_stats_cached"] is True  # unchanged folder: cache hit
+    fill(20, 40)
+    with pytest.warns(UserWarning, match="meaningless"):
+        assert main(argv) == 0
+    second = _json(tmp_path / "o" / "fid.json")
+    assert second["n_real"] == 80 and second["real_stats_cached"] is False and second["fid"] != first["fid"]
+
+
+def test_chains_run_through_the_fast_sampler(ckpts, monkeypatch):
+    import fastebm.sampler
+
+    calls = []
+
+    class Counting(fastebm.sampler.Sampler):
+        def __call__(self, x0, noise=None):
+            calls.append(len(x0))
+            return super().__call__(x0, noise)
+
+    monkeypatch.setattr(E, "Sampler", Counting)
+    run = load_run(ckpts["mebm"], "cpu")
+    x = sample_chains(run, 10, 2, 4)
+    assert calls == [4, 4, 2] and x.shape == (10, 3, 32, 32) and x.abs().max() <= 1

@@ -1,0 +1,69 @@
+"""Evaluation during training (issue 10): FID rows and best_fid.pt, best_acc.pt, ckpt_eNNN.pt history,
+TensorBoard event files and the p0 pictures of a digits run."""
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+from fastebm.train import main
+
+pytestmark = pytest.mark.usefixtures("single_threaded")  # Inception: see conftest.py
+
+RUN = ["--dataset", "digits", "--depth", "10", "--width", "1", "--k", "1", "--buffer-size", "32", "--batch-size", "8",
+       "--cls-batch-size", "8", "--train-subset", "40", "--test-subset", "32", "--epochs", "3", "--iters-per-epoch",
+       "2", "--warmup-iters", "1", "--log-every", "1", "--no-progress", "--device", "cpu"]
+
+
+def _records(out, kind):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def _iteration(path):
+    return torch.load(path, weights_only=False)["iteration"]
+
+
+def test_fid_every_best_checkpoints_history_tensorboard_and_p0(tmp_path, fast_fid):
+    out = str(tmp_path / "run")
+    assert main([*RUN, "--out", out, "--fid-every", "1", "--random-inception", "--keep-every", "2"]) == 0
+    fid = _records(out, "fid")
+    assert [r["epoch"] for r in fid] == [1, 2, 3] and [r["iter"] for r in fid] == [2, 4, 6]
+    assert all(r["fid"] > 0 and r["is_mean"] >= 1 and r["n_fake"] == 32 and r["n_real"] == 40 for r in fid)
+    best = min(fid, key=lambda r: r["fid"])
+    assert _iteration(os.path.join(out, "best_fid.pt")) == best["iter"]
+    evals = [r for r in _records(out, "eval") if "test_acc" in r]
+    first_best = max(evals, key=lambda r: (r["test_acc"], -r["iter"]))  # the first record reaching the maximum
+    assert _iteration(os.path.join(out, "best_acc.pt")) == first_best["iter"]
+    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "ckpt_e*.pt"))) == ["ckpt_e002.pt"]
+    assert _iteration(os.path.join(out, "ckpt_e002.pt")) == 4 and _iteration(os.path.join(out, "ckpt.pt")) == 6
+    assert os.path.isfile(os.path.join(out, "samples", "p0_mean.png"))
+    assert os.path.isfile(os.path.join(out, "samples", "p0_samples.png"))
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = glob.glob(os.path.join(out, "events.out.tfevents.*"))
+    acc = EventAccumulator(events, size_guidance={"scalars": 0, "images": 0}).Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "train/e_pos", "train/e_neg", "train/acc", "train/lr", "eval/test_acc", "fid/fid",
+            "fid/is_mean"} <= set(tags["scalars"])
+    assert [e.value for e in acc.Scalars("fid/fid")] == pytest.approx([r["fid"] for r in fid], rel=1e-6)
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 7))
+    assert "samples/iter" in tags["images"] and len(acc.Images("samples/iter")) == 3  # one grid per epoch
+
+
+def test_fid_every_without_inception_weights_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(SystemExit) as e:
+        main([*RUN, "--out", str(tmp_path / "run"), "--fid-every", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "--inception-weights" in err[0] and "--fid-every" in err[0]
+
+
+def test_fid_is_off_by_default_on_the_cpu(tmp_path):
+    out = str(tmp_path / "run")
+    assert main([*RUN, "--out", out, "--epochs", "1", "--no-tensorboard"]) == 0
+    assert _records(out, "fid") == [] and not os.path.exists(os.path.join(out, "best_fid.pt"))
+    assert json.load(open(os.path.join(out, "config.json")))["fid_every"] == 0
+    assert not glob.glob(os.path.join(out, "events.out.tfevents.*"))
