@@ -177,7 +177,7 @@ def _require_classifier(run: Run, what: str) -> None:
 def _load_split(run: Run, split: str, subset: int | None, seed: int = 0) -> ImageSet:
     """A split of the run's dataset (optionally the first ``subset`` of a fixed permutation)."""
     cfg = run.cfg
-    data = load_dataset(cfg.dataset, cfg.data_root, split, False, cfg.max_per_class)
+    data = load_dataset(cfg.dataset, cfg.data_root, split, False, cfg.max_per_class, cfg.image_size)
     if data.image_size != cfg.image_size:
         raise EvalError(f"dataset {cfg.dataset!r} ({split}) has {data.image_size}px images, the model "
                         f"expects {cfg.image_size}px")
@@ -535,7 +535,8 @@ def task_fid_is(run: Run, opts, fid: bool = True, inception_score: bool = True) 
                 n_real = int(json.load(f)["n_real"])
             record["real_stats_cached"] = True
         else:
-            real = load_dataset(run.cfg.dataset, run.cfg.data_root, split, False, run.cfg.max_per_class)
+            real = load_dataset(run.cfg.dataset, run.cfg.data_root, split, False, run.cfg.max_per_class,
+                                run.cfg.image_size)
             real = real.subset(opts.n_real, 0)
             n_real = len(real)
             mu_r, sigma_r = metrics.compute_statistics(to_float(real.images), inception, opts.batch_size,
@@ -841,8 +842,18 @@ def _check_opts(opts) -> None:
             raise EvalError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
     if opts.keep_ratio is not None and not (math.isfinite(opts.keep_ratio) and opts.keep_ratio > 0):
         raise EvalError(f"--keep-ratio: expected a ratio in (0, 1] or a count > 1, got {opts.keep_ratio}")
+    if opts.perplexity <= 0:
+        raise EvalError(f"--perplexity: expected a value > 0, got {opts.perplexity}")
     if opts.source not in ("buffer", "chains"):
         raise EvalError(f"--source: expected 'buffer' or 'chains', got {opts.source!r}")
+
+
+def _check_finite(parser: argparse.ArgumentParser, opts) -> None:
+    """Issue 11: every float option of ``parser`` (found by its type, not from a list) must be finite."""
+    for action in parser._actions:
+        value = getattr(opts, action.dest, None)
+        if action.type is float and value is not None and not math.isfinite(value):
+            raise EvalError(f"{action.option_strings[0]}: expected a finite number, got {value}")
 
 
 def main(argv=None) -> int:
@@ -851,6 +862,7 @@ def main(argv=None) -> int:
     opts = parser.parse_args(argv)
     opts.task = [t for item in opts.task for t in item.split(",") if t]
     try:
+        _check_finite(parser, opts)
         _check_opts(opts)
         unknown = [t for t in opts.task if t not in TASKS]
         if unknown:

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ckpt-every", type=int)
     g.add_argument("--check-every", type=int, help="host-side divergence check interval")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    g = p.add_argument_group("input size (issue 11)")
+    g.add_argument("--image-size", type=int, help="resize every image to this side in pixels, antialiased "
+                   "(default: the data's own size)")
     return p
 
 
