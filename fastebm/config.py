@@ -9,7 +9,7 @@ cifar10/100    WRN-28-10   BatchNorm, SGD lr 0.1, momentum 0.9, warm-up 1000 its
                            decay ×0.2 at epochs 50/100/125, buffer 10,000, ρ 0.05, α 1
 imagenet32     WRN-28-2    as CIFAR
 celebahq128    WRN-28-5    M-EBM (unconditional), low-rank p0, fourth WRN stage
-folder         WRN-28-10   as CIFAR, image size from the data
+folder         WRN-28-10   as CIFAR, image size from the data (or ``--image-size``)
 digits         WRN-10-1    tiny CPU demo: 3 epochs of 100 iterations, lr 0.05, buffer 1,000
 =============  ==========  =====================================================================
 
@@ -134,6 +134,9 @@ PRESETS: dict[str, dict] = {
                    lr=0.05, decay_epochs=[2], batch_size=32, cls_batch_size=64, log_every=10),
 }
 
+# issue 11: image side of the datasets whose size is fixed (celebahq128: its preset; folder: from the files)
+NATIVE_IMAGE_SIZES = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet32": 32}
+
 JEM_BASELINE = dict(k=20, p0="uniform", l2=0.0, noise=0.01, data_noise=0.03, norm="none",
                     optimizer="adam", lr=1e-4, weight_decay=0.0)
 
@@ -197,6 +200,8 @@ def resolve(overrides: dict) -> Config:
         cfg.l2 = 0.1 if cfg.k <= 2 else 0.5
     if cfg.noise is None:
         cfg.noise = 0.0 if cfg.k <= 2 else 0.001
+    if cfg.image_size is None:  # issue 11: the fixed sizes are known now; a folder's comes from its images
+        cfg.image_size = NATIVE_IMAGE_SIZES.get(cfg.dataset)
     validate(cfg)
     return cfg
 
