@@ -207,7 +207,7 @@ def resolve(overrides: dict) -> Config:
 
 
 # issue 11: the allowed range of every numeric option, (low, high, low included, high included);
-# None = unbounded. tests/test_config.py checks that every float field of Config has an entry.
+# None = unbounded. tests/test_inputs.py checks that every float field of Config has an entry.
 RANGES: dict[str, tuple] = {
     "data_noise": (0, None, True, False), "dropout": (0, 1, True, False), "reinit_freq": (0, 1, True, True),
     "step_size": (0, None, False, False), "noise": (0, None, True, False), "grad_clip": (0, None, False, False),
