@@ -10,10 +10,11 @@ setup(
     packages=["fastebm", "fastebm.kernels"],
     package_dir={"fastebm": "fastebm", "fastebm.kernels": "kernels"},
     install_requires=[
-        # Pinned to the releases that the development and CI machines install from local disk.
-        # The code also runs on newer torch (the GPU machine has torch 2.11 / triton 3.6).
-        "torch==2.14.1",
-        "torchvision==0.29.1",
+        # The supported range: the oldest torch the test suite runs on (2.11, the GPU machine's, with
+        # torchvision 0.26 / triton 3.6) up to below the next major, so that `pip install -e .` keeps a
+        # torch that is already installed (a CUDA build, say). Only .ci/run pins exact versions.
+        "torch>=2.11,<3",
+        "torchvision>=0.26,<1",
         "triton",
         "numpy",
         "scikit-learn",  # the embedded `digits` dataset, t-SNE, AUROC

@@ -114,7 +114,10 @@ class _GlobalOnlyTracker:
 
 
 def count_flops(fn, *args) -> int:
-    """Total FLOPs (torch.utils.flop_counter.FlopCounterMode: matmul/conv/… forward and backward) of fn(*args)."""
+    """Total FLOPs (torch.utils.flop_counter.FlopCounterMode: matmul/conv/… forward and backward) of fn(*args).
+
+    Replaces the counter's ``mod_tracker`` (not public API; present with the same role in torch 2.11 and
+    2.14, checked on both by tests/test_bench_flops.py, which CI runs on each)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     fc = FlopCounterMode(display=False)

@@ -1,27 +1,53 @@
 """Checkpoint files: written atomically, read with a clear error when they do not fit the run."""
 from __future__ import annotations
 
+import glob
 import os
 import random
+import re
 import tempfile
 
 import numpy as np
 import torch
+
+TMP_PREFIX = ".tmp-"  # temporary files of atomic_save: .tmp-<pid>-<random>.pt beside the target
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or belongs to another model/configuration."""
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (/proc/self/status on Linux ≥ 4.7; else set and restore)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj, path: str) -> None:
     """torch.save ``obj`` to a temporary file in the same folder, fsync, then os.replace onto ``path``.
 
-    A crash or signal mid-write leaves the previous file at ``path`` intact.
+    A crash or signal mid-write leaves the previous file at ``path`` intact (and a ``.tmp-<pid>-*.pt``
+    file that :func:`remove_stale_temporaries` removes at the next start). File mode (issue 11): an
+    existing file's mode is kept; a new file gets 0666 minus the umask (0644 under umask 022), as
+    ``open()`` would give — not the 0600 of ``tempfile.mkstemp``.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
     try:
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=".pt")
+    try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -31,6 +57,35 @@ def atomic_save(obj, path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete the ``.tmp-*`` files that a save killed mid-write left in ``folder``; return their paths.
+
+    A temporary file whose name carries the id of a live process other than this one (a save in
+    progress elsewhere) is kept; files without a process id (older versions) are removed.
+    """
+    removed = []
+    for p in glob.glob(os.path.join(glob.escape(folder), TMP_PREFIX + "*")):
+        m = re.match(re.escape(TMP_PREFIX) + r"(\d+)-", os.path.basename(p))
+        if m and int(m.group(1)) != os.getpid() and _alive(int(m.group(1))):
+            continue
+        try:
+            os.remove(p)
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

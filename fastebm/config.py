@@ -56,6 +56,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -98,7 +100,10 @@ class Config:
     test_subset: int | None = _f(None, "evaluate on this many test images (none: all)", "data")
     max_per_class: int | None = _f(None, "folder layouts: read at most this many files per class "
                                          "(none: all)", "data")
-    image_size: int = _f(32, "image side in pixels (set from the data)", "data")
+    # issue 11: --image-size resizes every image (antialiased); none keeps the data's own size, and the
+    # trainer then sets it from the data (a checkpoint always stores the size the model was built for)
+    image_size: int | None = _f(None, "resize every image to this side in pixels, antialiased (none: the data's "
+                                      "own size)", "data")
     n_classes: int = _f(10, "number of classes (set from the data)", "data")
     data_noise: float = _f(0.0, "std of Gaussian noise added to data batches", "data")  # mebm scripts --sigma .0
     augment_px: bool = _f(False, "augment the p(x) batch too (reflect-pad 4, crop, flip)", "data")  # mebm utils.get_data: transform_px has no augmentation
@@ -268,6 +273,9 @@ TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet32": 1_281_167}
 # on all images and keeps JEM's schedule length: 703 iterations per epoch.
 JEM_N_VALID = 5_000
 
+# issue 11: image side of the datasets whose size is fixed (celebahq128: its preset; folder: from the files)
+NATIVE_IMAGE_SIZES = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet32": 32}
+
 CHOICES = {"dataset": DATASETS, "model": MODEL_KINDS, "norm": NORMS, "p0": ("gaussian", "uniform"),
            "cov": ("auto",) + COV_FORMS, "sgld_bn": BN_MODES, "reg_form": REG_FORMS,
            "optimizer": ("sgd", "adam"), "device": None,
@@ -381,36 +389,120 @@ def resolve(overrides: dict) -> Config:
     if cfg.iters_per_epoch is None and dataset in TRAIN_SIZES:
         n = TRAIN_SIZES[dataset] if cfg.train_subset is None else min(cfg.train_subset, TRAIN_SIZES[dataset])
         cfg.iters_per_epoch = derive_iters_per_epoch(cfg, n)
+    if cfg.image_size is None:  # issue 11: the fixed sizes are known now; a folder's comes from its images
+        cfg.image_size = NATIVE_IMAGE_SIZES.get(cfg.dataset)
     validate(cfg)
     return cfg
 
 
+# issue 11: the allowed range of every numeric option, (low, high, low included, high included);
+# None = unbounded. tests/test_inputs.py checks that every float field of Config has an entry.
+RANGES: dict[str, tuple] = {
+    "data_noise": (0, None, True, False), "dropout": (0, 1, True, False), "reinit_freq": (0, 1, True, True),
+    "step_size": (0, None, False, False), "noise": (0, None, True, False), "grad_clip": (0, None, False, False),
+    "l2": (0, None, True, False), "cls_weight": (0, None, True, False), "lr": (0, None, False, False),
+    "momentum": (0, 1, True, False), "weight_decay": (0, None, True, False),
+    "decay_rate": (0, None, False, False), "max_loss": (0, None, False, False),
+    "epochs": (1, None, True, False), "iters_per_epoch": (1, None, True, False),
+    "batch_size": (1, None, True, False), "cls_batch_size": (1, None, True, False),
+    "buffer_size": (1, None, True, False), "rank": (1, None, True, False), "warmup_iters": (0, None, True, False),
+    "depth": (1, None, True, False), "width": (1, None, True, False), "image_size": (8, 1024, True, True),
+    "train_subset": (1, None, True, False), "test_subset": (1, None, True, False),
+    "max_per_class": (1, None, True, False), "log_every": (1, None, True, False),
+    "eval_every": (1, None, True, False), "sample_every": (1, None, True, False),
+    "ckpt_every": (1, None, True, False), "check_every": (1, None, True, False),
+    "max_rollbacks": (0, None, True, False), "rollback_lr_factor": (0, 1, False, True),  # issue 11 part 1
+    "fid_every": (0, None, True, False), "keep_every": (0, None, True, False),  # issue 10 (0: off)
+}
+
+
+def flag(name: str) -> str:
+    """The command-line option of a Config field: ``batch_size`` → ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def _interval(lo, hi, lo_in, hi_in) -> str:
+    return f"{'[' if lo_in else '('}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{']' if hi_in else ')'}"
+
+
 def validate(cfg: Config) -> None:
-    """Check every value; raise ValueError naming the option, what was expected and what was got."""
+    """Check every value; raise ValueError naming the option, what was expected and what was got.
+
+    Every numeric field (and each element of a list field) must be finite — NaN and ±inf are rejected
+    for all of them, by type, not from a list — and inside its :data:`RANGES` interval.
+    """
     for name, choices in CHOICES.items():
         if choices is not None and getattr(cfg, name) not in choices:
-            raise ValueError(f"--{name.replace('_', '-')}: expected one of {list(choices)}, "
+            raise ValueError(f"{flag(name)}: expected one of {list(choices)}, "
                              f"got {getattr(cfg, name)!r}")
-    if int(cfg.k) != cfg.k or cfg.k < 1:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+                raise ValueError(f"{flag(f.name)}: expected a finite number, got {v}")
+        if f.name in RANGES and value is not None:
+            lo, hi, lo_in, hi_in = RANGES[f.name]
+            if ((lo is not None and (value < lo or (value == lo and not lo_in)))
+                    or (hi is not None and (value > hi or (value == hi and not hi_in)))):
+                raise ValueError(f"{flag(f.name)}: expected a value in {_interval(lo, hi, lo_in, hi_in)}, "
+                                 f"got {value}")
+    if int(cfg.k) != cfg.k or cfg.k < 1:  # K (int field) has no RANGES entry: this message says what K is
         raise ValueError(f"--k: SGLD steps K must be an integer >= 1, got {cfg.k}")
-    positive = ("step_size", "lr", "epochs", "batch_size", "cls_batch_size", "buffer_size", "log_every", "rank",
-                "max_loss")
-    for name in positive:
-        if getattr(cfg, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')}: expected a value > 0, got {getattr(cfg, name)}")
-    if not 0 <= cfg.reinit_freq <= 1:
-        raise ValueError(f"--reinit-freq: expected a value in [0, 1], got {cfg.reinit_freq}")
-    for name in ("noise", "l2", "data_noise", "weight_decay", "warmup_iters", "momentum", "dropout"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')}: expected a value >= 0, got {getattr(cfg, name)}")
-    for name in ("check_every", "grad_clip", "iters_per_epoch"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')}: expected a value > 0, got {getattr(cfg, name)}")
-    # issue 11: divergence recovery
-    if int(cfg.max_rollbacks) != cfg.max_rollbacks or cfg.max_rollbacks < 0:
-        raise ValueError(f"--max-rollbacks: expected an integer >= 0, got {cfg.max_rollbacks}")
-    if not 0 < cfg.rollback_lr_factor <= 1:
-        raise ValueError(f"--rollback-lr-factor: expected a value in (0, 1], got {cfg.rollback_lr_factor}")
-    for name in ("fid_every", "keep_every"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')}: expected epochs >= 0 (0: off), got {getattr(cfg, name)}")
+    for e in cfg.decay_epochs:
+        if int(e) != e or e < 0:
+            raise ValueError(f"--decay-epochs: expected epoch numbers >= 0, got {cfg.decay_epochs}")
+
+
+def available_memory(device) -> int:
+    """Bytes that can still be allocated on ``device``: free CUDA memory (``torch.cuda.mem_get_info``),
+    or the host's MemAvailable (/proc/meminfo; free pages where that file is missing)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(cfg: Config, n_train: int, device, world_size: int = 1, available: int | None = None) -> None:
+    """Reject sizes that cannot fit the data or the device, before anything large is allocated (issue 11).
+
+    Args:
+        cfg: the resolved configuration (``image_size`` set from the data).
+        n_train: training images (after ``--train-subset``).
+        device: the training device; ``available``: bytes free there (default :func:`available_memory`).
+        world_size: data-parallel ranks. Every rank draws its slice of the global batch from the whole
+            training set, so the global batch is what must not exceed it (each rank then holds B/N ≤ N
+            images); each rank holds a ⌈|B|/N⌉ shard of the replay buffer on its own device.
+
+    Raises:
+        ValueError: ``--batch-size`` / ``--cls-batch-size`` (models with a p(y|x) batch) larger than the training set, a replay
+        buffer (float32, ``--buffer-size``) or a full p0 covariance (float64, ``--cov full``) larger than
+        the free memory of the device. The message names the option and the limit.
+    """
+    sizes = [("batch_size", cfg.batch_size)] + ([("cls_batch_size", cfg.cls_batch_size)]
+                                                if cfg.model != "mebm" else [])
+    for name, b in sizes:
+        if b > n_train:
+            raise ValueError(f"{flag(name)} {b}: larger than the training set; expected at most {n_train} "
+                             f"(the number of training images{' after --train-subset' if cfg.train_subset else ''})")
+    free = available_memory(device) if available is None else available
+    per_sample = 3 * cfg.image_size ** 2 * 4
+    shard = -(-cfg.buffer_size // world_size)
+    if shard * per_sample > free:
+        limit = free // per_sample * world_size
+        raise ValueError(f"{flag('buffer_size')} {cfg.buffer_size}: the replay buffer needs "
+                         f"{shard * per_sample / 2 ** 30:.1f} GiB per rank, {free / 2 ** 30:.1f} GiB are free on "
+                         f"{device}; expected at most {limit} samples")
+    d = 3 * cfg.image_size ** 2
+    if cfg.p0 == "gaussian" and cfg.cov == "full" and 2 * d * d * 8 > free:
+        raise ValueError(f"--cov full: a {d}×{d} float64 covariance (and its factor) needs "
+                         f"{2 * d * d * 8 / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free on {device}; "
+                         f"use --cov lowrank or a smaller --image-size")

@@ -189,12 +189,23 @@ def load_folder(root: str, split: str, image_size: int | None = None, name: str 
     sizes = {tuple(i.shape) for i in images}
     if len(sizes) > 1:
         raise DatasetError(f"{name}: images under {split_dir!r} have different sizes {sorted(sizes)[:3]}...; "
-                           f"pass an image size to resize them")
+                           f"pass --image-size N to resize them all to N×N")
     return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), len(classes), name)
 
 
+def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
+    """(N, 3, H, W) uint8 → (N, 3, size, size) uint8, antialiased (torchvision's ``resize``), in chunks of
+    ``chunk`` images so that the float intermediate stays small. Returns ``images`` itself when H = W = size."""
+    from torchvision.transforms.v2.functional import resize
+
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    return torch.cat([resize(images[i:i + chunk], [size, size], antialias=True)
+                      for i in range(0, len(images), chunk)])
+
+
 def load_dataset(name: str, root: str | None = None, split: str = "train", download: bool = False,
-                 max_per_class: int | None = None) -> ImageSet:
+                 max_per_class: int | None = None, image_size: int | None = None) -> ImageSet:
     """Load a dataset by name (see module docstring) into an :class:`ImageSet`.
 
     Args:
@@ -203,6 +214,8 @@ def load_dataset(name: str, root: str | None = None, split: str = "train", downl
         split: ``"train"`` or ``"test"``.
         download: allow torchvision to download CIFAR (never done otherwise).
         max_per_class: for the folder layouts, keep at most this many images per class (tests, demos).
+        image_size: resize every image to image_size² pixels, antialiased (``--image-size``); None keeps
+            the data's own size (``celebahq128``: 128, ``digits``: 32).
 
     Raises:
         DatasetError: unknown name or split, missing root, missing or malformed files.
@@ -212,16 +225,20 @@ def load_dataset(name: str, root: str | None = None, split: str = "train", downl
     if split not in ("train", "test"):
         raise DatasetError(f"split: expected 'train' or 'test', got {split!r}")
     if name == "digits":
-        return load_digits(split)
+        return load_digits(split, image_size or 32)
     if not root:
         raise DatasetError(f"dataset {name!r} needs --data-root (the folder that holds its files)")
     if not os.path.isdir(root) and not download:
         raise DatasetError(f"dataset {name!r}: data root {root!r} is not a folder")
-    if name in ("cifar10", "cifar100"):
-        return load_cifar(root, split, 10 if name == "cifar10" else 100, download)
-    if name == "imagenet32":
-        return load_imagenet32(root, split)
-    return load_folder(root, split, 128 if name == "celebahq128" else None, name, max_per_class)
+    if name in ("cifar10", "cifar100", "imagenet32"):
+        data = (load_imagenet32(root, split) if name == "imagenet32"
+                else load_cifar(root, split, 10 if name == "cifar10" else 100, download))
+        if image_size is not None:
+            data.images = resize_images(data.images, image_size)
+        return data
+    if image_size is None and name == "celebahq128":
+        image_size = 128
+    return load_folder(root, split, image_size, name, max_per_class)
 
 
 def augment(x: torch.Tensor, pad: int = 4) -> torch.Tensor:

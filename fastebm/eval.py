@@ -159,7 +159,7 @@ def _require_classifier(run: Run, what: str) -> None:
 def _load_split(run: Run, split: str, subset: int | None, seed: int = 0) -> ImageSet:
     """A split of the run's dataset (optionally the first ``subset`` of a fixed permutation)."""
     cfg = run.cfg
-    data = load_dataset(cfg.dataset, cfg.data_root, split, False, cfg.max_per_class)
+    data = load_dataset(cfg.dataset, cfg.data_root, split, False, cfg.max_per_class, cfg.image_size)
     if data.image_size != cfg.image_size:
         raise EvalError(f"dataset {cfg.dataset!r} ({split}) has {data.image_size}px images, the model "
                         f"expects {cfg.image_size}px")
@@ -442,7 +442,8 @@ def _real_statistics(run: Run, opts, inception, inception_id: str) -> tuple[tupl
     if os.path.isfile(cache) and os.path.isfile(cache + ".json"):  # real images not even loaded
         with open(cache + ".json") as f:
             return metrics.load_stats(cache), int(json.load(f)["n_real"]), cache, True
-    real = load_dataset(cfg.dataset, cfg.data_root, split, False, cfg.max_per_class).subset(opts.n_real, 0)
+    real = load_dataset(cfg.dataset, cfg.data_root, split, False, cfg.max_per_class,
+                        cfg.image_size).subset(opts.n_real, 0)
     pool, _ = metrics.inception_outputs(inception, to_float(real.images), opts.batch_size, run.device)
     stats = metrics.activation_statistics(pool)
     metrics.save_stats(cache, *stats)
@@ -840,6 +841,8 @@ def _check_opts(opts) -> None:
             raise EvalError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
     if opts.keep_ratio is not None and not (math.isfinite(opts.keep_ratio) and opts.keep_ratio > 0):
         raise EvalError(f"--keep-ratio: expected a ratio in (0, 1] or a count > 1, got {opts.keep_ratio}")
+    if opts.perplexity <= 0:
+        raise EvalError(f"--perplexity: expected a value > 0, got {opts.perplexity}")
     if opts.source not in ("buffer", "chains"):
         raise EvalError(f"--source: expected 'buffer' or 'chains', got {opts.source!r}")
     unknown = [t for t in opts.task if t not in TASKS]
@@ -849,6 +852,14 @@ def _check_opts(opts) -> None:
         raise EvalError(f"--dataset: expected one of {list(DATASETS)}, got {opts.dataset!r}")
 
 
+def _check_finite(parser: argparse.ArgumentParser, opts) -> None:
+    """Issue 11: every float option of ``parser`` (found by its type, not from a list) must be finite."""
+    for action in parser._actions:
+        value = getattr(opts, action.dest, None)
+        if action.type is float and value is not None and not math.isfinite(value):
+            raise EvalError(f"{action.option_strings[0]}: expected a finite number, got {value}")
+
+
 def main(argv=None) -> int:
     """Command-line entry point; returns 0, or exits with status 2 and a one-line error."""
     parser = build_parser()
@@ -856,6 +867,7 @@ def main(argv=None) -> int:
     opts.task = [t for item in opts.task for t in item.split(",") if t]
     results: dict[str, dict] = {}
     try:
+        _check_finite(parser, opts)
         _check_opts(opts)
         runs = [load_run(c, opts.device, opts.dataset, opts.data_root, opts.max_per_class) for c in opts.ckpt]
         for run in runs:  # reject model/task mismatches before any expensive work

@@ -69,8 +69,9 @@ import numpy as np
 import torch
 
 from .buffer import ReplayBuffer
-from .checkpoint import CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
-from .config import Config, derive_iters_per_epoch, resolve_device, resolve_fast_flags
+from .checkpoint import (CheckpointError, atomic_save, load_checkpoint, remove_stale_temporaries, rng_state,
+                         set_rng_state)
+from .config import Config, check_fits, derive_iters_per_epoch, resolve_device, resolve_fast_flags
 from .data import Batches, ImageSet, load_dataset, to_float, to_uint8
 from .distributed import RANK_SEED_STRIDE, DistContext
 from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
@@ -128,15 +129,21 @@ class Trainer:
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         if train_data is None:
-            train_data = load_dataset(cfg.dataset, cfg.data_root, "train", cfg.download, cfg.max_per_class)
+            train_data = load_dataset(cfg.dataset, cfg.data_root, "train", cfg.download, cfg.max_per_class,
+                                      cfg.image_size)
         self.train_data = train_data.subset(cfg.train_subset, cfg.seed)
         self.test_data = test_data
         if cfg.iters_per_epoch is None:  # folder layouts: the epoch follows the number of images
             cfg.iters_per_epoch = derive_iters_per_epoch(cfg, len(self.train_data))
         cfg.image_size, cfg.n_classes = self.train_data.image_size, self.train_data.n_classes
         self.cfg = cfg
+        # issue 11: sizes that cannot fit the data or the device fail here, before the model, p0 or buffer
+        grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
+        check_fits(cfg, len(self.train_data), self.device, torch.distributed.get_world_size() if grouped else 1)
         self.out = cfg.out = cfg.out or default_run_folder(cfg)
         os.makedirs(os.path.join(self.out, "samples"), exist_ok=True)
+        if not grouped or torch.distributed.get_rank() == 0:  # the one writer removes what a killed save left
+            remove_stale_temporaries(self.out)
 
         self.model = build_model(cfg).to(self.device)
         if cfg.channels_last:
@@ -503,7 +510,8 @@ class Trainer:
         self.dist.average_buffers(self.model)                       # BN running stats: mean over ranks
         if self.test_data is None:
             try:
-                self.test_data = load_dataset(cfg.dataset, cfg.data_root, "test", False, cfg.max_per_class)
+                self.test_data = load_dataset(cfg.dataset, cfg.data_root, "test", False, cfg.max_per_class,
+                                              cfg.image_size)
             except ValueError:
                 self.test_data = False  # no test split: evaluation reports nothing
         if self.test_data is False:

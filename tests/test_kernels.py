@@ -473,9 +473,9 @@ sig2 = dict(mean_ptr="*fp32", u_ptr="*fp32", dsq_ptr="*fp32", out_ptr="*fp32", z
             rng_ptr="*i64", n="i32", D="i32", R="constexpr", nD="i64", stride_ud="i32", stride_ur="constexpr",
             lo="fp32", hi="fp32", CLAMP="constexpr", WRITE_NOISE="constexpr", INPUT_PRECISION="constexpr",
             BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr")
-for prec in ("ieee", "tf32"):
-    k = compile_(_lowrank_gaussian_kernel, sig2, dict(R=1, stride_ur=1, CLAMP=True, WRITE_NOISE=True,
-                 INPUT_PRECISION=prec, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16))
+for prec, rank in (("ieee", 1), ("tf32", 1), ("ieee", 100)):  # R = 100: the K loop runs 2 iterations
+    k = compile_(_lowrank_gaussian_kernel, sig2, dict(R=rank, stride_ur=1, CLAMP=True, WRITE_NOISE=True,
+                 INPUT_PRECISION=prec, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64 if rank > 1 else 16))
     assert "cubin" in k.asm
 print("OK")
 """
