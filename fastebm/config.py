@@ -90,6 +90,13 @@ class Config:
     triton: bool | None = None  # fused Triton kernels (Langevin update, low-rank p0 sampling)
     channels_last: bool | None = None
     nvtx: bool = False  # NVTX ranges for nsys
+    # issue 12: the whole iteration as one compiled graph, and the fast path's run-time self-check
+    compile_step: bool | None = field(default=None, metadata={
+        "help": "torch.compile the whole training iteration as one graph (CUDA graphs on CUDA); "
+                "auto: on for CUDA, off on CPU"})
+    fast_path: str = field(default="auto", metadata={
+        "help": "self-check of the fast components against the plain path at the first iteration: auto "
+                "(switch a failing one off with a warning), strict (error), off (no check)"})
     # run
     device: str = "auto"
     seed: int = 1
@@ -135,19 +142,22 @@ JEM_BASELINE = dict(k=20, p0="uniform", l2=0.0, noise=0.01, data_noise=0.03, nor
 CHOICES = {"dataset": DATASETS, "model": MODEL_KINDS, "norm": NORMS, "p0": ("gaussian", "uniform"),
            "cov": ("auto",) + COV_FORMS, "sgld_bn": BN_MODES, "reg_form": REG_FORMS,
            "optimizer": ("sgd", "adam"), "device": None,
-           "compile": ("auto", "off", "default", "max-autotune", "aot_eager"), "amp": ("auto", "bf16", "fp16", "off")}
+           "compile": ("auto", "off", "default", "max-autotune", "aot_eager"), "amp": ("auto", "bf16", "fp16", "off"),
+           "fast_path": ("auto", "strict", "off")}
 
 
 def plain_flags() -> dict:
     """Every fast-path flag off: the plain PyTorch reference path."""
-    return dict(compile="off", cuda_graphs=False, amp="off", triton=False, channels_last=False)
+    return dict(compile="off", cuda_graphs=False, amp="off", triton=False, channels_last=False,
+                compile_step=False)
 
 
 def fast_flags(device_type: str) -> dict:
     """The fast-path flags that ``auto`` means on a device type: everything on CUDA, plain on CPU."""
     if device_type != "cuda":
         return plain_flags()
-    return dict(compile="default", cuda_graphs=True, amp="bf16", triton=True, channels_last=True)
+    return dict(compile="default", cuda_graphs=True, amp="bf16", triton=True, channels_last=True,
+                compile_step=True)
 
 
 def resolve_fast_flags(cfg: "Config", device_type: str) -> None:
