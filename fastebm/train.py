@@ -21,6 +21,8 @@ from .checkpoint import CheckpointError
 from .config import CHOICES, Config, resolve
 from .data import DatasetError
 from .distributed import init_from_env, shutdown
+from .selfcheck import FastPathError
+from .selfcheck import summary as fast_path_summary
 from .trainer import DivergenceError, Trainer, checkpoint_config
 
 
@@ -87,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused Triton kernels (Langevin update, p0 sampling)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--nvtx", action="store_true", default=None, help="NVTX ranges for nsys")
+    g = p.add_argument_group("fast path II: one graph per iteration, run-time self-check (issue 12)")
+    g.add_argument("--compile-step", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the whole training iteration as one graph (CUDA graphs on CUDA); "
+                        "auto: on for CUDA, off on CPU")
+    g.add_argument("--fast-path", choices=CHOICES["fast_path"],
+                   help="self-check of the fast components at the first iteration: auto (switch a failing "
+                        "one off with a warning), strict (error), off (no check); default auto")
     g = p.add_argument_group("data subsets (demos, tests)")
     g.add_argument("--train-subset", type=int)
     g.add_argument("--test-subset", type=int)
@@ -141,6 +150,13 @@ def _main(argv=None) -> int:
               f"{cfg.image_size}px, {cfg.n_classes} classes), WRN-{cfg.depth}-{cfg.width}, K={cfg.k}, "
               f"device {trainer.device}, {trainer.dist.world_size} process(es), run folder {trainer.out}",
               file=sys.stderr)
+    try:  # the fast-path self-check (issue 12) before the first iteration, so the banner can say what runs
+        if trainer.fast_path_pending:
+            trainer.check_fast_path()
+    except FastPathError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    if say:
+        print(f"fastebm: {fast_path_summary(trainer.fast_path_report)}", file=sys.stderr)
     try:
         last = trainer.fit()
     except DivergenceError as e:

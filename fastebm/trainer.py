@@ -170,7 +170,7 @@ class Trainer:
         if cfg.compile_step:
             self.use_compiled_step(True)
         self.fast_path_report: dict = {}
-        self._fast_path_pending = cfg.fast_path != "off" and bool(fast_components(cfg))
+        self.fast_path_pending = cfg.fast_path != "off" and bool(fast_components(cfg))
 
     # ------------------------------------------------------------------ Algorithm 1
     def train_step(self, it: int) -> dict:
@@ -181,7 +181,7 @@ class Trainer:
         The first call (and the first after :meth:`request_fast_path_check`) runs the fast-path
         self-check first (:mod:`fastebm.selfcheck`).
         """
-        if self._fast_path_pending:
+        if self.fast_path_pending:
             self.check_fast_path(it)
         idx_cls = self.cls_batches.shard_indices(it) if self.cls_batches is not None else None
         self.lr.fill_(self.opt.param_groups[0]["lr"])
@@ -250,7 +250,7 @@ class Trainer:
 
     def request_fast_path_check(self) -> None:
         """Run the fast-path self-check again before the next iteration (e.g. after a re-capture)."""
-        self._fast_path_pending = self.cfg.fast_path != "off" and bool(fast_components(self.cfg))
+        self.fast_path_pending = self.cfg.fast_path != "off" and bool(fast_components(self.cfg))
 
     def check_fast_path(self, it: int | None = None) -> dict:
         """Check every enabled fast component against the plain path (:func:`fastebm.selfcheck.run`),
@@ -259,7 +259,7 @@ class Trainer:
         component → "ok" or "off: reason"."""
         from .selfcheck import run as run_self_check
 
-        self._fast_path_pending = False
+        self.fast_path_pending = False
         self.fast_path_report = run_self_check(self, self.iteration if it is None else it)
         if self.dist.is_main:
             with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
