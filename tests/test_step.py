@@ -107,7 +107,7 @@ def test_functional_optimizer_step_equals_optimizer_step(opt):
 def test_compile_step_flags_and_cpu_default(tmp_path):
     t = _trainer(tmp_path, "mebm", compiled=False, compile_step=None)
     assert t.cfg.compile_step is False  # auto: off on CPU
-    with pytest.raises(ValueError, match="--optimizer"):
+    with pytest.raises(TypeError, match="--optimizer"):
         init_optimizer_state(torch.optim.RMSprop([torch.nn.Parameter(torch.zeros(1))]))
 
 
