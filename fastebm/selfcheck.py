@@ -191,16 +191,13 @@ def check_triton_langevin(tr, it):
 
 def check_triton_p0(tr, it):
     p0, n = tr.p0, P0_SAMPLES
-    rng = getattr(p0, "_triton_rng", None)
-    if rng is None:
-        rng = tr._fast["sampler"].rng_state
-    p0.use_triton(rng.clone())
+    rng = tr._fast["sampler"].rng_state.clone()
+    fast = p0.sample_fused(n, rng, tr.device).flatten(1).double()
+    saved, p0._triton_rng = getattr(p0, "_triton_rng", None), None
     try:
-        fast = p0.sample(n, device=tr.device).flatten(1).double()
+        plain = p0.sample(n, device=tr.device).flatten(1).double()  # the PyTorch path
     finally:
-        p0.use_triton(None)
-    plain = p0.sample(n, device=tr.device).flatten(1).double()
-    p0.use_triton(rng)
+        p0._triton_rng = saved
     m1, m2, v1, v2 = fast.mean(0), plain.mean(0), fast.var(0), plain.var(0)
     z_mean = float(((m1 - m2) / ((v1 + v2) / n).sqrt().clamp_min(1e-12)).abs().max())
     # var of a sample variance ≈ (μ4 − σ⁴)/n; estimated from both samples

@@ -137,18 +137,30 @@ def compile_step(step, mode: str, device_type: str, static: list | None = None):
         static: tensors whose storage is reused every step (replay buffer, optimizer state, lr); on CUDA
             they are marked static addresses so the CUDA graphs read and update them in place.
 
-    Returns the compiled callable; compilation happens at its first call.
+    Returns a callable with ``step``'s signature; compilation happens at its first call.
     """
-    torch._dynamo.config.trace_autograd_ops = True  # SGLD's autograd.grad and loss.backward() in-graph
     if device_type == "cuda":
         for t in static or []:
             torch._dynamo.mark_static_address(t)
-    return torch.compile(step, **step_compile_kwargs(mode, device_type))
+    return _TraceAutograd(torch.compile(step, **step_compile_kwargs(mode, device_type)))
+
+
+class _TraceAutograd:
+    """Calls a compiled function with ``trace_autograd_ops`` on (SGLD's ``autograd.grad`` and
+    ``loss.backward()`` traced into the graph), scoped to these calls: other compiled functions of the
+    process (the per-piece compiled network) keep torch's default."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            return self.fn(*args)
 
 
 def graph_breaks(step, *args) -> tuple[int, list[str]]:
     """Graph breaks of ``step(*args)`` according to ``torch._dynamo.explain`` (runs the step once, eager
-    backend): (count, one reason a break)."""
-    torch._dynamo.config.trace_autograd_ops = True
-    out = torch._dynamo.explain(step)(*args)
+    backend): (count, the reason of each break)."""
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        out = torch._dynamo.explain(step)(*args)
     return out.graph_break_count, [str(b.reason) for b in out.break_reasons]
