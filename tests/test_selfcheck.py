@@ -17,7 +17,7 @@ from fastebm.data import ImageSet
 from fastebm.selfcheck import FastPathError
 from fastebm.trainer import Trainer, lr_at
 
-TINY = dict(dataset="folder", model="mjem", depth=10, width=1, buffer_size=64, batch_size=8, cls_batch_size=16,
+TINY = dict(dataset="folder", device="cpu", model="mjem", depth=10, width=1, buffer_size=64, batch_size=8, cls_batch_size=16,
             k=2, epochs=1, iters_per_epoch=3, progress=False, eval_every=1000, sample_every=1000,
             ckpt_every=1000, warmup_iters=2, log_every=1)
 
@@ -208,3 +208,18 @@ def test_cli_banner_names_the_checked_components(tmp_path):
                          cwd=root, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 0, bad.stderr[-2000:]  # a passing strict check runs normally
     assert "fast path: compile_step ok" in bad.stderr
+
+
+# ------------------------------------------------------------------------------------------- GPU only
+@pytest.mark.gpu
+def test_gpu_every_per_piece_fast_component_passes_its_self_check(tmp_path):
+    """CUDA, fast_flags("cuda") without the compiled step, strict: compiled network, CUDA-graph SGLD loop,
+    Triton Langevin update and p0 sampler, bf16 all pass their checks on this GPU, and the run trains."""
+    t = _trainer(tmp_path, device="cuda", compile="default", cuda_graphs=True, triton=True, amp="bf16",
+                 channels_last=True, compile_step=False, fast_path="strict", noise=0.01)
+    params, _ = _run(t)
+    report = t.fast_path_report
+    print(report)
+    assert set(report) == {"amp", "compile", "cuda_graphs", "triton_langevin", "triton_p0"}
+    assert all(v.startswith("ok") for v in report.values()), report
+    assert all(torch.isfinite(p).all() for p in params)

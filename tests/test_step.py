@@ -17,7 +17,7 @@ from fastebm.model import MODEL_KINDS
 from fastebm.step import graph_breaks, init_optimizer_state, optimizer_step
 from fastebm.trainer import Trainer, lr_at
 
-TINY = dict(dataset="folder", depth=10, width=1, buffer_size=64, batch_size=8, cls_batch_size=16, k=2,
+TINY = dict(dataset="folder", device="cpu", depth=10, width=1, buffer_size=64, batch_size=8, cls_batch_size=16, k=2,
             epochs=1, iters_per_epoch=20, progress=False, eval_every=1000, sample_every=1000,
             ckpt_every=1000, warmup_iters=10, fast_path="off")
 
@@ -113,10 +113,11 @@ def test_compile_step_flags_and_cpu_default(tmp_path):
 
 # ------------------------------------------------------------------------------------------- GPU only
 @pytest.mark.gpu
-@pytest.mark.parametrize("kind", MODEL_KINDS)
+@pytest.mark.parametrize("kind", ["mjem"])
 def test_gpu_compiled_step_cuda_graphs_match_eager(tmp_path, kind):
     """CUDA: the compiled step (Inductor, fallback_random, CUDA graphs) equals the eager step over five
-    iterations in fp32 and replays without recompiling."""
+    iterations in fp32 and replays without recompiling. One kind (M-JEM: both batches, both heads) to
+    keep bench/gpu_check.sh within its time; every kind is traced and compared on CPU above."""
     over = dict(device="cuda", compile="off", cuda_graphs=False, triton=False, amp="off", channels_last=False)
     eager = Trainer(resolve(dict(TINY, model=kind, out=str(tmp_path / "e"), compile_step=False, **over)), _toy_data())
     loss_e = _run(eager, 5)
