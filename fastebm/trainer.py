@@ -5,7 +5,9 @@ Run folder (``cfg.out``):
     config.json     the resolved configuration
     metrics.jsonl   one JSON object per line: {"kind": "train", "iter", "epoch", "loss", "loss_gen",
                     "loss_cls", "e_pos", "e_neg", "acc", "lr", "it_s"} and {"kind": "eval", "iter",
-                    "test_acc", "test_loss", "test_energy"}
+                    "test_acc", "test_loss", "test_energy"}; and once per process (before the first
+                    iteration) {"kind": "fast_path", "iter", "policy", <component>: "ok: ..." | "off: ..." |
+                    "unused (compiled step)"} from the fast-path self-check (:mod:`fastebm.selfcheck`)
     samples/        PNG grids of replay-buffer samples (negatives) and of p0 samples
     p0.pt           the fitted informative initialization (cache, reused by later runs)
     ckpt.pt         the latest checkpoint (written atomically)
