@@ -130,3 +130,13 @@ def test_gpu_compiled_step_cuda_graphs_match_eager(tmp_path, kind):
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-3, atol=1e-5)
     for pc, pe in zip(comp.model.parameters(), eager.model.parameters()):
         torch.testing.assert_close(pc, pe, rtol=1e-3, atol=1e-5)
+
+
+def test_compiled_step_under_bf16_autocast_and_channels_last_equals_eager(tmp_path):
+    """The autocast and memory-format choices are traced into the graph: compiled = eager with them on."""
+    torch._dynamo.reset()
+    over = dict(amp="bf16", channels_last=True)
+    loss_e = _run(_trainer(tmp_path / "eager", "mjem", compiled=False, **over), 3)
+    compiled = _trainer(tmp_path / "compiled", "mjem", compiled=True, **over)
+    loss_c = _run(compiled, 3)
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-3, atol=1e-5)
