@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
 # GPU check of fastebm on a lent CUDA machine (H200; python3.12, torch 2.11, triton 3.6, no network).
 #
-#   bash bench/gpu_check.sh            # from anywhere; runs in the repository root
+#   bash bench/gpu_check.sh              # from anywhere; runs in the repository root
+#   bash bench/gpu_check.sh --dry-run    # any machine: prints the steps and collects their tests (no run)
 #
 # 1. installs carried wheels (.whl/*.whl, e.g. pytest-benchmark) into /tmp/site without network;
 # 2. puts the source checkout on PYTHONPATH (fastebm/__init__.py maps the top-level kernels/ to
 #    fastebm.kernels, so no pip install of the package is needed);
-# 3. runs the GPU tests:            pytest -m gpu tests/
-# 4. runs the benchmarks full size: pytest bench/ --benchmark-only   (WRN-28-10, batches 64/128, since
-#    bench/_common.py picks the paper's sizes whenever CUDA is available)
-# 5. prints a short table last (the bench summary of bench/conftest.py and the GPU-test result line).
+# 3. runs the GPU tests:  pytest -m gpu tests/  — the per-piece fast path (CUDA-graph SGLD, Triton kernels,
+#    bf16), the compiled training step (issue 12: Inductor + CUDA graphs vs eager over five iterations,
+#    tests/test_step.py) and the run-time self-check with every fast component on (tests/test_selfcheck.py);
+# 4. runs the engine benchmark full size: plain vs per-piece fast path vs compiled step
+#    (bench/test_engine_speed.py; WRN-28-10, batches 64/128; torch.compile of the network and of the whole
+#    step for two configurations: most of this step's time is compilation);
+# 5. runs the other benchmarks full size: epoch speed vs JEM (Table 6), kernels, p0 fit;
+# 6. prints a short table last (the bench summaries of bench/conftest.py and the result lines).
+#
+# The per-piece fast path (compiled network, CUDA-graph SGLD loop, Triton kernels, bf16, channels-last) and
+# the compiled step are both wired into the trainer; `auto` runs the compiled step on CUDA after its
+# self-check. None of it has run on a GPU before this script's first run.
 #
 # Logs, JUnit XML and the pytest-benchmark JSON go to $OUT when set (else /tmp/fastebm-gpu-check).
-# Time limits: 150 s for the GPU tests and 300 s for the benchmarks (under 8 minutes in all, with setup);
-# the benchmarks themselves take ~1–2 minutes on an H200 while the fast path is not wired into the trainer;
-# torch.compile of two configurations in test_engine_speed adds its compile time once it is.
+# Time limits: 150 s GPU tests, 210 s engine benchmark, 90 s other benchmarks (under 8 minutes in all with
+# setup); a step that hits its limit is reported and the next one still runs.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -50,24 +58,41 @@ print("pytest", pytest.__version__, "| pytest-benchmark", pytest_benchmark.__ver
 EOF
 } 2>&1 | tee "$DEST/env.txt"
 
-echo "== GPU tests: pytest -m gpu tests/"
-timeout 150 "$PY" -m pytest -m gpu tests/ -q -p no:cacheprovider --junitxml="$DEST/gpu-tests.xml" \
-    > "$DEST/gpu-tests.log" 2>&1
-RC_TESTS=$?
-tail -n 3 "$DEST/gpu-tests.log"
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
 
-echo "== benchmarks: pytest bench/ --benchmark-only (full size)"
-timeout 300 "$PY" -m pytest bench/ --benchmark-only -p no:cacheprovider -rs \
-    --benchmark-json="$DEST/bench.json" --junitxml="$DEST/bench.xml" > "$DEST/bench.log" 2>&1
+# step NAME LIMIT_S PYTEST_ARGS...: one pytest run with a time limit, log in $DEST/NAME.log
+step() {
+    local name=$1 limit=$2; shift 2
+    echo "== $name: pytest $*"
+    if [ "$DRY" = 1 ]; then
+        "$PY" -m pytest --collect-only -q -p no:cacheprovider "$@" 2>&1 | grep -E "collected|rror" | tail -n 1
+        return 0
+    fi
+    timeout "$limit" "$PY" -m pytest "$@" -p no:cacheprovider --junitxml="$DEST/$name.xml" > "$DEST/$name.log" 2>&1
+    local rc=$?
+    [ "$rc" = 124 ] && echo "$name hit the $limit s limit"
+    tail -n 2 "$DEST/$name.log"
+    return $rc
+}
+
+step gpu-tests 150 -m gpu tests/
+RC_TESTS=$?
+step bench-engine 210 bench/test_engine_speed.py --benchmark-only -rs --benchmark-json="$DEST/bench-engine.json"
+RC_ENGINE=$?
+step bench-other 90 bench/test_epoch_speed.py bench/test_kernels.py --benchmark-only -rs \
+    --benchmark-json="$DEST/bench-other.json"
 RC_BENCH=$?
+[ "$DRY" = 1 ] && { echo "dry run: nothing was run"; exit 0; }
 
 echo
 echo "================ fastebm GPU check: short table ================"
-sed -n '/fastebm benchmark summary/,/^-\{20,\}.*benchmark/p' "$DEST/bench.log" | grep -v "benchmark '" | grep -v '^$'
+for log in bench-engine bench-other; do
+    sed -n '/fastebm benchmark summary/,/^-\{20,\}.*benchmark/p' "$DEST/$log.log" | grep -v "benchmark '" | grep -v '^$'
+done
 echo
-echo "GPU tests : rc=$RC_TESTS  $(grep -E '(passed|failed|error|skipped|deselected)' "$DEST/gpu-tests.log" | tail -n 1)"
-echo "benchmarks: rc=$RC_BENCH  $(grep -E '(passed|failed|error|skipped)' "$DEST/bench.log" | tail -n 1)"
-[ "$RC_TESTS" = 124 ] && echo "GPU tests hit the 150 s limit"
-[ "$RC_BENCH" = 124 ] && echo "benchmarks hit the 300 s limit"
+echo "GPU tests   : rc=$RC_TESTS  $(grep -E '(passed|failed|error|skipped|deselected)' "$DEST/gpu-tests.log" | tail -n 1)"
+echo "engine bench: rc=$RC_ENGINE  $(grep -E '(passed|failed|error|skipped)' "$DEST/bench-engine.log" | tail -n 1)"
+echo "other bench : rc=$RC_BENCH  $(grep -E '(passed|failed|error|skipped)' "$DEST/bench-other.log" | tail -n 1)"
 echo "files in $DEST; total $(( $(date +%s) - T0 )) s"
-[ "$RC_TESTS" = 0 ] && [ "$RC_BENCH" = 0 ]
+[ "$RC_TESTS" = 0 ] && [ "$RC_ENGINE" = 0 ] && [ "$RC_BENCH" = 0 ]

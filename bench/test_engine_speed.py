@@ -4,9 +4,16 @@ Configurations: M-EBM K = 2 and M-JEM K = 5 (a full ``Trainer.train_step`` each,
 ``test_epoch_speed``), built twice:
 
 - ``plain``: ``fastebm.config.plain_flags()``, every fast-path flag off;
-- ``fast``: on CUDA ``fast_flags("cuda")`` (torch.compile, CUDA graphs, bf16 autocast, Triton kernels,
-  channels_last); on CPU ``fast_flags("cpu")`` is the plain path, so the CPU comparison is
-  ``compile="default"`` (torch.compile with the C++/OpenMP Inductor backend) against plain.
+- ``fast``: today's per-piece fast path: on CUDA ``fast_flags("cuda")`` without the compiled step
+  (torch.compile of the network, CUDA-graph SGLD loop, bf16 autocast, Triton kernels, channels_last);
+  on CPU ``fast_flags("cpu")`` is the plain path, so the CPU comparison is ``compile="default"``
+  (torch.compile with the C++/OpenMP Inductor backend) against plain;
+- ``step`` (issue 12): the whole iteration as one compiled graph (``compile_step=True``; on CUDA with
+  ``fast_flags("cuda")``, i.e. Inductor + CUDA graphs + bf16 + channels_last; on CPU Inductor C++ with
+  ``compile="default"``).
+
+The fast and step runs use ``fast_path="strict"``: their self-check runs at the first (warm-up) call and
+a component that fails it is an error, so a figure never silently measures the plain path.
 
 Whatever the flags do in the engine today is what is measured; ``extra_info["dynamo_graphs"]`` counts the
 graphs torch.compile produced while building and warming the fast run, so a flag that the trainer does not
@@ -23,17 +30,16 @@ import pytest
 from bench import _common as C
 
 CONFIGS = [("mebm", 2), ("mjem", 5)]
-MODES = ("plain", "fast")
+MODES = ("plain", "fast", "step")
 ROUNDS, WARMUP = (10, 3) if C.CUDA else (5, 2)
 PEDANTIC_ROUNDS, PEDANTIC_WARMUP = (5, 1) if C.CUDA else (2, 0)
 
 
-def fast_mode_flags() -> dict:
+def fast_mode_flags(mode: str = "fast") -> dict:
     from fastebm.config import fast_flags, plain_flags
 
-    if C.CUDA:
-        return fast_flags("cuda")
-    return dict(plain_flags(), compile="default")
+    flags = fast_flags("cuda") if C.CUDA else dict(plain_flags(), compile="default")
+    return dict(flags, compile_step=mode == "step", fast_path="strict")
 
 
 def _dynamo_graphs() -> int:
@@ -52,10 +58,10 @@ def engine_runs():
     for model, k in CONFIGS:
         for mode in MODES:
             g0 = _dynamo_graphs()
-            flags = plain_flags() if mode == "plain" else fast_mode_flags()
+            flags = plain_flags() if mode == "plain" else fast_mode_flags(mode)
             step = C.TrainStep(C.make_trainer(model, k, flags))
             flops = C.count_flops(step) if mode == "plain" else None  # counted on the reference path
-            if mode == "fast":
+            if mode != "plain":
                 for _ in range(2):  # compilation / graph capture happens here, outside the timing
                     C.timed(step)
             runs[(model, k, mode)] = dict(step=step, flags=flags, flops=flops, dynamo_graphs=_dynamo_graphs() - g0)
@@ -63,7 +69,8 @@ def engine_runs():
     for key, r in runs.items():
         r["times"], r["median"] = times[key], C.median(times[key])
     for model, k in CONFIGS:
-        runs[(model, k, "fast")]["flops"] = runs[(model, k, "plain")]["flops"]
+        for mode in MODES[1:]:
+            runs[(model, k, mode)]["flops"] = runs[(model, k, "plain")]["flops"]
     return runs
 
 
@@ -71,29 +78,37 @@ def engine_runs():
 @pytest.mark.parametrize("model,k", CONFIGS, ids=[f"{m}-k{k}" for m, k in CONFIGS])
 def test_engine_speed(benchmark, engine_runs, model, k, mode):
     r = engine_runs[(model, k, mode)]
-    plain, fast = engine_runs[(model, k, "plain")], engine_runs[(model, k, "fast")]
+    plain, fast, step = (engine_runs[(model, k, m)] for m in MODES)
     benchmark.group = f"engine-{model}-k{k}"
     benchmark.pedantic(r["step"], rounds=PEDANTIC_ROUNDS, iterations=1, warmup_rounds=PEDANTIC_WARMUP)
     C.sync()
     ratio = plain["median"] / fast["median"]
+    ratio_step = plain["median"] / step["median"]
     tflops = r["flops"] / r["median"] / 1e12
     peak = C.device_peak_tflops()
     benchmark.extra_info.update(
         device=C.DEVICE, model=model, k=k, mode=mode, flags=r["flags"], dynamo_graphs=r["dynamo_graphs"],
         interleaved_median_s=r["median"], interleaved_times_s=r["times"],
         min_per_epoch=r["median"] * C.ITERS_PER_EPOCH / 60, fast_over_plain_speedup=ratio,
-        flops_per_iter=r["flops"], achieved_tflops=tflops, fraction_of_bf16_peak=(tflops / peak) if peak else None)
-    if mode == "fast":
+        step_over_plain_speedup=ratio_step,
+        step_over_fast_speedup=fast["median"] / step["median"], flops_per_iter=r["flops"], achieved_tflops=tflops, fraction_of_bf16_peak=(tflops / peak) if peak else None)
+    if mode == "step":
         sec = C.summary_section(
-            "Engine: fast path vs plain path (same iteration, interleaved medians)",
-            ["config", "plain s/iter", "fast s/iter", "speedup fast/plain", "fast flags", "dynamo graphs",
-             "fast TFLOP/s" + (" (% bf16 peak)" if C.CUDA else "")])
+            "Engine: plain vs per-piece fast path vs compiled step (same iteration, interleaved medians)",
+            ["config", "plain s/iter", "fast s/iter", "step s/iter", "fast/plain", "step/plain", "step/fast",
+             "fast flags", "dynamo graphs fast/step", "step TFLOP/s" + (" (% bf16 peak)" if C.CUDA else "")])
         if not sec["notes"]:
-            sec["notes"].append("fast flags on CPU: compile=default only (fast_flags('cpu') == plain_flags()); "
-                                "dynamo graphs = graphs torch.compile produced for the fast side.")
-        on = ",".join(f"{n}={v}" for n, v in fast["flags"].items() if v not in (False, "off"))
+            sec["notes"].append("fast = per-piece fast path (on CPU: compile=default only, fast_flags('cpu') == "
+                                "plain_flags()); step = the whole iteration as one compiled graph "
+                                "(compile_step=True; CUDA graphs on CUDA); ratios = speedups over the column "
+                                "named second; compile time excluded (warm-up calls).")
+        on = ",".join(f"{n}={v}" for n, v in fast["flags"].items()
+                      if v not in (False, "off") and n not in ("compile_step", "fast_path"))
         tf = f"{tflops:.3f}" + (f" ({100 * tflops / peak:.1f} %)" if peak else "")
-        sec["rows"].append([f"{model}-k{k}", f"{plain['median']:.3f}", f"{fast['median']:.3f}", f"{ratio:.2f}x",
-                            on, r["dynamo_graphs"], tf])
+        sec["rows"].append([f"{model}-k{k}", f"{plain['median']:.3f}", f"{fast['median']:.3f}",
+                            f"{step['median']:.3f}", f"{ratio:.2f}x", f"{ratio_step:.2f}x",
+                            f"{fast['median'] / step['median']:.2f}x", on,
+                            f"{fast['dynamo_graphs']}/{step['dynamo_graphs']}", tf])
+    if mode == "fast":
         assert ratio >= 0.8, f"{model} K={k}: fast path {1 / ratio:.2f}x slower than the plain path"
     assert r["step"].finite(), f"{model} K={k} {mode}: non-finite loss"

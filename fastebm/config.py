@@ -163,6 +163,12 @@ class Config:
                              "fast path")
     channels_last: bool | None = _f(None, "channels-last network and chains (unset: on with CUDA)", "fast path")
     nvtx: bool = _f(False, "NVTX ranges for nsys", "fast path")
+    # issue 12: the whole iteration as one compiled graph, and the fast path's run-time self-check
+    compile_step: bool | None = _f(None, "torch.compile the whole training iteration as one graph (CUDA graphs on "
+                                         "CUDA; unset: on with CUDA, off on CPU)", "fast path")
+    fast_path: str = _f("auto", "self-check of the fast components against the plain path at the first "
+                                "iteration: auto (switch a failing one off with a warning), strict (error), off "
+                                "(no check)", "fast path")
     # run
     device: str = _f("auto", "auto, cpu, cuda, cuda:N", "run")
     seed: int = _f(1, "random seed", "run")  # mebm train_maebm.py --seed 1
@@ -280,19 +286,21 @@ CHOICES = {"dataset": DATASETS, "model": MODEL_KINDS, "norm": NORMS, "p0": ("gau
            "cov": ("auto",) + COV_FORMS, "sgld_bn": BN_MODES, "reg_form": REG_FORMS,
            "optimizer": ("sgd", "adam"), "device": None,
            "compile": ("auto", "off", "default", "max-autotune", "aot_eager"), "amp": ("auto", "bf16", "fp16", "off"),
-           "on_divergence": ("rollback", "stop")}
+           "on_divergence": ("rollback", "stop"), "fast_path": ("auto", "strict", "off")}
 
 
 def plain_flags() -> dict:
     """Every fast-path flag off: the plain PyTorch reference path."""
-    return dict(compile="off", cuda_graphs=False, amp="off", triton=False, channels_last=False)
+    return dict(compile="off", cuda_graphs=False, amp="off", triton=False, channels_last=False,
+                compile_step=False)
 
 
 def fast_flags(device_type: str) -> dict:
     """The fast-path flags that ``auto`` means on a device type: everything on CUDA, plain on CPU."""
     if device_type != "cuda":
         return plain_flags()
-    return dict(compile="default", cuda_graphs=True, amp="bf16", triton=True, channels_last=True)
+    return dict(compile="default", cuda_graphs=True, amp="bf16", triton=True, channels_last=True,
+                compile_step=True)
 
 
 def resolve_fast_flags(cfg: "Config", device_type: str) -> None:

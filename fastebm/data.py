@@ -316,9 +316,19 @@ class Batches:
         """Batch of iteration ``it``: images (B, 3, H, W) float32 in [−1, 1] (plus noise/augmentation), labels (B,).
 
         With ``shard=(r, N)``: the r-th slice of the global batch's indices (B/N images when N divides B)."""
+        return self.gather(self.shard_indices(it))
+
+    def shard_indices(self, it: int) -> torch.Tensor:
+        """This rank's dataset indices of iteration ``it`` (the host bookkeeping part of :meth:`get`)."""
         idx = self.indices(it)
         if self.shard[1] > 1:
             idx = torch.tensor_split(idx, self.shard[1])[self.shard[0]]
+        return idx
+
+    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device part of :meth:`get`, a function of tensors only (traceable by torch.compile):
+        idx (B,) int64 dataset indices → images (B, 3, H, W) float32 in [−1, 1] with this stream's
+        augmentation and noise (global torch RNG of the device), labels (B,) int64."""
         x = to_float(self.images[idx])
         if self.augment:
             x = augment(x)

@@ -95,14 +95,7 @@ class GaussianInit:
         mean = self.mean if device is None else self.mean.to(device)
         rng = getattr(self, "_triton_rng", None)
         if rng is not None and mean.is_cuda:
-            from .kernels.lowrank_gaussian import lowrank_gaussian_sample
-
-            if self.form == "full":
-                factor, diag = self.scale_tril, torch.zeros_like(self.mean)
-            else:
-                factor, diag = self.factor, self.diag_sqrt
-            x = lowrank_gaussian_sample(mean, factor.to(mean.device), diag.to(mean.device), n, rng)
-            return x.view(n, *self.shape)
+            return self.sample_fused(n, rng, mean.device)
         if self.form == "full":
             z = torch.randn(n, self.dim, device=mean.device)
             x = torch.addmm(mean, z, self.scale_tril.to(mean.device).T)
@@ -112,6 +105,19 @@ class GaussianInit:
             x = torch.addmm(torch.addcmul(mean, eps, self.diag_sqrt.to(mean.device)), z,
                             self.factor.to(mean.device).T)
         return x.clamp_(-1, 1).view(n, *self.shape)
+
+    def sample_fused(self, n: int, rng_state: torch.Tensor, device=None) -> torch.Tensor:
+        """n samples (n, C, H, W) float32 in [−1, 1] from the fused Triton kernel, noise from the Philox
+        state ``rng_state`` (advanced in place); CPU tensors need the Triton interpreter."""
+        from .kernels import lowrank_gaussian as kernel
+
+        mean = self.mean if device is None else self.mean.to(device)
+        if self.form == "full":
+            factor, diag = self.scale_tril, torch.zeros_like(self.mean)
+        else:
+            factor, diag = self.factor, self.diag_sqrt
+        x = kernel.lowrank_gaussian_sample(mean, factor.to(mean.device), diag.to(mean.device), n, rng_state)
+        return x.view(n, *self.shape)
 
     def to(self, device) -> "GaussianInit":
         """A copy with every tensor on ``device``."""

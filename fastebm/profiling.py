@@ -29,10 +29,19 @@ def enable(on: bool = True) -> None:
             _push, _pop = torch.cuda.nvtx.range_push, torch.cuda.nvtx.range_pop
 
 
+def _compiling() -> bool:
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
 @contextlib.contextmanager
 def nvtx_range(name: str):
-    """``with nvtx_range("sgld"): ...`` marks a range when profiling is enabled, else does nothing."""
-    if not _enabled:
+    """``with nvtx_range("sgld"): ...`` marks a range when profiling is enabled, else does nothing.
+
+    Inside a ``torch.compile``d region (``--compile-step``) it does nothing: a host-side range cannot be
+    part of a graph, and the whole iteration is one range of the compiled step's caller."""
+    if not _enabled or _compiling():
         yield
         return
     _push(name)

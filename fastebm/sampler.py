@@ -99,8 +99,12 @@ def sampling_mode(model: nn.Module, bn_mode: str = "batch"):
     ``bn_mode="batch"`` keeps the model's mode (training BatchNorm normalizes with batch statistics)
     and restores the running statistics on exit (:func:`bn_restore`); ``"eval"`` switches the
     model to eval mode. On exit ``requires_grad`` flags and the train/eval mode are restored.
+
+    Inside a ``torch.compile``d step (``--compile-step``) the parameters are not frozen (Dynamo cannot
+    trace ``requires_grad_`` on them): there ``torch.autograd.grad(E.sum(), x)`` is traced for the input
+    only, so no weight gradient is computed or accumulated either way.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [] if torch.compiler.is_compiling() else [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
     for p in params:
         p.requires_grad_(False)

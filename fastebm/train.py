@@ -31,6 +31,8 @@ from .checkpoint import CheckpointError
 from .config import CHOICES, NONE, Config, resolve
 from .data import DatasetError
 from .distributed import init_from_env, shutdown
+from .selfcheck import FastPathError
+from .selfcheck import summary as fast_path_summary
 from .trainer import DivergenceError, Trainer, checkpoint_config
 
 CLI_ONLY = ("resume", "print_config")  # flags that are not Config fields
@@ -171,6 +173,13 @@ def _main(argv=None) -> int:
               f"{cfg.image_size}px, {cfg.n_classes} classes), WRN-{cfg.depth}-{cfg.width}, K={cfg.k}, "
               f"device {trainer.device}, {trainer.dist.world_size} process(es), run folder {trainer.out}",
               file=sys.stderr)
+    try:  # the fast-path self-check (issue 12) before the first iteration, so the banner can say what runs
+        if trainer.fast_path_pending:
+            trainer.check_fast_path()
+    except FastPathError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    if say:
+        print(f"fastebm: {fast_path_summary(trainer.fast_path_report)}", file=sys.stderr)
     try:
         last = trainer.fit()
     except DivergenceError as e:

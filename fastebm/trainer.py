@@ -6,7 +6,9 @@ Run folder (``cfg.out``):
     metrics.jsonl   one JSON object per line: {"kind": "train", "iter", "epoch", "loss", "loss_gen",
                     "loss_cls", "e_pos", "e_neg", "acc", "lr", "it_s"}, {"kind": "eval", "iter",
                     "test_acc", "test_loss", "test_energy"} and {"kind": "rollback", "iter", "from_iter",
-                    "lr", "lr_scale", "rollbacks", "reason"} (see below)
+                    "lr", "lr_scale", "rollbacks", "reason"} (see below); and once per process (before the first
+                    iteration) {"kind": "fast_path", "iter", "policy", <component>: "ok: ..." | "off: ..." |
+                    "unused (compiled step)"} from the fast-path self-check (:mod:`fastebm.selfcheck`)
     samples/        PNG grids of replay-buffer samples (negatives); diverged_iter_*.png at each divergence;
                     p0_mean.png (μ of p0) and p0_samples.png (64 draws from p0), written at training start
                     (the paper's Fig. 7)
@@ -80,6 +82,8 @@ from .model import build_model
 from .profiling import enable as enable_nvtx
 from .profiling import nvtx_range
 from .sampler import AMP_DTYPES, Sampler, SGLDConfig, compile_mode, frozen_bn_stats
+from .selfcheck import fast_components
+from .step import compile_step, init_optimizer_state, optimizer_step
 
 
 class DivergenceError(RuntimeError):
@@ -158,10 +162,15 @@ class Trainer:
         self.net = self.dist.wrap(self.model) if self.dist.world_size > 1 else self.compiled
         self.dist.seed_rank(cfg.seed)                                # per-rank RNG stream (buffer, SGLD)
         params = self.model.parameters()
+        if cfg.compile_step and self.dist.world_size > 1:
+            raise ValueError("--compile-step: not supported with DDP (torchrun); pass --no-compile-step")
         if cfg.optimizer == "sgd":
             self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        else:
-            self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        else:  # capturable: Adam's step counter on the device, as a CUDA graph needs
+            self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
+                                        capturable=bool(cfg.compile_step) and self.device.type == "cuda")
+        init_optimizer_state(self.opt)                              # static shapes from the first step
+        self.lr = torch.zeros((), device=self.device)               # η as a tensor: no recompile per value
         form = default_cov_form(cfg.image_size) if cfg.cov == "auto" else cfg.cov
         self.p0 = self.dist.from_rank0(lambda: load_or_fit_p0(
             self.train_data, cfg.p0, form, cfg.rank, os.path.join(self.out, "p0.pt"), self.device))
@@ -190,36 +199,105 @@ class Trainer:
         self._bad_iter = self._bad_vals = None                      # see _watch
         self._log_file = None
         self._init_evaluation()                                     # issue 10: FID / best checkpoints
+        # Fast path II (issue 12): the whole step as one graph, and the run-time self-check.
+        self._fast = {"sampler": self.sampler, "net": self.net, "p0_triton": bool(cfg.triton)}  # per-piece path
+        self._step = self.step
+        if cfg.compile_step:
+            self.use_compiled_step(True)
+        self.fast_path_report: dict = {}
+        self.fast_path_pending = cfg.fast_path != "off" and bool(fast_components(cfg))
 
     # ------------------------------------------------------------------ Algorithm 1
     def train_step(self, it: int) -> dict:
-        """One iteration of Algorithm 1; returns device tensors (no host sync)."""
+        """One iteration of Algorithm 1 at global iteration ``it``; returns device tensors (no host sync).
+
+        The host part is only which dataset indices iteration ``it`` reads and the current lr; the
+        algorithm itself is :meth:`step`, run eagerly or as one compiled graph (``--compile-step``).
+        The first call (and the first after :meth:`request_fast_path_check`) runs the fast-path
+        self-check first (:mod:`fastebm.selfcheck`).
+        """
+        if self.fast_path_pending:
+            self.check_fast_path(it)
+        idx_cls = self.cls_batches.shard_indices(it) if self.cls_batches is not None else None
+        self.lr.fill_(self.opt.param_groups[0]["lr"])
+        return self._step(self.gen_batches.shard_indices(it), idx_cls, self.lr)
+
+    def step(self, idx: torch.Tensor, idx_cls: torch.Tensor | None, lr: torch.Tensor) -> dict:
+        """Algorithm 1 as a function of tensors (traced whole by ``--compile-step``).
+
+        Args:
+            idx: (B,) int64 dataset indices of the p(x) batch; idx_cls: (B_cls,) those of the augmented
+                p(y|x) batch (None without one); lr: 0-dim float32 η.
+        """
         cfg, net = self.cfg, self.net                               # net: compiled / DDP view of the model
         with nvtx_range("data"):
-            x_pos, _ = self.gen_batches.get(it)                     # x+ ~ p_data (augmented only for JEM)
+            x_pos, _ = self.gen_batches.gather(idx)                 # x+ ~ p_data (augmented only for JEM)
         with nvtx_range("p0"):
-            x0, idx = self.buffer.sample(len(x_pos))                # lines 2–3: x0 ~ B, ρ of them from p0
+            x0, buf_idx = self.buffer.sample(len(x_pos))            # lines 2–3: x0 ~ B, ρ of them from p0
         x_neg = self.sampler(x0)                                    # lines 4–6: K SGLD steps (Eq. 3)
-        written = self.buffer.update(idx, x_neg)                    # line 7: B ← x−
+        written = self.buffer.update(buf_idx, x_neg)                # line 7: B ← x−
         with self.autocast():
             e_pos, e_neg = self.energies(x_pos, x_neg)              # E(x+), E(x−)
             loss_gen = generative_loss(e_pos, e_neg, cfg.l2, cfg.reg_form)  # Eq. 8
             loss, loss_cls, acc = loss_gen, torch.zeros_like(loss_gen), torch.zeros_like(loss_gen)
             if self.cls_batches is not None:                        # M-JEM / LSE-JEM / JEM: − log p(y|x)
                 with nvtx_range("classify"):                        # on its own augmented batch
-                    x_cls, y = self.cls_batches.get(it)
+                    x_cls, y = self.cls_batches.gather(idx_cls)
                     logits = net(self.layout(x_cls))[1]
                     loss_cls = classification_loss(logits, y)
                 loss = loss + cfg.cls_weight * loss_cls
                 acc = (logits.argmax(1) == y).float().mean()
-        self.opt.zero_grad(set_to_none=True)                        # line 8: θ ← θ − η ∇θ L
+        for p in self.model.parameters():                           # line 8: θ ← θ − η ∇θ L
+            p.grad = None
         with nvtx_range("backward"):
             loss.backward()
         with nvtx_range("optimizer"):
-            self.opt.step()
+            optimizer_step(self.opt, lr)
         return {"loss": loss.detach(), "loss_gen": loss_gen.detach(), "loss_cls": loss_cls.detach(),
                 "e_pos": e_pos.detach().mean(), "e_neg": e_neg.detach().mean(), "acc": acc.detach(),
                 "finite_negatives": written.float().mean(), "_x_pos": x_pos, "_x_neg": x_neg}
+
+    # ------------------------------------------------------------------ fast path II (issue 12)
+    def use_compiled_step(self, on: bool) -> None:
+        """Run :meth:`step` as one compiled graph (``on``) or eagerly with the per-piece fast path.
+
+        Inside the compiled step the network is the plain module and SGLD the plain loop (the graph
+        holds them; no nested compile or CUDA-graph capture), and p0 / the Langevin update are the
+        PyTorch expressions that Inductor fuses.
+        """
+        cfg = self.cfg
+        if on:
+            self.net = self.model
+            self.sampler = Sampler(self.model, self.sgld_cfg, net=self.model, amp=cfg.amp,
+                                   channels_last=cfg.channels_last)
+            self.p0.use_triton(None)
+            static = [self.buffer.samples, self.lr] + [t for st in self.opt.state.values() for t in st.values()
+                                                       if isinstance(t, torch.Tensor)]
+            self._step = compile_step(self.step, cfg.compile, self.device.type, static)
+        else:
+            self.net, self.sampler, self._step = self._fast["net"], self._fast["sampler"], self.step
+            if self._fast["p0_triton"]:
+                self.p0.use_triton(self.sampler.rng_state)
+            cfg.compile_step = False
+
+    def request_fast_path_check(self) -> None:
+        """Run the fast-path self-check again before the next iteration (e.g. after a re-capture)."""
+        self.fast_path_pending = self.cfg.fast_path != "off" and bool(fast_components(self.cfg))
+
+    def check_fast_path(self, it: int | None = None) -> dict:
+        """Check every enabled fast component against the plain path (:func:`fastebm.selfcheck.run`),
+        switch off the failing ones (``--fast-path auto``) or raise (``strict``), and log the outcome as a
+        ``{"kind": "fast_path"}`` row of metrics.jsonl. Leaves the run's state as it was. Returns
+        component → "ok" or "off: reason"."""
+        from .selfcheck import run as run_self_check
+
+        self.fast_path_pending = False
+        self.fast_path_report = run_self_check(self, self.iteration if it is None else it)
+        if self.dist.is_main:
+            with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps({"kind": "fast_path", "iter": self.iteration, "policy": self.cfg.fast_path,
+                                    **self.fast_path_report}) + "\n")
+        return self.fast_path_report
 
     def energies(self, x_pos: torch.Tensor, x_neg: torch.Tensor):
         """E(x+) (N,) and E(x−) (N,), float32.
@@ -398,7 +476,7 @@ class Trainer:
         run does not replay the diverged trajectory and is still reproducible."""
         s = (self.cfg.seed + RANK_SEED_STRIDE * self.dist.rank + 7919 * self.iteration
              + ROLLBACK_SEED_STRIDE * self.rollbacks) % (2 ** 31)
-        self.sampler.reseed(s)                                      # torch.manual_seed + Philox [s, 0]
+        self._fast["sampler"].reseed(s)                             # torch.manual_seed + Philox [s, 0]
         np.random.seed(s)
         random.seed(s)
 
@@ -557,7 +635,7 @@ class Trainer:
                 "iteration": self.iteration, "epoch": self.iteration / self.cfg.iters_per_epoch,
                 "lr_scale": self.lr_scale, "rollbacks": self.rollbacks,
                 "config": self.cfg.to_dict(), "arch": self.cfg.arch(), "format": "fastebm-1",
-                "triton_rng": None if self.sampler.rng_state is None else self.sampler.rng_state.cpu(),
+                "triton_rng": None if self._fast["sampler"].rng_state is None else self._fast["sampler"].rng_state.cpu(),
                 "best": dict(self.best)}
 
     def save_checkpoint(self, path: str | None = None) -> str:
@@ -594,11 +672,14 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path!r} does not fit this run: {e}") from None
         self.p0 = p0_from_state_dict(ckpt["p0"]).to(self.device)
         if self.cfg.triton:
-            self.p0.use_triton(self.sampler.rng_state)
+            rng = self._fast["sampler"].rng_state
+            self.p0.use_triton(None if self.cfg.compile_step else rng)
             if ckpt.get("triton_rng") is not None:  # a checkpoint of a CPU run has none
-                self.sampler.rng_state.copy_(ckpt["triton_rng"])
+                rng.copy_(ckpt["triton_rng"])
         self.buffer.p0 = self.p0
         self.best.update(ckpt.get("best", {}))                     # best FID / accuracy so far (issue 10)
+        if self.cfg.compile_step:  # the loaded optimizer state is new tensors: mark and trace them again
+            self.use_compiled_step(True)
         self.iteration = int(ckpt["iteration"])
         self.lr_scale, self.rollbacks = float(ckpt.get("lr_scale", 1.0)), int(ckpt.get("rollbacks", 0))
         set_rng_state(ckpt["rng"])

@@ -1,0 +1,166 @@
+"""The whole training iteration as one graph (``--compile-step``, issue 12).
+
+:meth:`fastebm.trainer.Trainer.step` is Algorithm 1 as a function of tensors: the dataset indices of the
+iteration and the learning rate come in, the losses come out, and everything between — batch gather and
+augmentation, buffer draw with ρ-reinitialization, K SGLD steps, energies, loss, backward, optimizer
+step, buffer write — is device work with static shapes. :func:`compile_step` hands that *same* method to
+``torch.compile(fullgraph=True)``; eager and compiled runs execute one definition of the algorithm.
+
+What makes the iteration traceable in one graph:
+
+- ``torch._dynamo.config.trace_autograd_ops``: Dynamo traces ``torch.autograd.grad`` (SGLD's input
+  gradient) and ``loss.backward()`` into the graph instead of breaking it (torch ≥ 2.11);
+- :func:`optimizer_step`: ``torch.optim.Optimizer.step`` inserts a graph break on purpose (its
+  ``_use_grad`` wrapper), so the step calls torch's functional SGD / Adam (``torch.optim.sgd.sgd``,
+  ``torch.optim.adam.adam``: the same update code ``Optimizer.step`` runs) on the optimizer's own state,
+  which :func:`init_optimizer_state` creates up front so that the first step has the shapes of every
+  later one; the learning rate is a 0-dim tensor (a float would be a guard: one recompile per value of the
+  warm-up schedule);
+- ``fallback_random``: random ops in the compiled graph call the eager ATen kernels, so the compiled step
+  draws exactly the numbers of the eager step (same data augmentation, buffer indices, p0 samples and SGLD
+  noise for the same seed) — what the run-time self-check (:mod:`fastebm.selfcheck`) compares, and what
+  keeps ``--resume`` exact;
+- on CUDA the compiled step runs as CUDA graphs (Inductor's ``triton.cudagraphs``, i.e. ``reduce-overhead``);
+  the replay buffer, optimizer state and lr live at fixed addresses (``mark_static_address``).
+
+Inside the compiled step the SGLD update and the p0 sampler are the plain PyTorch expressions; Inductor
+fuses them into generated Triton kernels, so the hand-written kernels of ``fastebm.kernels`` serve the
+other fast path (``--no-compile-step``).
+"""
+from __future__ import annotations
+
+import torch
+
+from .sampler import compile_mode
+
+
+def init_optimizer_state(opt: torch.optim.Optimizer) -> None:
+    """Create the optimizer state of every parameter now (zeros), as the first ``step()`` would.
+
+    SGD: ``momentum_buffer`` = 0 (with dampening 0 the first update buf ← 0.9·0 + g equals torch's
+    buf ← g exactly). Adam: ``step`` (0-dim float32; on the parameter's device when the group is
+    ``capturable``, else on the CPU as torch keeps it), ``exp_avg``, ``exp_avg_sq`` = 0.
+    Existing state (a resumed run) is kept. Raises TypeError for another optimizer class.
+    """
+    opt.__dict__.pop("_fastebm_static_groups", None)
+    if not isinstance(opt, (torch.optim.SGD, torch.optim.Adam)):
+        raise TypeError(f"--optimizer: the compiled step supports SGD and Adam, got {type(opt).__name__}")
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state[p]
+            if isinstance(opt, torch.optim.SGD):
+                if group["momentum"] != 0 and st.get("momentum_buffer") is None:
+                    if group["dampening"] != 0:
+                        raise ValueError("--momentum: the compiled step needs SGD dampening 0")
+                    st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif "step" not in st:
+                dev = p.device if group["capturable"] else "cpu"
+                st["step"] = torch.zeros((), dtype=torch.float32, device=dev)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    _static_groups(opt)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, lr: torch.Tensor) -> None:
+    """θ ← θ − η ∇θ L (Algorithm 1 line 8) with torch's functional SGD / Adam on ``opt``'s state.
+
+    Args:
+        opt: an SGD or Adam optimizer whose state :func:`init_optimizer_state` created.
+        lr: 0-dim float32 tensor η on the parameters' device (one group). Eager runs use the group's
+            float lr (the same value; no host sync), compiled runs the tensor (no recompile per value).
+
+    Parameters without a gradient are skipped, as ``Optimizer.step`` does. Multi-tensor (``foreach``)
+    updates in both modes, so eager and compiled runs do the same arithmetic.
+    """
+    from torch.optim.adam import adam
+    from torch.optim.sgd import sgd
+
+    compiling = torch.compiler.is_compiling()
+    with torch.no_grad():
+        for i, group in enumerate(_static_groups(opt)):
+            params = [p for p in group["params"] if p.grad is not None]
+            grads = [p.grad for p in params]
+            state = [opt.state[p] for p in params]
+            eta = lr if compiling else opt.param_groups[i]["lr"]
+            if isinstance(opt, torch.optim.SGD):
+                sgd(params, grads, [s.get("momentum_buffer") for s in state], foreach=True,
+                    weight_decay=group["weight_decay"], momentum=group["momentum"], lr=eta,
+                    dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+            else:
+                beta1, beta2 = group["betas"]
+                adam(params, grads, [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state], [],
+                     [s["step"] for s in state], foreach=True,
+                     capturable=compiling or group["capturable"], amsgrad=False, beta1=beta1, beta2=beta2,
+                     lr=eta, weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                     decoupled_weight_decay=group["decoupled_weight_decay"])
+
+
+_HYPER = ("params", "weight_decay", "momentum", "dampening", "nesterov", "maximize", "betas", "capturable",
+          "eps", "decoupled_weight_decay")
+
+
+def _static_groups(opt: torch.optim.Optimizer) -> list[dict]:
+    """The optimizer's parameter groups without ``lr`` (a copy made once): what the compiled step reads.
+    Reading ``opt.param_groups`` itself inside the graph would guard on every value of the group, the
+    learning rate included, and recompile at each new lr."""
+    groups = getattr(opt, "_fastebm_static_groups", None)
+    if groups is None:
+        groups = [{k: g.get(k, False) for k in _HYPER if k in g or k == "decoupled_weight_decay"}
+                  for g in opt.param_groups]
+        opt._fastebm_static_groups = groups
+    return groups
+
+
+def step_compile_kwargs(mode: str, device_type: str) -> dict:
+    """``torch.compile`` keyword arguments of the compiled step for ``--compile`` ``mode``.
+
+    ``aot_eager``: Dynamo + AOTAutograd without code generation (tests). Otherwise Inductor with
+    ``fallback_random`` (the eager random streams) and, on CUDA, CUDA graphs (``reduce-overhead``);
+    ``max-autotune`` adds autotuned GEMM / convolution templates. ``off`` means ``default`` here
+    (``--compile-step`` asks for compilation). Always ``fullgraph=True``, ``dynamic=False``.
+    """
+    if mode == "aot_eager":
+        return dict(compile_mode(mode, False), fullgraph=True)
+    options = {"fallback_random": True, "triton.cudagraphs": device_type == "cuda"}
+    if mode == "max-autotune":
+        options["max_autotune"] = True
+    return {"options": options, "dynamic": False, "fullgraph": True}
+
+
+def compile_step(step, mode: str, device_type: str, static: list | None = None):
+    """``torch.compile`` of the training step ``step`` (a bound method of tensors → dict of tensors).
+
+    Args:
+        step: :meth:`fastebm.trainer.Trainer.step`.
+        mode: the ``--compile`` value (see :func:`step_compile_kwargs`).
+        device_type: ``"cuda"`` or ``"cpu"``.
+        static: tensors whose storage is reused every step (replay buffer, optimizer state, lr); on CUDA
+            they are marked static addresses so the CUDA graphs read and update them in place.
+
+    Returns a callable with ``step``'s signature; compilation happens at its first call.
+    """
+    if device_type == "cuda":
+        for t in static or []:
+            torch._dynamo.mark_static_address(t)
+    return _TraceAutograd(torch.compile(step, **step_compile_kwargs(mode, device_type)))
+
+
+class _TraceAutograd:
+    """Calls a compiled function with ``trace_autograd_ops`` on (SGLD's ``autograd.grad`` and
+    ``loss.backward()`` traced into the graph), scoped to these calls: other compiled functions of the
+    process (the per-piece compiled network) keep torch's default."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            return self.fn(*args)
+
+
+def graph_breaks(step, *args) -> tuple[int, list[str]]:
+    """Graph breaks of ``step(*args)`` according to ``torch._dynamo.explain`` (runs the step once, eager
+    backend): (count, the reason of each break)."""
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        out = torch._dynamo.explain(step)(*args)
+    return out.graph_break_count, [str(b.reason) for b in out.break_reasons]
