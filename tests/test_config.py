@@ -225,12 +225,12 @@ def test_jem_baseline_has_two_distinct_augmented_batches(tmp_path, digits):
             assert changed.float().mean() > 0.5
     torch.manual_seed(0)
     assert not torch.equal(gen.get(0)[0], cls.get(0)[0])
-    # the p(y|x) term runs on the second batch: the step calls cls_batches.get
+    # the p(y|x) term runs on the second batch: the step gathers cls_batches' indices of the iteration
     seen = []
-    orig = cls.get
-    cls.get = lambda it: seen.append(it) or orig(it)
+    orig = cls.gather
+    cls.gather = lambda idx: seen.append(idx) or orig(idx)
     tr.train_step(0)
-    assert seen == [0]
+    assert len(seen) == 1 and torch.equal(seen[0], cls.indices(0))
 
 
 def test_jem_batch_noise_is_added_to_both_batches(tmp_path, digits):
