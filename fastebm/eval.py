@@ -138,9 +138,8 @@ def load_run(ckpt_path: str, device: str = "auto", dataset: str | None = None,
         raise CheckpointError(f"checkpoint {ckpt_path!r}: stored configuration is invalid: {e}") from None
     dev = _resolve_device(device)
     model = build_model(cfg)
-    state = {k.replace("_orig_mod.", ""): v for k, v in ckpt["model"].items()}  # torch.compile prefix
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(ckpt["model"])  # the trainer saves the bare module (no torch.compile prefix)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {ckpt_path!r}: weights do not fit the stored architecture "
                               f"{cfg.arch()}: {str(e).splitlines()[0]}") from None

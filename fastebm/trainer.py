@@ -522,9 +522,14 @@ class Trainer:
         if not self.dist.is_main:
             return
         if self.cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(self.out)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # a dependency, but a source checkout (e.g. the GPU check) may lack it
+                warnings.warn("tensorboard is not installed: no TensorBoard event files (pip install "
+                              "tensorboard, or --no-tensorboard); metrics.jsonl has every number",
+                              UserWarning, stacklevel=2)
+            else:
+                self._tb = SummaryWriter(self.out)
         if self.iteration == 0:
             from .plots import save_p0_pictures
 

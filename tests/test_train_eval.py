@@ -67,3 +67,14 @@ def test_fid_is_off_by_default_on_the_cpu(tmp_path):
     assert _records(out, "fid") == [] and not os.path.exists(os.path.join(out, "best_fid.pt"))
     assert json.load(open(os.path.join(out, "config.json")))["fid_every"] == 0
     assert not glob.glob(os.path.join(out, "events.out.tfevents.*"))
+
+
+def test_a_run_without_tensorboard_installed_warns_and_writes_no_event_file(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import -> ImportError
+    out = str(tmp_path / "run")
+    with pytest.warns(UserWarning, match="tensorboard is not installed"):
+        assert main([*RUN, "--out", out, "--epochs", "1"]) == 0
+    assert not glob.glob(os.path.join(out, "events.out.tfevents.*"))
+    assert len(_records(out, "train")) == 2  # the run itself is complete
