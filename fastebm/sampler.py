@@ -120,12 +120,54 @@ def sampling_mode(model: nn.Module, bn_mode: str = "batch"):
         model.train(was_training)
 
 
+_TRACES_REQUIRES_GRAD: bool | None = None  # can Dynamo trace x.requires_grad_() here? (probed once)
+_INPUT_LEAVES: dict = {}  # (shape, device) → zero leaf requiring grad, made outside any compiled graph
+
+
 def energy_grad(energy_fn, x: torch.Tensor) -> torch.Tensor:
-    """∂(Σ_i E(x_i))/∂x for a batch x (N, C, H, W) → (N, C, H, W); no graph kept."""
+    """∂(Σ_i E(x_i))/∂x for a batch x (N, C, H, W) → (N, C, H, W) (the SGLD input gradient of Eq. 3);
+    no graph kept. The one implementation of the input gradient (plain ``sgld``, the fast ``Sampler``).
+
+    Inside a compiled training step on a torch whose Dynamo cannot trace ``requires_grad_`` (torch 2.11)
+    the gradient is taken w.r.t. a zero leaf z added to x, ∂E(x + z)/∂z = ∂E/∂x, with z made beforehand
+    by :func:`prepare_compiled_input_grad` (Dynamo cannot create a tensor that requires grad either).
+    """
+    z = _INPUT_LEAVES.get((tuple(x.shape), x.device)) if torch.compiler.is_compiling() else None
+    if z is not None:
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(energy_fn(x.detach() + z).sum(), z)
+        return g
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         (g,) = torch.autograd.grad(energy_fn(x).sum(), x)
     return g
+
+
+def prepare_compiled_input_grad(shape: tuple, device) -> bool:
+    """Call before compiling a step that takes SGLD input gradients of chains of ``shape`` on ``device``:
+    probes (once per process) whether Dynamo traces ``requires_grad_`` and, where it does not, makes the
+    zero leaf that :func:`energy_grad` uses inside the graph. Returns whether ``requires_grad_`` is traced."""
+    global _TRACES_REQUIRES_GRAD
+    if _TRACES_REQUIRES_GRAD is None:
+        def probe(t):
+            t = t.detach().requires_grad_(True)
+            with torch.enable_grad():
+                return torch.autograd.grad((t * t).sum(), t)[0]
+
+        try:
+            with torch._dynamo.config.patch(trace_autograd_ops=True):
+                torch.compile(probe, backend="eager", fullgraph=True)(torch.ones(2))
+            _TRACES_REQUIRES_GRAD = True
+        except Exception:  # noqa: BLE001 - torch._dynamo.exc.Unsupported on torch 2.11
+            _TRACES_REQUIRES_GRAD = False
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if not _TRACES_REQUIRES_GRAD:
+        key = (tuple(shape), device)
+        if key not in _INPUT_LEAVES:
+            _INPUT_LEAVES[key] = torch.zeros(shape, device=device, requires_grad=True)
+    return _TRACES_REQUIRES_GRAD
 
 
 def langevin_update(x: torch.Tensor, grad: torch.Tensor, cfg: SGLDConfig, noise: torch.Tensor | None = None):
@@ -227,9 +269,7 @@ class Sampler:
 
     def step(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """One SGLD update of the fp32 chain state x; returns the new state."""
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(self._energy(x).sum(), x)
+        g = energy_grad(self._energy, x)
         x = x.detach()
         if not self.triton:
             return langevin_update(x, g, self.cfg, noise)

@@ -81,7 +81,8 @@ from .loss import classification_loss, generative_loss
 from .model import build_model
 from .profiling import enable as enable_nvtx
 from .profiling import nvtx_range
-from .sampler import AMP_DTYPES, Sampler, SGLDConfig, compile_mode, frozen_bn_stats
+from .sampler import (AMP_DTYPES, Sampler, SGLDConfig, compile_mode, frozen_bn_stats,
+                      prepare_compiled_input_grad)
 from .selfcheck import fast_components
 from .step import compile_step, init_optimizer_state, optimizer_step
 
@@ -273,6 +274,8 @@ class Trainer:
             self.p0.use_triton(None)
             static = [self.buffer.samples, self.lr] + [t for st in self.opt.state.values() for t in st.values()
                                                        if isinstance(t, torch.Tensor)]
+            chains = (len(self.gen_batches.shard_indices(0)), *self.buffer.samples.shape[1:])
+            prepare_compiled_input_grad(chains, self.device)       # torch 2.11: a leaf made outside the graph
             self._step = compile_step(self.step, cfg.compile, self.device.type, static)
         else:
             self.net, self.sampler, self._step = self._fast["net"], self._fast["sampler"], self.step

@@ -14,6 +14,7 @@ from torch._dynamo.utils import counters
 from fastebm.config import resolve
 from fastebm.data import ImageSet
 from fastebm.model import MODEL_KINDS
+from fastebm.sampler import prepare_compiled_input_grad
 from fastebm.step import graph_breaks, init_optimizer_state, optimizer_step
 from fastebm.trainer import Trainer, lr_at
 
@@ -46,6 +47,7 @@ def _run(t, n):
 def test_compiled_step_has_no_graph_breaks(tmp_path, kind):
     t = _trainer(tmp_path, kind, compiled=False)
     idx_cls = t.cls_batches.shard_indices(0) if t.cls_batches is not None else None
+    prepare_compiled_input_grad((8, *t.buffer.samples.shape[1:]), "cpu")  # as use_compiled_step does
     n, reasons = graph_breaks(t.step, t.gen_batches.shard_indices(0), idx_cls, t.lr)
     assert n == 0, reasons
 
