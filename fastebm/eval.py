@@ -45,7 +45,6 @@ Exit status: 0 done, 2 bad input (one line ``python -m fastebm.eval: error: ...`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -61,7 +60,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, fast_flags, resolve, resolve_device
 from .data import DATASETS, DatasetError, ImageSet, load_dataset, to_float, to_uint8
 from .init import p0_from_state_dict
-from .model import EnergyModel, build_model
+from .model import EnergyModel, build_model, model_outputs
 from .sampler import Sampler, SGLDConfig, sampling_mode
 
 TASKS = ("fid", "is", "gen", "acc", "ece", "ood", "logpx", "tsne", "extremes", "energy", "p0")
@@ -168,39 +167,13 @@ def _load_split(run: Run, split: str, subset: int | None, seed: int = 0) -> Imag
 # --------------------------------------------------------------------------------------------------
 # model passes
 # --------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
-    """Eval mode inside, the previous train/eval mode restored on exit."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def _as_float(x: torch.Tensor) -> torch.Tensor:
     return to_float(x) if x.dtype == torch.uint8 else x.float()
 
 
 def _outputs(run: Run, images: torch.Tensor, batch_size: int, features: bool = False):
-    """Energies (N,), logits (N, C) or None, and optionally features (N, F); CPU float32.
-
-    ``images``: (N, 3, H, W) uint8 in [0, 255] or float in [-1, 1]. Eval mode, no gradients.
-    """
-    energies, logits, feats = [], [], []
-    model = run.model
-    with _eval_mode(model), torch.no_grad():
-        for i in range(0, images.shape[0], batch_size):
-            x = _as_float(images[i:i + batch_size].to(run.device))
-            h = model.features(x)
-            if features:
-                feats.append(h.float().cpu())
-            energies.append(model.energy_from_features(h).float().cpu())
-            if model.has_classifier:
-                logits.append(model.class_head(h).float().cpu())
-    out = (torch.cat(energies), torch.cat(logits) if logits else None)
-    return out + (torch.cat(feats),) if features else out
+    """:func:`fastebm.model.model_outputs` of the run's model on its device (CPU float32 results)."""
+    return model_outputs(run.model, images, batch_size, run.device, features)
 
 
 def _grad_norms(run: Run, images: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data import to_float
+
 MODEL_KINDS = ("mebm", "mjem", "jem", "lse-jem")
 NORMS = ("batch", "none")
 
@@ -175,3 +177,39 @@ def build_model(cfg) -> EnergyModel:
     """Build the :class:`EnergyModel` described by a :class:`fastebm.config.Config`."""
     return EnergyModel(kind=cfg.model, n_classes=cfg.n_classes, depth=cfg.depth, width=cfg.width,
                        norm=cfg.norm, image_size=cfg.image_size, in_channels=3, dropout=cfg.dropout)
+
+
+@torch.no_grad()
+def model_outputs(model: "EnergyModel", images: torch.Tensor, batch_size: int = 256, device=None,
+                  features: bool = False):
+    """Energies, logits and optionally penultimate features of a set of images, in eval mode: the one
+    implementation behind the trainer's test evaluation and the evaluation CLI.
+
+    Args:
+        model: an :class:`EnergyModel` (its train/eval mode is restored on exit).
+        images: (N, 3, H, W) uint8 in [0, 255] or float in [−1, 1], on any device.
+        batch_size: images per forward pass (≥ 1). device: where to run (default: the model's device).
+        features: also return the penultimate features h(x).
+
+    Returns:
+        (energies (N,), logits (N, C) or None) — plus features (N, F) with ``features`` — float32 on the CPU;
+        energies follow the package's sign (low = likely).
+    """
+    device = device or next(model.parameters()).device
+    energies, logits, feats = [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, images.shape[0], batch_size):
+            x = images[i:i + batch_size].to(device)
+            x = to_float(x) if x.dtype == torch.uint8 else x.float()
+            h = model.features(x)
+            if features:
+                feats.append(h.float().cpu())
+            energies.append(model.energy_from_features(h).float().cpu())
+            if model.has_classifier:
+                logits.append(_at_least_fp32(model.class_head(h)).cpu())
+    finally:
+        model.train(was_training)
+    out = (torch.cat(energies), torch.cat(logits) if logits else None)
+    return out + (torch.cat(feats),) if features else out

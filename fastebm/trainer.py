@@ -78,7 +78,7 @@ from .data import Batches, ImageSet, load_dataset, to_float, to_uint8
 from .distributed import RANK_SEED_STRIDE, DistContext
 from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
 from .loss import classification_loss, generative_loss
-from .model import build_model
+from .model import build_model, model_outputs
 from .profiling import enable as enable_nvtx
 from .profiling import nvtx_range
 from .sampler import (AMP_DTYPES, Sampler, SGLDConfig, compile_mode, frozen_bn_stats,
@@ -603,20 +603,11 @@ class Trainer:
         if self.test_data is False:
             return {}
         data = self.test_data.subset(cfg.test_subset, 0)
-        self.model.eval()
-        n, correct, loss, energy = len(data), 0.0, 0.0, 0.0
-        for i in range(0, n, 256):
-            x = to_float(data.images[i:i + 256].to(self.device))
-            y = data.labels[i:i + 256].to(self.device)
-            e, logits = self.model(x)
-            energy += float(e.sum())
-            if logits is not None:
-                correct += float((logits.argmax(1) == y).sum())
-                loss += float(classification_loss(logits, y)) * len(y)
-        self.model.train()
-        out = {"test_energy": energy / n}
-        if self.model.has_classifier:
-            out.update(test_acc=correct / n, test_loss=loss / n)
+        energy, logits = model_outputs(self.model, data.images, 256, self.device)
+        out = {"test_energy": float(energy.mean())}
+        if logits is not None:
+            out.update(test_acc=float((logits.argmax(1) == data.labels).float().mean()),
+                       test_loss=float(classification_loss(logits, data.labels)))
         return out
 
     def save_samples(self, name: str, extra=None) -> str:
