@@ -30,7 +30,7 @@ import typing
 from .checkpoint import CheckpointError
 from .config import CHOICES, NONE, Config, resolve
 from .data import DatasetError
-from .distributed import init_from_env, shutdown
+from .distributed import env_world_size, exit_process, init_from_env, shutdown
 from .selfcheck import FastPathError
 from .selfcheck import summary as fast_path_summary
 from .trainer import DivergenceError, Trainer, checkpoint_config
@@ -195,4 +195,4 @@ def _main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main(), multi_process=env_world_size() > 1)  # torchrun: os._exit (see exit_process)

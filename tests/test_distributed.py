@@ -271,3 +271,16 @@ def test_batch_shards_concatenate_to_the_global_batch():
     assert len(full) == 12 and all(len(p[1]) == 4 for p in parts)
     with pytest.raises(ValueError, match="rank"):
         Batches(data, 12, "cpu", shard=(3, 3))
+
+
+@pytest.mark.parametrize("multi", [True, False])
+def test_exit_process_flushes_and_keeps_the_status(multi):
+    """A torchrun rank ends with os._exit (no interpreter finalization, where a live gloo worker thread can
+    abort the process): what it printed still arrives, the exit status is kept, and atexit handlers are
+    skipped only in the multi-process case."""
+    code = ("import atexit; from fastebm.distributed import exit_process; atexit.register(print, 'atexit'); "
+            f"print('done', end=''); exit_process(3, multi_process={multi})")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 3
+    assert proc.stdout == ("done" if multi else "doneatexit\n")
