@@ -1,8 +1,8 @@
 """Kernels: the SGLD (Langevin) update, the low-rank p0 sampler and the p0 fit.
 
 Langevin update, x ← clamp(x − α·g + σ·ε) on an SGLD batch (64, 3, 32, 32) and (64, 3, 128, 128):
-eager PyTorch (``fastebm.sampler.langevin_update``, noise drawn with randn_like; and
-``kernels.langevin.langevin_step_reference`` with a freshly drawn noise tensor) against the fused Triton
+eager PyTorch (``fastebm.sampler.langevin_update``, i.e. the kernel's reference
+``kernels.reference.langevin_reference`` with noise drawn by randn_like) against the fused Triton
 kernel (``kernels.langevin.langevin_step``, CUDA only). Bandwidth = the minimal traffic of the update,
 read x + read g + write x = 12 bytes per element (fp32), over the median time; for the eager paths this is
 an *effective* figure (they move more bytes). On CUDA the fraction of the device's copy bandwidth is
@@ -71,11 +71,11 @@ def copy_bandwidth(x: torch.Tensor) -> float:
     return _COPY_BW[key]
 
 
-@pytest.mark.parametrize("variant", ["eager_sampler", "eager_reference", pytest.param("triton", marks=gpu)])
+@pytest.mark.parametrize("variant", ["eager_sampler", pytest.param("triton", marks=gpu)])
 @pytest.mark.parametrize("shape", LANGEVIN_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_langevin_update(benchmark, shape, variant):
     from fastebm.sampler import SGLDConfig, langevin_update
-    from fastebm.kernels.langevin import langevin_step, langevin_step_reference, make_rng_state
+    from fastebm.kernels.langevin import langevin_step, make_rng_state
 
     torch.manual_seed(0)
     x = torch.rand(shape, device=C.DEVICE) * 2 - 1
@@ -83,8 +83,6 @@ def test_langevin_update(benchmark, shape, variant):
     if variant == "eager_sampler":
         cfg = SGLDConfig(n_steps=1, step_size=STEP, noise=NOISE)
         fn = lambda: langevin_update(x, g, cfg)  # noqa: E731
-    elif variant == "eager_reference":
-        fn = lambda: langevin_step_reference(x, g, STEP, NOISE, noise=torch.randn_like(x))  # noqa: E731
     else:
         rng = make_rng_state(0, x.device)
         out = torch.empty_like(x)

@@ -26,6 +26,7 @@ import torch
 
 from .checkpoint import atomic_save
 from .data import ImageSet, to_float
+from .kernels.reference import lowrank_gaussian_reference
 
 COV_FORMS = ("full", "lowrank")
 
@@ -91,33 +92,34 @@ class GaussianInit:
         return self.factor @ self.factor.T + torch.diag(self.diag_sqrt ** 2)
 
     def sample(self, n: int, device=None) -> torch.Tensor:
-        """n samples (n, C, H, W) float32 in [−1, 1] (clamped), with the global torch RNG, batched."""
+        """n samples (n, C, H, W) float32 in [−1, 1] (clamped): x = μ + U z + √d ⊙ ε (Eq. 6), with U = L and
+        no ε for the full form. The plain path draws z (then ε) from the global torch RNG and applies the
+        kernel's reference formula; after :meth:`use_triton` CUDA draws go through the fused kernel (one
+        launch, noise from its Philox state). CPU tensors reach the kernel only through :meth:`sample_fused`."""
         mean = self.mean if device is None else self.mean.to(device)
         rng = getattr(self, "_triton_rng", None)
         if rng is not None and mean.is_cuda:
             return self.sample_fused(n, rng, mean.device)
-        if self.form == "full":
-            z = torch.randn(n, self.dim, device=mean.device)
-            x = torch.addmm(mean, z, self.scale_tril.to(mean.device).T)
-        else:
-            z = torch.randn(n, self.factor.shape[1], device=mean.device)
-            eps = torch.randn(n, self.dim, device=mean.device)
-            x = torch.addmm(torch.addcmul(mean, eps, self.diag_sqrt.to(mean.device)), z,
-                            self.factor.to(mean.device).T)
-        return x.clamp_(-1, 1).view(n, *self.shape)
+        factor, diag = self._factors(mean.device)
+        z = torch.randn(n, factor.shape[1], device=mean.device)
+        eps = None if diag is None else torch.randn(n, self.dim, device=mean.device)
+        return lowrank_gaussian_reference(mean, factor, diag, z, eps).view(n, *self.shape)
 
     def sample_fused(self, n: int, rng_state: torch.Tensor, device=None) -> torch.Tensor:
         """n samples (n, C, H, W) float32 in [−1, 1] from the fused Triton kernel, noise from the Philox
         state ``rng_state`` (advanced in place); CPU tensors need the Triton interpreter."""
-        from .kernels import lowrank_gaussian as kernel
+        from .kernels.lowrank_gaussian import lowrank_gaussian_sample
 
         mean = self.mean if device is None else self.mean.to(device)
+        factor, diag = self._factors(mean.device)
+        diag = torch.zeros_like(mean) if diag is None else diag  # full form: the kernel with d = 0
+        return lowrank_gaussian_sample(mean, factor, diag, n, rng_state).view(n, *self.shape)
+
+    def _factors(self, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(U, √d) on ``device``: (L, None) for the full form, (U, √d) for the low-rank form."""
         if self.form == "full":
-            factor, diag = self.scale_tril, torch.zeros_like(self.mean)
-        else:
-            factor, diag = self.factor, self.diag_sqrt
-        x = kernel.lowrank_gaussian_sample(mean, factor.to(mean.device), diag.to(mean.device), n, rng_state)
-        return x.view(n, *self.shape)
+            return self.scale_tril.to(device), None
+        return self.factor.to(device), self.diag_sqrt.to(device)
 
     def to(self, device) -> "GaussianInit":
         """A copy with every tensor on ``device``."""

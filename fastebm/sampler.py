@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .kernels.reference import langevin_reference
 from .profiling import nvtx_range
 
 BN_MODES = ("batch", "eval")
@@ -171,20 +172,18 @@ def prepare_compiled_input_grad(shape: tuple, device) -> bool:
 
 
 def langevin_update(x: torch.Tensor, grad: torch.Tensor, cfg: SGLDConfig, noise: torch.Tensor | None = None):
-    """One SGLD update (Eq. 3): clamp(x − α·clamp(g) + σ·ε). Reference path of the fused kernel.
+    """One SGLD update (Eq. 3): clamp(x − α·clamp(g) + σ·ε), the plain path of the fused kernel (its
+    reference, :func:`fastebm.kernels.reference.langevin_reference`, with the settings of ``cfg``).
 
     Args:
         x: (N, C, H, W) float32 chain state; grad: ∂E/∂x, same shape (any float dtype).
         noise: ε of x's shape; drawn from the global RNG when None and σ > 0.
     Returns a new (N, C, H, W) float32 tensor.
     """
-    g = grad.float()
-    if cfg.grad_clip is not None:
-        g = g.clamp(-cfg.grad_clip, cfg.grad_clip)
-    x = x - cfg.step_size * g
-    if cfg.noise > 0:
-        x = x + cfg.noise * (torch.randn_like(x) if noise is None else noise)
-    return x.clamp(-1.0, 1.0) if cfg.clamp_x else x
+    if noise is None and cfg.noise > 0:
+        noise = torch.randn_like(x)
+    return langevin_reference(x, grad, cfg.step_size, cfg.noise, noise, cfg.grad_clip,
+                              (-1.0, 1.0) if cfg.clamp_x else None)
 
 
 def sgld(model: nn.Module, x0: torch.Tensor, cfg: SGLDConfig, energy_fn=None, noise=None) -> torch.Tensor:

@@ -27,11 +27,11 @@ import torch
 
 __all__ = [
     "make_rng_state",
-    "check_rng_state",
+    "assert_rng_state",
     "advance_rng_state",
     "is_dense",
     "same_layout",
-    "check_device_runnable",
+    "assert_runnable",
 ]
 
 
@@ -47,32 +47,15 @@ def make_rng_state(seed: int, device=None) -> torch.Tensor:
         ``torch.int64`` tensor of shape ``(2,)``: ``[seed, offset=0]``.  Kernels advance the offset
         in place; copy or re-create it to replay the same noise.
 
-    Raises:
-        TypeError: ``seed`` is not an int.
-        ValueError: ``seed`` is outside ``[0, 2**63)``.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be a Python int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"seed must lie in [0, 2**63), got {seed}")
+    assert 0 <= seed < 2**63, f"seed: an int in [0, 2**63), got {seed}"
     return torch.tensor([seed, 0], dtype=torch.int64, device=device)
 
 
-def check_rng_state(rng_state, device: torch.device) -> None:
-    """Raise a clear error unless ``rng_state`` is an int64 (2,) contiguous tensor on ``device``."""
-    if not isinstance(rng_state, torch.Tensor):
-        raise TypeError(
-            f"rng_state must be a torch.Tensor (int64, shape (2,), [seed, offset]; see make_rng_state), "
-            f"got {type(rng_state).__name__}"
-        )
-    if rng_state.dtype != torch.int64:
-        raise TypeError(f"rng_state must have dtype torch.int64, got {rng_state.dtype}")
-    if tuple(rng_state.shape) != (2,):
-        raise ValueError(f"rng_state must have shape (2,) ([seed, offset]), got {tuple(rng_state.shape)}")
-    if not rng_state.is_contiguous():
-        raise ValueError(f"rng_state must be contiguous, got stride {rng_state.stride()}")
-    if rng_state.device != device:
-        raise ValueError(f"rng_state must be on the same device as the data ({device}), got {rng_state.device}")
+def assert_rng_state(rng_state: torch.Tensor, device: torch.device) -> None:
+    """Assert that ``rng_state`` is an int64 (2,) contiguous tensor on ``device`` (see make_rng_state)."""
+    assert (rng_state.dtype == torch.int64 and tuple(rng_state.shape) == (2,) and rng_state.is_contiguous()
+            and rng_state.device == device), f"rng_state: int64 [seed, offset] on {device} (make_rng_state)"
 
 
 def advance_rng_state(rng_state: torch.Tensor, n_counters: int) -> None:
@@ -102,11 +85,8 @@ def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     return all(sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n > 1)
 
 
-def check_device_runnable(device: torch.device, what: str) -> None:
+def assert_runnable(device: torch.device) -> None:
     """Triton compiles for GPUs; CPU tensors only run through the interpreter (``TRITON_INTERPRET=1``,
     which must be set before ``triton`` is imported)."""
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True"):
-        raise ValueError(
-            f"{what}: got CPU tensors, but Triton kernels run on the CPU only in the interpreter; set "
-            f"TRITON_INTERPRET=1 before importing triton, or pass CUDA tensors"
-        )
+    assert device.type != "cpu" or os.environ.get("TRITON_INTERPRET", "0") in ("1", "true", "True"), (
+        "CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before importing triton")

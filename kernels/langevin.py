@@ -23,16 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (
-    advance_rng_state,
-    check_device_runnable,
-    check_rng_state,
-    is_dense,
-    make_rng_state,
-    same_layout,
-)
+from ._common import advance_rng_state, assert_rng_state, assert_runnable, is_dense, make_rng_state, same_layout
 
-__all__ = ["langevin_step", "langevin_step_reference", "make_rng_state"]
+__all__ = ["langevin_step", "make_rng_state"]  # reference: kernels/reference.py (langevin_reference)
 
 _GRAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -78,28 +71,6 @@ def _langevin_step_kernel(
     tl.store(out_ptr + offs, x, mask=mask)
 
 
-def _check_float(name: str, v, allow_none: bool = False):
-    if v is None and allow_none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name} must be a Python float, got {type(v).__name__}")
-    v = float(v)
-    if v != v or v in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
-
-
-def _check_clamp(clamp):
-    if clamp is None:
-        return None
-    if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
-        raise TypeError(f"clamp must be None or a (lo, hi) pair of floats, got {clamp!r}")
-    lo, hi = _check_float("clamp[0]", clamp[0]), _check_float("clamp[1]", clamp[1])
-    if lo > hi:
-        raise ValueError(f"clamp must satisfy lo <= hi, got ({lo}, {hi})")
-    return lo, hi
-
-
 def langevin_step(
     x: torch.Tensor,
     grad: torch.Tensor,
@@ -140,76 +111,38 @@ def langevin_step(
     Returns:
         ``out`` (or a new tensor laid out like ``x``), ``torch.float32``.
 
-    Raises:
-        TypeError: a non-tensor input, ``x``/``out`` not float32, ``grad`` not a float type,
-            ``rng_state`` not int64, non-float scalars.
-        ValueError: shape or stride mismatch, non-dense layout, device mismatch, CPU tensors without
-            ``TRITON_INTERPRET=1``, ``noise_std < 0``, ``grad_clip <= 0``, ``lo > hi``, bad
-            ``rng_state`` shape, non-finite scalars.
+    Inputs are checked with asserts (the library validates user options once, in ``fastebm.config``).
     """
-    if not isinstance(x, torch.Tensor) or not isinstance(grad, torch.Tensor):
-        raise TypeError(
-            f"x and grad must be torch.Tensors, got {type(x).__name__} and {type(grad).__name__}"
-        )
-    if x.dtype != torch.float32:
-        raise TypeError(f"x must be torch.float32 (the chain state stays fp32), got {x.dtype}")
-    if grad.dtype not in _GRAD_DTYPES:
-        raise TypeError(f"grad must be float32, bfloat16 or float16, got {grad.dtype}")
-    if x.shape != grad.shape:
-        raise ValueError(f"x and grad must have the same shape, got {tuple(x.shape)} and {tuple(grad.shape)}")
-    if x.device != grad.device:
-        raise ValueError(f"x and grad must be on the same device, got {x.device} and {grad.device}")
-    if not same_layout(x, grad):
-        raise ValueError(
-            f"x and grad must have the same strides (the kernel walks both in memory order), got "
-            f"{x.stride()} and {grad.stride()}; make them both contiguous or both channels_last"
-        )
-    if not is_dense(x):
-        raise ValueError(
-            f"x must be dense (contiguous or channels_last, no gaps or overlaps), got shape "
-            f"{tuple(x.shape)} with strides {x.stride()}"
-        )
-    check_device_runnable(x.device, "langevin_step")
-    check_rng_state(rng_state, x.device)
-    step_size = _check_float("step_size", step_size)
-    noise_std = _check_float("noise_std", noise_std)
-    if noise_std < 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
-    grad_clip = _check_float("grad_clip", grad_clip, allow_none=True)
-    if grad_clip is not None and grad_clip <= 0:
-        raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
-    bounds = _check_clamp(clamp)
+    assert x.dtype == torch.float32, f"x: the chain state stays float32, got {x.dtype}"
+    assert grad.dtype in _GRAD_DTYPES, f"grad: float32, bfloat16 or float16, got {grad.dtype}"
+    assert x.shape == grad.shape and x.device == grad.device, "x and grad: one shape, one device"
+    assert same_layout(x, grad), f"x and grad walk one memory order: strides {x.stride()} vs {grad.stride()}"
+    assert is_dense(x), f"x must be dense (contiguous or channels_last), strides {x.stride()}"
+    assert_runnable(x.device)
+    assert_rng_state(rng_state, x.device)
+    assert noise_std >= 0 and (grad_clip is None or grad_clip > 0), (noise_std, grad_clip)
+    assert clamp is None or clamp[0] <= clamp[1], clamp
     if block is None:
         block = 16384 if x.device.type == "cpu" else 1024
-    if isinstance(block, bool) or not isinstance(block, int) or block < 16 or block & (block - 1):
-        raise ValueError(f"block must be a power of two >= 16, got {block!r}")
+    assert block >= 16 and block & (block - 1) == 0, f"block: a power of two >= 16, got {block}"
     if out is None:
         out = torch.empty_like(x)  # preserve_format keeps the strides of a dense x
-    else:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
-        if out.dtype != torch.float32:
-            raise TypeError(f"out must be torch.float32, got {out.dtype}")
-        if out.shape != x.shape or out.device != x.device or not same_layout(out, x):
-            raise ValueError(
-                f"out must match x in shape, strides and device: expected {tuple(x.shape)}, "
-                f"{x.stride()}, {x.device}; got {tuple(out.shape)}, {out.stride()}, {out.device}"
-            )
+    assert out.dtype == torch.float32 and out.shape == x.shape and same_layout(out, x), "out: laid out like x"
 
     n = x.numel()
     if n == 0:
         return out
     has_noise = noise_std != 0.0
-    lo, hi = bounds if bounds is not None else (0.0, 0.0)
+    lo, hi = clamp if clamp is not None else (0.0, 0.0)
     grid = (triton.cdiv(n, block),)
     _langevin_step_kernel[grid](
         x, grad, out, rng_state, n,
-        step_size, noise_std,
-        grad_clip if grad_clip is not None else 0.0,
-        lo, hi,
+        float(step_size), float(noise_std),
+        float(grad_clip or 0.0),
+        float(lo), float(hi),
         HAS_NOISE=has_noise,
         CLIP_GRAD=grad_clip is not None,
-        CLAMP_X=bounds is not None,
+        CLAMP_X=clamp is not None,
         BLOCK=block,
         # No mul+add -> FMA contraction on the GPU: keeps every rounding step identical to the
         # unfused PyTorch reference (bitwise equality; the kernel is memory-bound, FMAs save nothing).
@@ -219,38 +152,3 @@ def langevin_step(
     if has_noise:
         advance_rng_state(rng_state, n)
     return out
-
-
-def langevin_step_reference(
-    x: torch.Tensor,
-    g: torch.Tensor,
-    step_size: float,
-    noise_std: float,
-    noise: torch.Tensor | None = None,
-    grad_clip: float | None = None,
-    clamp: tuple[float, float] | None = (-1.0, 1.0),
-) -> torch.Tensor:
-    """Plain-PyTorch Langevin step (paper Eq. 3) with an explicit noise tensor.
-
-    ``clamp(x - step_size * clamp(g, -grad_clip, grad_clip) + noise_std * noise, lo, hi)`` in fp32,
-    in the same operation order as the kernel, which is compiled without FMA contraction, so with
-    ``noise_std == 0`` / ``noise=None`` the two agree bit for bit (also given the kernel's own
-    noise: ``x - a*g`` and ``+ sigma*eps`` round separately in both).
-
-    Args:
-        x: float32 tensor, any shape/layout.  g: same shape, any float dtype (upcast to fp32).
-        step_size, noise_std: floats.  noise: ``N(0,1)`` tensor shaped like ``x`` (fp32) or ``None``
-            (no noise term).  grad_clip: ``None`` or ``c > 0``.  clamp: ``(lo, hi)`` or ``None``.
-
-    Returns:
-        New float32 tensor shaped like ``x``.
-    """
-    g = g.to(torch.float32)
-    if grad_clip is not None:
-        g = g.clamp(-grad_clip, grad_clip)
-    y = x - step_size * g
-    if noise is not None and noise_std != 0.0:
-        y = y + noise_std * noise.to(torch.float32)
-    if clamp is not None:
-        y = y.clamp(clamp[0], clamp[1])
-    return y

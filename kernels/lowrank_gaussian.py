@@ -32,14 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import advance_rng_state, check_device_runnable, check_rng_state, make_rng_state
+from ._common import advance_rng_state, assert_rng_state, assert_runnable, make_rng_state
 
-__all__ = [
-    "lowrank_gaussian_sample",
-    "lowrank_gaussian_sample_reference",
-    "lowrank_gaussian_sample_torch",
-    "make_rng_state",
-]
+__all__ = ["lowrank_gaussian_sample", "make_rng_state"]  # reference: kernels/reference.py
 
 _INPUT_PRECISIONS = ("ieee", "tf32", "tf32x3")
 
@@ -125,18 +120,6 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
 
 
-def _check_vec(name: str, t, D_expected: int | None):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != torch.float32:
-        raise TypeError(f"{name} must be torch.float32, got {t.dtype}")
-    if t.dim() != 1 or (D_expected is not None and t.shape[0] != D_expected):
-        exp = f"({D_expected},)" if D_expected is not None else "(D,)"
-        raise ValueError(f"{name} must have shape {exp}, got {tuple(t.shape)}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous, got stride {t.stride()}")
-
-
 def lowrank_gaussian_sample(
     mean: torch.Tensor,
     U: torch.Tensor,
@@ -169,7 +152,7 @@ def lowrank_gaussian_sample(
             The CPU interpreter always computes in fp32.
         return_noise: debug/testing option: also return the kernel's own ``z`` (n, r) and
             ``eps`` (n, D) (float32, written by the same launch), so the result can be compared with
-            ``lowrank_gaussian_sample_torch`` on identical noise.
+            ``reference.lowrank_gaussian_reference`` on identical noise.
         block_m, block_n: output tile size (powers of two >= 16); ``None`` = 64 x 64 on a GPU,
             256 x 256 (capped by the padded sizes) under the CPU interpreter.
 
@@ -177,62 +160,29 @@ def lowrank_gaussian_sample(
         ``x`` of shape (n, D) float32 contiguous (reshape to images as needed), or
         ``(x, z, eps)`` when ``return_noise``.
 
-    Raises:
-        TypeError: non-tensor inputs, non-float32 tensors, non-int ``n``, ``rng_state`` not int64.
-        ValueError: shape mismatch (mean/diag_sqrt not (D,), U not (D, r) with r >= 1), non-contiguous
-            mean/diag_sqrt/out, device mismatch, CPU tensors without ``TRITON_INTERPRET=1``,
-            ``n < 0``, ``lo > hi``, unknown ``input_precision``, bad block sizes.
+    Inputs are checked with asserts (the library validates user options once, in ``fastebm.config``).
     """
-    if not isinstance(U, torch.Tensor):
-        raise TypeError(f"U must be a torch.Tensor, got {type(U).__name__}")
-    if U.dtype != torch.float32:
-        raise TypeError(f"U must be torch.float32, got {U.dtype}")
-    if U.dim() != 2 or U.shape[1] < 1:
-        raise ValueError(f"U must have shape (D, r) with r >= 1, got {tuple(U.shape)}")
     D, R = U.shape
-    _check_vec("mean", mean, D)
-    _check_vec("diag_sqrt", diag_sqrt, D)
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be a Python int, got {type(n).__name__}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
     device = mean.device
-    if U.device != device or diag_sqrt.device != device:
-        raise ValueError(
-            f"mean, U and diag_sqrt must be on one device, got {mean.device}, {U.device}, {diag_sqrt.device}"
-        )
-    check_device_runnable(device, "lowrank_gaussian_sample")
-    check_rng_state(rng_state, device)
-    if clamp is not None:
-        if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
-            raise TypeError(f"clamp must be None or a (lo, hi) pair of floats, got {clamp!r}")
-        lo, hi = float(clamp[0]), float(clamp[1])
-        if not lo <= hi:
-            raise ValueError(f"clamp must satisfy lo <= hi, got ({lo}, {hi})")
-    else:
-        lo, hi = 0.0, 0.0
-    if input_precision not in _INPUT_PRECISIONS:
-        raise ValueError(f"input_precision must be one of {_INPUT_PRECISIONS}, got {input_precision!r}")
+    for name, t in (("mean", mean), ("diag_sqrt", diag_sqrt)):
+        assert t.dtype == torch.float32 and t.shape == (D,) and t.is_contiguous(), f"{name}: contiguous ({D},) fp32"
+        assert t.device == device == U.device, "mean, U and diag_sqrt: one device"
+    assert U.dtype == torch.float32 and R >= 1, f"U: (D, r >= 1) float32, got {tuple(U.shape)} {U.dtype}"
+    assert n >= 0, n
+    assert_runnable(device)
+    assert_rng_state(rng_state, device)
+    assert clamp is None or clamp[0] <= clamp[1], clamp
+    assert input_precision in _INPUT_PRECISIONS, input_precision
+    lo, hi = (float(clamp[0]), float(clamp[1])) if clamp is not None else (0.0, 0.0)
     if out is None:
         out = torch.empty((n, D), dtype=torch.float32, device=device)
-    else:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
-        if out.dtype != torch.float32:
-            raise TypeError(f"out must be torch.float32, got {out.dtype}")
-        if tuple(out.shape) != (n, D) or out.device != device or not out.is_contiguous():
-            raise ValueError(
-                f"out must be a contiguous ({n}, {D}) tensor on {device}, got shape {tuple(out.shape)}, "
-                f"stride {out.stride()}, device {out.device}"
-            )
+    assert out.dtype == torch.float32 and out.shape == (n, D) and out.is_contiguous() and out.device == device
     cpu = device.type == "cpu"
     if block_m is None:
         block_m = min(256, max(16, _next_pow2(n))) if cpu else 64
     if block_n is None:
         block_n = min(256, max(16, _next_pow2(D))) if cpu else 64
-    for name, b in (("block_m", block_m), ("block_n", block_n)):
-        if isinstance(b, bool) or not isinstance(b, int) or b < 16 or b & (b - 1):
-            raise ValueError(f"{name} must be a power of two >= 16 (tl.dot needs >= 16), got {b!r}")
+    assert all(b >= 16 and b & (b - 1) == 0 for b in (block_m, block_n)), "blocks: powers of two >= 16 (tl.dot)"
     block_k = min(64, max(16, _next_pow2(R)))
 
     if return_noise:
@@ -258,61 +208,3 @@ def lowrank_gaussian_sample(
     if return_noise:
         return out, z, eps
     return out
-
-
-def lowrank_gaussian_sample_torch(
-    mean: torch.Tensor,
-    U: torch.Tensor,
-    diag_sqrt: torch.Tensor,
-    z: torch.Tensor,
-    eps: torch.Tensor,
-    clamp: tuple[float, float] | None = (-1.0, 1.0),
-) -> torch.Tensor:
-    """Plain-PyTorch formula with explicit noise: ``clamp(mean + z @ U^T + diag_sqrt * eps, lo, hi)``.
-
-    Args: mean (D,), U (D, r), diag_sqrt (D,), z (n, r), eps (n, D), all float32 on one device;
-    clamp ``(lo, hi)`` or ``None``.  Returns (n, D) float32.  Same operation order as the kernel
-    (one GEMM, then ``+ mean``, then ``+ diag_sqrt * eps``), so results agree to fp32 GEMM rounding.
-    """
-    x = mean + z @ U.T
-    x = x + diag_sqrt * eps
-    if clamp is not None:
-        x = x.clamp(clamp[0], clamp[1])
-    return x
-
-
-def lowrank_gaussian_sample_reference(
-    mean: torch.Tensor,
-    U: torch.Tensor,
-    diag_sqrt: torch.Tensor,
-    n: int,
-    generator: torch.Generator | None = None,
-    clamp: tuple[float, float] | None = (-1.0, 1.0),
-) -> torch.Tensor:
-    """Reference sampler: ``torch.distributions.LowRankMultivariateNormal(mean, cov_factor=U,
-    cov_diag=diag_sqrt**2).rsample((n,))``, then the optional clamp.
-
-    ``rsample`` has no ``generator`` argument; when ``generator`` is given, it is used by swapping
-    its state into the default generator of the device inside ``torch.random.fork_rng`` and storing
-    the advanced state back into ``generator`` (the global RNG is left untouched).
-
-    Args: mean (D,), U (D, r), diag_sqrt (D,) float32 with ``diag_sqrt > 0`` (the distribution
-    validates ``cov_diag > 0``); n int.  Returns (n, D) float32.
-    Raises: ValueError from ``torch.distributions`` for invalid parameters.
-    """
-    dist = torch.distributions.LowRankMultivariateNormal(mean, cov_factor=U, cov_diag=diag_sqrt**2)
-    if generator is None:
-        x = dist.rsample((n,))
-    else:
-        dev = mean.device
-        cuda = dev.type == "cuda"
-        with torch.random.fork_rng(devices=[dev] if cuda else []):
-            if cuda:
-                torch.cuda.set_rng_state(generator.get_state(), dev)
-            else:
-                torch.set_rng_state(generator.get_state())
-            x = dist.rsample((n,))
-            generator.set_state(torch.cuda.get_rng_state(dev) if cuda else torch.get_rng_state())
-    if clamp is not None:
-        x = x.clamp(clamp[0], clamp[1])
-    return x
