@@ -101,6 +101,27 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return ckpt
 
 
+def checkpoint_config(path: str) -> dict:
+    """The configuration stored in a checkpoint (raises CheckpointError if unreadable)."""
+    return load_checkpoint(path)["config"]
+
+
+def load_model_state(model: torch.nn.Module, ckpt: dict, path: str) -> None:
+    """Copy a checkpoint's weights into ``model`` in place: the one checkpoint → model step, used to resume
+    (:meth:`Trainer.load_checkpoint <fastebm.trainer.Trainer.load_checkpoint>`) and to evaluate
+    (:func:`fastebm.eval.load_run`). ``ckpt["model"]`` is the bare module's ``state_dict`` (the trainer never
+    saves a ``torch.compile`` or DDP wrapper); copying in place keeps captured CUDA graphs valid.
+
+    Raises:
+        CheckpointError: the weights do not fit ``model`` (missing / unexpected keys, other shapes).
+    """
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path!r}: its weights do not fit this model: "
+                              f"{str(e).splitlines()[0]}") from None
+
+
 def rng_state() -> dict:
     """States of the torch (CPU and CUDA), numpy and Python generators, for checkpoints."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}

@@ -56,12 +56,12 @@ import warnings
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_model_state
 from .config import Config, fast_flags, resolve, resolve_device
 from .data import DATASETS, DatasetError, ImageSet, load_dataset, to_float, to_uint8
 from .init import p0_from_state_dict
 from .model import EnergyModel, build_model, model_outputs
-from .sampler import Sampler, SGLDConfig, sampling_mode
+from .sampler import Sampler, SGLDConfig, energy_grad, sampling_mode
 
 TASKS = ("fid", "is", "gen", "acc", "ece", "ood", "logpx", "tsne", "extremes", "energy", "p0")
 PROG = "python -m fastebm.eval"
@@ -97,6 +97,7 @@ class Run:
 
     @property
     def has_classifier(self) -> bool:
+        """True when the model has a p(y|x) head (mjem, jem, lse-jem)."""
         return self.model.has_classifier
 
 
@@ -137,11 +138,7 @@ def load_run(ckpt_path: str, device: str = "auto", dataset: str | None = None,
         raise CheckpointError(f"checkpoint {ckpt_path!r}: stored configuration is invalid: {e}") from None
     dev = _resolve_device(device)
     model = build_model(cfg)
-    try:
-        model.load_state_dict(ckpt["model"])  # the trainer saves the bare module (no torch.compile prefix)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {ckpt_path!r}: weights do not fit the stored architecture "
-                              f"{cfg.arch()}: {str(e).splitlines()[0]}") from None
+    load_model_state(model, ckpt, ckpt_path)
     model.to(dev).eval()
     p0 = p0_from_state_dict(ckpt["p0"]).to(dev) if "p0" in ckpt else None
     buffer = ckpt["buffer"]["samples"].float() if "buffer" in ckpt else None
@@ -183,9 +180,7 @@ def _grad_norms(run: Run, images: torch.Tensor, batch_size: int) -> torch.Tensor
     model = run.model
     with sampling_mode(model, "eval"):
         for i in range(0, images.shape[0], batch_size):
-            x = _as_float(images[i:i + batch_size].to(run.device)).requires_grad_(True)
-            with torch.enable_grad():
-                (g,) = torch.autograd.grad(model.energy(x).sum(), x)
+            g = energy_grad(model.energy, _as_float(images[i:i + batch_size].to(run.device)))
             norms.append(g.flatten(1).norm(dim=1).float().cpu())
     return torch.cat(norms)
 

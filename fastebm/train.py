@@ -27,13 +27,13 @@ import sys
 import types
 import typing
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, checkpoint_config
 from .config import CHOICES, NONE, Config, resolve
 from .data import DatasetError
 from .distributed import env_world_size, exit_process, init_from_env, shutdown
 from .selfcheck import FastPathError
 from .selfcheck import summary as fast_path_summary
-from .trainer import DivergenceError, Trainer, checkpoint_config
+from .trainer import DivergenceError, Trainer
 
 CLI_ONLY = ("resume", "print_config")  # flags that are not Config fields
 

@@ -71,8 +71,8 @@ import numpy as np
 import torch
 
 from .buffer import ReplayBuffer
-from .checkpoint import (CheckpointError, atomic_save, load_checkpoint, remove_stale_temporaries, rng_state,
-                         set_rng_state)
+from .checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model_state, remove_stale_temporaries,
+                         rng_state, set_rng_state)
 from .config import Config, check_fits, derive_iters_per_epoch, resolve_device, resolve_fast_flags
 from .data import Batches, ImageSet, load_dataset, to_float, to_uint8
 from .distributed import RANK_SEED_STRIDE, DistContext
@@ -663,8 +663,8 @@ class Trainer:
         if ckpt.get("arch") != self.cfg.arch():
             raise CheckpointError(f"checkpoint {path!r} is for model {ckpt.get('arch')}, "
                                   f"expected {self.cfg.arch()}")
+        load_model_state(self.model, ckpt, path)
         try:
-            self.model.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optimizer"])
             self.buffer.load_state_dict(self.dist.buffer_shard(ckpt["buffer"]))  # re-split across ranks
         except (RuntimeError, ValueError, KeyError) as e:
@@ -688,9 +688,3 @@ class Trainer:
 
 def _same_file(a: str | None, b: str) -> bool:
     return a is not None and os.path.abspath(a) == os.path.abspath(b)
-
-
-def checkpoint_config(path: str) -> dict:
-    """The configuration stored in a checkpoint (raises CheckpointError if unreadable)."""
-    return load_checkpoint(path)["config"]
-

@@ -173,7 +173,8 @@ def test_triton_checks_in_the_interpreter(tmp_path, monkeypatch):
     ok, detail = selfcheck.check_triton_p0(t, 0)
     assert ok, detail
     # a kernel that forgets the noise / shifts the mean fails its check
-    monkeypatch.setattr(kernels, "langevin_step", lambda x, g, a, s, rng, **kw: (x - a * g).clamp(-1, 1))
+    import fastebm.kernels.langevin as lv
+    monkeypatch.setattr(lv, "langevin_step", lambda x, g, a, s, rng, **kw: (x - a * g).clamp(-1, 1))
     ok, detail = selfcheck.check_triton_langevin(t, 0)
     assert not ok and "noise" in detail
     import fastebm.kernels.lowrank_gaussian as lg

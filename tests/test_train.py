@@ -128,6 +128,10 @@ def test_cli_digits_run_and_resume(tmp_path, capsys):
     (["--model", "ebm"], "invalid choice"),
     (["--cov", "diag"], "invalid choice"),
     (["--resume", "/nonexistent/ckpt.pt"], "expected a file"),
+    (["--on-divergence", "retry"], "invalid choice"),  # the rollback options (issue 11)
+    (["--max-rollbacks", "-1"], "--max-rollbacks"),
+    (["--rollback-lr-factor", "0"], "--rollback-lr-factor"),
+    (["--rollback-lr-factor", "nan"], "--rollback-lr-factor"),
 ])
 def test_cli_bad_input_gives_one_line_error(argv, match, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
