@@ -454,6 +454,8 @@ def validate(cfg: Config) -> None:
                     or (hi is not None and (value > hi or (value == hi and not hi_in)))):
                 raise ValueError(f"{flag(f.name)}: expected a value in {_interval(lo, hi, lo_in, hi_in)}, "
                                  f"got {value}")
+    if cfg.depth < 4 or (cfg.depth - 4) % 6:
+        raise ValueError(f"--depth: a Wide-ResNet has depth 6n + 4 (10, 16, 22, 28, ...), got {cfg.depth}")
     if int(cfg.k) != cfg.k or cfg.k < 1:  # K (int field) has no RANGES entry: this message says what K is
         raise ValueError(f"--k: SGLD steps K must be an integer >= 1, got {cfg.k}")
     for e in cfg.decay_epochs:

@@ -67,8 +67,7 @@ class GaussianInit:
     kind = "gaussian"
 
     def __init__(self, shape, mean, form, scale_tril=None, factor=None, diag_sqrt=None, meta=None):
-        if form not in COV_FORMS:
-            raise ValueError(f"covariance form: expected one of {COV_FORMS}, got {form!r}")
+        assert form in COV_FORMS, form
         self.shape, self.mean, self.form = tuple(shape), mean, form
         self.scale_tril, self.factor, self.diag_sqrt = scale_tril, factor, diag_sqrt
         self.meta = dict(meta or {})
@@ -168,19 +167,15 @@ def fit_gaussian(images_u8: torch.Tensor, form: str = "full", rank: int = 100, o
         a :class:`GaussianInit` with float32 tensors on ``device``.
 
     Raises:
-        ValueError: unknown form, fewer than 2 images, rank < 1, jitter <= 0, wrong dtype/shape.
+        ValueError: fewer than 2 images (form, rank, jitter and dtype are asserted: the options are
+            validated as --cov / --rank in fastebm.config).
     """
-    if form not in COV_FORMS:
-        raise ValueError(f"covariance form: expected one of {COV_FORMS}, got {form!r}")
-    if images_u8.dtype != torch.uint8 or images_u8.ndim != 4:
-        raise ValueError(f"p0 fit: expected (N, C, H, W) uint8 images, got {tuple(images_u8.shape)} "
-                         f"{images_u8.dtype}")
+    assert form in COV_FORMS and rank >= 1 and jitter > 0, (form, rank, jitter)  # --cov / --rank (config)
+    assert images_u8.dtype == torch.uint8 and images_u8.ndim == 4, (images_u8.dtype, images_u8.shape)
     n, shape = images_u8.shape[0], tuple(images_u8.shape[1:])
     d = math.prod(shape)
     if n < 2:
         raise ValueError(f"p0 fit: expected at least 2 images, got {n}")
-    if jitter <= 0:
-        raise ValueError(f"p0 fit: jitter must be > 0, got {jitter}")
     f64 = dict(dtype=torch.float64, device=device)
     s1 = torch.zeros(d, **f64)
     if form == "full":
@@ -203,8 +198,6 @@ def fit_gaussian(images_u8: torch.Tensor, form: str = "full", rank: int = 100, o
         return GaussianInit(shape, mean.float(), "full", scale_tril=tril.float(),
                             meta={"n": n, "jitter": jit})
 
-    if rank < 1:
-        raise ValueError(f"p0 fit: rank must be >= 1, got {rank}")
     r = min(rank, d, n - 1)
     k = min(d, r + (max(r, 20) if oversample is None else oversample))
     omega = torch.randn(d, k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
@@ -253,14 +246,12 @@ def load_or_fit_p0(data: ImageSet, kind: str, form: str, rank: int, cache_path: 
     A cache file is reused when it was fitted on the same data (fingerprint) with the same form and rank;
     otherwise the fit is redone and the cache rewritten atomically.
 
-    Raises:
-        ValueError: unknown kind or form.
+    ``kind`` and ``form`` are asserted (validated as --p0 / --cov in fastebm.config).
     """
     shape = tuple(data.images.shape[1:])
     if kind == "uniform":
         return UniformInit(shape)
-    if kind != "gaussian":
-        raise ValueError(f"p0: expected 'gaussian' (informative) or 'uniform', got {kind!r}")
+    assert kind == "gaussian", kind  # --p0 (config)
     key = {"fingerprint": data_fingerprint(data), "form": form, "rank": rank if form == "lowrank" else None,
            "jitter": jitter}
     if cache_path and os.path.isfile(cache_path):

@@ -34,9 +34,8 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
 def _norm(channels: int, norm: str, momentum: float = 0.1) -> nn.Module:
     if norm == "batch":
         return nn.BatchNorm2d(channels, momentum=momentum)
-    if norm == "none":
-        return nn.Identity()
-    raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+    assert norm == "none", f"norm: one of {NORMS}, got {norm!r}"  # validated as --norm (config)
+    return nn.Identity()
 
 
 class WideBasic(nn.Module):
@@ -77,17 +76,14 @@ class WideResNet(nn.Module):
 
     Input: (N, in_channels, image_size, image_size) float in [−1, 1]. Output: (N, feature_dim) features.
 
-    Raises:
-        ValueError: depth not of the form 6n + 4, width < 1, unknown norm.
+    depth (6n + 4), width (>= 1) and norm are asserted: the options are validated as --depth / --width /
+    --norm in :func:`fastebm.config.validate`.
     """
 
     def __init__(self, depth: int = 28, width: int = 10, norm: str = "batch", image_size: int = 32,
                  in_channels: int = 3, leak: float = 0.2, dropout: float = 0.0):
         super().__init__()
-        if depth < 4 or (depth - 4) % 6 != 0:
-            raise ValueError(f"WRN depth: expected 6n + 4 (10, 16, 22, 28, ...), got {depth}")
-        if width < 1:
-            raise ValueError(f"WRN width: expected an integer >= 1, got {width}")
+        assert depth >= 4 and (depth - 4) % 6 == 0 and width >= 1, (depth, width)  # --depth / --width (config)
         n = (depth - 4) // 6
         stages = [16, 16 * width, 32 * width, 64 * width]
         strides = [1, 2, 2]
@@ -118,17 +114,13 @@ class EnergyModel(nn.Module):
         n_classes: number of classes (needed for ``mjem`` and ``jem``).
         depth, width, norm, image_size, in_channels: the WRN backbone (:class:`WideResNet`).
 
-    Raises:
-        ValueError: unknown kind, or a classifier kind with n_classes < 2.
+    kind and n_classes (>= 2 for a classifier) are asserted (validated as --model in fastebm.config).
     """
 
     def __init__(self, kind: str = "mjem", n_classes: int = 10, depth: int = 28, width: int = 10,
                  norm: str = "batch", image_size: int = 32, in_channels: int = 3, dropout: float = 0.0):
         super().__init__()
-        if kind not in MODEL_KINDS:
-            raise ValueError(f"model kind: expected one of {MODEL_KINDS}, got {kind!r}")
-        if kind != "mebm" and n_classes < 2:
-            raise ValueError(f"model {kind!r} is a classifier: expected n_classes >= 2, got {n_classes}")
+        assert kind in MODEL_KINDS and (kind == "mebm" or n_classes >= 2), (kind, n_classes)  # --model (config)
         self.kind = kind
         self.n_classes = n_classes
         self.f = WideResNet(depth, width, norm, image_size, in_channels, dropout=dropout)

@@ -123,6 +123,7 @@ def test_cli_digits_run_and_resume(tmp_path, capsys):
     (["--dataset", "folder", "--data-root", "/nonexistent/data"], "not a folder"),
     (["--dataset", "cifar10"], "needs --data-root"),
     (["--k", "0"], "K must be an integer >= 1"),
+    (["--depth", "27"], "--depth: a Wide-ResNet has depth 6n + 4"),
     (["--reinit-freq", "1.5"], "reinit-freq"),
     (["--device", "tpu"], "--device"),
     (["--model", "ebm"], "invalid choice"),
