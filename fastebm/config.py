@@ -493,10 +493,14 @@ def check_fits(cfg: Config, n_train: int, device, world_size: int = 1, available
             images); each rank holds a ⌈|B|/N⌉ shard of the replay buffer on its own device.
 
     Raises:
-        ValueError: ``--batch-size`` / ``--cls-batch-size`` (models with a p(y|x) batch) larger than the training set, a replay
+        ValueError: a classifier model on data with fewer than 2 classes; ``--batch-size`` / ``--cls-batch-size``
+        (models with a p(y|x) batch) larger than the training set, a replay
         buffer (float32, ``--buffer-size``) or a full p0 covariance (float64, ``--cov full``) larger than
         the free memory of the device. The message names the option and the limit.
     """
+    if cfg.model != "mebm" and cfg.n_classes < 2:
+        raise ValueError(f"--model {cfg.model}: a p(y|x) model needs at least 2 classes; --dataset {cfg.dataset} "
+                         f"has {cfg.n_classes} (use --model mebm for unlabelled images)")
     sizes = [("batch_size", cfg.batch_size)] + ([("cls_batch_size", cfg.cls_batch_size)]
                                                 if cfg.model != "mebm" else [])
     for name, b in sizes:

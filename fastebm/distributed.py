@@ -111,7 +111,7 @@ def exit_process(status: int, multi_process: bool) -> NoReturn:
     Why: DDP keeps the gloo process group alive after :func:`shutdown` (torch 2.11 and 2.14 alike), so its
     worker threads outlive ``main``; a worker that is still releasing the tensors of a finished collective
     when the interpreter finalizes needs the GIL, cannot have it, and aborts the process ("terminate called
-    without an active exception", SIGABRT, seen 3 times in 30 two-rank runs on a busy 2-core machine; gdb:
+    without an active exception", SIGABRT, 7 times in 80 two-rank runs on a busy 2-core machine; gdb:
     ``ProcessGroupGloo::runLoop`` → ``~AsyncGatherWork`` → ``decref_pyobject``). Every file of the run is
     closed by then (checkpoints, metrics.jsonl, TensorBoard), so nothing is lost by skipping finalization.
     """

@@ -173,6 +173,21 @@ def test_folder_with_mixed_sizes_trains_with_image_size(mixed_folder, tmp_path):
     assert ckpt["config"]["image_size"] == 16 and ckpt["buffer"]["samples"].shape[1:] == (3, 16, 16)
 
 
+def test_classifier_on_a_one_class_folder_exits_2(mixed_folder, tmp_path, capsys):
+    """n_classes comes from the data, so the boundary check is made once the data is loaded (the model only
+    asserts it)."""
+    import shutil
+
+    for split in ("train", "test"):
+        shutil.rmtree(mixed_folder / split / "b")
+    argv = TINY_CLI + ["--dataset", "folder", "--data-root", str(mixed_folder), "--image-size", "16"]
+    with pytest.raises(SystemExit) as e:
+        fastebm_train.main(argv + ["--out", str(tmp_path / "run")])
+    assert e.value.code == 2
+    assert "--model mjem: a p(y|x) model needs at least 2 classes" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert fastebm_train.main(argv + ["--model", "mebm", "--out", str(tmp_path / "ebm")]) == 0
+
+
 # ---------------------------------------------------------------- every error names an existing option
 def _flags_in_error_messages():
     """(file, flag) for every ``--flag`` in a string literal inside a ``raise`` or an ``.error()`` /
