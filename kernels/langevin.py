@@ -19,6 +19,8 @@ disjoint counter ranges.  When ``noise_std == 0`` no noise is drawn and ``rng_st
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -57,7 +59,10 @@ def _langevin_step_kernel(
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if CLIP_GRAD:
-        g = tl.minimum(tl.maximum(g, -grad_clip), grad_clip)
+        # NaN stays NaN through both clamps, as in torch.clamp (tl.minimum / tl.maximum drop it by
+        # default): the trainer's non-finite-negatives guard must see it.
+        g = tl.minimum(tl.maximum(g, -grad_clip, propagate_nan=tl.PropagateNan.ALL), grad_clip,
+                       propagate_nan=tl.PropagateNan.ALL)
     x = x - step_size * g
     if HAS_NOISE:
         # Two scalar loads per program (8 bytes each, served from cache); counters offset + i.
@@ -66,7 +71,7 @@ def _langevin_step_kernel(
         eps = tl.randn(seed, base + offs)
         x = x + noise_std * eps
     if CLAMP_X:
-        x = tl.minimum(tl.maximum(x, lo), hi)
+        x = tl.minimum(tl.maximum(x, lo, propagate_nan=tl.PropagateNan.ALL), hi, propagate_nan=tl.PropagateNan.ALL)
     # The only write.
     tl.store(out_ptr + offs, x, mask=mask)
 
@@ -120,7 +125,8 @@ def langevin_step(
     assert is_dense(x), f"x must be dense (contiguous or channels_last), strides {x.stride()}"
     assert_runnable(x.device)
     assert_rng_state(rng_state, x.device)
-    assert noise_std >= 0 and (grad_clip is None or grad_clip > 0), (noise_std, grad_clip)
+    assert math.isfinite(step_size) and noise_std >= 0 and (grad_clip is None or grad_clip > 0), (
+        step_size, noise_std, grad_clip)
     assert clamp is None or clamp[0] <= clamp[1], clamp
     if block is None:
         block = 16384 if x.device.type == "cpu" else 1024

@@ -109,7 +109,8 @@ def _lowrank_gaussian_kernel(
     x = mean[None, :] + acc
     x = x + dsq[None, :] * eps
     if CLAMP:
-        x = tl.minimum(tl.maximum(x, lo), hi)
+        x = tl.minimum(tl.maximum(x, lo, propagate_nan=tl.PropagateNan.ALL), hi,
+                       propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as in torch.clamp
     mask = row_ok[:, None] & col_ok[None, :]
     tl.store(out_ptr + offs, x, mask=mask)
     if WRITE_NOISE:

@@ -82,6 +82,20 @@ def test_langevin_no_noise_equals_reference(device, gdtype, grad_clip):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("grad_clip", [None, 1.0])
+def test_langevin_non_finite_values_agree_with_the_reference(device, grad_clip):
+    """NaN stays NaN through the gradient clamp and the x clamp (as torch.clamp), ±inf clamps like torch:
+    the trainer's non-finite-negatives guard sees what the plain path would show it."""
+    nan, inf = float("nan"), float("inf")
+    x = torch.tensor([0.5, 0.5, 0.5, 0.5, nan, 0.2, 2.0, -0.3], device=device)
+    g = torch.tensor([nan, inf, -inf, 1.0, 0.0, 0.5, 0.0, 40.0], device=device)
+    y = langevin_step(x, g, 0.1, 0.0, make_rng_state(0, device), grad_clip=grad_clip)
+    ref = langevin_reference(x, g, 0.1, 0.0, grad_clip=grad_clip)
+    assert torch.equal(y.isnan(), ref.isnan()) and y.isnan().sum() >= 2
+    assert torch.equal(y.nan_to_num(7.0), ref.nan_to_num(7.0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_langevin_odd_size_and_custom_clamp(device):
     x, g = make_xg((37, 300), device, seed=3, gscale=5.0)
     rs = make_rng_state(2, device)
