@@ -113,13 +113,18 @@ def load_model_state(model: torch.nn.Module, ckpt: dict, path: str) -> None:
     saves a ``torch.compile`` or DDP wrapper); copying in place keeps captured CUDA graphs valid.
 
     Raises:
-        CheckpointError: the weights do not fit ``model`` (missing / unexpected keys, other shapes).
+        CheckpointError: the weights do not fit ``model`` (missing / unexpected keys, other shapes; the
+            message keeps torch's first reason), or hold NaN / inf (the trainer never writes such a file).
     """
+    bad = [k for k, v in ckpt["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {path!r}: non-finite values in {len(bad)} weight tensor(s), e.g. "
+                              f"{bad[0]!r}; not a checkpoint fastebm wrote (it never saves non-finite weights)")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path!r}: its weights do not fit this model: "
-                              f"{str(e).splitlines()[0]}") from None
+        reason = " ".join(line.strip() for line in str(e).splitlines()[1:3])  # line 0 is a header
+        raise CheckpointError(f"checkpoint {path!r}: its weights do not fit this model: {reason[:300]}") from None
 
 
 def rng_state() -> dict:

@@ -638,13 +638,21 @@ class Trainer:
                 "best": dict(self.best)}
 
     def save_checkpoint(self, path: str | None = None) -> str:
-        """Write ckpt.pt atomically (never with non-finite parameters or buffer; DivergenceError then)."""
+        """Write ckpt.pt atomically; never a model that a rollback or an evaluation could not use
+        (DivergenceError then): non-finite parameters, BN statistics or replay buffer, or finite weights whose
+        energies / logits on a probe batch (the first B buffer samples, eval mode) overflow to inf / NaN — the
+        optimizer step after the last loss check can leave such weights."""
         path = path or self.ckpt_path
         self.dist.average_buffers(self.model)                       # BN running stats: mean over ranks
-        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-        if not self.dist.all_ranks(finite and bool(torch.isfinite(self.buffer.samples).all())):
-            raise DivergenceError(f"refusing to write a checkpoint with non-finite values at iteration "
-                                  f"{self.iteration}; last good checkpoint: {self.last_checkpoint}")
+        tensors = [*self.model.parameters(), *self.model.buffers(), self.buffer.samples]
+        finite = all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+        if finite:
+            energy, logits = model_outputs(self.model, self.buffer.samples[: self.cfg.batch_size], self.cfg.batch_size)
+            finite = bool(torch.isfinite(energy).all()) and (logits is None or bool(torch.isfinite(logits).all()))
+        if not self.dist.all_ranks(finite):
+            raise DivergenceError(f"refusing to write a checkpoint with non-finite values (weights, buffer, or "
+                                  f"the energies they give) at iteration {self.iteration}; last good checkpoint: "
+                                  f"{self.last_checkpoint}")
         state = self.dist.gather_checkpoint(self.state_dict())      # every rank's buffer shard → rank 0
         if state is not None:
             atomic_save(state, path)

@@ -12,6 +12,7 @@ import torch
 from fastebm.checkpoint import load_checkpoint
 from fastebm.config import resolve
 from fastebm.data import load_dataset
+from fastebm.model import build_model, model_outputs
 from fastebm.train import main
 from fastebm.trainer import DivergenceError, Trainer, lr_at
 
@@ -181,3 +182,22 @@ def test_stop_mode_writes_no_initial_checkpoint(data, tmp_path):
     with pytest.raises(DivergenceError, match="diverged at iteration 1"):
         t.fit()
     assert not os.path.exists(tmp_path / "ckpt.pt")
+
+
+@pytest.mark.parametrize("mode", ["stop", "rollback"])
+def test_weights_that_overflow_never_reach_a_checkpoint(data, tmp_path, mode):
+    """lr 1e30: the optimizer step after the last loss check leaves finite weights (~1e27) whose energies are
+    NaN. No checkpoint may hold them (a rollback to it could never recover, an evaluation would read NaN):
+    the run stops (exit-1 path) and every checkpoint file it left gives finite energies and logits."""
+    out = str(tmp_path / "run")
+    t = _trainer(data, epochs=3, lr=1e30, eval_every=2, on_divergence=mode, max_rollbacks=1, out=out)
+    with pytest.raises(DivergenceError):
+        t.fit()
+    files = [f for f in os.listdir(out) if f.endswith(".pt") and f != "p0.pt"]
+    assert ("ckpt.pt" in files) == (mode == "rollback")  # stop mode writes no initial checkpoint
+    for name in files:
+        ckpt = load_checkpoint(os.path.join(out, name))
+        model = build_model(resolve(ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+        energy, logits = model_outputs(model, ckpt["buffer"]["samples"][:16])
+        assert torch.isfinite(energy).all() and torch.isfinite(logits).all(), name

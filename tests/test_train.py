@@ -103,7 +103,7 @@ def test_non_finite_energies_stop_the_run(tmp_path, cifar_subset):
     t = Trainer(resolve(dict(cfg.to_dict(), on_divergence="rollback")), *cifar_subset)
     with torch.no_grad():
         t.model.energy_head.bias.fill_(float("nan"))
-    with pytest.raises(DivergenceError, match="non-finite values at iteration 0"):
+    with pytest.raises(DivergenceError, match=r"non-finite values \(weights, buffer, or the energies they give\) at iteration 0"):
         t.fit()
     assert not os.path.exists(tmp_path / "ckpt.pt") and t.iteration == 0
 
@@ -149,3 +149,23 @@ def test_cli_checkpoint_from_another_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--resume", os.path.join(out, "ckpt.pt"), "--model", "mjem"])
     assert e.value.code == 2 and "expected {'model': 'mjem'" in capsys.readouterr().err
+    # weights that do not fit say why (torch's first reason, not only its header line)
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
+    del ckpt["model"]["energy_head.weight"]
+    torch.save(ckpt, os.path.join(out, "missing.pt"))
+    with pytest.raises(SystemExit) as e:
+        main(["--resume", os.path.join(out, "missing.pt"), "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and 'Missing key(s) in state_dict: "energy_head.weight"' in err
+    # a file with NaN weights is refused, by resume and by the evaluation alike
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
+    ckpt["model"]["energy_head.bias"].fill_(float("nan"))
+    torch.save(ckpt, os.path.join(out, "nan.pt"))
+    with pytest.raises(SystemExit) as e:
+        main(["--resume", os.path.join(out, "nan.pt"), "--out", str(tmp_path / "c")])
+    assert e.value.code == 2 and "non-finite values in 1 weight tensor(s)" in capsys.readouterr().err
+    from fastebm.checkpoint import CheckpointError
+    from fastebm.eval import load_run
+
+    with pytest.raises(CheckpointError, match="non-finite values"):
+        load_run(os.path.join(out, "nan.pt"), device="cpu")
