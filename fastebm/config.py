@@ -54,6 +54,7 @@ turns it back on), and ``jem`` (the JEM baseline as JEM's code, :data:`MODEL_PRE
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -331,6 +332,8 @@ def resolve_device(name: str) -> torch.device:
         dev = torch.device(name)
     except RuntimeError:
         raise ValueError(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
     return dev
@@ -421,7 +424,16 @@ RANGES: dict[str, tuple] = {
     "ckpt_every": (1, None, True, False), "check_every": (1, None, True, False),
     "max_rollbacks": (0, None, True, False), "rollback_lr_factor": (0, 1, False, True),  # issue 11 part 1
     "fid_every": (0, None, True, False), "keep_every": (0, None, True, False),  # issue 10 (0: off)
+    "seed": (0, 2 ** 32 - 1, True, True),  # numpy's seed range
 }
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``PROG: error: ...`` with exit status 2, without the usage block
+    (the style of every fastebm error): the parser of both CLIs."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def flag(name: str) -> str:
@@ -481,6 +493,21 @@ def available_memory(device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def wrn_weights(depth: int, width: int, image_size: int) -> int:
+    """The number of convolution weights of the WRN-``depth``-``width`` backbone (fastebm.model.WideResNet:
+    3×3 stem of 16 channels, stages of 16k, 32k, 64k (and 128k from 64 px) channels with (depth − 4) / 6
+    blocks of two 3×3 convolutions, 1×1 shortcuts where the shape changes); biases and norms (< 1 %) are left
+    out. Python ints, so absurd sizes are refused before anything is built."""
+    n = (depth - 4) // 6
+    stages = [16 * width, 32 * width, 64 * width] + ([128 * width] if image_size >= 64 else [])
+    total, c_in = 9 * 3 * 16, 16
+    for i, c in enumerate(stages):
+        if n:  # the first stage keeps the resolution: a shortcut only where the width changes
+            total += 9 * c_in * c + 9 * c * c + (c_in * c if i or c_in != c else 0) + (n - 1) * 18 * c * c
+            c_in = c
+    return total
+
+
 def check_fits(cfg: Config, n_train: int, device, world_size: int = 1, available: int | None = None) -> None:
     """Reject sizes that cannot fit the data or the device, before anything large is allocated (issue 11).
 
@@ -493,7 +520,9 @@ def check_fits(cfg: Config, n_train: int, device, world_size: int = 1, available
             images); each rank holds a ⌈|B|/N⌉ shard of the replay buffer on its own device.
 
     Raises:
-        ValueError: a classifier model on data with fewer than 2 classes; ``--batch-size`` / ``--cls-batch-size``
+        ValueError: a classifier model on data with fewer than 2 classes; fewer than 2 training images; a WRN
+        whose weights, gradients and optimizer state (16 bytes a weight) exceed the free memory
+        (``--depth`` / ``--width``); ``--batch-size`` / ``--cls-batch-size``
         (models with a p(y|x) batch) larger than the training set, a replay
         buffer (float32, ``--buffer-size``) or a full p0 covariance (float64, ``--cov full``) larger than
         the free memory of the device. The message names the option and the limit.
@@ -507,7 +536,15 @@ def check_fits(cfg: Config, n_train: int, device, world_size: int = 1, available
         if b > n_train:
             raise ValueError(f"{flag(name)} {b}: larger than the training set; expected at most {n_train} "
                              f"(the number of training images{' after --train-subset' if cfg.train_subset else ''})")
+    if n_train < 2:
+        raise ValueError(f"the training set holds {n_train} image(s) (--train-subset, --max-per-class, the data); "
+                         f"expected at least 2 (the p0 fit and the batches need them)")
     free = available_memory(device) if available is None else available
+    weights = wrn_weights(cfg.depth, cfg.width, cfg.image_size)
+    if 16 * weights > free:  # fp32 weights, gradients and up to two optimizer moments
+        raise ValueError(f"--depth {cfg.depth} --width {cfg.width}: a WRN-{cfg.depth}-{cfg.width} has "
+                         f"{weights / 1e6:.4g} M weights; training needs about {16 * weights / 2 ** 30:.4g} GiB "
+                         f"(weights, gradients, optimizer state), {free / 2 ** 30:.1f} GiB are free on {device}")
     per_sample = 3 * cfg.image_size ** 2 * 4
     shard = -(-cfg.buffer_size // world_size)
     if shard * per_sample > free:

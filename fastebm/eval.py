@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
-from .config import Config, fast_flags, resolve, resolve_device
+from .config import Config, OneLineParser, fast_flags, resolve, resolve_device
 from .data import DATASETS, DatasetError, ImageSet, load_dataset, to_float, to_uint8
 from .init import p0_from_state_dict
 from .model import EnergyModel, build_model, model_outputs
@@ -752,14 +752,16 @@ def run_tasks(run: Run, tasks: list[str], opts) -> dict[str, dict]:
     return results
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block
-        self.exit(2, f"{PROG}: error: {message}\n")
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one; a None default (its help says what happens) shows none."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m fastebm.eval`` (argparse errors are one line, exit 2)."""
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=_DefaultsShown)
     a = p.add_argument
     a("--ckpt", nargs="+", required=True, help="checkpoint(s) written by fastebm.train (RUN/ckpt.pt); several: "
       "tsne embeds them jointly, other tasks run per checkpoint")
@@ -810,6 +812,8 @@ def _check_opts(opts) -> None:
         raise EvalError(f"--keep-ratio: expected a ratio in (0, 1] or a count > 1, got {opts.keep_ratio}")
     if opts.perplexity <= 0:
         raise EvalError(f"--perplexity: expected a value > 0, got {opts.perplexity}")
+    if not 0 <= opts.seed < 2 ** 32:  # numpy / scikit-learn seeds
+        raise EvalError(f"--seed: expected an integer in [0, 2**32), got {opts.seed}")
     if opts.source not in ("buffer", "chains"):
         raise EvalError(f"--source: expected 'buffer' or 'chains', got {opts.source!r}")
     unknown = [t for t in opts.task if t not in TASKS]
@@ -849,18 +853,23 @@ def main(argv=None) -> int:
             os.makedirs(opts.out, exist_ok=True)
             results["tsne"] = task_tsne(runs, opts)
         tasks = [t for t in opts.task if not (t == "tsne" and len(runs) > 1)]
-        for run in runs if tasks else []:
+        names = [_run_name(r) for r in runs]
+        if len(set(names)) < len(names):  # e.g. A/run/ckpt.pt and B/run/ckpt.pt: one folder each, not one shared
+            names = [f"{name}-{i + 1}" for i, name in enumerate(names)]
+        written = [opts.out] if "tsne" in opts.task and len(runs) > 1 else []
+        for run, name in zip(runs, names) if tasks else []:
             if len(runs) > 1:
-                opts.out = (os.path.join(out, _run_name(run)) if out else
+                opts.out = (os.path.join(out, name) if out else
                             os.path.join(os.path.dirname(run.ckpt), "eval", os.path.basename(run.ckpt)[:-3]))
+            written.append(opts.out)
             results.update({f"{t}" if len(runs) == 1 else f"{t} {run.ckpt}": r
                             for t, r in run_tasks(run, tasks, opts).items()})
-    except (EvalError, CheckpointError, DatasetError, FileNotFoundError, ImportError, ValueError) as e:
+    except (EvalError, CheckpointError, DatasetError, OSError, ImportError, ValueError) as e:
         parser.exit(2, f"{PROG}: error: {' '.join(str(e).split())}\n")
     for task, record in results.items():
         nums = {k: v for k, v in record.items() if isinstance(v, float) or (k == "auroc" and isinstance(v, dict))}
         print(f"{task}: {json.dumps(_jsonable(nums))}", file=sys.stderr)
-    print(f"fastebm.eval: wrote {out or opts.out}", file=sys.stderr)
+    print(f"fastebm.eval: wrote {', '.join(dict.fromkeys(written)) or opts.out}", file=sys.stderr)
     return 0
 
 

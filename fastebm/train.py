@@ -28,7 +28,7 @@ import types
 import typing
 
 from .checkpoint import CheckpointError, checkpoint_config
-from .config import CHOICES, NONE, Config, resolve
+from .config import CHOICES, NONE, Config, OneLineParser, resolve
 from .data import DatasetError
 from .distributed import env_world_size, exit_process, init_from_env, shutdown
 from .selfcheck import FastPathError
@@ -36,6 +36,7 @@ from .selfcheck import summary as fast_path_summary
 from .trainer import DivergenceError, Trainer
 
 CLI_ONLY = ("resume", "print_config")  # flags that are not Config fields
+DERIVED = ("n_classes",)  # Config fields set from the data, not options
 
 
 def _flag(name: str) -> str:
@@ -99,15 +100,17 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     """
     argv = sys.argv[1:] if argv is None else argv
     view = _preset_view(argv)
-    p = argparse.ArgumentParser(prog="python -m fastebm.train", description=__doc__.split("\n\n")[0],
-                                epilog="Defaults shown are the presets resolved for the --dataset / --model / "
-                                       "--k given (fastebm/config.py; --print-config prints them all).")
+    p = OneLineParser(prog="python -m fastebm.train", description=__doc__.split("\n\n")[0],
+                      epilog="Defaults shown are the presets resolved for the --dataset / --model / "
+                             "--k given (fastebm/config.py; --print-config prints them all).")
     p.add_argument("--resume", metavar="CKPT", help="continue the run stored in this checkpoint")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved configuration as JSON and exit (no data is loaded)")
     hints = typing.get_type_hints(Config)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(Config):
+        if f.name in DERIVED:
+            continue
         meta = f.metadata
         title = meta.get("group", "other options")
         g = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))

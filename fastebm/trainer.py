@@ -146,7 +146,10 @@ class Trainer:
         grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
         check_fits(cfg, len(self.train_data), self.device, torch.distributed.get_world_size() if grouped else 1)
         self.out = cfg.out = cfg.out or default_run_folder(cfg)
-        os.makedirs(os.path.join(self.out, "samples"), exist_ok=True)
+        try:
+            os.makedirs(os.path.join(self.out, "samples"), exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {self.out}: cannot make the run folder there ({e.strerror})") from None
         if not grouped or torch.distributed.get_rank() == 0:  # the one writer removes what a killed save left
             remove_stale_temporaries(self.out)
 

@@ -12,7 +12,7 @@ from PIL import Image
 from fastebm import eval as E
 from fastebm import metrics as M
 from fastebm.config import resolve
-from fastebm.eval import filter_by_confidence, load_run, main, sample_chains
+from fastebm.eval import build_parser, filter_by_confidence, load_run, main, sample_chains
 from fastebm.sampler import frozen_bn_stats
 from fastebm.trainer import Trainer
 
@@ -69,6 +69,20 @@ def test_load_run_restores_model_and_buffer(ckpts):
     ckpt = torch.load(ckpts["mjem"], weights_only=False)
     for k, v in run.model.state_dict().items():
         assert torch.equal(v, ckpt["model"][k]), k
+
+
+def test_two_checkpoints_from_folders_of_one_name_get_one_result_folder_each(ckpts, tmp_path, capsys):
+    """A/run/ckpt.pt and B/run/ckpt.pt with --out: two result folders (run-1, run-2), not one overwritten."""
+    paths = []
+    for name in ("A", "B"):
+        os.makedirs(tmp_path / name / "run")
+        shutil.copy(ckpts["mjem"], tmp_path / name / "run" / "ckpt.pt")
+        paths.append(str(tmp_path / name / "run" / "ckpt.pt"))
+    out = tmp_path / "ev"
+    assert main(["--ckpt", *paths, "--task", "acc", "--out", str(out), *FAST]) == 0
+    assert sorted(os.listdir(out)) == ["run-1", "run-2"]
+    assert all(os.path.isfile(out / d / "acc.json") for d in ("run-1", "run-2"))
+    assert f"wrote {out / 'run-1'}, {out / 'run-2'}" in capsys.readouterr().err
 
 
 def test_acc_and_ece(ckpts, tmp_path):
@@ -342,3 +356,8 @@ def test_chains_run_through_the_fast_sampler(ckpts, monkeypatch):
     run = load_run(ckpts["mebm"], "cpu")
     x = sample_chains(run, 10, 2, 4)
     assert calls == [4, 4, 2] and x.shape == (10, 3, 32, 32) and x.abs().max() <= 1
+
+
+def test_help_shows_no_none_defaults():
+    text = " ".join(build_parser().format_help().split())
+    assert "default: None" not in text and "(default: auto)" in text

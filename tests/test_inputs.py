@@ -89,6 +89,8 @@ def test_train_cli_rejects_bad_numbers_with_one_line(argv, match, capsys, tmp_pa
     (["--perplexity", "nan"], "--perplexity: expected a finite number, got nan"),
     (["--keep-ratio", "inf"], "--keep-ratio: expected a finite number, got inf"),
     (["--perplexity", "0"], "--perplexity: expected a value > 0"),
+    (["--seed", "-1"], "--seed: expected an integer in [0, 2**32)"),
+    (["--seed", "4294967296"], "--seed: expected an integer in [0, 2**32)"),  # numpy would wrap it silently
 ])
 def test_eval_cli_rejects_non_finite_floats(argv, match, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:  # rejected before the checkpoint is even looked at

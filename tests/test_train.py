@@ -133,13 +133,21 @@ def test_cli_digits_run_and_resume(tmp_path, capsys):
     (["--max-rollbacks", "-1"], "--max-rollbacks"),
     (["--rollback-lr-factor", "0"], "--rollback-lr-factor"),
     (["--rollback-lr-factor", "nan"], "--rollback-lr-factor"),
+    (["--k", "1.5"], "argument --k: invalid int value"),  # argparse's own errors: one line too
+    (["--n-classes", "3"], "unrecognized arguments: --n-classes"),  # set from the data, not an option
+    (["--seed", "-1"], "--seed: expected a value in [0, 4294967295]"),
+    (["--device", "meta"], "--device: expected 'auto', 'cpu', 'cuda'"),
+    (["--out", "/dev/null"], "--out /dev/null: cannot make the run folder"),
+    (["--depth", "99999999999999999994"], "a WRN-99999999999999999994-1 has"),
+    (["--width", "100000"], "--depth 10 --width 100000: a WRN-10-100000 has"),
+    (["--train-subset", "1", "--batch-size", "1", "--cls-batch-size", "1"], "holds 1 image(s) (--train-subset"),
 ])
 def test_cli_bad_input_gives_one_line_error(argv, match, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        main(argv + ["--out", str(tmp_path / "x")])
+        main(["--out", str(tmp_path / "x")] + argv)  # an --out in argv comes last and wins
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert match in err[-1]
+    assert len(err) == 1 and match in err[0], err
 
 
 def test_cli_checkpoint_from_another_model(tmp_path, capsys):
