@@ -304,14 +304,16 @@ def fast_flags(device_type: str) -> dict:
                 compile_step=True)
 
 
-def resolve_fast_flags(cfg: "Config", device_type: str) -> None:
-    """Replace ``auto`` / None fast-path flags of ``cfg`` in place by :func:`fast_flags` of the device.
+def resolve_fast_flags(cfg: "Config", device_type: str, world_size: int = 1) -> None:
+    """Replace ``auto`` / None fast-path flags of ``cfg`` in place by :func:`fast_flags` of the device; in a
+    multi-process (DDP) run ``auto`` leaves the compiled step off (it is single-process; an explicit
+    ``--compile-step`` there is refused by the trainer).
 
     Raises ValueError when a CUDA-only flag (cuda_graphs, triton) is forced on without CUDA.
     """
     if cfg.check_every is None:  # a host sync per iteration costs nothing on the CPU
         cfg.check_every = 1 if device_type != "cuda" else cfg.log_every
-    auto = fast_flags(device_type)
+    auto = dict(fast_flags(device_type), **({"compile_step": False} if world_size > 1 else {}))
     for name, value in auto.items():
         if getattr(cfg, name) in (None, "auto"):
             setattr(cfg, name, value)

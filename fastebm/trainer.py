@@ -128,7 +128,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, train_data: ImageSet | None = None, test_data: ImageSet | None = None):
         self.device = resolve_device(cfg.device)
-        resolve_fast_flags(cfg, self.device.type)
+        self.dist = DistContext.for_run(cfg, self.device)           # issue 6: no-op without a process group
+        resolve_fast_flags(cfg, self.device.type, self.dist.world_size)
         enable_nvtx(cfg.nvtx)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -143,14 +144,13 @@ class Trainer:
         cfg.image_size, cfg.n_classes = self.train_data.image_size, self.train_data.n_classes
         self.cfg = cfg
         # issue 11: sizes that cannot fit the data or the device fail here, before the model, p0 or buffer
-        grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
-        check_fits(cfg, len(self.train_data), self.device, torch.distributed.get_world_size() if grouped else 1)
+        check_fits(cfg, len(self.train_data), self.device, self.dist.world_size)
         self.out = cfg.out = cfg.out or default_run_folder(cfg)
         try:
             os.makedirs(os.path.join(self.out, "samples"), exist_ok=True)
         except OSError as e:
             raise ValueError(f"--out {self.out}: cannot make the run folder there ({e.strerror})") from None
-        if not grouped or torch.distributed.get_rank() == 0:  # the one writer removes what a killed save left
+        if self.dist.is_main:  # the one writer removes what a killed save left
             remove_stale_temporaries(self.out)
 
         self.model = build_model(cfg).to(self.device)
@@ -162,7 +162,6 @@ class Trainer:
         # computes input gradients only).
         self.compiled = (torch.compile(self.model, **compile_mode(cfg.compile, cfg.cuda_graphs))
                          if cfg.compile != "off" else self.model)
-        self.dist = DistContext.for_run(cfg, self.device)           # issue 6: no-op without a process group
         self.net = self.dist.wrap(self.model) if self.dist.world_size > 1 else self.compiled
         self.dist.seed_rank(cfg.seed)                                # per-rank RNG stream (buffer, SGLD)
         params = self.model.parameters()

@@ -259,3 +259,18 @@ def test_lse_jem_trains_on_digits_with_finite_energies(tmp_path, digits):
     assert all(torch.isfinite(torch.tensor([r["e_pos"], r["e_neg"], r["loss"], r["loss_cls"]])).all()
                for r in recs)
     assert any(r["loss_cls"] > 0 for r in recs)
+
+
+def test_auto_leaves_the_compiled_step_off_under_ddp():
+    """On CUDA ``auto`` turns every fast component on, but the compiled step is single-process: under torchrun
+    ``auto`` must leave it off (the trainer refuses an explicit --compile-step there), or every default
+    multi-GPU run would stop at start."""
+    from fastebm.config import resolve_fast_flags
+
+    for world, expected in ((1, True), (2, False)):
+        cfg = resolve(dict(dataset="cifar10", data_root="x"))
+        resolve_fast_flags(cfg, "cuda", world)
+        assert cfg.compile_step is expected and cfg.triton and cfg.cuda_graphs and cfg.compile == "default"
+    cfg = resolve(dict(dataset="cifar10", data_root="x", compile_step=True))
+    resolve_fast_flags(cfg, "cuda", 2)
+    assert cfg.compile_step  # explicit: kept, and refused by the trainer with a one-line error

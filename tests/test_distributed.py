@@ -96,7 +96,7 @@ def _worker(rank, port, tmp):
     torch.set_num_threads(1)
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    from fastebm.distributed import init_from_env, shutdown
+    from fastebm.distributed import exit_process, init_from_env, shutdown
 
     assert init_from_env("cpu", timeout_s=120)
     try:
@@ -142,6 +142,9 @@ def _worker(rank, port, tmp):
                    os.path.join(tmp, f"c{rank}.pt"))
     finally:
         shutdown()
+    # As fastebm.train under torchrun: a worker that used DDP ends with os._exit, or a gloo thread can abort
+    # it at interpreter shutdown (fastebm.distributed.exit_process); reached only when no exception was raised.
+    exit_process(0, multi_process=True)
 
 
 @pytest.fixture(scope="module")
