@@ -647,7 +647,7 @@ class Trainer:
         path = path or self.ckpt_path
         self.dist.average_buffers(self.model)                       # BN running stats: mean over ranks
         tensors = [*self.model.parameters(), *self.model.buffers(), self.buffer.samples]
-        finite = all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+        finite = bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).all())  # 1 sync
         if finite:
             energy, logits = model_outputs(self.model, self.buffer.samples[: self.cfg.batch_size], self.cfg.batch_size)
             finite = bool(torch.isfinite(energy).all()) and (logits is None or bool(torch.isfinite(logits).all()))
