@@ -57,7 +57,7 @@ class ReplayBuffer:
         Returns:
             (n,) bool device tensor: which samples were finite and written (no host sync).
         """
-        x = x.detach().float()
+        x = x.detach().to(self.samples.dtype)
         ok = torch.isfinite(x).flatten(1).all(1)
         # Indices are drawn with replacement: for a repeated index the last draw wins. Every write to a
         # repeated index carries that same value, so the scatter is deterministic (fixed shapes, no sync).

@@ -35,7 +35,7 @@ def atomic_save(obj, path: str) -> None:
     """torch.save ``obj`` to a temporary file in the same folder, fsync, then os.replace onto ``path``.
 
     A crash or signal mid-write leaves the previous file at ``path`` intact (and a ``.tmp-<pid>-*.pt``
-    file that :func:`remove_stale_temporaries` removes at the next start). File mode (issue 11): an
+    file that :func:`remove_stale_temporaries` removes at the next start). File mode: an
     existing file's mode is kept; a new file gets 0666 minus the umask (0644 under umask 022), as
     ``open()`` would give — not the 0600 of ``tempfile.mkstemp``.
     """
@@ -99,11 +99,6 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"checkpoint {path!r}: expected a fastebm checkpoint (keys 'model', 'config')")
     return ckpt
-
-
-def checkpoint_config(path: str) -> dict:
-    """The configuration stored in a checkpoint (raises CheckpointError if unreadable)."""
-    return load_checkpoint(path)["config"]
 
 
 def load_model_state(model: torch.nn.Module, ckpt: dict, path: str) -> None:

@@ -4,7 +4,6 @@ Every value below carries its source next to it. Abbreviations of the sources:
 
 - *paper*: Yang & Ji, "M-EBM: Towards Understanding the Manifolds of Energy-Based Models" (PAKDD 2023,
   arXiv 2303.04343): Table 5 (hyper-parameters), Appendix A (learning rates), Section 5 (experiments).
-  The paper's text was not available to this project; its values are the ones quoted in issue 9.
 - *mebm*: the authors' code, github sndnyang/mebm: ``train_maebm.py`` (argparse defaults, ``sample_q``,
   the training loop), ``utils.py`` (``get_data``), ``scripts/maebm_cifar10.sh``, ``scripts/majem_cifar10.sh``,
   ``scripts/maebm_celeba.sh``.
@@ -87,7 +86,7 @@ def _f(default, help: str, group: str, **kw):
     return field(default=default, metadata={"help": help, "group": group, **kw})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     """Every knob of a run. The defaults are the M-EBM / M-JEM recipe of the authors' code (sources in the
     comments); :func:`resolve` applies the dataset, model and K presets on top. Each field's ``metadata``
@@ -101,7 +100,7 @@ class Config:
     test_subset: int | None = _f(None, "evaluate on this many test images (none: all)", "data")
     max_per_class: int | None = _f(None, "folder layouts: read at most this many files per class "
                                          "(none: all)", "data")
-    # issue 11: --image-size resizes every image (antialiased); none keeps the data's own size, and the
+    # --image-size resizes every image (antialiased); none keeps the data's own size, and the
     # trainer then sets it from the data (a checkpoint always stores the size the model was built for)
     image_size: int | None = _f(None, "resize every image to this side in pixels, antialiased (none: the data's "
                                       "own size)", "data")
@@ -154,17 +153,21 @@ class Config:
                                            "--cls-batch-size, one pass of the labelled loader)",
                                      "optimization")  # mebm utils.get_data: drop_last=True, batch 128
     max_loss: float = _f(1e5, "stop the run when |loss| exceeds this", "optimization")  # mebm train_maebm.py: loss.abs() > 1e5
-    # fast path (issue 3); "auto" = fast on CUDA, plain reference path on CPU (see fast_flags / plain_flags)
+    # fast path; "auto" = fast on CUDA, plain reference path on CPU (see fast_flags / plain_flags)
     compile: str = _f("auto", "torch.compile of the energy network (auto: default on CUDA, off on CPU)",
                       "fast path")
     cuda_graphs: bool | None = _f(None, "capture the K-step SGLD loop in a CUDA graph (unset: on with CUDA)",
                                   "fast path")
-    amp: str = _f("auto", "autocast precision of the network (auto: bf16 on CUDA, off on CPU)", "fast path")
+    amp: str = _f("auto", "autocast precision of the loss pass: energies, classifier, weight gradients (auto: bf16 on "
+                          "CUDA, off on CPU)", "fast path")
+    # bf16 SGLD moved chains by ~60 % of the injected SGLD noise (K = 5; WRN-10-1, README "bf16 and SGLD"),
+    # more than the self-check allows; the sampler therefore stays fp32 (TF32 convolutions on CUDA) by default
+    sgld_amp: str = _f("auto", "autocast precision of the SGLD input gradients (auto: off, fp32)", "fast path")
     triton: bool | None = _f(None, "fused Triton kernels: Langevin update, p0 sampling (unset: on with CUDA)",
                              "fast path")
     channels_last: bool | None = _f(None, "channels-last network and chains (unset: on with CUDA)", "fast path")
     nvtx: bool = _f(False, "NVTX ranges for nsys", "fast path")
-    # issue 12: the whole iteration as one compiled graph, and the fast path's run-time self-check
+    # the whole iteration as one compiled graph, and the fast path's check at the first iteration
     compile_step: bool | None = _f(None, "torch.compile the whole training iteration as one graph (CUDA graphs on "
                                          "CUDA; unset: on with CUDA, off on CPU)", "fast path")
     fast_path: str = _f("auto", "self-check of the fast components against the plain path at the first "
@@ -181,14 +184,14 @@ class Config:
     check_every: int | None = _f(None, "iterations between host-side divergence checks (none: 1 on CPU, "
                                        "--log-every on CUDA)", "run")
     progress: bool = _f(True, "progress bar", "run")
-    # issue 11: automatic recovery from divergence (Trainer.fit / Trainer.rollback)
+    # automatic recovery from divergence (Trainer.fit / Trainer.rollback)
     on_divergence: str = _f("rollback", "on divergence: rollback (to the latest ckpt.pt, lower lr, reseed) or "
                                         "stop (exit 1)", "divergence recovery")
     max_rollbacks: int = _f(3, "rollbacks allowed over the whole run (stored in checkpoints); one more "
                                "divergence stops", "divergence recovery")
     rollback_lr_factor: float = _f(0.5, "each rollback multiplies the learning rate (a persistent scale on the "
                                         "schedule) by this", "divergence recovery")
-    # issue 10: best-before-divergence evaluation during training, TensorBoard
+    # best-before-divergence evaluation during training, TensorBoard
     fid_every: int | None = _f(None, "FID / IS of the whole replay buffer every N epochs, best_fid.pt (none: 5 on "
                                      "CUDA, 0 = off on CPU)", "evaluation during training")
     keep_every: int = _f(0, "keep ckpt_eNNN.pt every N epochs (0: off)", "evaluation during training")
@@ -280,19 +283,20 @@ TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet32": 1_281_167}
 # on all images and keeps JEM's schedule length: 703 iterations per epoch.
 JEM_N_VALID = 5_000
 
-# issue 11: image side of the datasets whose size is fixed (celebahq128: its preset; folder: from the files)
+# image side of the datasets whose size is fixed (celebahq128: its preset; folder: from the files)
 NATIVE_IMAGE_SIZES = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet32": 32}
 
 CHOICES = {"dataset": DATASETS, "model": MODEL_KINDS, "norm": NORMS, "p0": ("gaussian", "uniform"),
            "cov": ("auto",) + COV_FORMS, "sgld_bn": BN_MODES, "reg_form": REG_FORMS,
            "optimizer": ("sgd", "adam"), "device": None,
            "compile": ("auto", "off", "default", "max-autotune", "aot_eager"), "amp": ("auto", "bf16", "fp16", "off"),
+           "sgld_amp": ("auto", "bf16", "fp16", "off"),
            "on_divergence": ("rollback", "stop"), "fast_path": ("auto", "strict", "off")}
 
 
 def plain_flags() -> dict:
     """Every fast-path flag off: the plain PyTorch reference path."""
-    return dict(compile="off", cuda_graphs=False, amp="off", triton=False, channels_last=False,
+    return dict(compile="off", cuda_graphs=False, amp="off", sgld_amp="off", triton=False, channels_last=False,
                 compile_step=False)
 
 
@@ -300,27 +304,33 @@ def fast_flags(device_type: str) -> dict:
     """The fast-path flags that ``auto`` means on a device type: everything on CUDA, plain on CPU."""
     if device_type != "cuda":
         return plain_flags()
-    return dict(compile="default", cuda_graphs=True, amp="bf16", triton=True, channels_last=True,
+    return dict(compile="default", cuda_graphs=True, amp="bf16", sgld_amp="off", triton=True, channels_last=True,
                 compile_step=True)
 
 
-def resolve_fast_flags(cfg: "Config", device_type: str, world_size: int = 1) -> None:
-    """Replace ``auto`` / None fast-path flags of ``cfg`` in place by :func:`fast_flags` of the device; in a
-    multi-process (DDP) run ``auto`` leaves the compiled step off (it is single-process; an explicit
-    ``--compile-step`` there is refused by the trainer).
+# The fields whose "auto" / None depends on the device a run is on: a resume on another device resolves them
+# again unless the user gave them (see for_device).
+DEVICE_FIELDS = ("compile", "cuda_graphs", "amp", "sgld_amp", "triton", "channels_last", "compile_step",
+                 "check_every", "fid_every")
+
+
+def for_device(cfg: "Config", device_type: str, world_size: int = 1) -> "Config":
+    """``cfg`` with the device-dependent "auto" / None values decided for ``device_type`` (a new Config):
+    the fast-path flags (:func:`fast_flags`; in a multi-process DDP run ``auto`` leaves the compiled step off,
+    it is single-process), ``check_every`` (1 on the CPU, where a host sync costs nothing; ``log_every`` on
+    CUDA) and ``fid_every`` (5 epochs on CUDA, off on the CPU).
 
     Raises ValueError when a CUDA-only flag (cuda_graphs, triton) is forced on without CUDA.
     """
-    if cfg.check_every is None:  # a host sync per iteration costs nothing on the CPU
-        cfg.check_every = 1 if device_type != "cuda" else cfg.log_every
     auto = dict(fast_flags(device_type), **({"compile_step": False} if world_size > 1 else {}))
-    for name, value in auto.items():
-        if getattr(cfg, name) in (None, "auto"):
-            setattr(cfg, name, value)
+    auto.update(check_every=1 if device_type != "cuda" else cfg.log_every,
+                fid_every=5 if device_type == "cuda" else 0)
+    new = dataclasses.replace(cfg, **{k: v for k, v in auto.items() if getattr(cfg, k) in (None, "auto")})
     if device_type != "cuda":
         for name in ("cuda_graphs", "triton"):
-            if getattr(cfg, name):
+            if getattr(new, name):
                 raise ValueError(f"--{name.replace('_', '-')} needs a CUDA device (this run is on {device_type})")
+    return new
 
 
 def resolve_device(name: str) -> torch.device:
@@ -389,26 +399,28 @@ def resolve(overrides: dict) -> Config:
     values = {k: (None if v is NONE else v) for k, v in values.items()}
     explicit_none = {k for k, v in given.items() if v is NONE}
     cfg = Config(**values)
+    rules: dict = {}
     if cfg.model == "jem" and "cls_batch_size" not in given:
-        cfg.cls_batch_size = cfg.batch_size  # JEM get_data: both loaders use --batch_size
+        rules["cls_batch_size"] = cfg.batch_size  # JEM get_data: both loaders use --batch_size
     if cfg.l2 is None and "l2" not in explicit_none:
-        cfg.l2 = 0.1 if cfg.k <= 2 else 0.5
+        rules["l2"] = 0.1 if cfg.k <= 2 else 0.5
     if cfg.noise is None and "noise" not in explicit_none:
-        cfg.noise = 0.0 if cfg.k <= 2 else 0.001
+        rules["noise"] = 0.0 if cfg.k <= 2 else 0.001
+    if cfg.image_size is None:  # the fixed sizes are known now; a folder's comes from its images
+        rules["image_size"] = NATIVE_IMAGE_SIZES.get(cfg.dataset)
+    cfg = dataclasses.replace(cfg, **rules)
     if cfg.l2 is None:
         raise ValueError("--l2: expected a number >= 0 (none is not a valid λ)")
     if cfg.noise is None:
         raise ValueError("--noise: expected a number >= 0 (none is not a valid σ)")
     if cfg.iters_per_epoch is None and dataset in TRAIN_SIZES:
         n = TRAIN_SIZES[dataset] if cfg.train_subset is None else min(cfg.train_subset, TRAIN_SIZES[dataset])
-        cfg.iters_per_epoch = derive_iters_per_epoch(cfg, n)
-    if cfg.image_size is None:  # issue 11: the fixed sizes are known now; a folder's comes from its images
-        cfg.image_size = NATIVE_IMAGE_SIZES.get(cfg.dataset)
+        cfg = dataclasses.replace(cfg, iters_per_epoch=derive_iters_per_epoch(cfg, n))
     validate(cfg)
     return cfg
 
 
-# issue 11: the allowed range of every numeric option, (low, high, low included, high included);
+# the allowed range of every numeric option, (low, high, low included, high included);
 # None = unbounded. tests/test_inputs.py checks that every float field of Config has an entry.
 RANGES: dict[str, tuple] = {
     "data_noise": (0, None, True, False), "dropout": (0, 1, True, False), "reinit_freq": (0, 1, True, True),
@@ -424,8 +436,8 @@ RANGES: dict[str, tuple] = {
     "max_per_class": (1, None, True, False), "log_every": (1, None, True, False),
     "eval_every": (1, None, True, False), "sample_every": (1, None, True, False),
     "ckpt_every": (1, None, True, False), "check_every": (1, None, True, False),
-    "max_rollbacks": (0, None, True, False), "rollback_lr_factor": (0, 1, False, True),  # issue 11 part 1
-    "fid_every": (0, None, True, False), "keep_every": (0, None, True, False),  # issue 10 (0: off)
+    "max_rollbacks": (0, None, True, False), "rollback_lr_factor": (0, 1, False, True),
+    "fid_every": (0, None, True, False), "keep_every": (0, None, True, False),  # 0: off
     "seed": (0, 2 ** 32 - 1, True, True),  # numpy's seed range
 }
 
@@ -511,7 +523,7 @@ def wrn_weights(depth: int, width: int, image_size: int) -> int:
 
 
 def check_fits(cfg: Config, n_train: int, device, world_size: int = 1, available: int | None = None) -> None:
-    """Reject sizes that cannot fit the data or the device, before anything large is allocated (issue 11).
+    """Reject sizes that cannot fit the data or the device, before anything large is allocated.
 
     Args:
         cfg: the resolved configuration (``image_size`` set from the data).

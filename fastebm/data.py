@@ -66,9 +66,9 @@ class ImageSet:
         return ImageSet(self.images[idx], self.labels[idx], self.n_classes, self.name)
 
 
-def to_float(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 images in [0, 255] → float32 in [−1, 1] (same shape)."""
-    return images_u8.float().div_(127.5).sub_(1.0)
+def to_float(images_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images in [0, 255] → ``dtype`` (float32; float64 for a reference run) in [−1, 1], same shape."""
+    return images_u8.to(dtype).div_(127.5).sub_(1.0)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -286,6 +286,7 @@ class Batches:
         self.labels = data.labels.to(device)
         self.batch_size, self.seed, self.stream = batch_size, seed, stream
         self.augment, self.data_noise = augment, data_noise
+        self.dtype = torch.float32  # of the batches (float64 in the fast path's reference run)
         self._cached, self._cached_key = None, None
 
     def _perms_for(self, first: int, last: int) -> torch.Tensor:
@@ -327,9 +328,9 @@ class Batches:
 
     def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The device part of :meth:`get`, a function of tensors only (traceable by torch.compile):
-        idx (B,) int64 dataset indices → images (B, 3, H, W) float32 in [−1, 1] with this stream's
-        augmentation and noise (global torch RNG of the device), labels (B,) int64."""
-        x = to_float(self.images[idx])
+        idx (B,) int64 dataset indices → images (B, 3, H, W) of ``self.dtype`` in [−1, 1] with this
+        stream's augmentation and noise (global torch RNG of the device), labels (B,) int64."""
+        x = to_float(self.images[idx], self.dtype)
         if self.augment:
             x = augment(x)
         if self.data_noise > 0:

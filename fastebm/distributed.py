@@ -7,7 +7,7 @@ MASTER_ADDR / MASTER_PORT) with the ``nccl`` backend on CUDA (each rank on ``cud
 ``gloo`` on CPU, and the :class:`~fastebm.trainer.Trainer` picks it up through
 :meth:`DistContext.for_run`.
 
-Design (issue 6):
+Design:
 
 - **Data sharding.** The global batch of iteration ``it`` is exactly the single-process one (the
   ``--batch-size`` / ``--cls-batch-size`` images that :class:`~fastebm.data.Batches` picks for

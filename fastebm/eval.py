@@ -26,8 +26,8 @@ Conventions:
 
 * Images are float (N, 3, H, W) in [-1, 1]; E(x) low = likely, log p(x) = -E(x) + const.
 * Scoring runs the network in eval mode without gradients (model mode and flags restored afterwards).
-* SGLD (gen, ``--source chains``) runs the fast :class:`~fastebm.sampler.Sampler` (Triton update, CUDA
-  graph and bf16 autocast on CUDA; the plain path on CPU) with the checkpoint's SGLD settings;
+* SGLD (gen, ``--source chains``) runs the fast :class:`~fastebm.sampler.Sampler` (Triton update and CUDA
+  graph on CUDA, fp32 as in training; the plain path on CPU) with the checkpoint's SGLD settings;
   ``--sgld-steps`` defaults to the training K.
 * FID real-data statistics are cached in ``--stats-cache`` (default ``$FASTEBM_CACHE/fid_stats``, else
   ``~/.cache/fastebm/fid_stats``), keyed by the content of the data (every file's path, size and mtime
@@ -188,8 +188,9 @@ def _grad_norms(run: Run, images: torch.Tensor, batch_size: int) -> torch.Tensor
 def sample_chains(run: Run, n: int, n_steps: int, batch_size: int, labels: torch.Tensor | None = None
                   ) -> torch.Tensor:
     """Fresh SGLD chains from p0 with the run's SGLD settings (paper Eq. 3), through the fast
-    :class:`~fastebm.sampler.Sampler`: on CUDA the fused Triton update, bf16 autocast and (unconditional
-    chains) a CUDA graph per batch shape; on the CPU the plain path (identical to :func:`~fastebm.sampler.sgld`).
+    :class:`~fastebm.sampler.Sampler`: on CUDA the fused Triton update and (unconditional chains) a CUDA graph
+    per batch shape, in fp32 as in training (README, "bf16 and SGLD"); on the CPU the plain path (identical to
+    :func:`~fastebm.sampler.sgld`).
 
     Args:
         run: the loaded run (``run.p0`` and the step size / noise / clamps / BN mode of its config).
@@ -212,7 +213,7 @@ def sample_chains(run: Run, n: int, n_steps: int, batch_size: int, labels: torch
     cfg, model = run.cfg, run.model
     scfg = SGLDConfig(int(n_steps), cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, cfg.sgld_bn)
     fast = fast_flags(run.device.type)
-    sampler = Sampler(model, scfg, triton=fast["triton"], amp=fast["amp"], cuda_graphs=fast["cuda_graphs"])
+    sampler = Sampler(model, scfg, triton=fast["triton"], amp=fast["sgld_amp"], cuda_graphs=fast["cuda_graphs"])
     out, was_training = [], model.training
     model.train(cfg.sgld_bn == "batch")  # as in training; the Sampler restores BN running statistics
     try:
@@ -220,7 +221,8 @@ def sample_chains(run: Run, n: int, n_steps: int, batch_size: int, labels: torch
             m = min(batch_size, n - i)
             if labels is not None:  # E(x, y) = -f(x)[y]: a per-batch energy, so no CUDA graph
                 y = labels[i:i + m].to(run.device)
-                sampler = Sampler(model, scfg, triton=fast["triton"], amp=fast["amp"], rng_state=sampler.rng_state,
+                sampler = Sampler(model, scfg, triton=fast["triton"], amp=fast["sgld_amp"],
+                                  rng_state=sampler.rng_state,
                                   net=lambda x, y=y: (-model.logits(x).gather(1, y[:, None]).squeeze(1), None))
             out.append(sampler(run.p0.sample(m, device=run.device)).clamp_(-1, 1).cpu())
     finally:
@@ -824,7 +826,7 @@ def _check_opts(opts) -> None:
 
 
 def _check_finite(parser: argparse.ArgumentParser, opts) -> None:
-    """Issue 11: every float option of ``parser`` (found by its type, not from a list) must be finite."""
+    """Every float option of ``parser`` (found by its type, not from a list) must be finite."""
     for action in parser._actions:
         value = getattr(opts, action.dest, None)
         if action.type is float and value is not None and not math.isfinite(value):

@@ -43,8 +43,8 @@ class UniformInit:
         """n samples (n, C, H, W) float32 uniform in [−1, 1), global torch RNG."""
         return torch.rand((n, *self.shape), device=device).mul_(2).sub_(1)
 
-    def to(self, device) -> "UniformInit":
-        """No tensors to move: returns self."""
+    def to(self, device, dtype: torch.dtype | None = None) -> "UniformInit":
+        """No tensors to move: returns self (samples are float32; a float64 buffer promotes them)."""
         return self
 
     def use_triton(self, rng_state) -> None:
@@ -99,9 +99,15 @@ class GaussianInit:
         rng = getattr(self, "_triton_rng", None)
         if rng is not None and mean.is_cuda:
             return self.sample_fused(n, rng, mean.device)
+        return self.plain_sample(n, mean.device)
+
+    def plain_sample(self, n: int, device=None) -> torch.Tensor:
+        """n samples (n, C, H, W) by the plain PyTorch path whatever :meth:`use_triton` chose: z (then ε)
+        from the global torch RNG in the factors' dtype, the kernel's reference formula."""
+        mean = self.mean if device is None else self.mean.to(device)
         factor, diag = self._factors(mean.device)
-        z = torch.randn(n, factor.shape[1], device=mean.device)
-        eps = None if diag is None else torch.randn(n, self.dim, device=mean.device)
+        z = torch.randn(n, factor.shape[1], device=mean.device, dtype=factor.dtype)
+        eps = None if diag is None else torch.randn(n, self.dim, device=mean.device, dtype=factor.dtype)
         return lowrank_gaussian_reference(mean, factor, diag, z, eps).view(n, *self.shape)
 
     def sample_fused(self, n: int, rng_state: torch.Tensor, device=None) -> torch.Tensor:
@@ -120,9 +126,9 @@ class GaussianInit:
             return self.scale_tril.to(device), None
         return self.factor.to(device), self.diag_sqrt.to(device)
 
-    def to(self, device) -> "GaussianInit":
-        """A copy with every tensor on ``device``."""
-        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+    def to(self, device, dtype: torch.dtype | None = None) -> "GaussianInit":
+        """A copy with every tensor on ``device`` (and of ``dtype``: float64 for a reference run)."""
+        mv = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
         return GaussianInit(self.shape, mv(self.mean), self.form, mv(self.scale_tril), mv(self.factor),
                             mv(self.diag_sqrt), self.meta)
 

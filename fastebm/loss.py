@@ -42,5 +42,5 @@ def generative_loss(e_pos: torch.Tensor, e_neg: torch.Tensor, l2: float, reg_for
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy −log p(y|x): logits (N, C) float, labels (N,) int64 in [0, C) → scalar float32."""
-    return F.cross_entropy(logits.float(), labels)
+    """Cross-entropy −log p(y|x): logits (N, C) float, labels (N,) int64 in [0, C) → scalar, at least float32."""
+    return F.cross_entropy(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, labels)

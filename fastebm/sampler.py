@@ -186,6 +186,12 @@ def langevin_update(x: torch.Tensor, grad: torch.Tensor, cfg: SGLDConfig, noise:
                               (-1.0, 1.0) if cfg.clamp_x else None)
 
 
+def chain_state(x0: torch.Tensor) -> torch.Tensor:
+    """x0 detached, in at least float32 (float64 stays float64: the fast path's reference run)."""
+    x0 = x0.detach()
+    return x0.float() if x0.dtype in (torch.float16, torch.bfloat16) else x0
+
+
 def sgld(model: nn.Module, x0: torch.Tensor, cfg: SGLDConfig, energy_fn=None, noise=None) -> torch.Tensor:
     """Run K SGLD steps from x0 (Algorithm 1 lines 4–6).
 
@@ -200,7 +206,7 @@ def sgld(model: nn.Module, x0: torch.Tensor, cfg: SGLDConfig, energy_fn=None, no
         x_K: (N, C, H, W) float32, detached.
     """
     energy_fn = model.energy if energy_fn is None else energy_fn
-    x = x0.detach().float()
+    x = chain_state(x0)
     with sampling_mode(model, cfg.bn_mode):
         for k in range(cfg.n_steps):
             g = energy_grad(energy_fn, x)
@@ -283,7 +289,7 @@ class Sampler:
                              grad_clip=self.cfg.grad_clip, clamp=clamp)
 
     def _loop(self, x0: torch.Tensor, noise=None) -> torch.Tensor:
-        x = x0.detach().float()
+        x = chain_state(x0)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         for k in range(self.cfg.n_steps):
@@ -329,6 +335,23 @@ class Sampler:
             self._static_out = self._loop(self._static_in)
             bn_restore(self.model, inner)  # captured: every replay restores the statistics
         self._graph = graph
+
+    def noise_draws(self, x0: torch.Tensor) -> list:
+        """The K noise tensors ε_k (shaped like x0) that a call ``self(x0)`` draws from the current random
+        state: the Triton kernel's Philox numbers (from a copy of ``rng_state``, which is not advanced), or
+        torch's (drawn now from the global generator, in the chain's layout: restore the generator before
+        running the chain). Zeros when σ = 0. For checks against a float64 run of the same chain."""
+        x = chain_state(x0)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.cfg.noise == 0:
+            return [torch.zeros_like(x) for _ in range(self.cfg.n_steps)]
+        if not self.triton:
+            return [torch.randn_like(x) for _ in range(self.cfg.n_steps)]
+        from fastebm.kernels.langevin import langevin_step
+
+        rng, zero = self.rng_state.clone(), torch.zeros_like(x)
+        return [langevin_step(zero, zero, 0.0, 1.0, rng, clamp=None) for _ in range(self.cfg.n_steps)]
 
     def reseed(self, seed: int) -> None:
         """Reseed the chain noise: the torch generators and, for the Triton kernel, ``rng_state``."""

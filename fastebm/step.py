@@ -1,9 +1,9 @@
-"""The whole training iteration as one graph (``--compile-step``, issue 12).
+"""The whole training iteration as one graph (``--compile-step``).
 
-:meth:`fastebm.trainer.Trainer.step` is Algorithm 1 as a function of tensors: the dataset indices of the
+:class:`fastebm.algorithm.Algorithm1` is Algorithm 1 as a function of tensors: the dataset indices of the
 iteration and the learning rate come in, the losses come out, and everything between — batch gather and
 augmentation, buffer draw with ρ-reinitialization, K SGLD steps, energies, loss, backward, optimizer
-step, buffer write — is device work with static shapes. :func:`compile_step` hands that *same* method to
+step, buffer write — is device work with static shapes. :func:`compile_step` hands that *same* callable to
 ``torch.compile(fullgraph=True)``; eager and compiled runs execute one definition of the algorithm.
 
 What makes the iteration traceable in one graph:
@@ -18,7 +18,7 @@ What makes the iteration traceable in one graph:
   warm-up schedule);
 - ``fallback_random``: random ops in the compiled graph call the eager ATen kernels, so the compiled step
   draws exactly the numbers of the eager step (same data augmentation, buffer indices, p0 samples and SGLD
-  noise for the same seed) — what the run-time self-check (:mod:`fastebm.selfcheck`) compares, and what
+  noise for the same seed) — what the fast path's check (:mod:`fastebm.selfcheck`) relies on, and what
   keeps ``--resume`` exact;
 - on CUDA the compiled step runs as CUDA graphs (Inductor's ``triton.cudagraphs``, i.e. ``reduce-overhead``);
   the replay buffer, optimizer state and lr live at fixed addresses (``mark_static_address``).
@@ -131,7 +131,7 @@ def compile_step(step, mode: str, device_type: str, static: list | None = None):
     """``torch.compile`` of the training step ``step`` (a bound method of tensors → dict of tensors).
 
     Args:
-        step: :meth:`fastebm.trainer.Trainer.step`.
+        step: an :class:`~fastebm.algorithm.Algorithm1`'s ``__call__``.
         mode: the ``--compile`` value (see :func:`step_compile_kwargs`).
         device_type: ``"cuda"`` or ``"cpu"``.
         static: tensors whose storage is reused every step (replay buffer, optimizer state, lr); on CUDA

@@ -27,12 +27,11 @@ import sys
 import types
 import typing
 
-from .checkpoint import CheckpointError, checkpoint_config
-from .config import CHOICES, NONE, Config, OneLineParser, resolve
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import CHOICES, DEVICE_FIELDS, NONE, Config, OneLineParser, resolve
 from .data import DatasetError
 from .distributed import env_world_size, exit_process, init_from_env, shutdown
-from .selfcheck import FastPathError
-from .selfcheck import summary as fast_path_summary
+from .fastpath import FastPathError
 from .trainer import DivergenceError, Trainer
 
 CLI_ONLY = ("resume", "print_config")  # flags that are not Config fields
@@ -133,16 +132,29 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Resolve the run's Config from parsed arguments (and the checkpoint's config with --resume)."""
+def config_from_args(args: argparse.Namespace) -> tuple[Config, dict]:
+    """Resolve the run's Config from parsed arguments (and the checkpoint's config with --resume); also
+    returns the options requested explicitly (this command's, on top of the resumed run's), which the
+    trainer stores in its checkpoints.
+
+    A resumed run keeps the stored configuration, with the options given now on top, except the
+    device-dependent fields (:data:`fastebm.config.DEVICE_FIELDS`: fast-path flags, host-check and FID
+    cadence), which are resolved again for the device the run resumes on unless the original run or this
+    command gave them: a GPU checkpoint resumes on a CPU, and a CPU checkpoint gets the fast path on a GPU.
+    """
     given = {k: v for k, v in vars(args).items() if k not in CLI_ONLY and v is not None}
+    requested = {k: (None if v is NONE else v) for k, v in given.items()}
     if args.resume:
-        stored = {k: (NONE if v is None else v) for k, v in checkpoint_config(args.resume).items()}
-        stored.update(given)
-        given = stored
+        ckpt = load_checkpoint(args.resume)
+        before = ckpt.get("requested")  # None: a checkpoint of a run that did not record it
+        stored = {k: (NONE if v is None else v) for k, v in ckpt["config"].items()
+                  if k not in DEVICE_FIELDS or (before is not None and k in before)}
+        given = {**stored, **given}
+        requested = {**(before or {}), **requested}
         if not args.out:  # continue in the checkpoint's own run folder
             given["out"] = os.path.dirname(os.path.abspath(args.resume))
-    return resolve(given)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    return resolve({k: v for k, v in given.items() if k in fields}), requested
 
 
 def main(argv=None) -> int:
@@ -157,12 +169,13 @@ def _main(argv=None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
-        cfg = config_from_args(args)
+        cfg, requested = config_from_args(args)
         if args.print_config:
             print(cfg.to_json())
             return 0
         init_from_env(cfg.device)  # torchrun (WORLD_SIZE > 1): process group from RANK/WORLD_SIZE/LOCAL_RANK
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, requested=requested)
+        cfg = trainer.cfg  # completed for the device and the data
         if args.resume:
             trainer.load_checkpoint(args.resume)
         elif os.path.isfile(os.path.join(trainer.out, "ckpt.pt")):
@@ -176,13 +189,13 @@ def _main(argv=None) -> int:
               f"{cfg.image_size}px, {cfg.n_classes} classes), WRN-{cfg.depth}-{cfg.width}, K={cfg.k}, "
               f"device {trainer.device}, {trainer.dist.world_size} process(es), run folder {trainer.out}",
               file=sys.stderr)
-    try:  # the fast-path self-check (issue 12) before the first iteration, so the banner can say what runs
-        if trainer.fast_path_pending:
+    try:  # the fast-path self-check before the first iteration, so the banner can say what runs
+        if trainer.fast.pending:
             trainer.check_fast_path()
     except FastPathError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     if say:
-        print(f"fastebm: {fast_path_summary(trainer.fast_path_report)}", file=sys.stderr)
+        print(f"fastebm: {trainer.fast.summary()}", file=sys.stderr)
     try:
         last = trainer.fit()
     except DivergenceError as e:

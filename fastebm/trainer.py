@@ -1,4 +1,5 @@
-"""The training loop: Algorithm 1 of the paper (:meth:`Trainer.train_step`), with logging, evaluation,
+"""The training loop: Algorithm 1 of the paper (:class:`~fastebm.algorithm.Algorithm1`, run through
+:class:`~fastebm.fastpath.FastPath` by :meth:`Trainer.train_step`), with logging, evaluation,
 sample grids, atomic checkpoints, exact resume and divergence handling around it (:meth:`Trainer.fit`).
 
 Run folder (``cfg.out``):
@@ -8,7 +9,8 @@ Run folder (``cfg.out``):
                     "test_acc", "test_loss", "test_energy"} and {"kind": "rollback", "iter", "from_iter",
                     "lr", "lr_scale", "rollbacks", "reason"} (see below); and once per process (before the first
                     iteration) {"kind": "fast_path", "iter", "policy", <component>: "ok: ..." | "off: ..." |
-                    "unused (compiled step)"} from the fast-path self-check (:mod:`fastebm.selfcheck`)
+                    "unused (compiled step)", "active": {<component>: what runs}} from the fast path's check
+                    (:meth:`fastebm.fastpath.FastPath.check`)
     samples/        PNG grids of replay-buffer samples (negatives); diverged_iter_*.png at each divergence;
                     p0_mean.png (μ of p0) and p0_samples.png (64 draws from p0), written at training start
                     (the paper's Fig. 7)
@@ -20,7 +22,7 @@ Run folder (``cfg.out``):
     ckpt_eNNN.pt    the checkpoint after epoch NNN, every ``--keep-every`` epochs
     events.out.tfevents.*  TensorBoard: every metrics.jsonl number and the sample grids (rank 0)
 
-Divergence (issue 11). Every iteration, on the device and without a host sync, the loop notes the first
+Divergence. Every iteration, on the device and without a host sync, the loop notes the first
 iteration whose loss or mean energies are non-finite or whose |loss| exceeds ``--max-loss``; the host
 reads that note every ``--check-every`` iterations (1 on CPU, ``--log-every`` on CUDA) *and* before every
 log row, evaluation, sample grid and checkpoint, so a divergence between two checks is still caught before
@@ -55,12 +57,14 @@ too). Then, with ``--on-divergence``:
   (``Module.load_state_dict`` copies in place), the replay buffer (``copy_``) and the Triton Philox state
   (``copy_``) keep their storage, so the SGLD CUDA graph of :class:`~fastebm.sampler.Sampler` and the
   ``torch.compile``d network, which read those addresses, stay valid and replay the restored values. The
-  optimizer state and p0 are rebuilt as new objects; neither is inside a captured graph.
+  optimizer state and p0 are rebuilt as new objects: the compiled step, which reads them, is traced again
+  (:meth:`FastPath.reload <fastebm.fastpath.FastPath.reload>`).
   DDP: every rank loads the same ``ckpt.pt`` (rank 0 wrote it; the ranks share a file system, as for
   ``--resume``) after a barrier, and reseeds its own stream.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -70,21 +74,20 @@ import warnings
 import numpy as np
 import torch
 
+from .algorithm import Algorithm1
 from .buffer import ReplayBuffer
 from .checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model_state, remove_stale_temporaries,
                          rng_state, set_rng_state)
-from .config import Config, check_fits, derive_iters_per_epoch, resolve_device, resolve_fast_flags
+from .config import Config, check_fits, derive_iters_per_epoch, for_device, resolve_device
 from .data import Batches, ImageSet, load_dataset, to_float, to_uint8
 from .distributed import RANK_SEED_STRIDE, DistContext
+from .fastpath import FastPath
 from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
-from .loss import classification_loss, generative_loss
+from .loss import classification_loss
 from .model import build_model, model_outputs
 from .profiling import enable as enable_nvtx
-from .profiling import nvtx_range
-from .sampler import (AMP_DTYPES, Sampler, SGLDConfig, compile_mode, frozen_bn_stats,
-                      prepare_compiled_input_grad)
-from .selfcheck import fast_components
-from .step import compile_step, init_optimizer_state, optimizer_step
+from .sampler import Sampler, SGLDConfig
+from .step import init_optimizer_state
 
 
 class DivergenceError(RuntimeError):
@@ -119,17 +122,21 @@ class Trainer:
     """Builds a run from a :class:`Config` and trains it.
 
     Args:
-        cfg: resolved configuration (:func:`fastebm.config.resolve`).
+        cfg: configuration from :func:`fastebm.config.resolve`; the trainer completes it for the device and
+            the data (:attr:`cfg`, never changed afterwards).
         train_data, test_data: optional preloaded :class:`ImageSet` (else loaded from cfg).
+        requested: the options the user gave explicitly (stored in checkpoints, so that a resume on another
+            device resolves the device-dependent rest again); None when unknown.
 
     Raises:
         DatasetError: missing or malformed data. ValueError: bad configuration.
     """
 
-    def __init__(self, cfg: Config, train_data: ImageSet | None = None, test_data: ImageSet | None = None):
+    def __init__(self, cfg: Config, train_data: ImageSet | None = None, test_data: ImageSet | None = None,
+                 requested: dict | None = None):
         self.device = resolve_device(cfg.device)
-        self.dist = DistContext.for_run(cfg, self.device)           # issue 6: no-op without a process group
-        resolve_fast_flags(cfg, self.device.type, self.dist.world_size)
+        self.dist = DistContext.for_run(cfg, self.device)           # no-op without a process group
+        self.requested = dict(requested) if requested is not None else None
         enable_nvtx(cfg.nvtx)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -139,13 +146,16 @@ class Trainer:
                                       cfg.image_size)
         self.train_data = train_data.subset(cfg.train_subset, cfg.seed)
         self.test_data = test_data
-        if cfg.iters_per_epoch is None:  # folder layouts: the epoch follows the number of images
-            cfg.iters_per_epoch = derive_iters_per_epoch(cfg, len(self.train_data))
-        cfg.image_size, cfg.n_classes = self.train_data.image_size, self.train_data.n_classes
-        self.cfg = cfg
-        # issue 11: sizes that cannot fit the data or the device fail here, before the model, p0 or buffer
+        fid_explicit = cfg.fid_every is not None
+        cfg = for_device(cfg, self.device.type, self.dist.world_size)
+        cfg = dataclasses.replace(
+            cfg, image_size=self.train_data.image_size, n_classes=self.train_data.n_classes,
+            iters_per_epoch=cfg.iters_per_epoch or derive_iters_per_epoch(cfg, len(self.train_data)))
+        # sizes that cannot fit the data or the device fail here, before the model, p0 or buffer
         check_fits(cfg, len(self.train_data), self.device, self.dist.world_size)
-        self.out = cfg.out = cfg.out or default_run_folder(cfg)
+        cfg = dataclasses.replace(cfg, out=cfg.out or default_run_folder(cfg))
+        cfg = dataclasses.replace(cfg, fid_every=_fid_cadence(cfg, fid_explicit))
+        self.cfg, self.out = cfg, cfg.out
         try:
             os.makedirs(os.path.join(self.out, "samples"), exist_ok=True)
         except OSError as e:
@@ -156,38 +166,19 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in self.model.modules())
-        # Fast path: one compiled callable x → (energy, logits) for SGLD and the loss (static shapes:
-        # one graph per batch size and grad mode; parameters frozen while sampling, so the SGLD graph
-        # computes input gradients only).
-        self.compiled = (torch.compile(self.model, **compile_mode(cfg.compile, cfg.cuda_graphs))
-                         if cfg.compile != "off" else self.model)
-        self.net = self.dist.wrap(self.model) if self.dist.world_size > 1 else self.compiled
         self.dist.seed_rank(cfg.seed)                                # per-rank RNG stream (buffer, SGLD)
         params = self.model.parameters()
-        if cfg.compile_step and self.dist.world_size > 1:
-            raise ValueError("--compile-step: not supported with DDP (torchrun); pass --no-compile-step")
         if cfg.optimizer == "sgd":
             self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         else:  # capturable: Adam's step counter on the device, as a CUDA graph needs
             self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
                                         capturable=bool(cfg.compile_step) and self.device.type == "cuda")
         init_optimizer_state(self.opt)                              # static shapes from the first step
-        self.lr = torch.zeros((), device=self.device)               # η as a tensor: no recompile per value
         form = default_cov_form(cfg.image_size) if cfg.cov == "auto" else cfg.cov
-        self.p0 = self.dist.from_rank0(lambda: load_or_fit_p0(
+        p0 = self.dist.from_rank0(lambda: load_or_fit_p0(
             self.train_data, cfg.p0, form, cfg.rank, os.path.join(self.out, "p0.pt"), self.device))
-        self.buffer = ReplayBuffer(self.dist.buffer_size(cfg.buffer_size), self.p0, cfg.reinit_freq, self.device)
-        self.sgld_cfg = SGLDConfig(cfg.k, cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, cfg.sgld_bn)
-        rng = None
-        if cfg.triton:  # the fused kernels' Philox state: a device tensor, advanced on the device
-            from .kernels import make_rng_state
-            rng = make_rng_state(int(torch.randint(0, 2 ** 62, (1,))), self.device)
-        self.sampler = Sampler(self.model, self.sgld_cfg, net=self.compiled, triton=cfg.triton,
-                               cuda_graphs=cfg.cuda_graphs, amp=cfg.amp, channels_last=cfg.channels_last,
-                               rng_state=rng)
-        if cfg.triton:
-            self.p0.use_triton(rng)
+        self.buffer = ReplayBuffer(self.dist.buffer_size(cfg.buffer_size), p0, cfg.reinit_freq, self.device)
+        sgld = SGLDConfig(cfg.k, cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, cfg.sgld_bn)
         # x+ for p(x): unaugmented (M-EBM / M-JEM: mebm utils.get_data transform_px) or augmented (JEM).
         self.gen_batches = Batches(self.train_data, cfg.batch_size, self.device, cfg.seed, stream=0,
                                    augment=cfg.augment_px, data_noise=cfg.data_noise, shard=self.dist.shard)
@@ -195,142 +186,55 @@ class Trainer:
         if self.model.has_classifier:  # a second, augmented batch for p(y|x), its own permutation stream
             self.cls_batches = Batches(self.train_data, cfg.cls_batch_size, self.device, cfg.seed, stream=1,
                                        augment=cfg.augment_cls, data_noise=cfg.data_noise, shard=self.dist.shard)
+        plain = Algorithm1(self.model, self.dist.wrap(self.model) if self.dist.world_size > 1 else self.model,
+                           Sampler(self.model, sgld), self.buffer, self.opt, self.gen_batches, self.cls_batches,
+                           cfg.l2, cfg.reg_form, cfg.cls_weight)
+        self.fast = FastPath(cfg, plain, self.device, self.dist.world_size, self.dist.is_main)
         self.iteration = 0
-        self.lr_scale, self.rollbacks = 1.0, 0                     # issue 11: persistent lr scale, rollbacks so far
+        self.lr_scale, self.rollbacks = 1.0, 0                     # persistent lr scale, rollbacks so far
         self.ckpt_path = os.path.join(self.out, "ckpt.pt")          # the checkpoint a rollback returns to
         self.last_checkpoint: str | None = None
         self._bad_iter = self._bad_vals = None                      # see _watch
         self._log_file = None
-        self._init_evaluation()                                     # issue 10: FID / best checkpoints
-        # Fast path II (issue 12): the whole step as one graph, and the run-time self-check.
-        self._fast = {"sampler": self.sampler, "net": self.net, "p0_triton": bool(cfg.triton)}  # per-piece path
-        self._step = self.step
-        if cfg.compile_step:
-            self.use_compiled_step(True)
-        self.fast_path_report: dict = {}
-        self.fast_path_pending = cfg.fast_path != "off" and bool(fast_components(cfg))
+        self._inception, self._real_stats, self._tb = None, None, None
+        self.best = {"fid": float("inf"), "test_acc": -float("inf")}
+
+    @property
+    def p0(self):
+        """The informative initialization (Eq. 6) of the replay buffer's restarts."""
+        return self.buffer.p0
 
     # ------------------------------------------------------------------ Algorithm 1
     def train_step(self, it: int) -> dict:
-        """One iteration of Algorithm 1 at global iteration ``it``; returns device tensors (no host sync).
+        """One iteration of Algorithm 1 (:class:`~fastebm.algorithm.Algorithm1`) at global iteration ``it``
+        with the learning rate of the optimizer's group; returns device tensors (no host sync).
 
-        The host part is only which dataset indices iteration ``it`` reads and the current lr; the
-        algorithm itself is :meth:`step`, run eagerly or as one compiled graph (``--compile-step``).
-        The first call (and the first after :meth:`request_fast_path_check`) runs the fast-path
-        self-check first (:mod:`fastebm.selfcheck`).
+        The host part is only which dataset indices iteration ``it`` reads and the current lr; what runs
+        (eager or compiled, which fast components) is :attr:`fast`'s. The first call (and the first after
+        :meth:`request_fast_path_check`) runs the fast-path self-check first.
         """
-        if self.fast_path_pending:
+        if self.fast.pending:
             self.check_fast_path(it)
-        idx_cls = self.cls_batches.shard_indices(it) if self.cls_batches is not None else None
-        self.lr.fill_(self.opt.param_groups[0]["lr"])
-        return self._step(self.gen_batches.shard_indices(it), idx_cls, self.lr)
-
-    def step(self, idx: torch.Tensor, idx_cls: torch.Tensor | None, lr: torch.Tensor) -> dict:
-        """Algorithm 1 as a function of tensors (traced whole by ``--compile-step``).
-
-        Args:
-            idx: (B,) int64 dataset indices of the p(x) batch; idx_cls: (B_cls,) those of the augmented
-                p(y|x) batch (None without one); lr: 0-dim float32 η.
-        """
-        cfg, net = self.cfg, self.net                               # net: compiled / DDP view of the model
-        with nvtx_range("data"):
-            x_pos, _ = self.gen_batches.gather(idx)                 # x+ ~ p_data (augmented only for JEM)
-        with nvtx_range("p0"):
-            x0, buf_idx = self.buffer.sample(len(x_pos))            # lines 2–3: x0 ~ B, ρ of them from p0
-        x_neg = self.sampler(x0)                                    # lines 4–6: K SGLD steps (Eq. 3)
-        written = self.buffer.update(buf_idx, x_neg)                # line 7: B ← x−
-        with self.autocast():
-            e_pos, e_neg = self.energies(x_pos, x_neg)              # E(x+), E(x−)
-            loss_gen = generative_loss(e_pos, e_neg, cfg.l2, cfg.reg_form)  # Eq. 8
-            loss, loss_cls, acc = loss_gen, torch.zeros_like(loss_gen), torch.zeros_like(loss_gen)
-            if self.cls_batches is not None:                        # M-JEM / LSE-JEM / JEM: − log p(y|x)
-                with nvtx_range("classify"):                        # on its own augmented batch
-                    x_cls, y = self.cls_batches.gather(idx_cls)
-                    logits = net(self.layout(x_cls))[1]
-                    loss_cls = classification_loss(logits, y)
-                loss = loss + cfg.cls_weight * loss_cls
-                acc = (logits.argmax(1) == y).float().mean()
-        for p in self.model.parameters():                           # line 8: θ ← θ − η ∇θ L
-            p.grad = None
-        with nvtx_range("backward"):
-            loss.backward()
-        with nvtx_range("optimizer"):
-            optimizer_step(self.opt, lr)
-        return {"loss": loss.detach(), "loss_gen": loss_gen.detach(), "loss_cls": loss_cls.detach(),
-                "e_pos": e_pos.detach().mean(), "e_neg": e_neg.detach().mean(), "acc": acc.detach(),
-                "finite_negatives": written.float().mean(), "_x_pos": x_pos, "_x_neg": x_neg}
-
-    # ------------------------------------------------------------------ fast path II (issue 12)
-    def use_compiled_step(self, on: bool) -> None:
-        """Run :meth:`step` as one compiled graph (``on``) or eagerly with the per-piece fast path.
-
-        Inside the compiled step the network is the plain module and SGLD the plain loop (the graph
-        holds them; no nested compile or CUDA-graph capture), and p0 / the Langevin update are the
-        PyTorch expressions that Inductor fuses.
-        """
-        cfg = self.cfg
-        if on:
-            self.net = self.model
-            self.sampler = Sampler(self.model, self.sgld_cfg, net=self.model, amp=cfg.amp,
-                                   channels_last=cfg.channels_last)
-            self.p0.use_triton(None)
-            static = [self.buffer.samples, self.lr] + [t for st in self.opt.state.values() for t in st.values()
-                                                       if isinstance(t, torch.Tensor)]
-            chains = (len(self.gen_batches.shard_indices(0)), *self.buffer.samples.shape[1:])
-            prepare_compiled_input_grad(chains, self.device)       # torch 2.11: a leaf made outside the graph
-            self._step = compile_step(self.step, cfg.compile, self.device.type, static)
-        else:
-            self.net, self.sampler, self._step = self._fast["net"], self._fast["sampler"], self.step
-            if self._fast["p0_triton"]:
-                self.p0.use_triton(self.sampler.rng_state)
-            cfg.compile_step = False
+        self.fast.lr.fill_(self.opt.param_groups[0]["lr"])
+        idx, idx_cls, lr = self.fast.batch(it)
+        return self.fast.step(idx, idx_cls, lr)
 
     def request_fast_path_check(self) -> None:
         """Run the fast-path self-check again before the next iteration (e.g. after a re-capture)."""
-        self.fast_path_pending = self.cfg.fast_path != "off" and bool(fast_components(self.cfg))
+        self.fast.pending = self.cfg.fast_path != "off" and any(self.fast.on.values())
 
     def check_fast_path(self, it: int | None = None) -> dict:
-        """Check every enabled fast component against the plain path (:func:`fastebm.selfcheck.run`),
-        switch off the failing ones (``--fast-path auto``) or raise (``strict``), and log the outcome as a
-        ``{"kind": "fast_path"}`` row of metrics.jsonl. Leaves the run's state as it was. Returns
-        component → "ok" or "off: reason"."""
-        from .selfcheck import run as run_self_check
-
-        self.fast_path_pending = False
-        self.fast_path_report = run_self_check(self, self.iteration if it is None else it)
+        """Check every fast component that is on against the plain path (:meth:`FastPath.check`), switch off
+        the failing ones (``--fast-path auto``) or raise (``strict``), and log the outcome as a
+        ``{"kind": "fast_path"}`` row of metrics.jsonl (with ``active``: what runs now). Leaves the run's
+        state as it was. Returns component → "ok: ..." / "off: ..." / "unused (compiled step)"."""
+        it = self.iteration if it is None else it
+        report = self.fast.check(it, self.cfg.lr * self.lr_scale)  # the peak lr: a warm-up lr of 0 moves nothing
         if self.dist.is_main:
             with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps({"kind": "fast_path", "iter": self.iteration, "policy": self.cfg.fast_path,
-                                    **self.fast_path_report}) + "\n")
-        return self.fast_path_report
-
-    def energies(self, x_pos: torch.Tensor, x_neg: torch.Tensor):
-        """E(x+) (N,) and E(x−) (N,), float32.
-
-        Without BatchNorm one forward over [x+; x−] is exact and cheaper; with BatchNorm two forwards,
-        as the reference code (each batch normalized by its own statistics), and the negatives' pass
-        leaves the running statistics to the data (:func:`~fastebm.sampler.frozen_bn_stats`).
-        """
-        x_pos, x_neg = self.layout(x_pos), self.layout(x_neg)
-        if not self.has_bn:
-            with nvtx_range("energy/pos+neg"):
-                e = self.net(torch.cat([x_pos, x_neg]))[0]
-            n = len(x_pos)
-            return e[:n], e[n:]
-        with nvtx_range("energy/pos"):
-            e_pos = self.net(x_pos)[0]
-        with nvtx_range("energy/neg"), frozen_bn_stats(self.model):
-            e_neg = self.net(x_neg)[0]
-        return e_pos, e_neg
-
-    def layout(self, x: torch.Tensor) -> torch.Tensor:
-        """Inputs in the model's memory format (channels-last on the fast path)."""
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
-
-    def autocast(self):
-        """Autocast context of ``--amp`` for the network (energies and losses are reduced in fp32)."""
-        dtype = AMP_DTYPES[self.cfg.amp]
-        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+                f.write(json.dumps({"kind": "fast_path", "iter": it, "policy": self.cfg.fast_path, **report,
+                                    "active": self.fast.active()}) + "\n")
+        return report
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
@@ -481,7 +385,7 @@ class Trainer:
         run does not replay the diverged trajectory and is still reproducible."""
         s = (self.cfg.seed + RANK_SEED_STRIDE * self.dist.rank + 7919 * self.iteration
              + ROLLBACK_SEED_STRIDE * self.rollbacks) % (2 ** 31)
-        self._fast["sampler"].reseed(s)                             # torch.manual_seed + Philox [s, 0]
+        self.fast.reseed(s)                                         # torch.manual_seed + Philox [s, 0]
         np.random.seed(s)
         random.seed(s)
 
@@ -496,31 +400,7 @@ class Trainer:
                     self._tb.add_scalar(f"{record['kind']}/{key}", value, record["iter"])
         self.keep_best(record)
 
-    # ------------------------------------------------------------------ issue 10: evaluation during training
-    def _init_evaluation(self) -> None:
-        """Resolve ``fid_every`` (None: 5 epochs on CUDA, off on CPU) and check the Inception weights.
-
-        Raises ValueError (naming --inception-weights) when FID was asked for explicitly and the weights
-        file is absent; when it was only the CUDA default, FID is switched off with a warning.
-        """
-        from . import metrics
-
-        cfg = self.cfg
-        self._inception, self._real_stats, self._tb = None, None, None
-        self.best = {"fid": float("inf"), "test_acc": -float("inf")}
-        explicit = cfg.fid_every is not None
-        if not explicit:
-            cfg.fid_every = 5 if self.device.type == "cuda" else 0
-        if cfg.fid_every and not cfg.random_inception:
-            path = cfg.inception_weights or metrics.default_inception_weights_path()
-            if not os.path.isfile(path):
-                msg = (f"--fid-every: the FID Inception weights are not at {path!r}; pass --inception-weights "
-                       f"PATH ({metrics.FID_WEIGHTS_URL}) or --fid-every 0")
-                if explicit:
-                    raise ValueError(msg)
-                warnings.warn(msg + "; in-training FID is off", UserWarning, stacklevel=3)
-                cfg.fid_every = 0
-
+    # ------------------------------------------------------------------ evaluation during training
     def on_fit_start(self) -> None:
         """Rank 0: open the TensorBoard writer (``cfg.tensorboard``) and, at iteration 0, write μ of p0
         and a grid of 64 p0 samples (``samples/p0_mean.png``, ``samples/p0_samples.png``; Fig. 7)."""
@@ -635,9 +515,9 @@ class Trainer:
                 "buffer": self.buffer.state_dict(), "p0": self.p0.state_dict(), "rng": rng_state(),
                 "iteration": self.iteration, "epoch": self.iteration / self.cfg.iters_per_epoch,
                 "lr_scale": self.lr_scale, "rollbacks": self.rollbacks,
-                "config": self.cfg.to_dict(), "arch": self.cfg.arch(), "format": "fastebm-1",
-                "triton_rng": None if self._fast["sampler"].rng_state is None else self._fast["sampler"].rng_state.cpu(),
-                "best": dict(self.best)}
+                "config": self.cfg.to_dict(), "requested": self.requested, "arch": self.cfg.arch(),
+                "format": "fastebm-1", "fast_path": self.fast.active(),
+                "triton_rng": None if self.fast.rng is None else self.fast.rng.cpu(), "best": dict(self.best)}
 
     def save_checkpoint(self, path: str | None = None) -> str:
         """Write ckpt.pt atomically; never a model that a rollback or an evaluation could not use
@@ -679,21 +559,34 @@ class Trainer:
             self.buffer.load_state_dict(self.dist.buffer_shard(ckpt["buffer"]))  # re-split across ranks
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint {path!r} does not fit this run: {e}") from None
-        self.p0 = p0_from_state_dict(ckpt["p0"]).to(self.device)
-        if self.cfg.triton:
-            rng = self._fast["sampler"].rng_state
-            self.p0.use_triton(None if self.cfg.compile_step else rng)
-            if ckpt.get("triton_rng") is not None:  # a checkpoint of a CPU run has none
-                rng.copy_(ckpt["triton_rng"])
-        self.buffer.p0 = self.p0
-        self.best.update(ckpt.get("best", {}))                     # best FID / accuracy so far (issue 10)
-        if self.cfg.compile_step:  # the loaded optimizer state is new tensors: mark and trace them again
-            self.use_compiled_step(True)
+        self.buffer.p0 = p0_from_state_dict(ckpt["p0"]).to(self.device)
+        if self.fast.rng is not None and ckpt.get("triton_rng") is not None:  # a CPU run's checkpoint has none
+            self.fast.rng.copy_(ckpt["triton_rng"])
+        self.fast.reload()                                          # new optimizer state and p0 objects
+        self.best.update(ckpt.get("best", {}))                     # best FID / accuracy so far
         self.iteration = int(ckpt["iteration"])
         self.lr_scale, self.rollbacks = float(ckpt.get("lr_scale", 1.0)), int(ckpt.get("rollbacks", 0))
         set_rng_state(ckpt["rng"])
         self.dist.restore_rng(ckpt, self.iteration, self.cfg.seed)  # per-rank streams (no-op single process)
         self.last_checkpoint = path
+
+
+def _fid_cadence(cfg: Config, explicit: bool) -> int:
+    """``fid_every`` after checking the Inception weights: an explicit ``--fid-every`` without the weights file is
+    a ValueError naming --inception-weights; the device default (5 on CUDA) is turned off with a warning."""
+    from . import metrics
+
+    if not cfg.fid_every or cfg.random_inception:
+        return cfg.fid_every
+    path = cfg.inception_weights or metrics.default_inception_weights_path()
+    if os.path.isfile(path):
+        return cfg.fid_every
+    msg = (f"--fid-every: the FID Inception weights are not at {path!r}; pass --inception-weights "
+           f"PATH ({metrics.FID_WEIGHTS_URL}) or --fid-every 0")
+    if explicit:
+        raise ValueError(msg)
+    warnings.warn(msg + "; in-training FID is off", UserWarning, stacklevel=3)
+    return 0
 
 
 def _same_file(a: str | None, b: str) -> bool:

@@ -52,7 +52,7 @@ def _lowrank_gaussian_kernel(
     D,
     # R is a compile-time constant (one compilation per rank, fixed for a run): the K loop's bound is
     # then a Python int, also under the Triton interpreter, whose runtime scalars are 1-element numpy
-    # arrays that Triton 3.6 turns into ints with int(array), which NumPy >= 2.4 rejects (issue 11).
+    # arrays that Triton 3.6 turns into ints with int(array), which NumPy >= 2.4 rejects.
     R: tl.constexpr,
     nD,  # n * D, computed on the host in Python ints (no int32 overflow)
     stride_ud,

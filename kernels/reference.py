@@ -17,24 +17,24 @@ def langevin_reference(x: torch.Tensor, g: torch.Tensor, step_size: float, noise
                        noise: torch.Tensor | None = None, grad_clip: float | None = None,
                        clamp: tuple[float, float] | None = (-1.0, 1.0)) -> torch.Tensor:
     """One SGLD / Langevin step (paper Eq. 3), reference of ``kernels.langevin.langevin_step``:
-    ``clamp(x − step_size · clamp(g, −grad_clip, grad_clip) + noise_std · noise, lo, hi)`` in fp32.
+    ``clamp(x − step_size · clamp(g, −grad_clip, grad_clip) + noise_std · noise, lo, hi)`` in x's dtype.
 
     Args:
-        x: float32 chain state, any shape / layout (e.g. (B, C, H, W) images in [−1, 1]).
-        g: ∂E/∂x shaped like ``x``, any float dtype (upcast to fp32).
+        x: float32 chain state (float64 in a reference run), any shape / layout (e.g. (B, C, H, W) in [−1, 1]).
+        g: ∂E/∂x shaped like ``x``, any float dtype (cast to x's dtype).
         step_size: α. noise_std: σ ≥ 0.
         noise: ε ~ N(0, 1) shaped like ``x``, or None (no noise term).
         grad_clip: ``c > 0`` clamps g to [−c, c]; None = no clamp. clamp: (lo, hi) of the result or None.
 
     Returns:
-        a new float32 tensor shaped like ``x``.
+        a new tensor shaped like ``x``, of its dtype.
     """
-    g = g.to(torch.float32)
+    g = g.to(x.dtype)
     if grad_clip is not None:
         g = g.clamp(-grad_clip, grad_clip)
     y = x - step_size * g
     if noise is not None and noise_std != 0.0:
-        y = y + noise_std * noise.to(torch.float32)
+        y = y + noise_std * noise.to(x.dtype)
     if clamp is not None:
         y = y.clamp(clamp[0], clamp[1])
     return y

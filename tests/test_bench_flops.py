@@ -1,4 +1,4 @@
-"""The benchmarks' FLOP counter (bench/_common.count_flops) on the installed torch (issue 11: it replaces
+"""The benchmarks' FLOP counter (bench/_common.count_flops) on the installed torch (it replaces
 FlopCounterMode's module tracker, an attribute that is not public API; CI runs this on torch 2.11 and on
 the pinned torch)."""
 import torch

@@ -1,5 +1,5 @@
-"""Presets (issue 9): every preset value pinned against its source; --print-config; the CLI generated from
-Config (issue 13); the JEM baseline's two augmented batches; LSE-JEM; the warm-up."""
+"""Presets: every preset value pinned against its source; --print-config; the CLI generated from
+Config; the JEM baseline's two augmented batches; LSE-JEM; the warm-up."""
 import dataclasses
 import json
 import os
@@ -175,7 +175,7 @@ def test_help_is_generated_from_config_with_resolved_defaults():
 def test_a_new_config_field_becomes_a_flag(monkeypatch):
     import fastebm.train as T
 
-    @dataclasses.dataclass
+    @dataclasses.dataclass(frozen=True)
     class Extended(Config):
         fid_every: int | None = dataclasses.field(default=None, metadata={"help": "epochs between FIDs"})
         best_by: list[str] = dataclasses.field(default_factory=list, metadata={"help": "metrics"})
@@ -194,9 +194,10 @@ def test_resume_keeps_an_explicit_none(tmp_path, monkeypatch):
     import fastebm.train as T
 
     stored = resolve(dict(dataset="digits", grad_clip=NONE)).to_dict()
-    monkeypatch.setattr(T, "checkpoint_config", lambda path: dict(stored))
+    monkeypatch.setattr(T, "load_checkpoint", lambda path: {"config": dict(stored), "requested": {"grad_clip": None}})
     args = T.build_parser([]).parse_args(["--resume", str(tmp_path / "ckpt.pt")])
-    assert T.config_from_args(args).grad_clip is None
+    cfg, requested = T.config_from_args(args)
+    assert cfg.grad_clip is None and requested == {"grad_clip": None}
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -265,12 +266,13 @@ def test_auto_leaves_the_compiled_step_off_under_ddp():
     """On CUDA ``auto`` turns every fast component on, but the compiled step is single-process: under torchrun
     ``auto`` must leave it off (the trainer refuses an explicit --compile-step there), or every default
     multi-GPU run would stop at start."""
-    from fastebm.config import resolve_fast_flags
+    from fastebm.config import for_device
 
     for world, expected in ((1, True), (2, False)):
-        cfg = resolve(dict(dataset="cifar10", data_root="x"))
-        resolve_fast_flags(cfg, "cuda", world)
+        cfg = for_device(resolve(dict(dataset="cifar10", data_root="x")), "cuda", world)
         assert cfg.compile_step is expected and cfg.triton and cfg.cuda_graphs and cfg.compile == "default"
-    cfg = resolve(dict(dataset="cifar10", data_root="x", compile_step=True))
-    resolve_fast_flags(cfg, "cuda", 2)
+        assert cfg.amp == "bf16" and cfg.sgld_amp == "off"  # bf16 loss pass, fp32 SGLD (README: bf16 and SGLD)
+    cfg = for_device(resolve(dict(dataset="cifar10", data_root="x", compile_step=True)), "cuda", 2)
     assert cfg.compile_step  # explicit: kept, and refused by the trainer with a one-line error
+    base = resolve(dict(dataset="cifar10", data_root="x"))
+    assert for_device(base, "cpu") != base and base.compile == "auto"  # a new Config; the resolved one is kept

@@ -1,4 +1,4 @@
-"""Data-parallel training (issue 6) on CPU with the gloo backend and 2 processes.
+"""Data-parallel training on CPU with the gloo backend and 2 processes.
 
 One ``torch.multiprocessing.spawn`` job (module fixture ``ddp``) runs, in each of 2 ranks:
   A. M-JEM with BatchNorm through ``Trainer.fit`` with a comm hook that counts DDP's gradient buckets:
@@ -9,7 +9,7 @@ One ``torch.multiprocessing.spawn`` job (module fixture ``ddp``) runs, in each o
      same global batch. Per-rank BatchNorm statistics would make this comparison inexact (each rank
      normalizes over B/N images), hence ``norm="none"`` here.
   C. M-JEM with a NaN loss noted on rank 1 only (after the rank average, so rank 0's own metrics are
-     clean): both ranks must roll back together to ckpt.pt (issue 11), lower the lr and finish identical.
+     clean): both ranks must roll back together to ckpt.pt, lower the lr and finish identical.
 Then a real ``torchrun --nproc-per-node 2 -m fastebm.train`` run writes a checkpoint that resumes on 1
 process with the full-size buffer.
 """
@@ -90,6 +90,12 @@ class FixedNegatives:
         return {"samples": self.samples, "reinit_freq": 0.0}
 
 
+def use_negatives(t, buffer) -> None:
+    """Put a replay-buffer stand-in into trainer ``t``'s iteration (plain and per-piece); it keeps the run's p0."""
+    buffer.p0 = t.buffer.p0
+    t.buffer = t.fast.buffer = t.fast.plain.buffer = t.fast.per_piece.buffer = buffer
+
+
 def _worker(rank, port, tmp):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
@@ -104,13 +110,13 @@ def _worker(rank, port, tmp):
         # A: M-JEM with BatchNorm, counting DDP's all-reduced gradient buckets.
         t = Trainer(resolve(dict(CFG_A, out=os.path.join(tmp, "a"))), *data)
         buckets = []
-        t.net.ddp.register_comm_hook(None, lambda state, bucket: (buckets.append(1), allreduce_hook(None, bucket))[1])
+        t.fast.step.net.ddp.register_comm_hook(None, lambda state, bucket: (buckets.append(1), allreduce_hook(None, bucket))[1])
         t.fit()
         n_fit = len(buckets)
         grads = [p.grad.clone() for p in t.model.parameters()]
         buffer_at_ckpt = t.buffer.samples.clone()
         x0, _ = t.buffer.sample(8)
-        sgld(t.model, x0, t.sgld_cfg)  # SGLD after training: no all-reduce, gradients untouched
+        sgld(t.model, x0, t.fast.sgld)  # SGLD after training: no all-reduce, gradients untouched
         n_sgld = len(buckets) - n_fit
         grads_untouched = all(torch.equal(g, p.grad) for g, p in zip(grads, t.model.parameters()))
         t.model.train()
@@ -122,7 +128,7 @@ def _worker(rank, port, tmp):
                    os.path.join(tmp, f"a{rank}.pt"))
         # B: JEM without normalization on a fixed global batch of negatives.
         t = Trainer(resolve(dict(CFG_B, out=os.path.join(tmp, "b"))), *data)
-        t.buffer = FixedNegatives(rank, CFG_B["batch_size"])
+        use_negatives(t, FixedNegatives(rank, CFG_B["batch_size"]))
         t.fit()
         torch.save({"params": [p.detach().clone() for p in t.model.parameters()]}, os.path.join(tmp, f"b{rank}.pt"))
         # C: a divergence seen by rank 1 only → every rank rolls back together.
@@ -201,8 +207,8 @@ def test_loss_matches_single_process_run_with_the_same_global_batch(ddp, tmp_pat
     tmp, _, b, _ = ddp
     t = Trainer(resolve(dict(CFG_B, out=str(tmp_path))), load_dataset("digits", split="train"),
                 load_dataset("digits", split="test"))
-    assert not t.dist.enabled and t.net is t.model
-    t.buffer = FixedNegatives(0, CFG_B["batch_size"])
+    assert not t.dist.enabled and t.fast.step.net is t.model
+    use_negatives(t, FixedNegatives(0, CFG_B["batch_size"]))
     t.fit()
     single, multi = _records(tmp_path), _records(os.path.join(tmp, "b"))
     assert len(single) == len(multi) == CFG_B["iters_per_epoch"]

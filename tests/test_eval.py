@@ -312,7 +312,7 @@ def test_filter_by_confidence_keeps_top_ratio_per_predicted_class():
 
 
 def test_fid_stats_cache_is_keyed_by_content(ckpts, tmp_path, cifar_root, fast_fid):
-    """Issue 10's stale-cache case: a 2-class folder with 20 train images per class gives n_real 40; after 20
+    """The stale-cache case: a 2-class folder with 20 train images per class gives n_real 40; after 20
     more per class are copied in, the same command recomputes the statistics (n_real 80)."""
     data = tmp_path / "data"
     classes = sorted(os.listdir(os.path.join(cifar_root, "train")))[:2]

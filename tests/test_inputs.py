@@ -1,4 +1,4 @@
-"""Bad inputs (issue 11): every numeric option finite and in range, sizes that cannot fit the data or the
+"""Bad inputs: every numeric option finite and in range, sizes that cannot fit the data or the
 device, --image-size, error messages that name existing options, and checkpoint file modes."""
 import ast
 import dataclasses
@@ -50,8 +50,7 @@ def test_every_float_field_has_a_range_and_a_flag():
 @pytest.mark.parametrize("name", FLOAT_FIELDS)
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_float_options_are_rejected(name, bad):
-    cfg = resolve({})
-    setattr(cfg, name, bad)
+    cfg = dataclasses.replace(resolve({}), **{name: bad})  # a Config is frozen: a changed copy
     with pytest.raises(ValueError, match=f"^{flag(name)}: expected a finite number, got {bad}"):
         validate(cfg)
 
@@ -59,12 +58,11 @@ def test_non_finite_float_options_are_rejected(name, bad):
 @pytest.mark.parametrize("name", sorted(RANGES))
 def test_values_outside_the_range_are_rejected(name):
     lo, hi, lo_in, hi_in = RANGES[name]
-    cfg = resolve({})
-    setattr(cfg, name, lo - 1 if lo_in else lo)
+    cfg = dataclasses.replace(resolve({}), **{name: lo - 1 if lo_in else lo})
     with pytest.raises(ValueError, match=f"^{flag(name)}: expected a value in "):
         validate(cfg)
     if hi is not None:
-        setattr(cfg, name, hi + 1 if hi_in else hi)
+        cfg = dataclasses.replace(cfg, **{name: hi + 1 if hi_in else hi})
         with pytest.raises(ValueError, match=f"^{flag(name)}: expected a value in "):
             validate(cfg)
 
@@ -115,14 +113,13 @@ def test_batch_larger_than_the_training_set_exits_2_in_seconds(tmp_path):
 
 
 def test_check_fits_names_each_option_and_its_limit():
-    cfg = resolve(dict(batch_size=32, cls_batch_size=64, buffer_size=1000))
-    cfg.image_size = 32
+    cfg = dataclasses.replace(resolve(dict(batch_size=32, cls_batch_size=64, buffer_size=1000)), image_size=32)
     check_fits(cfg, 64, "cpu", available=2 ** 30)
     with pytest.raises(ValueError, match=r"^--batch-size 32: .*at most 20 "):
         check_fits(cfg, 20, "cpu", available=2 ** 30)
     with pytest.raises(ValueError, match=r"^--cls-batch-size 64: .*at most 40 "):
         check_fits(cfg, 40, "cpu", available=2 ** 30)
-    cfg.model = "mebm"  # no classifier batch: only the p(x) batch counts
+    cfg = dataclasses.replace(cfg, model="mebm")  # no classifier batch: only the p(x) batch counts
     check_fits(cfg, 40, "cpu", available=2 ** 30)
     per_sample = 3 * 32 * 32 * 4
     with pytest.raises(ValueError, match=r"^--buffer-size 1000: .*expected at most 999 samples"):
@@ -130,7 +127,7 @@ def test_check_fits_names_each_option_and_its_limit():
     check_fits(cfg, 64, "cpu", available=1000 * per_sample)
     with pytest.raises(ValueError, match=r"^--buffer-size 1000: .*expected at most 998 samples"):  # 2 ranks
         check_fits(cfg, 64, "cpu", world_size=2, available=499 * per_sample)
-    cfg.cov, cfg.buffer_size = "full", 10
+    cfg = dataclasses.replace(cfg, cov="full", buffer_size=10)
     with pytest.raises(ValueError, match=r"^--cov full: a 3072×3072 float64 covariance"):
         check_fits(cfg, 64, "cpu", available=100 * 2 ** 20)
 

@@ -1,4 +1,4 @@
-"""The package's layering (issue 13): lower layers never import higher ones, and every module imports on
+"""The package's layering: lower layers never import higher ones, and every module imports on
 its own (no import cycle hidden by import order).
 
 Layers, low to high: profiling, checkpoint → data, model, loss → init, buffer, sampler → config →

@@ -27,7 +27,7 @@ def test_gradient_lowers_positive_and_raises_negative_energy():
 def test_errors_and_cross_entropy():
     from fastebm.config import resolve
 
-    with pytest.raises(ValueError, match="--reg-form"):  # validated once, at the boundary (issue 13)
+    with pytest.raises(ValueError, match="--reg-form"):  # validated once, at the boundary
         resolve({"reg_form": "l1"})
     with pytest.raises(ValueError, match="--l2"):
         resolve({"l2": -1.0})

@@ -60,7 +60,7 @@ def test_bad_kind_is_asserted():
 
 @pytest.mark.parametrize("depth,width,image_size", [(10, 1, 32), (28, 10, 32), (16, 2, 64), (4, 3, 32)])
 def test_the_size_check_counts_the_models_weights(depth, width, image_size):
-    """config.wrn_weights (the memory check before building, issue 11) equals the built backbone's count of
+    """config.wrn_weights (the memory check before building) equals the built backbone's count of
     convolution weights, so the check cannot drift from the model."""
     from fastebm.config import wrn_weights
 

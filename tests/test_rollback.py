@@ -1,4 +1,4 @@
-"""Automatic recovery from divergence (issue 11, part 1): ``--on-divergence rollback`` returns to ckpt.pt,
+"""Automatic recovery from divergence: ``--on-divergence rollback`` returns to ckpt.pt,
 lowers the learning rate, reseeds the chains and finishes; ``stop`` and ``--max-rollbacks`` end the run
 with exit status 1. Divergence is injected on purpose: a NaN loss or a NaN weight at a chosen iteration.
 (The 2-process gloo variant is part C of tests/test_distributed.py; the CUDA-graph one is in

@@ -98,7 +98,7 @@ def test_batch_vs_eval_bn_modes_differ_and_eval_restores_mode(tiny_model):
     (dict(k=0), "--k"), (dict(k=2.5), "--k"), (dict(step_size=0), "--step-size"),
     (dict(noise=-1), "--noise"), (dict(grad_clip=0), "--grad-clip"), (dict(sgld_bn="train"), "--sgld-bn")])
 def test_bad_sgld_options_are_rejected_at_the_boundary(overrides, match):
-    """SGLD settings are validated once, by config.resolve, with the option's name (issue 13)."""
+    """SGLD settings are validated once, by config.resolve, with the option's name."""
     from fastebm.config import resolve
 
     with pytest.raises(ValueError, match=match):

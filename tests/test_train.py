@@ -119,6 +119,69 @@ def test_cli_digits_run_and_resume(tmp_path, capsys):
     assert [r["iter"] for r in _records(out)] == [1, 2, 3, 4]
 
 
+def _as_cuda_wrote_it(path, requested):
+    """Rewrite a CPU checkpoint as a CUDA run of the default fast path writes it: the config resolved for
+    CUDA (fast_flags("cuda"), FID every 5 epochs, host check every --log-every), a Philox state, the fast-path
+    components that ran, and ``requested`` (None: a checkpoint of a version that did not record it)."""
+    from fastebm.config import fast_flags
+
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["config"].update(fast_flags("cuda"), fid_every=5, check_every=ckpt["config"]["log_every"], device="auto")
+    ckpt["triton_rng"] = torch.tensor([7, 1234], dtype=torch.int64)
+    ckpt["fast_path"] = {name: True for name in ("compile_step", "compile", "cuda_graphs", "triton_langevin")}
+    ckpt["requested"] = requested
+    torch.save(ckpt, path)
+
+
+@pytest.mark.parametrize("requested", [None, {"k": 1}], ids=["unrecorded", "recorded"])
+def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path, capsys, requested):
+    """The device-dependent settings of a CUDA run (CUDA graphs, Triton, compiled step, bf16, FID cadence) are
+    resolved again on the CPU it resumes on, unless the user had asked for them."""
+    out = str(tmp_path / "run")
+    assert main(TINY_CLI + ["--out", out, "--epochs", "1", "--iters-per-epoch", "2", "--k", "1"]) == 0
+    _as_cuda_wrote_it(os.path.join(out, "ckpt.pt"), requested)
+    capsys.readouterr()
+    assert main(["--resume", os.path.join(out, "ckpt.pt"), "--epochs", "2", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "fast path: plain" in err, err
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert (cfg["cuda_graphs"], cfg["triton"], cfg["compile_step"], cfg["amp"], cfg["fid_every"]) == (
+        False, False, False, "off", 0)
+    assert [r["iter"] for r in _records(out)] == [1, 2, 3, 4]
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
+    assert ckpt["fast_path"]["compile_step"] is False and ckpt["requested"]["epochs"] == 2
+
+
+def test_an_explicit_cuda_option_is_kept_on_resume(tmp_path):
+    """What the user asked for is not silently dropped: a run that asked for --cuda-graphs says so on a CPU."""
+    import fastebm.train as T
+
+    out = str(tmp_path / "run")
+    assert main(TINY_CLI + ["--out", out, "--epochs", "1", "--iters-per-epoch", "2", "--k", "1"]) == 0
+    _as_cuda_wrote_it(os.path.join(out, "ckpt.pt"), {"cuda_graphs": True})
+    args = T.build_parser([]).parse_args(["--resume", os.path.join(out, "ckpt.pt")])
+    cfg, requested = T.config_from_args(args)
+    assert cfg.cuda_graphs is True and cfg.triton is None and requested == {"cuda_graphs": True}
+    with pytest.raises(ValueError, match="--cuda-graphs needs a CUDA device"):
+        Trainer(cfg)
+
+
+def test_a_cpu_checkpoint_gets_the_fast_path_on_cuda(tmp_path):
+    """The reverse: a CPU smoke-test checkpoint's plain flags are not carried to a GPU (resolution checked
+    for CUDA without one: fastebm.config.for_device)."""
+    import fastebm.train as T
+    from fastebm.config import fast_flags, for_device
+
+    out = str(tmp_path / "run")
+    assert main(TINY_CLI + ["--out", out, "--epochs", "1", "--iters-per-epoch", "2", "--k", "1"]) == 0
+    stored = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["config"]
+    assert stored["compile"] == "off" and stored["cuda_graphs"] is False  # resolved for the CPU when written
+    args = T.build_parser([]).parse_args(["--resume", os.path.join(out, "ckpt.pt")])
+    cfg, _ = T.config_from_args(args)
+    on_gpu = for_device(cfg, "cuda")
+    assert {k: getattr(on_gpu, k) for k in fast_flags("cuda")} == fast_flags("cuda") and on_gpu.fid_every == 5
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--dataset", "folder", "--data-root", "/nonexistent/data"], "not a folder"),
     (["--dataset", "cifar10"], "needs --data-root"),
@@ -129,7 +192,7 @@ def test_cli_digits_run_and_resume(tmp_path, capsys):
     (["--model", "ebm"], "invalid choice"),
     (["--cov", "diag"], "invalid choice"),
     (["--resume", "/nonexistent/ckpt.pt"], "expected a file"),
-    (["--on-divergence", "retry"], "invalid choice"),  # the rollback options (issue 11)
+    (["--on-divergence", "retry"], "invalid choice"),  # the rollback options
     (["--max-rollbacks", "-1"], "--max-rollbacks"),
     (["--rollback-lr-factor", "0"], "--rollback-lr-factor"),
     (["--rollback-lr-factor", "nan"], "--rollback-lr-factor"),

@@ -1,4 +1,4 @@
-"""Evaluation during training (issue 10): FID rows and best_fid.pt, best_acc.pt, ckpt_eNNN.pt history,
+"""Evaluation during training: FID rows and best_fid.pt, best_acc.pt, ckpt_eNNN.pt history,
 TensorBoard event files and the p0 pictures of a digits run."""
 import glob
 import json

@@ -1,0 +1,151 @@
+"""Algorithm 1 of the paper (M-EBM / M-JEM training), one iteration, over a small state.
+
+    1  x+ ~ p_data; for M-JEM (x, y) ~ p_data, augmented          batches()
+    2  x0 ~ B; with probability ρ, x0 ~ p0 (Eq. 6)                 negatives()
+    3  for k = 1..K: x_k = x_{k−1} − α ∂E(x_{k−1})/∂x + σ ε (Eq. 3)
+    4  B ← x_K
+    5  L = E(x+) − E(x−) + λ (E(x+)² + E(x−)²) (Eq. 8) [+ CE(p(y|x))]   update()
+    6  θ ← θ − η ∇θ L
+
+:class:`Algorithm1` holds what one iteration reads and writes (network, sampler, replay buffer, optimizer,
+the two batch streams) and is a function of tensors: the dataset indices of the iteration and the learning
+rate come in, the losses come out, with static shapes and no host sync. The same object runs eagerly or
+as one compiled graph (:mod:`fastebm.step`); which network and sampler it holds (plain, compiled, CUDA
+graphs, Triton) is decided by :class:`fastebm.fastpath.FastPath`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+
+from .buffer import ReplayBuffer
+from .data import Batches
+from .loss import classification_loss, generative_loss
+from .profiling import nvtx_range
+from .sampler import frozen_bn_stats
+from .step import optimizer_step
+
+
+@dataclasses.dataclass
+class Algorithm1:
+    """One training iteration (module docstring); call it as ``alg(idx, idx_cls, lr)``.
+
+    Attributes:
+        model: the :class:`~fastebm.model.EnergyModel`; its parameters are θ.
+        net: x → (E(x) (N,), logits or None) used by the loss pass: ``model``, its ``torch.compile``d form
+            or its DDP wrapper.
+        sampler: x0 (N, C, H, W) → x_K after K SGLD steps (:class:`~fastebm.sampler.Sampler`).
+        buffer: the replay buffer B (with p0 for the ρ-restarts).
+        opt: SGD or Adam on θ (state created up front, :func:`~fastebm.step.init_optimizer_state`).
+        data: the p(x) batch stream (positives x+); cls_data: the augmented p(y|x) stream or None.
+        l2, reg_form: λ and the form of the L2 term (Eq. 8, :func:`~fastebm.loss.generative_loss`).
+        cls_weight: weight of the cross-entropy term.
+        amp: autocast dtype of the loss pass (None: the network's own precision).
+        channels_last: feed the network channels-last tensors.
+    """
+
+    model: torch.nn.Module
+    net: Callable
+    sampler: Callable
+    buffer: ReplayBuffer
+    opt: torch.optim.Optimizer
+    data: Batches
+    cls_data: Batches | None
+    l2: float
+    reg_form: str
+    cls_weight: float
+    amp: torch.dtype | None = None
+    channels_last: bool = False
+
+    def __post_init__(self):
+        self.has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in self.model.modules())
+
+    def replace(self, **changes) -> "Algorithm1":
+        """A copy with some attributes replaced (another network or sampler over the same state)."""
+        return dataclasses.replace(self, **changes)
+
+    def __call__(self, idx: torch.Tensor, idx_cls: torch.Tensor | None, lr: torch.Tensor) -> dict:
+        """One iteration.
+
+        Args:
+            idx: (B,) int64 dataset indices of the p(x) batch; idx_cls: (B_cls,) of the p(y|x) batch or None.
+            lr: 0-dim float32 η (a tensor, so a compiled step does not recompile along the schedule).
+
+        Returns a dict of device tensors (no host sync): scalars ``loss``, ``loss_gen``, ``loss_cls``,
+        ``e_pos``, ``e_neg`` (batch means), ``acc``, ``finite_negatives`` (fraction written to B); and,
+        for checks and diagnostics, ``_x_pos``, ``_x0``, ``_x_neg`` (N, C, H, W), ``_e_pos``, ``_e_neg`` (N,),
+        ``_logits`` (B_cls, C) with a p(y|x) batch.
+        """
+        x_pos, x_cls, y = self.batches(idx, idx_cls)                # line 1
+        x0, x_neg, written = self.negatives(len(x_pos))              # lines 2–4
+        out = self.update(x_pos, x_neg, x_cls, y, lr)                # lines 5–6
+        out.update(finite_negatives=written.float().mean(), _x0=x0)
+        return out
+
+    def batches(self, idx, idx_cls):
+        """x+ (B, C, H, W) and, with a p(y|x) term, the augmented (x, y); all random draws of the data."""
+        with nvtx_range("data"):
+            x_pos, _ = self.data.gather(idx)                         # augmented only for JEM
+            x_cls = y = None
+            if self.cls_data is not None:
+                x_cls, y = self.cls_data.gather(idx_cls)
+        return x_pos, x_cls, y
+
+    def negatives(self, n: int):
+        """x0 from B (ρ of them from p0), K SGLD steps, x_K written back to B. Returns (x0, x_K, written)."""
+        with nvtx_range("p0"):
+            x0, buf_idx = self.buffer.sample(n)
+        x_neg = self.sampler(x0)
+        written = self.buffer.update(buf_idx, x_neg)
+        return x0, x_neg, written
+
+    def update(self, x_pos, x_neg, x_cls, y, lr) -> dict:
+        """Eq. 8 (+ cross-entropy on the p(y|x) batch), backward, optimizer step (lines 5–6)."""
+        dtype = self.amp
+        with torch.autocast(x_pos.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            e_pos, e_neg = self.energies(x_pos, x_neg)
+            loss_gen = generative_loss(e_pos, e_neg, self.l2, self.reg_form)
+            loss, zero = loss_gen, torch.zeros_like(loss_gen)
+            loss_cls, acc, logits = zero, zero, None
+            if x_cls is not None:                                    # − log p(y|x) on its own batch
+                with nvtx_range("classify"):
+                    logits = self.net(self.layout(x_cls))[1]
+                    loss_cls = classification_loss(logits, y)
+                loss = loss + self.cls_weight * loss_cls
+                acc = (logits.argmax(1) == y).float().mean()
+        for p in self.model.parameters():
+            p.grad = None
+        with nvtx_range("backward"):
+            loss.backward()
+        with nvtx_range("optimizer"):
+            optimizer_step(self.opt, lr)
+        out = {"loss": loss.detach(), "loss_gen": loss_gen.detach(), "loss_cls": loss_cls.detach(),
+               "e_pos": e_pos.detach().mean(), "e_neg": e_neg.detach().mean(), "acc": acc.detach(),
+               "_x_pos": x_pos, "_x_neg": x_neg, "_e_pos": e_pos.detach(), "_e_neg": e_neg.detach()}
+        if logits is not None:  # no None outputs: a compiled graph returned a (1,) tensor for one (torch 2.14)
+            out["_logits"] = logits.detach()
+        return out
+
+    def energies(self, x_pos: torch.Tensor, x_neg: torch.Tensor):
+        """E(x+) (N,) and E(x−) (N,), at least float32.
+
+        Without BatchNorm one forward over [x+; x−] is exact and cheaper; with BatchNorm two forwards, as
+        the authors' code (each batch normalized by its own statistics), and the negatives' pass leaves the
+        running statistics to the data (:func:`~fastebm.sampler.frozen_bn_stats`).
+        """
+        x_pos, x_neg = self.layout(x_pos), self.layout(x_neg)
+        if not self.has_bn:
+            with nvtx_range("energy/pos+neg"):
+                e = self.net(torch.cat([x_pos, x_neg]))[0]
+            return e[:len(x_pos)], e[len(x_pos):]
+        with nvtx_range("energy/pos"):
+            e_pos = self.net(x_pos)[0]
+        with nvtx_range("energy/neg"), frozen_bn_stats(self.model):
+            e_neg = self.net(x_neg)[0]
+        return e_pos, e_neg
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs in the network's memory format (channels-last on the fast path)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
