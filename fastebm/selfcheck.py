@@ -223,7 +223,7 @@ def _loss_grad(alg, x_pos, x_neg, x_cls, y):
         if x_cls is not None:
             loss = loss + alg.cls_weight * classification_loss(alg.net(alg.layout(x_cls))[1], y)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    gap = float(e_pos.double().mean() - e_neg.double().mean())
+    gap = float(e_pos.detach().double().mean() - e_neg.detach().double().mean())
     return _flat([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]), gap
 
 
