@@ -8,20 +8,21 @@
 # 2. puts the source checkout on PYTHONPATH (fastebm/__init__.py maps the top-level kernels/ to
 #    fastebm.kernels, so no pip install of the package is needed);
 # 3. runs the GPU tests:  pytest -m gpu tests/  — the per-piece fast path (CUDA-graph SGLD, Triton kernels,
-#    bf16), the compiled training step (issue 12: Inductor + CUDA graphs vs eager over five iterations,
-#    tests/test_step.py) and the run-time self-check with every fast component on (tests/test_selfcheck.py);
+#    bf16), the compiled training step (Inductor + CUDA graphs, its check against eager and float64 at five
+#    iterations, tests/test_step.py) and the run-time check of every fast component (tests/test_selfcheck.py);
 # 4. runs the engine benchmark full size: plain vs per-piece fast path vs compiled step
 #    (bench/test_engine_speed.py; WRN-28-10, batches 64/128; torch.compile of the network and of the whole
 #    step for two configurations: most of this step's time is compilation);
-# 5. runs the other benchmarks full size: epoch speed vs JEM (Table 6), kernels, p0 fit;
+# 5. runs the other benchmarks full size: epoch speed vs JEM (Table 6), kernels, p0 fit, and what bf16 / fp16
+#    do to SGLD chains and to the loss pass against float64 at WRN-28-10 (bench/test_precision.py);
 # 6. prints a short table last (the bench summaries of bench/conftest.py and the result lines).
 #
 # The per-piece fast path (compiled network, CUDA-graph SGLD loop, Triton kernels, bf16, channels-last) and
-# the compiled step are both wired into the trainer; `auto` runs the compiled step on CUDA after its
-# self-check. None of it has run on a GPU before this script's first run.
+# the compiled step are both wired into the trainer (fastebm.fastpath.FastPath); `auto` runs the compiled
+# step on CUDA after its check. None of it has run on a GPU before this script's first run.
 #
 # Logs, JUnit XML and the pytest-benchmark JSON go to $OUT when set (else /tmp/fastebm-gpu-check).
-# Time limits: 150 s GPU tests, 210 s engine benchmark, 90 s other benchmarks (under 8 minutes in all with
+# Time limits: 140 s GPU tests, 200 s engine benchmark, 110 s other benchmarks (under 8 minutes in all with
 # setup); a step that hits its limit is reported and the next one still runs.
 set -uo pipefail
 
@@ -76,11 +77,11 @@ step() {
     return $rc
 }
 
-step gpu-tests 150 -m gpu tests/
+step gpu-tests 140 -m gpu tests/
 RC_TESTS=$?
-step bench-engine 210 bench/test_engine_speed.py --benchmark-only -rs --benchmark-json="$DEST/bench-engine.json"
+step bench-engine 200 bench/test_engine_speed.py --benchmark-only -rs --benchmark-json="$DEST/bench-engine.json"
 RC_ENGINE=$?
-step bench-other 90 bench/test_epoch_speed.py bench/test_kernels.py --benchmark-only -rs \
+step bench-other 110 bench/test_epoch_speed.py bench/test_kernels.py bench/test_precision.py --benchmark-only -rs \
     --benchmark-json="$DEST/bench-other.json"
 RC_BENCH=$?
 [ "$DRY" = 1 ] && { echo "dry run: nothing was run"; exit 0; }

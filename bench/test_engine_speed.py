@@ -8,7 +8,7 @@ Configurations: M-EBM K = 2 and M-JEM K = 5 (a full ``Trainer.train_step`` each,
   (torch.compile of the network, CUDA-graph SGLD loop, bf16 autocast, Triton kernels, channels_last);
   on CPU ``fast_flags("cpu")`` is the plain path, so the CPU comparison is ``compile="default"``
   (torch.compile with the C++/OpenMP Inductor backend) against plain;
-- ``step`` (issue 12): the whole iteration as one compiled graph (``compile_step=True``; on CUDA with
+- ``step``: the whole iteration as one compiled graph (``compile_step=True``; on CUDA with
   ``fast_flags("cuda")``, i.e. Inductor + CUDA graphs + bf16 + channels_last; on CPU Inductor C++ with
   ``compile="default"``).
 
