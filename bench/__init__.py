@@ -1,1 +1,1 @@
-"""fastebm benchmark suite (see bench/RESULTS.md): run with ``PYTHONPATH=. python -m pytest bench/ --benchmark-only``."""
+"""fastebm benchmark suite (see bench/RESULTS.md): ``python -m pytest bench/ --benchmark-only``."""

@@ -5,8 +5,8 @@ Sizes by device (``SIZES``):
 - CUDA: the paper's setting, WRN-28-10 at 32×32, p(x) batch 64, classifier batch 128, buffer 10,000
   (2,000 real CIFAR-10 JPEGs, 200 per class: decoding all 50,000 would cost the GPU check a minute).
 - CPU: WRN-10-1 at 32×32 (real CIFAR-10 JPEGs, 50 per class), the paper's batches 64 / 128, buffer 1,000
-  (the buffer size does not enter the iteration cost), one intra-op thread (the 2-core machine is shared; with 2 threads on oversubscribed cores
-  OpenMP barriers made iterations 3–4× slower and far noisier in a measurement). Override the CPU
+  (the buffer size does not enter the iteration cost), one intra-op thread (the 2-core machine is shared;
+  with 2 threads on oversubscribed cores OpenMP barriers made iterations 3–4× slower and far noisier). Override the CPU
   sizes with FASTEBM_BENCH_SIZE=full (the CUDA sizes) if you have time.
 
 Timing: CUDA is synchronized after every timed call. The epoch-speed and engine-speed benchmarks measure

@@ -5,8 +5,7 @@
 #   bash bench/gpu_check.sh --dry-run    # any machine: prints the steps and collects their tests (no run)
 #
 # 1. installs carried wheels (.whl/*.whl, e.g. pytest-benchmark) into /tmp/site without network;
-# 2. puts the source checkout on PYTHONPATH (fastebm/__init__.py maps the top-level kernels/ to
-#    fastebm.kernels, so no pip install of the package is needed);
+# 2. puts the source checkout on PYTHONPATH (no pip install of the package is needed);
 # 3. runs the GPU tests:  pytest -m gpu tests/  — the per-piece fast path (CUDA-graph SGLD, Triton kernels,
 #    bf16), the compiled training step (Inductor + CUDA graphs, its check against eager and float64 at five
 #    iterations, tests/test_step.py) and the run-time check of every fast component (tests/test_selfcheck.py);

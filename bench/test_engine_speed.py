@@ -91,7 +91,8 @@ def test_engine_speed(benchmark, engine_runs, model, k, mode):
         interleaved_median_s=r["median"], interleaved_times_s=r["times"],
         min_per_epoch=r["median"] * C.ITERS_PER_EPOCH / 60, fast_over_plain_speedup=ratio,
         step_over_plain_speedup=ratio_step,
-        step_over_fast_speedup=fast["median"] / step["median"], flops_per_iter=r["flops"], achieved_tflops=tflops, fraction_of_bf16_peak=(tflops / peak) if peak else None)
+        step_over_fast_speedup=fast["median"] / step["median"], flops_per_iter=r["flops"], achieved_tflops=tflops,
+        fraction_of_bf16_peak=(tflops / peak) if peak else None)
     if mode == "step":
         sec = C.summary_section(
             "Engine: plain vs per-piece fast path vs compiled step (same iteration, interleaved medians)",

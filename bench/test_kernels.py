@@ -74,8 +74,8 @@ def copy_bandwidth(x: torch.Tensor) -> float:
 @pytest.mark.parametrize("variant", ["eager_sampler", pytest.param("triton", marks=gpu)])
 @pytest.mark.parametrize("shape", LANGEVIN_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_langevin_update(benchmark, shape, variant):
-    from fastebm.sampler import SGLDConfig, langevin_update
     from fastebm.kernels.langevin import langevin_step, make_rng_state
+    from fastebm.sampler import SGLDConfig, langevin_update
 
     torch.manual_seed(0)
     x = torch.rand(shape, device=C.DEVICE) * 2 - 1
@@ -207,9 +207,9 @@ def test_p0_fit(benchmark, side, form):
     if not C.CUDA:  # memory from one more fit in a fresh process (see fit_peak_rss_subprocess)
         peak["bytes"] = C.fit_peak_rss_subprocess(side, N_FIT, form)["growth_bytes"]
     analytic = d * d * 8
+    measure = "cuda.max_memory_allocated" if C.CUDA else "RSS growth sampled every 2 ms, fresh process"
     benchmark.extra_info.update(device=C.DEVICE, d=d, n=N_FIT, form=form, median_s=t, peak_bytes=peak["bytes"],
-                                peak_measure="cuda.max_memory_allocated" if C.CUDA else "RSS growth sampled every 2 ms, fresh process",
-                                dxd_float64_bytes=analytic)
+                                peak_measure=measure, dxd_float64_bytes=analytic)
     sec = C.summary_section(SUMMARY_FIT, ["D", "form", "s/fit", "peak MB", "one DxD f64 (MB)"])
     if not sec["notes"]:
         sec["notes"].append("peak = " + ("torch.cuda.max_memory_allocated growth" if C.CUDA else

@@ -16,7 +16,7 @@ graphs, Triton) is decided by :class:`fastebm.fastpath.FastPath`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -62,7 +62,7 @@ class Algorithm1:
     def __post_init__(self):
         self.has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in self.model.modules())
 
-    def replace(self, **changes) -> "Algorithm1":
+    def replace(self, **changes) -> Algorithm1:
         """A copy with some attributes replaced (another network or sampler over the same state)."""
         return dataclasses.replace(self, **changes)
 

@@ -106,8 +106,9 @@ class Config:
                                       "own size)", "data")
     n_classes: int = _f(10, "number of classes (set from the data)", "data")
     data_noise: float = _f(0.0, "std of Gaussian noise added to data batches", "data")  # mebm scripts --sigma .0
-    augment_px: bool = _f(False, "augment the p(x) batch too (reflect-pad 4, crop, flip)", "data")  # mebm utils.get_data: transform_px has no augmentation
-    augment_cls: bool = _f(True, "augment the p(y|x) batch (reflect-pad 4, crop, flip)", "data")  # mebm utils.get_data: dload_train_labeled uses transform_train
+    # mebm utils.get_data: transform_px has no augmentation; dload_train_labeled uses transform_train
+    augment_px: bool = _f(False, "augment the p(x) batch too (reflect-pad 4, crop, flip)", "data")
+    augment_cls: bool = _f(True, "augment the p(y|x) batch (reflect-pad 4, crop, flip)", "data")
     # model
     model: str = _f("mjem", "mebm, mjem, lse-jem or the jem baseline", "model")
     depth: int = _f(28, "WRN depth 6n+4", "model")  # mebm scripts --depth 28
@@ -119,7 +120,8 @@ class Config:
                  "p0 and replay buffer")  # mebm train_maebm.py --init gm
     cov: str = _f("auto", "p0 covariance form (auto: full up to 64 px, low-rank above)", "p0 and replay buffer")
     rank: int = _f(100, "rank of the low-rank p0 covariance", "p0 and replay buffer")
-    buffer_size: int = _f(10_000, "replay buffer size", "p0 and replay buffer")  # mebm train_maebm.py --buffer_size 10000
+    buffer_size: int = _f(10_000, "replay buffer size",
+                          "p0 and replay buffer")  # mebm train_maebm.py --buffer_size 10000
     reinit_freq: float = _f(0.05, "ρ, fraction of chains restarted from p0 per draw",
                             "p0 and replay buffer")  # mebm train_maebm.py --reinit_freq 0.05
     # SGLD
@@ -128,7 +130,8 @@ class Config:
     noise: float | None = _f(None, "SGLD noise σ (none: by the K rule)", "SGLD")  # K rule, see module docstring
     grad_clip: float | None = _f(1.0, "clamp ∂E/∂x to [-c, c] at every SGLD step (none: no clamp)",
                                  "SGLD")  # mebm train_maebm.py sample_q: t.clamp(eta, -1, 1)
-    clamp_x: bool = _f(True, "clamp SGLD samples to [-1, 1] after every step", "SGLD")  # mebm sample_q: t.clamp(x_k, -1, 1)
+    clamp_x: bool = _f(True, "clamp SGLD samples to [-1, 1] after every step",
+                       "SGLD")  # mebm sample_q: t.clamp(x_k, -1, 1)
     sgld_bn: str = _f("batch", "BatchNorm while sampling", "SGLD")  # mebm sample_q: f stays in train mode
     # loss
     l2: float | None = _f(None, "λ, L2 energy regularization (none: by the K rule)", "loss")  # K rule
@@ -142,9 +145,10 @@ class Config:
     optimizer: str = _f("sgd", "optimizer", "optimization")  # mebm scripts --optimizer sgd
     lr: float = _f(0.1, "learning rate", "optimization")  # mebm scripts --lr .1; paper Appendix A (CIFAR-10)
     momentum: float = _f(0.9, "SGD momentum", "optimization")  # mebm train_maebm.py: SGD(momentum=.9)
-    weight_decay: float = _f(5e-4, "weight decay", "optimization")  # mebm train_maebm.py --weight_decay 5e-4 (never overridden by its scripts)
-    warmup_iters: int = _f(1000, "linear warm-up lr·it/warmup over the first iterations",
-                           "optimization")  # mebm scripts --warmup_iters 1000; train_maebm.py: lr * cur_iter / warmup_iters
+    # mebm train_maebm.py --weight_decay 5e-4 (never overridden by its scripts)
+    weight_decay: float = _f(5e-4, "weight decay", "optimization")
+    # mebm scripts --warmup_iters 1000; train_maebm.py: lr * cur_iter / warmup_iters
+    warmup_iters: int = _f(1000, "linear warm-up lr·it/warmup over the first iterations", "optimization")
     decay_epochs: list[int] = _f([60, 120, 180], "epochs at which the lr is multiplied by --decay-rate",
                                  "optimization")  # mebm scripts --decay_epochs 60 120 180
     decay_rate: float = _f(0.2, "lr decay factor", "optimization")  # mebm train_maebm.py --decay_rate .2
@@ -152,7 +156,8 @@ class Config:
     iters_per_epoch: int | None = _f(None, "iterations per epoch (none: training images // "
                                            "--cls-batch-size, one pass of the labelled loader)",
                                      "optimization")  # mebm utils.get_data: drop_last=True, batch 128
-    max_loss: float = _f(1e5, "stop the run when |loss| exceeds this", "optimization")  # mebm train_maebm.py: loss.abs() > 1e5
+    max_loss: float = _f(1e5, "stop the run when |loss| exceeds this",
+                         "optimization")  # mebm train_maebm.py: loss.abs() > 1e5
     # fast path; "auto" = fast on CUDA, plain reference path on CPU (see fast_flags / plain_flags)
     compile: str = _f("auto", "torch.compile of the energy network (auto: default on CUDA, off on CPU)",
                       "fast path")
@@ -266,10 +271,10 @@ MODEL_PRESETS: dict[str, dict] = {
         decay_rate=0.3,  # JEM --decay_rate .3
         max_loss=1e8,  # JEM: L.abs().item() > 1e8 stops the run
         # cls_batch_size = batch_size (JEM get_data: the labelled loader uses the same --batch_size 64), set
-        # in resolve() unless given. Equal to the Config defaults, so not repeated (a dataset preset such as the digits demo keeps its
-        # own): step_size 1 (JEM --sgld_lr 1.0), batch_size 64 (--batch_size 64), warmup_iters 1000 (README
-        # --warmup_iters 1000), epochs 200 (--n_epochs 200), buffer_size 10,000 and reinit_freq 0.05
-        # (--buffer_size 10000 --reinit_freq .05), depth 28 and width 10 (README --depth 28 --width 10).
+        # in resolve() unless given. Equal to the Config defaults, so not repeated (a dataset preset such as the
+        # digits demo keeps its own): step_size 1 (JEM --sgld_lr 1.0), batch_size 64 (--batch_size 64),
+        # warmup_iters 1000 (README --warmup_iters 1000), epochs 200 (--n_epochs 200), buffer_size 10,000 and
+        # reinit_freq 0.05 (--buffer_size 10000 --reinit_freq .05), depth 28, width 10 (README --depth 28 --width 10).
     ),
     "lse-jem": dict(  # paper Fig. 2b / 4a: the M-JEM recipe with E(x) = -logsumexp(logits)
         l2=0.0,  # fastebm's choice: an L2 penalty on -logsumexp fights the classifier (see the module docstring)
@@ -314,7 +319,7 @@ DEVICE_FIELDS = ("compile", "cuda_graphs", "amp", "sgld_amp", "triton", "channel
                  "check_every", "fid_every")
 
 
-def for_device(cfg: "Config", device_type: str, world_size: int = 1) -> "Config":
+def for_device(cfg: Config, device_type: str, world_size: int = 1) -> Config:
     """``cfg`` with the device-dependent "auto" / None values decided for ``device_type`` (a new Config):
     the fast-path flags (:func:`fast_flags`; in a multi-process DDP run ``auto`` leaves the compiled step off,
     it is single-process), ``check_every`` (1 on the CPU, where a host sync costs nothing; ``log_every`` on
@@ -456,7 +461,8 @@ def flag(name: str) -> str:
 
 
 def _interval(lo, hi, lo_in, hi_in) -> str:
-    return f"{'[' if lo_in else '('}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{']' if hi_in else ')'}"
+    low, high = "-inf" if lo is None else lo, "inf" if hi is None else hi
+    return f"{'[' if lo_in else '('}{low}, {high}{']' if hi_in else ')'}"
 
 
 def validate(cfg: Config) -> None:

@@ -58,7 +58,7 @@ class ImageSet:
         """Side H (= W) in pixels."""
         return self.images.shape[-1]
 
-    def subset(self, n: int | None, seed: int = 0) -> "ImageSet":
+    def subset(self, n: int | None, seed: int = 0) -> ImageSet:
         """The first ``n`` images of a fixed random permutation (all images if n is None or ≥ N)."""
         if n is None or n >= len(self):
             return self

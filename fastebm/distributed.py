@@ -157,7 +157,7 @@ class DistContext:
             self.device = torch.device("cuda", torch.cuda.current_device())
 
     @classmethod
-    def for_run(cls, cfg, device) -> "DistContext":
+    def for_run(cls, cfg, device) -> DistContext:
         """The context of a run: distributed iff a process group is initialized with world size > 1.
 
         Raises:

@@ -56,6 +56,7 @@ import warnings
 import numpy as np
 import torch
 
+from . import __version__
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
 from .config import Config, OneLineParser, fast_flags, resolve, resolve_device
 from .data import DATASETS, DatasetError, ImageSet, load_dataset, to_float, to_uint8
@@ -590,7 +591,8 @@ def task_logpx(run: Run, opts) -> dict:
         buf_pred = l_b.argmax(1).numpy() if l_b is not None else np.full(len(buf_lp), -1)
 
     def stats(v):
-        return {"n": int(len(v)), "mean": float(v.mean()) if len(v) else None, "std": float(v.std()) if len(v) else None}
+        n = int(len(v))
+        return {"n": n, "mean": float(v.mean()) if n else None, "std": float(v.std()) if n else None}
 
     per_class, panels = {}, []
     for c in range(data.n_classes):
@@ -765,6 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m fastebm.eval`` (argparse errors are one line, exit 2)."""
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=_DefaultsShown)
     a = p.add_argument
+    a("--version", action="version", version=f"fastebm {__version__}")
     a("--ckpt", nargs="+", required=True, help="checkpoint(s) written by fastebm.train (RUN/ckpt.pt); several: "
       "tsne embeds them jointly, other tasks run per checkpoint")
     a("--task", nargs="+", required=True, help=f"one or several of {', '.join(TASKS)}")
@@ -875,5 +878,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``fastebm-eval`` console script (and ``python -m fastebm.eval``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -131,7 +131,8 @@ class FastPath:
         precision and layout that are on."""
         sampler = Sampler(self.model, self.sgld, net=self.model, amp=self._sgld_precision(),
                           channels_last=self.cfg.channels_last)
-        return self.plain.replace(net=self.model, sampler=sampler, amp=self._amp(), channels_last=self.cfg.channels_last)
+        return self.plain.replace(net=self.model, sampler=sampler, amp=self._amp(),
+                                  channels_last=self.cfg.channels_last)
 
     def eager_plain(self) -> Algorithm1:
         """The plain fp32 iteration (no fast component), on the bare model (no DDP wrapper: a check is local)."""
@@ -207,7 +208,8 @@ class FastPath:
 
     def check(self, it: int, lr: float) -> dict:
         """Check every component that is on at iteration ``it`` (learning rate ``lr`` > 0, so that the weight
-        update is compared; the trainer passes the schedule's peak) against the plain path (:mod:`fastebm.selfcheck`), leave the run's state as it was, and switch failing components off.
+        update is compared; the trainer passes the schedule's peak) against the plain path
+        (:mod:`fastebm.selfcheck`), leave the run's state as it was, and switch failing components off.
 
         Returns :attr:`report`. Raises FastPathError for a failure under ``--fast-path strict``.
         """

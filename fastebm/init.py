@@ -43,7 +43,7 @@ class UniformInit:
         """n samples (n, C, H, W) float32 uniform in [−1, 1), global torch RNG."""
         return torch.rand((n, *self.shape), device=device).mul_(2).sub_(1)
 
-    def to(self, device, dtype: torch.dtype | None = None) -> "UniformInit":
+    def to(self, device, dtype: torch.dtype | None = None) -> UniformInit:
         """No tensors to move: returns self (samples are float32; a float64 buffer promotes them)."""
         return self
 
@@ -126,7 +126,7 @@ class GaussianInit:
             return self.scale_tril.to(device), None
         return self.factor.to(device), self.diag_sqrt.to(device)
 
-    def to(self, device, dtype: torch.dtype | None = None) -> "GaussianInit":
+    def to(self, device, dtype: torch.dtype | None = None) -> GaussianInit:
         """A copy with every tensor on ``device`` (and of ``dtype``: float64 for a reference run)."""
         mv = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
         return GaussianInit(self.shape, mv(self.mean), self.form, mv(self.scale_tril), mv(self.factor),

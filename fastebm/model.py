@@ -172,7 +172,7 @@ def build_model(cfg) -> EnergyModel:
 
 
 @torch.no_grad()
-def model_outputs(model: "EnergyModel", images: torch.Tensor, batch_size: int = 256, device=None,
+def model_outputs(model: EnergyModel, images: torch.Tensor, batch_size: int = 256, device=None,
                   features: bool = False):
     """Energies, logits and optionally penultimate features of a set of images, in eval mode: the one
     implementation behind the trainer's test evaluation and the evaluation CLI.

@@ -124,8 +124,8 @@ def image_table(path: str, cells: list[list[torch.Tensor]], row_labels: list[str
     highest p(y|x), lowest p(y|x)} — the overview of the per-class grids."""
     plt = pyplot()
     n = max(1, max(len(x) for row in cells for x in row))
-    fig, axes = plt.subplots(len(cells), len(col_labels), figsize=(0.45 * n * len(col_labels) + 1, 0.6 * len(cells) + 0.6),
-                             squeeze=False)
+    size = (0.45 * n * len(col_labels) + 1, 0.6 * len(cells) + 0.6)
+    fig, axes = plt.subplots(len(cells), len(col_labels), figsize=size, squeeze=False)
     for r, row in enumerate(cells):
         for c, x in enumerate(row):
             _show(axes[r, c], x, nrow=n, title=col_labels[c] if r == 0 else None)

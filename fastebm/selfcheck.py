@@ -148,7 +148,8 @@ def check_compile(fp, it):
     model64 = copy.deepcopy(model).to(torch.float64)
     fast, plain = (lambda t: fp.net(t)[0]), (lambda t: model(t)[0])
     with sampling_mode(model, fp.sgld.bn_mode):
-        e_fast, g_fast, e_plain, g_plain = _energy(fast, x), energy_grad(fast, x), _energy(plain, x), energy_grad(plain, x)
+        e_fast, g_fast = _energy(fast, x), energy_grad(fast, x)
+        e_plain, g_plain = _energy(plain, x), energy_grad(plain, x)
     with sampling_mode(model64, fp.sgld.bn_mode):
         ref = lambda t: model64(t)[0]  # noqa: E731
         e64, g64 = _energy(ref, x.double()), energy_grad(ref, x.double())
@@ -262,7 +263,8 @@ def check_amp(fp, it):
     m = measure_amp(fp, it)
     ok = math.isfinite(m["grad_err"]) and m["grad_err"] <= NOISE_SHARE * m["grad_noise"]
     return ok, (f"weight-gradient error {m['grad_err']:.2e} vs minibatch noise {m['grad_noise']:.2e} (limit "
-                f"{NOISE_SHARE:.2f}x, relative to |g|; energy gap error {m['gap_err']:.1e}, fp32 {m['gap_err_fp32']:.1e})")
+                f"{NOISE_SHARE:.2f}x, relative to |g|; energy gap error {m['gap_err']:.1e}, "
+                f"fp32 {m['gap_err_fp32']:.1e})")
 
 
 def measure_sgld_amp(fp) -> dict:

@@ -27,6 +27,7 @@ import sys
 import types
 import typing
 
+from . import __version__
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import CHOICES, DEVICE_FIELDS, NONE, Config, OneLineParser, resolve
 from .data import DatasetError
@@ -102,6 +103,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m fastebm.train", description=__doc__.split("\n\n")[0],
                       epilog="Defaults shown are the presets resolved for the --dataset / --model / "
                              "--k given (fastebm/config.py; --print-config prints them all).")
+    p.add_argument("--version", action="version", version=f"fastebm {__version__}")
     p.add_argument("--resume", metavar="CKPT", help="continue the run stored in this checkpoint")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved configuration as JSON and exit (no data is loaded)")
@@ -210,5 +212,11 @@ def _main(argv=None) -> int:
     return 0
 
 
+def cli() -> None:
+    """The ``fastebm-train`` console script (and ``python -m fastebm.train``): exits with :func:`main`'s
+    status; under torchrun through :func:`~fastebm.distributed.exit_process`."""
+    exit_process(main(), multi_process=env_world_size() > 1)
+
+
 if __name__ == "__main__":
-    exit_process(main(), multi_process=env_world_size() > 1)  # torchrun: os._exit (see exit_process)
+    cli()

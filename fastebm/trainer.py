@@ -76,8 +76,15 @@ import torch
 
 from .algorithm import Algorithm1
 from .buffer import ReplayBuffer
-from .checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_model_state, remove_stale_temporaries,
-                         rng_state, set_rng_state)
+from .checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    load_model_state,
+    remove_stale_temporaries,
+    rng_state,
+    set_rng_state,
+)
 from .config import Config, check_fits, derive_iters_per_epoch, for_device, resolve_device
 from .data import Batches, ImageSet, load_dataset, to_float, to_uint8
 from .distributed import RANK_SEED_STRIDE, DistContext

@@ -7,7 +7,6 @@ import os
 import pytest
 import torch
 
-from fastebm import config as C
 from fastebm.config import MODEL_PRESETS, NONE, PRESETS, Config, resolve
 from fastebm.data import load_dataset, to_float
 from fastebm.train import build_parser, main

@@ -110,7 +110,8 @@ def _worker(rank, port, tmp):
         # A: M-JEM with BatchNorm, counting DDP's all-reduced gradient buckets.
         t = Trainer(resolve(dict(CFG_A, out=os.path.join(tmp, "a"))), *data)
         buckets = []
-        t.fast.step.net.ddp.register_comm_hook(None, lambda state, bucket: (buckets.append(1), allreduce_hook(None, bucket))[1])
+        count = lambda state, bucket: (buckets.append(1), allreduce_hook(None, bucket))[1]  # noqa: E731
+        t.fast.step.net.ddp.register_comm_hook(None, count)
         t.fit()
         n_fit = len(buckets)
         grads = [p.grad.clone() for p in t.model.parameters()]
@@ -276,7 +277,8 @@ def test_batch_shards_concatenate_to_the_global_batch():
     full = Batches(data, 12, "cpu", seed=3, stream=1).indices(5)
     full_x, full_y = Batches(data, 12, "cpu", seed=3, stream=1).get(5)
     parts = [Batches(data, 12, "cpu", seed=3, stream=1, shard=(r, 3)).get(5) for r in range(3)]
-    assert torch.equal(torch.cat([p[0] for p in parts]), full_x) and torch.equal(torch.cat([p[1] for p in parts]), full_y)
+    assert torch.equal(torch.cat([p[0] for p in parts]), full_x)
+    assert torch.equal(torch.cat([p[1] for p in parts]), full_y)
     assert len(full) == 12 and all(len(p[1]) == 4 for p in parts)
     with pytest.raises(ValueError, match="rank"):
         Batches(data, 12, "cpu", shard=(3, 3))

@@ -106,7 +106,8 @@ def test_default_out_is_eval_next_to_checkpoint_and_logpx_histograms(ckpts):
     energy, logits = E._outputs(run, run.buffer, 32)
     c0 = (logits.argmax(1) == 0)
     if c0.any():
-        assert rec["per_class"]["0"]["buffer (predicted)"]["mean"] == pytest.approx(float(-energy[c0].double().mean()), rel=1e-5)
+        expected = float(-energy[c0].double().mean())
+        assert rec["per_class"]["0"]["buffer (predicted)"]["mean"] == pytest.approx(expected, rel=1e-5)
     _png_ok(os.path.join(out, "logpx.png"))
 
 

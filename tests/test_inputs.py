@@ -190,9 +190,9 @@ def test_classifier_on_a_one_class_folder_exits_2(mixed_folder, tmp_path, capsys
 # ---------------------------------------------------------------- every error names an existing option
 def _flags_in_error_messages():
     """(file, flag) for every ``--flag`` in a string literal inside a ``raise`` or an ``.error()`` /
-    ``.exit()`` call anywhere in the package (fastebm/ and kernels/)."""
+    ``.exit()`` call anywhere in the package (fastebm/ and fastebm/kernels/)."""
     found = []
-    files = sorted(Path(fastebm.__file__).parent.glob("*.py")) + sorted((ROOT / "kernels").glob("*.py"))
+    files = sorted(Path(fastebm.__file__).parent.rglob("*.py"))
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             is_exit = (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)

@@ -93,7 +93,7 @@ def test_functional_optimizer_step_equals_optimizer_step(opt):
             (lambda v: torch.optim.Adam(v, lr=0.01, weight_decay=1e-3)))
     ref, ours = make(ps), make(qs)
     init_optimizer_state(ours)
-    for i in range(3):
+    for _ in range(3):
         for p, q in zip(ps, qs):
             g = torch.randn_like(p)
             p.grad, q.grad = g.clone(), g.clone()

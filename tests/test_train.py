@@ -103,7 +103,8 @@ def test_non_finite_energies_stop_the_run(tmp_path, cifar_subset):
     t = Trainer(resolve(dict(cfg.to_dict(), on_divergence="rollback")), *cifar_subset)
     with torch.no_grad():
         t.model.energy_head.bias.fill_(float("nan"))
-    with pytest.raises(DivergenceError, match=r"non-finite values \(weights, buffer, or the energies they give\) at iteration 0"):
+    match = r"non-finite values \(weights, buffer, or the energies they give\) at iteration 0"
+    with pytest.raises(DivergenceError, match=match):
         t.fit()
     assert not os.path.exists(tmp_path / "ckpt.pt") and t.iteration == 0
 

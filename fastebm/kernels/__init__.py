@@ -1,5 +1,5 @@
-"""Triton kernels of fastebm (installed as ``fastebm.kernels``): one kernel a file with its launcher, and
-one plain PyTorch reference per kernel in ``reference.py`` (the library's plain path and the tests' oracle).
+"""Triton kernels of fastebm: one kernel a file with its launcher, and one plain PyTorch reference per kernel
+in ``reference.py`` (the library's plain path and the tests' oracle).
 
 - ``langevin``: fused SGLD/Langevin step (paper Eq. 3), Philox noise drawn in-kernel.
 - ``lowrank_gaussian``: fused sampler of p0 = N(mu, U U^T + diag(d)) (paper Eq. 6).
