@@ -148,7 +148,8 @@ class Config:
     # mebm train_maebm.py --weight_decay 5e-4 (never overridden by its scripts)
     weight_decay: float = _f(5e-4, "weight decay", "optimization")
     # mebm scripts --warmup_iters 1000; train_maebm.py: lr * cur_iter / warmup_iters
-    warmup_iters: int = _f(1000, "linear warm-up lr·it/warmup over the first iterations", "optimization")
+    warmup_iters: int = _f(1000, "linear warm-up lr·it/warmup over the first iterations (at most a fifth of the "
+                                 "run)", "optimization")
     decay_epochs: list[int] = _f([60, 120, 180], "epochs at which the lr is multiplied by --decay-rate",
                                  "optimization")  # mebm scripts --decay_epochs 60 120 180
     decay_rate: float = _f(0.2, "lr decay factor", "optimization")  # mebm train_maebm.py --decay_rate .2
@@ -189,6 +190,8 @@ class Config:
     check_every: int | None = _f(None, "iterations between host-side divergence checks (none: 1 on CPU, "
                                        "--log-every on CUDA)", "run")
     progress: bool = _f(True, "progress bar", "run")
+    threads: int | None = _f(None, "CPU threads of torch (none: the usable cores minus the current load, at least 1; "
+                                   "OMP_NUM_THREADS if set)", "run")
     # automatic recovery from divergence (Trainer.fit / Trainer.rollback)
     on_divergence: str = _f("rollback", "on divergence: rollback (to the latest ckpt.pt, lower lr, reseed) or "
                                         "stop (exit 1)", "divergence recovery")
@@ -444,6 +447,7 @@ RANGES: dict[str, tuple] = {
     "max_rollbacks": (0, None, True, False), "rollback_lr_factor": (0, 1, False, True),
     "fid_every": (0, None, True, False), "keep_every": (0, None, True, False),  # 0: off
     "seed": (0, 2 ** 32 - 1, True, True),  # numpy's seed range
+    "threads": (1, 4096, True, True),
 }
 
 

@@ -63,6 +63,7 @@ from .data import DATASETS, DatasetError, ImageSet, load_dataset, to_float, to_u
 from .init import p0_from_state_dict
 from .model import EnergyModel, build_model, model_outputs
 from .sampler import Sampler, SGLDConfig, energy_grad, sampling_mode
+from .threads import apply_threads
 
 TASKS = ("fid", "is", "gen", "acc", "ece", "ood", "logpx", "tsne", "extremes", "energy", "p0")
 PROG = "python -m fastebm.eval"
@@ -773,6 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--task", nargs="+", required=True, help=f"one or several of {', '.join(TASKS)}")
     a("--out", help="output folder (default: eval/ next to the checkpoint)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    a("--threads", type=int, help="CPU threads of torch (default: the usable cores minus the current load, at "
+      "least 1; OMP_NUM_THREADS if set)")
     a("--batch-size", type=int, default=100, help="images per forward pass / SGLD batch")
     a("--n-samples", type=int, help="images per set (fid/is: all buffer images or |B| chains; gen: 64; "
       "tsne / energy: 500; logpx: all buffer images)")
@@ -809,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_opts(opts) -> None:
     for name in ("batch_size", "n_samples", "sgld_steps", "splits", "n_real", "ece_bins", "bins", "n_show",
-                 "test_subset", "ood_subset", "max_per_class", "ood_max_per_class"):
+                 "test_subset", "ood_subset", "max_per_class", "ood_max_per_class", "threads"):
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise EvalError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
@@ -845,6 +848,7 @@ def main(argv=None) -> int:
     try:
         _check_finite(parser, opts)
         _check_opts(opts)
+        apply_threads(opts.threads)
         runs = [load_run(c, opts.device, opts.dataset, opts.data_root, opts.max_per_class) for c in opts.ckpt]
         for run in runs:  # reject model/task mismatches before any expensive work
             for task in opts.task:

@@ -33,6 +33,7 @@ from .config import CHOICES, DEVICE_FIELDS, NONE, Config, OneLineParser, resolve
 from .data import DatasetError
 from .distributed import env_world_size, exit_process, init_from_env, shutdown
 from .fastpath import FastPathError
+from .threads import apply_threads
 from .trainer import DivergenceError, Trainer
 
 CLI_ONLY = ("resume", "print_config")  # flags that are not Config fields
@@ -175,6 +176,7 @@ def _main(argv=None) -> int:
         if args.print_config:
             print(cfg.to_json())
             return 0
+        threads = apply_threads(cfg.threads, env_world_size())
         init_from_env(cfg.device)  # torchrun (WORLD_SIZE > 1): process group from RANK/WORLD_SIZE/LOCAL_RANK
         trainer = Trainer(cfg, requested=requested)
         cfg = trainer.cfg  # completed for the device and the data
@@ -189,7 +191,8 @@ def _main(argv=None) -> int:
     if say:
         print(f"fastebm: {cfg.model} on {cfg.dataset} ({len(trainer.train_data)} images, "
               f"{cfg.image_size}px, {cfg.n_classes} classes), WRN-{cfg.depth}-{cfg.width}, K={cfg.k}, "
-              f"device {trainer.device}, {trainer.dist.world_size} process(es), run folder {trainer.out}",
+              f"device {trainer.device}, {threads}, {trainer.dist.world_size} process(es), "
+              f"run folder {trainer.out}",
               file=sys.stderr)
     try:  # the fast-path self-check before the first iteration, so the banner can say what runs
         if trainer.fast.pending:

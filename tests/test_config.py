@@ -127,6 +127,21 @@ def test_warmup_is_lr_times_it_over_warmup():
     assert lr_at(cfg, 180 * 390) == pytest.approx(0.1 * 0.2 ** 3)
 
 
+def test_a_short_run_reaches_its_learning_rate(tmp_path):
+    """The warm-up takes at most a fifth of the run: a 300-iteration run (the README's small CIFAR command)
+    warms up over 60 iterations instead of the recipe's 1,000; a paper-length run keeps 1,000."""
+    from fastebm.data import ImageSet
+    from fastebm.trainer import Trainer
+
+    data = ImageSet(torch.randint(0, 256, (256, 3, 8, 8), dtype=torch.uint8), torch.arange(256) % 2, 2, "toy")
+    short = Trainer(resolve(dict(dataset="folder", depth=10, width=1, epochs=1, iters_per_epoch=300,
+                                 buffer_size=16, out=str(tmp_path / "a"))), data).cfg
+    assert short.warmup_iters == 60 and lr_at(short, 60) == short.lr == 0.1
+    long = Trainer(resolve(dict(dataset="folder", depth=10, width=1, epochs=200, iters_per_epoch=390,
+                                buffer_size=16, out=str(tmp_path / "b"))), data).cfg
+    assert long.warmup_iters == 1000
+
+
 # ------------------------------------------------------------------------------------------ command line
 def _print_config(argv, capsys):
     assert main(["--print-config"] + argv) == 0
