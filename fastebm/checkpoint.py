@@ -88,14 +88,41 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     return removed
 
 
+def _numpy_array_globals() -> list:
+    """What a NumPy array in a pickle needs (checkpoints of fastebm < 0.2 held NumPy's generator state as one):
+    array reconstruction only, which runs no other code."""
+    core = getattr(np, "_core", None) or np.core
+    names = [core.multiarray._reconstruct, np.ndarray, np.dtype]
+    names += [getattr(np.dtypes, n) for n in ("UInt32DType",) if hasattr(np, "dtypes")]
+    return names
+
+
+def safe_load(path: str, map_location="cpu"):
+    """``torch.load`` with ``weights_only=True``: tensors and plain values (dicts, lists, numbers, strings)
+    only, so a file from a stranger cannot run code; NumPy arrays of older checkpoints are allowed. Raises
+    what torch.load raises (the callers turn it into their one-line error)."""
+    with torch.serialization.safe_globals(_numpy_array_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_error(e: Exception) -> str:
+    """The reason in a torch.load error, in one line: for a refused object, what it would have called (not
+    torch's advice to load with weights_only=False, which would run it)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    refused = [line for line in lines if "GLOBAL" in line]
+    return (refused[0] if refused else (lines[0] if lines else type(e).__name__))[:300]
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a fastebm checkpoint dict. Raises CheckpointError if missing or not a fastebm checkpoint."""
+    """Read a fastebm checkpoint dict (:func:`safe_load`: no code in it runs). Raises CheckpointError if
+    missing, unreadable, holding anything but tensors and plain values, or not a fastebm checkpoint."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint: expected a file at {path!r}, found none")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = safe_load(path, map_location)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {path!r}: could not be read by torch.load: {e}") from None
+        raise CheckpointError(f"checkpoint {path!r}: could not be read as tensors and plain values "
+                              f"(torch.load weights_only=True): {load_error(e)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"checkpoint {path!r}: expected a fastebm checkpoint (keys 'model', 'config')")
     return ckpt
@@ -123,17 +150,28 @@ def load_model_state(model: torch.nn.Module, ckpt: dict, path: str) -> None:
 
 
 def rng_state() -> dict:
-    """States of the torch (CPU and CUDA), numpy and Python generators, for checkpoints."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """States of the torch (CPU and CUDA), numpy and Python generators, for checkpoints, as tensors and plain
+    values (no NumPy objects: a checkpoint loads under any NumPy, and with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"bit_generator": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": [version, list(internal), gauss_next]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` saved (exact resume)."""
+    """Restore what :func:`rng_state` saved (exact resume); also the NumPy tuple of older checkpoints."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    npst = state["numpy"]
+    if isinstance(npst, dict):
+        npst = (npst["bit_generator"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                npst["cached_gaussian"])
+    np.random.set_state(npst)
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -98,19 +98,63 @@ def load_digits(split: str = "train", image_size: int = 32) -> ImageSet:
     return ImageSet(images[keep].contiguous(), labels[keep].contiguous(), 10, "digits")
 
 
-def load_cifar(root: str, split: str, n_classes: int, download: bool = False) -> ImageSet:
-    """CIFAR-10/100 in torchvision's on-disk format under ``root``."""
-    from torchvision import datasets
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, numbers, strings and NumPy arrays, and refuses everything else: the dataset
+    pickles (CIFAR, ImageNet 32×32) hold nothing more, and a pickle from a stranger then cannot run code."""
 
-    cls = datasets.CIFAR10 if n_classes == 10 else datasets.CIFAR100
-    try:
-        ds = cls(root, train=(split == "train"), download=download)
-    except RuntimeError as e:
-        raise DatasetError(f"cifar{n_classes}: expected torchvision's CIFAR files under {root!r} "
-                           f"(or pass --download): {e}") from None
-    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
-    return ImageSet(_check_images(images, f"cifar{n_classes} {root}"),
-                    torch.as_tensor(ds.targets, dtype=torch.long), n_classes, f"cifar{n_classes}")
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"),
+               ("_codecs", "encode")}  # how protocol-2 pickles of Python 3 store bytes
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed (only NumPy arrays and plain values)")
+        if module.startswith("numpy.core"):  # written by NumPy 1; NumPy 2 keeps these under numpy._core
+            module = "numpy._core" + module[len("numpy.core"):] if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
+def read_pickle(path: str):
+    """The object in a dataset pickle, read by :class:`_ArraysOnly` (latin-1 for Python 2 pickles)."""
+    with open(path, "rb") as f:
+        return _ArraysOnly(f, encoding="latin1").load()
+
+
+CIFAR_FILES = {10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+               100: ("cifar-100-python", ["train"], ["test"], "fine_labels")}
+CIFAR_URLS = {10: ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
+              100: ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")}
+
+
+def load_cifar(root: str, split: str, n_classes: int, download: bool = False) -> ImageSet:
+    """CIFAR-10/100 in the authors' Python format under ``root`` (``cifar-10-batches-py/data_batch_1..5``,
+    ``test_batch``; ``cifar-100-python/train``, ``test``), read without running code (:func:`read_pickle`).
+    ``download`` fetches and unpacks the archive first when the files are missing (torchvision's
+    downloader, which checks the archive's MD5)."""
+    folder, train, test, key = CIFAR_FILES[n_classes]
+    names = train if split == "train" else test
+    paths = [os.path.join(root, folder, n) for n in names]
+    if download and not all(os.path.isfile(p) for p in paths):
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        url, md5 = CIFAR_URLS[n_classes]
+        download_and_extract_archive(url, root, md5=md5)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DatasetError(f"cifar{n_classes}: expected the CIFAR Python files under {os.path.join(root, folder)!r}, "
+                           f"{missing[0]!r} is missing (or pass --download)")
+    data, labels = [], []
+    for p in paths:
+        try:
+            d = read_pickle(p)
+            data.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(int(y) for y in d[key])
+        except Exception as e:  # noqa: BLE001 - any unreadable file is a malformed dataset
+            raise DatasetError(f"cifar{n_classes}: could not read {p!r} as a CIFAR batch: {e}") from None
+    images = torch.from_numpy(np.concatenate(data))
+    return ImageSet(_check_images(images, f"cifar{n_classes} {root}"), torch.tensor(labels, dtype=torch.long),
+                    n_classes, f"cifar{n_classes}")
 
 
 def _read_imagenet32_file(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -119,8 +163,7 @@ def _read_imagenet32_file(path: str) -> tuple[np.ndarray, np.ndarray]:
             with np.load(path) as f:
                 d = {k: f[k] for k in f.files}
         else:
-            with open(path, "rb") as f:
-                d = pickle.load(f)
+            d = read_pickle(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file is a malformed dataset
         raise DatasetError(f"imagenet32: could not read {path!r} as a pickled dict or .npz: {e}") from None
     if not isinstance(d, dict) or "data" not in d or "labels" not in d:

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import torch
 
-from .checkpoint import atomic_save
+from .checkpoint import atomic_save, load_error, safe_load
 from .data import ImageSet, to_float
 from .kernels.reference import lowrank_gaussian_reference
 
@@ -250,7 +251,9 @@ def load_or_fit_p0(data: ImageSet, kind: str, form: str, rank: int, cache_path: 
     """p0 for a run: ``uniform``, or ``gaussian`` fitted on ``data`` and cached at ``cache_path``.
 
     A cache file is reused when it was fitted on the same data (fingerprint) with the same form and rank;
-    otherwise the fit is redone and the cache rewritten atomically.
+    otherwise, or when it cannot be read (empty, truncated, not a tensor file, or holding anything but tensors
+    and plain values: it is read with ``weights_only=True``), the fit is redone (one line on stderr says why)
+    and the cache rewritten atomically.
 
     ``kind`` and ``form`` are asserted (validated as --p0 / --cov in fastebm.config).
     """
@@ -261,9 +264,13 @@ def load_or_fit_p0(data: ImageSet, kind: str, form: str, rank: int, cache_path: 
     key = {"fingerprint": data_fingerprint(data), "form": form, "rank": rank if form == "lowrank" else None,
            "jitter": jitter}
     if cache_path and os.path.isfile(cache_path):
-        state = torch.load(cache_path, map_location="cpu", weights_only=False)
-        if state.get("meta", {}).get("key") == key:
-            return p0_from_state_dict(state).to(device)
+        try:
+            state = safe_load(cache_path)
+            if state.get("meta", {}).get("key") == key:
+                return p0_from_state_dict(state).to(device)
+        except Exception as e:  # noqa: BLE001 - a cache that cannot be read (empty, truncated, foreign) is refitted
+            print(f"fastebm: p0 cache {cache_path} cannot be read ({load_error(e)}); fitting p0 again",
+                  file=sys.stderr)
     p0 = fit_gaussian(data.images, form=form, rank=rank, jitter=jitter, device=device)
     p0.meta["key"] = key
     if cache_path:
