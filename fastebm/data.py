@@ -6,28 +6,29 @@ in [0, n_classes). Images enter the model as float in [−1, 1] (x/127.5 − 1),
 Datasets (``--dataset``):
 - ``digits``: scikit-learn's bundled handwritten digits (1,797 8×8 images, 16 grey levels), resized to
   32×32, 3 channels; the embedded default, no download. Split: every 5th image is the test set.
-- ``cifar10`` / ``cifar100``: torchvision's on-disk format under ``root`` (``cifar-10-batches-py``);
-  downloaded only with ``download=True``.
+- ``cifar10`` / ``cifar100``: the authors' Python format under ``root`` (``cifar-10-batches-py``,
+  ``cifar-100-python``, as torchvision unpacks it); downloaded only with ``download=True``.
 - ``imagenet32``: the official Downsampled-ImageNet 32×32 files ``train_data_batch_1..10`` and
   ``val_data`` (pickled dicts or ``.npz``) with keys ``data`` (N×3072 uint8: all red values, then all
   green, then all blue, rows of 32), ``labels`` (1..1000) → labels 0..999.
-- ``celebahq128`` / ``folder``: class-folder layout ``root/train/<class>/*.jpg|*.png`` and
-  ``root/test/`` (or ``root/val/``); classes are the sorted folder names. ``celebahq128`` resizes to
-  128×128.
+- ``celebahq128`` / ``folder``: class-folder layout ``root/train/<class>/<image>`` and ``root/test/`` (or
+  ``root/val/``); the classes are the training split's sorted class folders (those holding images), and the
+  other split maps to them by name (:func:`load_folder`). ``celebahq128`` resizes to 128×128.
 """
 from __future__ import annotations
 
-import glob
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .images import IMAGE_EXTENSIONS, ImageError, read_image, resize
+
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet32", "celebahq128", "folder")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 class DatasetError(ValueError):
@@ -49,6 +50,7 @@ class ImageSet:
     labels: torch.Tensor
     n_classes: int
     name: str
+    classes: list[str] | None = None  # class names (folder layouts), label i is classes[i]
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -63,7 +65,7 @@ class ImageSet:
         if n is None or n >= len(self):
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        return ImageSet(self.images[idx], self.labels[idx], self.n_classes, self.name)
+        return ImageSet(self.images[idx], self.labels[idx], self.n_classes, self.name, self.classes)
 
 
 def to_float(images_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -127,19 +129,44 @@ CIFAR_URLS = {10: ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c
               100: ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")}
 
 
+def download_archive(url: str, md5: str, root: str, name: str) -> None:
+    """Fetch the tar.gz at ``url`` into ``root``, check its MD5, and unpack its regular files and folders
+    (no links, no paths outside ``root``). Raises DatasetError in one line when the download fails (no
+    network, say), saying where to put the files instead."""
+    import hashlib
+    import tarfile
+    import urllib.request
+
+    os.makedirs(root, exist_ok=True)
+    archive = os.path.join(root, os.path.basename(url))
+    try:
+        if not os.path.isfile(archive) or hashlib.md5(open(archive, "rb").read()).hexdigest() != md5:
+            urllib.request.urlretrieve(url, archive + ".part")
+            os.replace(archive + ".part", archive)
+    except OSError as e:  # URLError is an OSError
+        raise DatasetError(f"{name}: download of {url} failed ({getattr(e, 'reason', e)}); fetch it elsewhere and "
+                           f"unpack it under --data-root {root!r}") from None
+    with open(archive, "rb") as f:
+        got = hashlib.md5(f.read()).hexdigest()
+    if got != md5:
+        raise DatasetError(f"{name}: {archive!r} has MD5 {got}, expected {md5}; delete it and download again")
+    base = os.path.realpath(root)
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if (m.isfile() or m.isdir())
+                   and os.path.realpath(os.path.join(base, m.name)).startswith(base + os.sep)]
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.12: tar's own check too
+        tar.extractall(base, members=members, **safe)
+
+
 def load_cifar(root: str, split: str, n_classes: int, download: bool = False) -> ImageSet:
     """CIFAR-10/100 in the authors' Python format under ``root`` (``cifar-10-batches-py/data_batch_1..5``,
     ``test_batch``; ``cifar-100-python/train``, ``test``), read without running code (:func:`read_pickle`).
-    ``download`` fetches and unpacks the archive first when the files are missing (torchvision's
-    downloader, which checks the archive's MD5)."""
+    ``download`` fetches and unpacks the archive first when the files are missing (:func:`download_archive`)."""
     folder, train, test, key = CIFAR_FILES[n_classes]
     names = train if split == "train" else test
     paths = [os.path.join(root, folder, n) for n in names]
     if download and not all(os.path.isfile(p) for p in paths):
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        url, md5 = CIFAR_URLS[n_classes]
-        download_and_extract_archive(url, root, md5=md5)
+        download_archive(*CIFAR_URLS[n_classes], root, f"cifar{n_classes}")
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise DatasetError(f"cifar{n_classes}: expected the CIFAR Python files under {os.path.join(root, folder)!r}, "
@@ -196,69 +223,100 @@ def load_imagenet32(root: str, split: str) -> ImageSet:
     return ImageSet(_check_images(images, f"imagenet32 {root}"), torch.from_numpy(labels), 1000, "imagenet32")
 
 
+def folder_classes(split_dir: str) -> tuple[list[str], list[str]]:
+    """(classes, skipped): the sorted subfolders of ``split_dir`` that hold at least one image file
+    (:data:`~fastebm.images.IMAGE_EXTENSIONS`), and the other, non-hidden subfolders (no images: not classes).
+    Hidden folders (``.ipynb_checkpoints``, ``__MACOSX``) are neither."""
+    classes, skipped = [], []
+    for d in sorted(os.listdir(split_dir)):
+        full = os.path.join(split_dir, d)
+        if not os.path.isdir(full) or d.startswith((".", "__")):
+            continue
+        has_images = any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(full))
+        (classes if has_images else skipped).append(d)
+    return classes, skipped
+
+
+def split_folder(root: str, split: str) -> str | None:
+    """The folder of ``split`` under ``root`` (``test`` falls back to ``val``), or None when there is none."""
+    for name in ((split, "val") if split == "test" else (split,)):
+        if os.path.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    return None
+
+
 def load_folder(root: str, split: str, image_size: int | None = None, name: str = "folder",
-                max_per_class: int | None = None) -> ImageSet:
-    """Class-folder layout ``root/<split>/<class>/*.jpg|png`` (``test`` falls back to ``val``).
+                max_per_class: int | None = None, classes: list[str] | None = None) -> ImageSet:
+    """Class-folder layout ``root/<split>/<class>/<image>`` (``test`` falls back to ``val``).
 
-    Images are decoded to RGB; if ``image_size`` is given they are resized to image_size² (antialiased),
-    otherwise all images must share one size. ``max_per_class`` keeps the first files of each class.
+    The classes are the training split's class folders, by name (``classes``: those of the training split,
+    for another split; None: this split's own). A class folder is a subfolder holding at least one image
+    (jpg, png, bmp, webp, gif, tif); subfolders without images are skipped with one warning line, hidden ones
+    ignored. Another split may lack classes (its labels keep the training split's numbers); a class the
+    training split lacks is a DatasetError. Every image becomes 8-bit RGB (:func:`fastebm.images.read_image`);
+    if ``image_size`` is given they are resized to image_size² (antialiased), otherwise all must share one
+    size. ``max_per_class`` keeps the first files of each class.
+
+    Raises:
+        DatasetError: no such split folder, no class folders, an unknown class, an image that cannot become
+            8-bit RGB (named), or images of different sizes without ``image_size``.
     """
-    from torchvision.io import ImageReadMode, decode_image, read_file
-    from torchvision.transforms.v2.functional import resize
-
-    split_dir = os.path.join(root, split)
-    if split == "test" and not os.path.isdir(split_dir):
-        split_dir = os.path.join(root, "val")
-    if not os.path.isdir(split_dir):
+    split_dir = split_folder(root, split)
+    if split_dir is None:
         raise DatasetError(f"{name}: expected class folders under {os.path.join(root, split)!r}"
                            f"{' (or val/)' if split == 'test' else ''}, found no such folder")
-    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    found, skipped = folder_classes(split_dir)
+    if skipped:
+        print(f"fastebm: warning: {name}: skipping {len(skipped)} folder(s) without images under {split_dir!r}: "
+              f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+    if not found:
+        raise DatasetError(f"{name}: expected class folders holding images ({', '.join(IMAGE_EXTENSIONS)}) under "
+                           f"{split_dir!r}, found none")
+    classes = found if classes is None else list(classes)
+    unknown = [c for c in found if c not in classes]
+    if unknown:
+        raise DatasetError(f"{name}: {split_dir!r} holds class folder(s) the training split lacks: "
+                           f"{', '.join(unknown[:5])}; expected a subset of {len(classes)} training classes")
     images, labels = [], []
-    for c, cls in enumerate(classes):
-        files = sorted(f for f in glob.glob(os.path.join(split_dir, cls, "*"))
-                       if f.lower().endswith(IMAGE_EXTENSIONS))[:max_per_class]
+    for cls in found:
+        folder = os.path.join(split_dir, cls)
+        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))[:max_per_class]
         for f in files:
             try:
-                img = decode_image(read_file(f), mode=ImageReadMode.RGB)
-            except Exception as e:  # noqa: BLE001
-                raise DatasetError(f"{name}: could not decode image {f!r}: {e}") from None
-            if image_size is not None and tuple(img.shape[1:]) != (image_size, image_size):
-                img = resize(img, [image_size, image_size], antialias=True)
+                img = read_image(os.path.join(folder, f))
+            except ImageError as e:
+                raise DatasetError(f"{name}: {e}") from None
+            if image_size is not None:
+                img = resize(img, image_size)
             images.append(img)
-            labels.append(c)
-    if not images:
-        raise DatasetError(f"{name}: expected *.jpg or *.png images in class folders under {split_dir!r}, "
-                           f"found none")
+            labels.append(classes.index(cls))
     sizes = {tuple(i.shape) for i in images}
     if len(sizes) > 1:
         raise DatasetError(f"{name}: images under {split_dir!r} have different sizes {sorted(sizes)[:3]}...; "
                            f"pass --image-size N to resize them all to N×N")
-    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), len(classes), name)
+    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), len(classes), name, classes)
 
 
 def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
-    """(N, 3, H, W) uint8 → (N, 3, size, size) uint8, antialiased (torchvision's ``resize``), in chunks of
-    ``chunk`` images so that the float intermediate stays small. Returns ``images`` itself when H = W = size."""
-    from torchvision.transforms.v2.functional import resize
-
-    if tuple(images.shape[-2:]) == (size, size):
-        return images
-    return torch.cat([resize(images[i:i + chunk], [size, size], antialias=True)
-                      for i in range(0, len(images), chunk)])
+    """(N, 3, H, W) uint8 → (N, 3, size, size) uint8, antialiased (:func:`fastebm.images.resize`)."""
+    return resize(images, size, chunk)
 
 
 def load_dataset(name: str, root: str | None = None, split: str = "train", download: bool = False,
-                 max_per_class: int | None = None, image_size: int | None = None) -> ImageSet:
+                 max_per_class: int | None = None, image_size: int | None = None,
+                 classes: list[str] | None = None) -> ImageSet:
     """Load a dataset by name (see module docstring) into an :class:`ImageSet`.
 
     Args:
         name: one of :data:`DATASETS`.
         root: data folder (not needed for ``digits``).
         split: ``"train"`` or ``"test"``.
-        download: allow torchvision to download CIFAR (never done otherwise).
+        download: allow downloading CIFAR (never done otherwise).
         max_per_class: for the folder layouts, keep at most this many images per class (tests, demos).
         image_size: resize every image to image_size² pixels, antialiased (``--image-size``); None keeps
             the data's own size (``celebahq128``: 128, ``digits``: 32).
+        classes: for the folder layouts, the training split's class names (another split's labels follow
+            them; see :func:`load_folder`).
 
     Raises:
         DatasetError: unknown name or split, missing root, missing or malformed files.
@@ -281,7 +339,7 @@ def load_dataset(name: str, root: str | None = None, split: str = "train", downl
         return data
     if image_size is None and name == "celebahq128":
         image_size = 128
-    return load_folder(root, split, image_size, name, max_per_class)
+    return load_folder(root, split, image_size, name, max_per_class, classes)
 
 
 def augment(x: torch.Tensor, pad: int = 4) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""The paper's figures (Yang & Ji, M-EBM): image grids with torchvision, charts with matplotlib.
+"""The paper's figures (Yang & Ji, M-EBM): image grids (Pillow), charts with matplotlib.
 
-Image grids (:func:`save_grid`, :func:`save_p0_pictures`) need only torchvision. The charts need
+Image grids (:func:`save_grid`, :func:`save_p0_pictures`) need only Pillow. The charts need
 matplotlib, an optional extra (``pip install 'fastebm[plots]'``); without it they raise ImportError with
 a one-line message saying what to install (:func:`fastebm.metrics.pyplot`). Every function writes one
 PNG and returns its path; images are float (N, 3, H, W) in [-1, 1].
@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .data import to_uint8
+from .images import make_grid, save_png
 from .metrics import pyplot
 
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
@@ -20,11 +21,8 @@ COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:b
 
 
 def save_grid(path: str, images: torch.Tensor, nrow: int = 8) -> str:
-    """PNG grid of (N, 3, H, W) images in [-1, 1] (torchvision ``save_image``, ``nrow`` per row)."""
-    from torchvision.utils import save_image
-
-    save_image(to_uint8(images.cpu()).float() / 255.0, path, nrow=nrow)
-    return path
+    """PNG grid of (N, 3, H, W) images in [-1, 1] (``nrow`` per row)."""
+    return save_png(path, make_grid(to_uint8(images.cpu()), nrow=nrow))
 
 
 def save_p0_pictures(p0, folder: str, n: int = 64, device="cpu", seed: int = 0) -> tuple[str, str]:
@@ -51,8 +49,6 @@ def _save(fig, path: str) -> str:
 
 
 def _show(ax, images: torch.Tensor, nrow: int, title: str | None = None) -> None:
-    from torchvision.utils import make_grid
-
     if len(images):
         ax.imshow(make_grid(to_uint8(images.cpu()), nrow=nrow, pad_value=255).permute(1, 2, 0).numpy())
     ax.set_xticks([])

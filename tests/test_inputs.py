@@ -143,7 +143,7 @@ def test_buffer_larger_than_memory_exits_2(capsys, tmp_path):
 # ---------------------------------------------------------------- --image-size
 @pytest.fixture
 def mixed_folder(tmp_path):
-    from torchvision.io import write_png
+    from fastebm.images import save_png
 
     g = torch.Generator().manual_seed(0)
     for split, n in (("train", 6), ("test", 4)):
@@ -152,7 +152,7 @@ def mixed_folder(tmp_path):
             for i in range(n):
                 side = (20, 36)[i % 2]  # two sizes in every class
                 img = torch.randint(0, 256, (3, side, side + 4), generator=g, dtype=torch.uint8)
-                write_png(img, str(tmp_path / split / c / f"{i}.png"))
+                save_png(str(tmp_path / split / c / f"{i}.png"), img)
     return tmp_path
 
 

@@ -1,0 +1,105 @@
+"""Folders as people leave them: classes by name across splits, folders that are not classes, every image
+8-bit RGB or refused by name, images too large to decode refused before decoding, no test split."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastebm.config import resolve
+from fastebm.data import DatasetError, load_dataset
+from fastebm.images import ImageError, read_image
+from fastebm.trainer import Trainer
+
+
+def _png(path, color=(255, 0, 0), size=8):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", (size, size), color).save(path)
+
+
+RED = {"cat": 40, "dog": 80, "owl": 120, "emu": 160}  # each class's images have their own colour
+
+
+def _layout(root, train=("cat", "dog", "owl"), test=("dog", "owl")):
+    for split, classes in (("train", train), ("test", test)):
+        for c in classes:
+            for k in range(2):
+                _png(str(root / split / c / f"{k}.png"), color=(RED[c], 0, 0))
+
+
+def test_another_split_maps_its_classes_by_name(tmp_path):
+    _layout(tmp_path)
+    train = load_dataset("folder", str(tmp_path), "train")
+    test = load_dataset("folder", str(tmp_path), "test", classes=train.classes)
+    assert train.classes == ["cat", "dog", "owl"] and test.n_classes == 3
+    assert test.labels.tolist() == [1, 1, 2, 2]  # dog, owl keep the training split's numbers (not 0, 1)
+    by_label = {int(y): int(x[0, 0, 0]) for x, y in zip(test.images, test.labels)}
+    assert by_label == {1: 80, 2: 120}  # the images of each class, not shifted
+
+
+def test_a_split_with_a_class_the_training_split_lacks_stops_at_start(tmp_path):
+    _layout(tmp_path, test=("dog", "emu"))
+    with pytest.raises(DatasetError, match="class folder\\(s\\) the training split lacks: emu"):
+        Trainer(resolve(dict(dataset="folder", data_root=str(tmp_path), depth=10, width=1, buffer_size=8,
+                             batch_size=2, cls_batch_size=2, epochs=1, iters_per_epoch=1, out=str(tmp_path / "r"))))
+    assert not (tmp_path / "r" / "ckpt.pt").exists()
+
+
+def test_folders_that_are_not_classes_are_not_classes(tmp_path, capsys):
+    _layout(tmp_path, test=("dog",))
+    os.makedirs(tmp_path / "train" / ".ipynb_checkpoints")
+    _png(str(tmp_path / "train" / ".ipynb_checkpoints" / "x.png"))
+    os.makedirs(tmp_path / "train" / "notes")
+    (tmp_path / "train" / "notes" / "readme.txt").write_text("not an image")
+    data = load_dataset("folder", str(tmp_path), "train")
+    assert data.classes == ["cat", "dog", "owl"] and data.n_classes == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "skipping 1 folder(s) without images" in err[0] and "notes" in err[0]
+
+
+def test_every_image_becomes_8_bit_rgb(tmp_path):
+    grey16 = np.full((4, 4), 65535, np.uint16)
+    grey16[0, 0] = 257 * 100
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    x = read_image(str(tmp_path / "g16.png"))
+    assert x.dtype == torch.uint8 and x.shape == (3, 4, 4) and int(x.max()) == 255 and int(x[0, 0, 0]) == 100
+    Image.new("P", (4, 4), 3).save(tmp_path / "p.png")
+    Image.new("LA", (4, 4), (90, 10)).save(tmp_path / "la.png")
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    for name in ("p.png", "la.png", "cmyk.jpg"):
+        x = read_image(str(tmp_path / name))
+        assert x.dtype == torch.uint8 and x.shape == (3, 4, 4), name
+    assert read_image(str(tmp_path / "la.png"))[:, 0, 0].tolist() == [90, 90, 90]
+    assert read_image(str(tmp_path / "cmyk.jpg"))[0, 0, 0] > 200  # red stays red
+    Image.new("F", (4, 4), 0.5).save(tmp_path / "f.tif")
+    with pytest.raises(ImageError, match="f.tif.*floating-point"):
+        read_image(str(tmp_path / "f.tif"))
+
+
+@pytest.mark.parametrize("ext", ["bmp", "webp", "gif", "jpg"])
+def test_formats_pillow_decodes_load(tmp_path, ext):
+    for c in ("a", "b"):
+        os.makedirs(tmp_path / "train" / c)
+        Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "train" / c / f"0.{ext}")
+    data = load_dataset("folder", str(tmp_path), "train")
+    assert data.images.shape == (2, 3, 8, 8) and data.classes == ["a", "b"]
+
+
+def test_an_image_larger_than_the_decompression_bomb_limit_is_refused_by_name(tmp_path, monkeypatch):
+    _png(str(tmp_path / "train" / "a" / "big.png"), size=64)  # 4,096 px
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above twice its limit
+    with pytest.raises(DatasetError, match="big.png.*decompression-bomb limit"):
+        load_dataset("folder", str(tmp_path), "train")
+
+
+def test_a_folder_without_a_test_split_says_so_once(tmp_path, capsys):
+    for c in ("a", "b"):
+        for k in range(4):
+            _png(str(tmp_path / "train" / c / f"{k}.png"))
+    t = Trainer(resolve(dict(dataset="folder", data_root=str(tmp_path), depth=10, width=1, buffer_size=8,
+                             batch_size=2, cls_batch_size=2, epochs=1, iters_per_epoch=2, eval_every=1,
+                             progress=False, out=str(tmp_path / "r"))))
+    t.fit()
+    err = capsys.readouterr().err
+    assert err.count("no test/ or val/ folder") == 1
