@@ -95,7 +95,7 @@ class Config:
     # data
     dataset: str = _f("digits", "dataset (digits: the embedded demo, no download)", "data")
     data_root: str | None = _f(None, "folder holding the dataset's files (not needed for digits)", "data")
-    download: bool = _f(False, "allow torchvision to download CIFAR", "data")
+    download: bool = _f(False, "download CIFAR into --data-root when its files are missing", "data")
     train_subset: int | None = _f(None, "keep this many training images (demos, tests; none: all)", "data")
     test_subset: int | None = _f(None, "evaluate on this many test images (none: all)", "data")
     max_per_class: int | None = _f(None, "folder layouts: read at most this many files per class "

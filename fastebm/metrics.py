@@ -17,9 +17,7 @@ Images are float (N, 3, H, W) in [-1, 1]; statistics are float64 NumPy; results 
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import threading
 import warnings
 
@@ -95,6 +93,18 @@ def random_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 _BUILD_LOCK = threading.Lock()
 
 
+METRICS_EXTRA = "pip install 'fastebm[metrics]'"
+RANDOM_INCEPTION_NOTE = "random Inception weights: these FID / IS numbers are meaningless (a smoke test only)"
+
+
+def missing_packages() -> list[str]:
+    """The packages FID / IS need that are not installed (an optional extra: they pull in torchvision, whose
+    newest release would replace a torch already installed; README "Install")."""
+    import importlib.util
+
+    return [name for name in ("pytorch_fid", "torchvision") if importlib.util.find_spec(name) is None]
+
+
 def load_inception(weights_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                    random_init: bool = False, seed: int = 0) -> InceptionOutputs:
     """pytorch-fid's FID InceptionV3 with weights from a local file (never downloads).
@@ -116,6 +126,9 @@ def load_inception(weights_path: str | os.PathLike | None = None, device: str | 
         FileNotFoundError: the weights file is absent (the message names the path, the cache folder and the URL).
         ValueError: ``random_init`` together with ``weights_path``.
     """
+    missing = missing_packages()
+    if missing:
+        raise ImportError(f"FID / IS need {' and '.join(missing)}, which are not installed: {METRICS_EXTRA}")
     import pytorch_fid.inception as pfi
 
     if random_init and weights_path is not None:
@@ -125,10 +138,12 @@ def load_inception(weights_path: str | os.PathLike | None = None, device: str | 
     else:
         path = os.fspath(weights_path) if weights_path is not None else default_inception_weights_path()
         if not os.path.isfile(path):
+            if weights_path is not None:
+                raise FileNotFoundError(f"--inception-weights {path}: no such file (expected {FID_WEIGHTS_FILENAME}, "
+                                        f"from {FID_WEIGHTS_URL})")
             raise FileNotFoundError(
-                f"FID Inception weights not found: looked at {path!r}. Nothing is downloaded at run time. "
-                f"Put {FID_WEIGHTS_FILENAME} (from {FID_WEIGHTS_URL}) at {default_inception_weights_path()!r} "
-                "(torch.hub.get_dir()/checkpoints; $TORCH_HOME moves it) or pass its path as weights_path.")
+                f"FID Inception weights not found at {path!r} (nothing is downloaded at run time): put "
+                f"{FID_WEIGHTS_FILENAME} (from {FID_WEIGHTS_URL}) there, or pass --inception-weights PATH")
         state = torch.load(path, map_location="cpu", weights_only=True)
     built: list[nn.Module] = []
     with _BUILD_LOCK:
@@ -232,19 +247,44 @@ def activation_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """FID: ``pytorch_fid.fid_score.calculate_frechet_distance`` (Heusel et al. 2017).
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    """``scipy.linalg.sqrtm(a)``, the matrix only, on SciPy before and after 1.18 (which removed ``disp``)."""
+    from scipy import linalg
 
-    When the product of the covariances is too singular for pytorch-fid (fewer samples than the 2048
-    features; it raises "Imaginary component"), the same function is called on sigma + eps·I (both)
-    and a UserWarning says so: such an FID is strongly biased; use >= 10k samples for reported numbers.
-    pytorch-fid's own console message goes to stderr; SciPy's deprecation warning is silenced.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SciPy < 1.18 warns about a singular matrix; the caller checks
+        out = linalg.sqrtm(a)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def calculate_frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """d² = ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½) (Heusel et al. 2017): pytorch-fid 0.3.0's
+    ``calculate_frechet_distance`` step for step (SciPy's ``sqrtm`` of Σ1 Σ2; a non-finite square root is
+    taken again of (Σ1 + εI)(Σ2 + εI); an imaginary part above 1e-3 on the diagonal raises), without the
+    ``disp`` argument that SciPy 1.18 removed and pytorch-fid still passes. Equal to pytorch-fid's on the same
+    inputs (tests/test_metrics.py). Raises ValueError("Imaginary component ...")."""
+    diff = mu1 - mu2
+    covmean = _sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"Imaginary component {np.max(np.abs(covmean.imag))}")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """FID (Heusel et al. 2017) by :func:`calculate_frechet_distance` (pytorch-fid's algorithm).
+
+    When the product of the covariances is too singular (fewer samples than the 2048 features; "Imaginary
+    component"), it is computed on sigma + eps·I (both) and a UserWarning says so: such an FID is strongly
+    biased; use >= 10k samples for reported numbers.
 
     Raises:
         ValueError: shapes differ ((F,), (F, F) for both).
     """
-    from pytorch_fid.fid_score import calculate_frechet_distance
-
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
     f = mu1.shape[0]
@@ -253,9 +293,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
                          f"{sigma1.shape}, {mu2.shape}, {sigma2.shape}")
 
     def call(s1, s2):
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-            warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
-            return float(calculate_frechet_distance(mu1, s1, mu2, s2, eps=eps))
+        return calculate_frechet_distance(mu1, s1, mu2, s2, eps=eps)
 
     try:
         return call(sigma1, sigma2)

@@ -114,6 +114,10 @@ def test_missing_weights_raise_file_not_found(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as exc:
         M.load_inception()
     assert os.path.join(str(tmp_path / "hub"), "checkpoints", M.FID_WEIGHTS_FILENAME) in str(exc.value)
+    assert "--inception-weights PATH" in str(exc.value)  # speaks in flags, not in Python arguments
+    given = str(tmp_path / "mine.pth")
+    with pytest.raises(FileNotFoundError, match=f"--inception-weights {given}: no such file"):
+        M.load_inception(given)  # the path the user gave, not the default cache
     with pytest.raises(ValueError, match="random_init"):
         M.load_inception(weights_path="x.pth", random_init=True)
 
@@ -121,6 +125,15 @@ def test_missing_weights_raise_file_not_found(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------------
 # FID: pytorch-fid's calculate_frechet_distance
 # --------------------------------------------------------------------------------------------------
+def _scipy_accepts_disp() -> bool:
+    import inspect
+
+    from scipy import linalg
+
+    return "disp" in inspect.signature(linalg.sqrtm).parameters
+
+
+@pytest.mark.skipif(not _scipy_accepts_disp(), reason="SciPy >= 1.18: pytorch-fid's own function cannot run here")
 def test_fid_equals_pytorch_fid_on_the_same_statistics(tmp_path):
     from pytorch_fid.fid_score import calculate_frechet_distance
 
@@ -137,6 +150,25 @@ def test_fid_equals_pytorch_fid_on_the_same_statistics(tmp_path):
     np.testing.assert_array_equal(M.load_stats(path)[1], s1[1])
     with pytest.raises(FileNotFoundError):
         M.load_stats(str(tmp_path / "none.npz"))
+
+
+def test_fid_runs_on_a_scipy_without_disp(monkeypatch):
+    """SciPy 1.18 removed sqrtm's ``disp`` (pytorch-fid 0.3.0 still passes it): FID must not depend on it."""
+    from scipy import linalg
+
+    from conftest import fid_eigh
+
+    real = linalg.sqrtm
+
+    def sqrtm_1_18(a, *, blocksize=64):  # the SciPy 1.18 signature: no disp, the matrix only
+        out = real(a)
+        return out[0] if isinstance(out, tuple) else out
+
+    monkeypatch.setattr(linalg, "sqrtm", sqrtm_1_18)
+    rng = np.random.default_rng(3)
+    s1 = M.activation_statistics(rng.normal(size=(300, 20)))
+    s2 = M.activation_statistics(rng.normal(size=(300, 20)) @ rng.normal(size=(20, 20)))
+    assert M.frechet_distance(*s1, *s2) == pytest.approx(fid_eigh(*s1, *s2), rel=1e-8)
 
 
 def test_fid_of_few_samples_is_regularised_with_a_warning():
