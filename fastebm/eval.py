@@ -60,6 +60,7 @@ from . import __version__
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
 from .config import Config, OneLineParser, fast_flags, resolve, resolve_device
 from .data import DATASETS, DatasetError, ImageSet, load_dataset, to_float, to_uint8
+from .images import resize
 from .init import p0_from_state_dict
 from .model import EnergyModel, build_model, model_outputs
 from .sampler import Sampler, SGLDConfig, energy_grad, sampling_mode
@@ -87,6 +88,7 @@ class Run:
         buffer: replay-buffer samples (|B|, C, H, W) float32 on the CPU.
         device: torch device of the model.
         ckpt: path of the checkpoint; iteration: training iterations done.
+        classes: the training split's class names (folder layouts; its other splits map to them), or None.
     """
 
     cfg: Config
@@ -96,6 +98,7 @@ class Run:
     device: torch.device
     ckpt: str
     iteration: int
+    classes: list[str] | None = None
 
     @property
     def has_classifier(self) -> bool:
@@ -144,7 +147,8 @@ def load_run(ckpt_path: str, device: str = "auto", dataset: str | None = None,
     model.to(dev).eval()
     p0 = p0_from_state_dict(ckpt["p0"]).to(dev) if "p0" in ckpt else None
     buffer = ckpt["buffer"]["samples"].float() if "buffer" in ckpt else None
-    return Run(cfg, model, p0, buffer, dev, os.path.abspath(ckpt_path), int(ckpt.get("iteration", 0)))
+    return Run(cfg, model, p0, buffer, dev, os.path.abspath(ckpt_path), int(ckpt.get("iteration", 0)),
+               ckpt.get("classes"))
 
 
 def _require_classifier(run: Run, what: str) -> None:
@@ -156,7 +160,7 @@ def _require_classifier(run: Run, what: str) -> None:
 def _load_split(run: Run, split: str, subset: int | None, seed: int = 0) -> ImageSet:
     """A split of the run's dataset (optionally the first ``subset`` of a fixed permutation)."""
     cfg = run.cfg
-    data = load_dataset(cfg.dataset, cfg.data_root, split, False, cfg.max_per_class, cfg.image_size)
+    data = load_dataset(cfg.dataset, cfg.data_root, split, False, cfg.max_per_class, cfg.image_size, run.classes)
     if data.image_size != cfg.image_size:
         raise EvalError(f"dataset {cfg.dataset!r} ({split}) has {data.image_size}px images, the model "
                         f"expects {cfg.image_size}px")
@@ -455,6 +459,8 @@ def task_fid_is(run: Run, opts, fid: bool = True, inception_score: bool = True) 
     if min(len(fake), record.get("n_real", 10**9)) < pool.shape[1]:
         record["note"] = (f"fewer samples than the {pool.shape[1]} Inception features: FID regularised and "
                           "strongly biased; use >= 10k samples for reported numbers")
+    if opts.random_inception:
+        record["meaningless"] = metrics.RANDOM_INCEPTION_NOTE
     for task, wanted in (("fid", fid), ("is", inception_score)):
         if wanted:
             _write_json(opts.out, f"{task}.json", dict(record, task=task))
@@ -536,10 +542,7 @@ def _ood_images(run: Run, opts) -> ImageSet:
     data = load_dataset(opts.ood_dataset, opts.ood_root, "test", False, opts.ood_max_per_class)
     data = data.subset(opts.ood_subset, 0)
     if data.image_size != run.cfg.image_size:  # e.g. 128 px CelebA-HQ vs 32 px CIFAR: resize
-        from torchvision.transforms.v2.functional import resize
-
-        data = ImageSet(resize(data.images, [run.cfg.image_size] * 2, antialias=True), data.labels,
-                        data.n_classes, data.name)
+        data = ImageSet(resize(data.images, run.cfg.image_size), data.labels, data.n_classes, data.name)
     return data
 
 
@@ -877,7 +880,8 @@ def main(argv=None) -> int:
         parser.exit(2, f"{PROG}: error: {' '.join(str(e).split())}\n")
     for task, record in results.items():
         nums = {k: v for k, v in record.items() if isinstance(v, float) or (k == "auroc" and isinstance(v, dict))}
-        print(f"{task}: {json.dumps(_jsonable(nums))}", file=sys.stderr)
+        note = f"  ({record['meaningless']})" if "meaningless" in record else ""
+        print(f"{task}: {json.dumps(_jsonable(nums))}{note}", file=sys.stderr)
     print(f"fastebm.eval: wrote {', '.join(dict.fromkeys(written)) or opts.out}", file=sys.stderr)
     return 0
 

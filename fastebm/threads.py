@@ -41,6 +41,19 @@ def choose_threads(requested: int | None, world_size: int = 1) -> tuple[int, str
     return min(n, cores), f"{cores} cores, load {load:.1f}"
 
 
+def fast_low_precision(dtype: str) -> bool:
+    """Whether this CPU computes ``"bf16"`` / ``"fp16"`` in hardware (AVX-512 BF16 / FP16 or AMX flags in
+    /proc/cpuinfo); without them PyTorch emulates the type and autocast is many times slower than fp32 (a
+    bf16 convolution ran 28× slower on the 2-core AVX2 machine)."""
+    flags = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}.get(dtype, ())
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return False
+    return any(f" {flag}" in text for flag in flags)
+
+
 def apply_threads(requested: int | None, world_size: int = 1) -> str:
     """Set torch's intra-op threads by :func:`choose_threads`; returns the banner phrase, e.g.
     ``"1 thread (2 cores, load 1.2)"``."""

@@ -135,10 +135,10 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[Config, dict]:
+def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None]:
     """Resolve the run's Config from parsed arguments (and the checkpoint's config with --resume); also
     returns the options requested explicitly (this command's, on top of the resumed run's), which the
-    trainer stores in its checkpoints.
+    trainer stores in its checkpoints, and the iteration of the checkpoint resumed (None without --resume).
 
     A resumed run keeps the stored configuration, with the options given now on top, except the
     device-dependent fields (:data:`fastebm.config.DEVICE_FIELDS`: fast-path flags, host-check and FID
@@ -147,6 +147,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict]:
     """
     given = {k: v for k, v in vars(args).items() if k not in CLI_ONLY and v is not None}
     requested = {k: (None if v is NONE else v) for k, v in given.items()}
+    iteration = None
     if args.resume:
         ckpt = load_checkpoint(args.resume)
         before = ckpt.get("requested")  # None: a checkpoint of a run that did not record it
@@ -154,10 +155,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict]:
                   if k not in DEVICE_FIELDS or (before is not None and k in before)}
         given = {**stored, **given}
         requested = {**(before or {}), **requested}
+        iteration = int(ckpt.get("iteration", 0))
         if not args.out:  # continue in the checkpoint's own run folder
             given["out"] = os.path.dirname(os.path.abspath(args.resume))
     fields = {f.name for f in dataclasses.fields(Config)}
-    return resolve({k: v for k, v in given.items() if k in fields}), requested
+    return resolve({k: v for k, v in given.items() if k in fields}), requested, iteration
 
 
 def main(argv=None) -> int:
@@ -172,9 +174,14 @@ def _main(argv=None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
-        cfg, requested = config_from_args(args)
+        cfg, requested, resumed = config_from_args(args)
         if args.print_config:
             print(cfg.to_json())
+            return 0
+        if resumed is not None and cfg.iters_per_epoch and resumed >= cfg.total_iters:
+            print(f"fastebm: the run in {args.resume} is done: iteration {resumed} of {cfg.total_iters} "
+                  f"({cfg.epochs} epochs); to train on, pass --resume {args.resume} --epochs N with N > "
+                  f"{cfg.epochs}", file=sys.stderr)
             return 0
         threads = apply_threads(cfg.threads, env_world_size())
         init_from_env(cfg.device)  # torchrun (WORLD_SIZE > 1): process group from RANK/WORLD_SIZE/LOCAL_RANK
@@ -182,11 +189,15 @@ def _main(argv=None) -> int:
         cfg = trainer.cfg  # completed for the device and the data
         if args.resume:
             trainer.load_checkpoint(args.resume)
+            trainer.drop_rows_after(trainer.iteration)  # the iterations re-run are logged again
         elif os.path.isfile(os.path.join(trainer.out, "ckpt.pt")):
             raise CheckpointError(f"run folder {trainer.out!r} already holds ckpt.pt: pass --resume "
                                   f"{os.path.join(trainer.out, 'ckpt.pt')} or choose another --out")
     except (ValueError, DatasetError, CheckpointError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted before training started; nothing was written", file=sys.stderr)
+        return 130
     say = trainer.dist.is_main  # only rank 0 talks
     if say:
         print(f"fastebm: {cfg.model} on {cfg.dataset} ({len(trainer.train_data)} images, "
@@ -207,7 +218,11 @@ def _main(argv=None) -> int:
         print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; last checkpoint: {trainer.last_checkpoint}", file=sys.stderr)
+        last, at = trainer.last_checkpoint, trainer.last_checkpoint_iteration
+        print(f"{parser.prog}: interrupted at iteration {trainer.iteration}; "
+              + (f"the last checkpoint {last} holds iteration {at}: --resume {last} re-runs "
+                 f"{trainer.iteration - at} iteration(s)" if last else "no checkpoint was written"),
+              file=sys.stderr)
         return 130
     if say:
         print(f"fastebm: done at iteration {trainer.iteration}; last metrics {last}; checkpoint "

@@ -68,6 +68,7 @@ import dataclasses
 import json
 import os
 import random
+import sys
 import time
 import warnings
 
@@ -86,15 +87,17 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import Config, check_fits, derive_iters_per_epoch, for_device, resolve_device
-from .data import Batches, ImageSet, load_dataset, to_float, to_uint8
+from .data import Batches, DatasetError, ImageSet, folder_classes, load_dataset, split_folder, to_float, to_uint8
 from .distributed import RANK_SEED_STRIDE, DistContext
 from .fastpath import FastPath
+from .images import make_grid, save_png
 from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
 from .loss import classification_loss
 from .model import build_model, model_outputs
 from .profiling import enable as enable_nvtx
 from .sampler import Sampler, SGLDConfig
 from .step import init_optimizer_state
+from .threads import fast_low_precision
 
 
 class DivergenceError(RuntimeError):
@@ -153,6 +156,7 @@ class Trainer:
                                       cfg.image_size)
         self.train_data = train_data.subset(cfg.train_subset, cfg.seed)
         self.test_data = test_data
+        self._no_test_split = test_data is None and self._check_test_split(cfg)
         fid_explicit = cfg.fid_every is not None
         cfg = for_device(cfg, self.device.type, self.dist.world_size)
         cfg = dataclasses.replace(
@@ -166,6 +170,12 @@ class Trainer:
         cfg = dataclasses.replace(cfg, out=cfg.out or default_run_folder(cfg))
         cfg = dataclasses.replace(cfg, fid_every=_fid_cadence(cfg, fid_explicit))
         self.cfg, self.out = cfg, cfg.out
+        slow = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("amp", "sgld_amp")
+                if self.device.type == "cpu" and getattr(cfg, name) in ("bf16", "fp16")
+                and not fast_low_precision(getattr(cfg, name))]
+        if slow and self.dist.is_main:
+            print(f"fastebm: warning: {' and '.join(slow)} on a CPU without hardware support for it: emulated, "
+                  f"many times slower than fp32 (pass off)", file=sys.stderr)
         try:
             os.makedirs(os.path.join(self.out, "samples"), exist_ok=True)
         except OSError as e:
@@ -204,10 +214,30 @@ class Trainer:
         self.lr_scale, self.rollbacks = 1.0, 0                     # persistent lr scale, rollbacks so far
         self.ckpt_path = os.path.join(self.out, "ckpt.pt")          # the checkpoint a rollback returns to
         self.last_checkpoint: str | None = None
+        self.last_checkpoint_iteration = 0                          # the iteration that checkpoint holds
         self._bad_iter = self._bad_vals = None                      # see _watch
         self._log_file = None
         self._inception, self._real_stats, self._tb = None, None, None
         self.best = {"fid": float("inf"), "test_acc": -float("inf")}
+
+    def _check_test_split(self, cfg: Config) -> bool:
+        """For a folder layout: a test split with a class the training split lacks is an error now, not after an
+        epoch; no test split at all is said once (evaluation then logs nothing). Returns whether there is none."""
+        if cfg.dataset != "digits" and not cfg.data_root:  # training data given in memory: no split to load
+            return True
+        if self.train_data.classes is None:
+            return False
+        test_dir = split_folder(cfg.data_root, "test")
+        if test_dir is None:
+            if self.dist.is_main:
+                print(f"fastebm: warning: {cfg.dataset}: no test/ or val/ folder under {cfg.data_root!r}: no test "
+                      f"evaluation (eval rows stay empty)", file=sys.stderr)
+            return True
+        unknown = [c for c in folder_classes(test_dir)[0] if c not in self.train_data.classes]
+        if unknown:
+            raise DatasetError(f"{cfg.dataset}: {test_dir!r} holds class folder(s) the training split lacks: "
+                               f"{', '.join(unknown[:5])}; expected a subset of the training classes")
+        return False
 
     @property
     def p0(self):
@@ -399,6 +429,22 @@ class Trainer:
         np.random.seed(s)
         random.seed(s)
 
+    def drop_rows_after(self, iteration: int) -> int:
+        """Rank 0: remove the rows of metrics.jsonl logged for iterations after ``iteration`` (a resume re-runs
+        them and logs them again), rewriting the file atomically. Returns how many rows were dropped."""
+        path = os.path.join(self.out, "metrics.jsonl")
+        if not self.dist.is_main or not os.path.isfile(path):
+            return 0
+        with open(path) as f:
+            lines = f.readlines()
+        keep = [line for line in lines if json.loads(line).get("iter", 0) <= iteration]
+        if len(keep) < len(lines):
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.writelines(keep)
+            os.replace(tmp, path)
+        return len(lines) - len(keep)
+
     def log(self, record: dict) -> None:
         """Append one JSON line to metrics.jsonl (flushed), mirror its numbers to TensorBoard as
         ``<kind>/<key>`` at step ``iter``, and keep best_acc.pt / best_fid.pt (:meth:`keep_best`)."""
@@ -463,7 +509,10 @@ class Trainer:
             real = to_float(self.train_data.images)
             self._real_stats = metrics.activation_statistics(metrics.inception_outputs(self._inception, real, 100)[0])
         out = metrics.fid_and_is(self._inception, fake, self._real_stats, batch_size=100)
-        return {**out, "n_fake": len(fake), "n_real": len(self.train_data)}
+        out = {**out, "n_fake": len(fake), "n_real": len(self.train_data)}
+        if self.cfg.random_inception:
+            out["meaningless"] = metrics.RANDOM_INCEPTION_NOTE
+        return out
 
     def keep_best(self, record: dict) -> None:
         """best_acc.pt when an ``eval`` record beats the best test accuracy so far; remembers the best FID
@@ -476,9 +525,9 @@ class Trainer:
 
     def _save_copy(self, name: str) -> None:
         """Atomic checkpoint ``name`` beside ckpt.pt (``last_checkpoint`` keeps pointing at ckpt.pt)."""
-        last = self.last_checkpoint
+        last = self.last_checkpoint, self.last_checkpoint_iteration
         self.save_checkpoint(os.path.join(self.out, name))
-        self.last_checkpoint = last
+        self.last_checkpoint, self.last_checkpoint_iteration = last
 
     # ------------------------------------------------------------------ evaluation and samples
     @torch.no_grad()
@@ -487,11 +536,11 @@ class Trainer:
         cfg = self.cfg
         self.dist.average_buffers(self.model)                       # BN running stats: mean over ranks
         if self.test_data is None:
-            try:
+            if self._no_test_split:
+                self.test_data = False
+            else:
                 self.test_data = load_dataset(cfg.dataset, cfg.data_root, "test", False, cfg.max_per_class,
-                                              cfg.image_size)
-            except ValueError:
-                self.test_data = False  # no test split: evaluation reports nothing
+                                              cfg.image_size, classes=self.train_data.classes)
         if self.test_data is False:
             return {}
         data = self.test_data.subset(cfg.test_subset, 0)
@@ -504,17 +553,14 @@ class Trainer:
 
     def save_samples(self, name: str, extra=None) -> str:
         """PNG grid of 64 replay-buffer samples (or of ``extra`` tensors) under samples/; returns the path."""
-        from torchvision.utils import save_image
-
         imgs = torch.cat([t[:32] for t in extra]) if extra is not None else self.buffer.samples[:64]
         path = os.path.join(self.out, "samples", f"{name}.png")
         if not self.dist.is_main:                                   # only rank 0 writes
             return path
-        save_image(to_uint8(imgs).float() / 255.0, path, nrow=8)
+        grid = make_grid(to_uint8(imgs).cpu(), nrow=8)
+        save_png(path, grid)
         if self._tb is not None:
-            from torchvision.utils import make_grid
-
-            self._tb.add_image(f"samples/{name.split('_')[0]}", make_grid(to_uint8(imgs).cpu(), nrow=8), self.iteration)
+            self._tb.add_image(f"samples/{name.split('_')[0]}", grid, self.iteration)
         return path
 
     # ------------------------------------------------------------------ checkpoints
@@ -526,7 +572,7 @@ class Trainer:
                 "iteration": self.iteration, "epoch": self.iteration / self.cfg.iters_per_epoch,
                 "lr_scale": self.lr_scale, "rollbacks": self.rollbacks,
                 "config": self.cfg.to_dict(), "requested": self.requested, "arch": self.cfg.arch(),
-                "format": "fastebm-1", "fast_path": self.fast.active(),
+                "format": "fastebm-1", "fast_path": self.fast.active(), "classes": self.train_data.classes,
                 "triton_rng": None if self.fast.rng is None else self.fast.rng.cpu(), "best": dict(self.best)}
 
     def save_checkpoint(self, path: str | None = None) -> str:
@@ -548,7 +594,7 @@ class Trainer:
         state = self.dist.gather_checkpoint(self.state_dict())      # every rank's buffer shard → rank 0
         if state is not None:
             atomic_save(state, path)
-        self.last_checkpoint = path
+        self.last_checkpoint, self.last_checkpoint_iteration = path, self.iteration
         return path
 
     def load_checkpoint(self, path: str) -> None:
@@ -578,21 +624,27 @@ class Trainer:
         self.lr_scale, self.rollbacks = float(ckpt.get("lr_scale", 1.0)), int(ckpt.get("rollbacks", 0))
         set_rng_state(ckpt["rng"])
         self.dist.restore_rng(ckpt, self.iteration, self.cfg.seed)  # per-rank streams (no-op single process)
-        self.last_checkpoint = path
+        self.last_checkpoint, self.last_checkpoint_iteration = path, self.iteration
 
 
 def _fid_cadence(cfg: Config, explicit: bool) -> int:
-    """``fid_every`` after checking the Inception weights: an explicit ``--fid-every`` without the weights file is
-    a ValueError naming --inception-weights; the device default (5 on CUDA) is turned off with a warning."""
+    """``fid_every`` after checking that FID can run (pytorch-fid installed, the Inception weights file there):
+    an explicit ``--fid-every`` that cannot is a ValueError saying what to do; the device default (5 on CUDA)
+    is turned off with a warning."""
     from . import metrics
 
-    if not cfg.fid_every or cfg.random_inception:
+    if not cfg.fid_every:
         return cfg.fid_every
+    missing = metrics.missing_packages()
     path = cfg.inception_weights or metrics.default_inception_weights_path()
-    if os.path.isfile(path):
+    if missing:
+        msg = (f"--fid-every: FID needs {' and '.join(missing)}, not installed: {metrics.METRICS_EXTRA}, or "
+               f"--fid-every 0")
+    elif cfg.random_inception or os.path.isfile(path):
         return cfg.fid_every
-    msg = (f"--fid-every: the FID Inception weights are not at {path!r}; pass --inception-weights "
-           f"PATH ({metrics.FID_WEIGHTS_URL}) or --fid-every 0")
+    else:
+        msg = (f"--fid-every: the FID Inception weights are not at {path!r}; pass --inception-weights "
+               f"PATH ({metrics.FID_WEIGHTS_URL}) or --fid-every 0")
     if explicit:
         raise ValueError(msg)
     warnings.warn(msg + "; in-training FID is off", UserWarning, stacklevel=3)

@@ -210,7 +210,7 @@ def test_resume_keeps_an_explicit_none(tmp_path, monkeypatch):
     stored = resolve(dict(dataset="digits", grad_clip=NONE)).to_dict()
     monkeypatch.setattr(T, "load_checkpoint", lambda path: {"config": dict(stored), "requested": {"grad_clip": None}})
     args = T.build_parser([]).parse_args(["--resume", str(tmp_path / "ckpt.pt")])
-    cfg, requested = T.config_from_args(args)
+    cfg, requested, _ = T.config_from_args(args)
     assert cfg.grad_clip is None and requested == {"grad_clip": None}
 
 

@@ -243,6 +243,7 @@ def test_fid_is_random_inception_buffer_filtered(ckpts, tmp_path, monkeypatch, f
     assert math.isfinite(is_["is_mean"]) and is_["is_mean"] >= 1 and is_["is_std"] >= 0
     assert fid["n_real"] == 24 and fid["n_buffer"] == 64 and 20 <= fid["n_fake"] <= 32
     assert "note" in fid and fid["real_stats_cached"] is False
+    assert "meaningless" in fid["meaningless"] and "meaningless" in is_["meaningless"]
     files = sorted(os.listdir(cache))
     assert len(files) == 2 and files[0].startswith("fid_stats_digits_train_24_random-inception_")
     assert files[1] == files[0] + ".json" and _json(cache / files[1])["n_real"] == 24

@@ -27,3 +27,20 @@ def test_apply_sets_torch_and_says_what_it_chose(monkeypatch):
         assert threads.apply_threads(1) == "1 thread (--threads)" and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_autocast_on_a_cpu_without_hardware_support_warns(tmp_path, capsys, monkeypatch):
+    import fastebm.trainer as trainer_mod
+    from fastebm.config import resolve
+    from fastebm.data import load_dataset
+
+    monkeypatch.setattr(trainer_mod, "fast_low_precision", lambda dtype: False)
+    data = load_dataset("digits", split="train").subset(64, 0)
+    trainer_mod.Trainer(resolve(dict(dataset="digits", amp="fp16", epochs=1, iters_per_epoch=1, buffer_size=8,
+                                     out=str(tmp_path / "a"))), data)
+    err = capsys.readouterr().err
+    assert "--amp fp16 on a CPU without hardware support for it" in err
+    monkeypatch.setattr(trainer_mod, "fast_low_precision", lambda dtype: True)
+    trainer_mod.Trainer(resolve(dict(dataset="digits", amp="fp16", epochs=1, iters_per_epoch=1, buffer_size=8,
+                                     out=str(tmp_path / "b"))), data)
+    assert "without hardware support" not in capsys.readouterr().err

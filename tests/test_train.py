@@ -55,7 +55,10 @@ def test_other_models_train(tmp_path, cifar_subset, model):
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, cifar_subset):
-    base = dict(TINY, dataset="folder", model="mjem", k=2, iters_per_epoch=3, noise=0.01, data_noise=0.01)
+    # no warm-up: the cap of a fifth of the run would give the 1- and 2-epoch plans different schedules (a
+    # resume through the CLI keeps the stored, shorter warm-up and continues that run exactly)
+    base = dict(TINY, dataset="folder", model="mjem", k=2, iters_per_epoch=3, noise=0.01, data_noise=0.01,
+                warmup_iters=0)
     full = Trainer(resolve(dict(base, epochs=2, out=str(tmp_path / "a"))), *cifar_subset)
     full.fit()
     half = Trainer(resolve(dict(base, epochs=1, out=str(tmp_path / "b"))), *cifar_subset)
@@ -161,7 +164,7 @@ def test_an_explicit_cuda_option_is_kept_on_resume(tmp_path):
     assert main(TINY_CLI + ["--out", out, "--epochs", "1", "--iters-per-epoch", "2", "--k", "1"]) == 0
     _as_cuda_wrote_it(os.path.join(out, "ckpt.pt"), {"cuda_graphs": True})
     args = T.build_parser([]).parse_args(["--resume", os.path.join(out, "ckpt.pt")])
-    cfg, requested = T.config_from_args(args)
+    cfg, requested, _ = T.config_from_args(args)
     assert cfg.cuda_graphs is True and cfg.triton is None and requested == {"cuda_graphs": True}
     with pytest.raises(ValueError, match="--cuda-graphs needs a CUDA device"):
         Trainer(cfg)
@@ -178,7 +181,7 @@ def test_a_cpu_checkpoint_gets_the_fast_path_on_cuda(tmp_path):
     stored = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["config"]
     assert stored["compile"] == "off" and stored["cuda_graphs"] is False  # resolved for the CPU when written
     args = T.build_parser([]).parse_args(["--resume", os.path.join(out, "ckpt.pt")])
-    cfg, _ = T.config_from_args(args)
+    cfg, _, _ = T.config_from_args(args)
     on_gpu = for_device(cfg, "cuda")
     assert {k: getattr(on_gpu, k) for k in fast_flags("cuda")} == fast_flags("cuda") and on_gpu.fid_every == 5
 
@@ -241,3 +244,37 @@ def test_cli_checkpoint_from_another_model(tmp_path, capsys):
 
     with pytest.raises(CheckpointError, match="non-finite values"):
         load_run(os.path.join(out, "nan.pt"), device="cpu")
+
+
+def test_resuming_a_finished_run_says_how_to_continue(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(TINY_CLI + ["--out", out, "--epochs", "1", "--iters-per-epoch", "2", "--k", "1"]) == 0
+    capsys.readouterr()
+    ckpt = os.path.join(out, "ckpt.pt")
+    assert main(["--resume", ckpt]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is done: iteration 2 of 2 (1 epochs)" in err[0] and "--epochs N with N > 1" in err[0]
+
+
+def test_an_interrupt_names_the_checkpoint_iteration_and_resume_drops_the_replayed_rows(tmp_path, capsys,
+                                                                                     monkeypatch):
+    import fastebm.trainer as trainer_mod
+
+    out = str(tmp_path / "run")
+    real = trainer_mod.Trainer.train_step
+
+    def stop_at_3(self, it):
+        if it == 3:
+            raise KeyboardInterrupt
+        return real(self, it)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop_at_3)
+    argv = TINY_CLI + ["--out", out, "--epochs", "1", "--iters-per-epoch", "5", "--k", "1", "--ckpt-every", "2"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at iteration 3; the last checkpoint" in err and "holds iteration 2" in err
+    assert "re-runs 1 iteration(s)" in err
+    assert [r["iter"] for r in _records(out)] == [1, 2, 3]
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", real)
+    assert main(["--resume", os.path.join(out, "ckpt.pt")]) == 0
+    assert [r["iter"] for r in _records(out)] == [1, 2, 3, 4, 5]  # iteration 3 once, from the resumed run

@@ -31,6 +31,7 @@ def test_fid_every_best_checkpoints_history_tensorboard_and_p0(tmp_path, fast_fi
     fid = _records(out, "fid")
     assert [r["epoch"] for r in fid] == [1, 2, 3] and [r["iter"] for r in fid] == [2, 4, 6]
     assert all(r["fid"] > 0 and r["is_mean"] >= 1 and r["n_fake"] == 32 and r["n_real"] == 40 for r in fid)
+    assert all("meaningless" in r["meaningless"] for r in fid)  # random Inception: every saved row says so
     best = min(fid, key=lambda r: r["fid"])
     assert _iteration(os.path.join(out, "best_fid.pt")) == best["iter"]
     evals = [r for r in _records(out, "eval") if "test_acc" in r]
