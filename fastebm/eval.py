@@ -375,7 +375,8 @@ def _load_inception(opts, device):
     try:
         model = metrics.load_inception(opts.inception_weights, device=device)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e} (command line: --inception-weights PATH)") from None
+        hint = "" if opts.inception_weights else ", or pass --inception-weights PATH"
+        raise FileNotFoundError(f"{e}{hint}") from None
     path = os.path.abspath(opts.inception_weights or metrics.default_inception_weights_path())
     return model, f"{path}:{os.path.getsize(path)}:{os.stat(path).st_mtime_ns}"
 

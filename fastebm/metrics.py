@@ -139,11 +139,11 @@ def load_inception(weights_path: str | os.PathLike | None = None, device: str | 
         path = os.fspath(weights_path) if weights_path is not None else default_inception_weights_path()
         if not os.path.isfile(path):
             if weights_path is not None:
-                raise FileNotFoundError(f"--inception-weights {path}: no such file (expected {FID_WEIGHTS_FILENAME}, "
-                                        f"from {FID_WEIGHTS_URL})")
+                raise FileNotFoundError(f"Inception weights file {path!r} not found (expected "
+                                        f"{FID_WEIGHTS_FILENAME}, from {FID_WEIGHTS_URL})")
             raise FileNotFoundError(
-                f"FID Inception weights not found at {path!r} (nothing is downloaded at run time): put "
-                f"{FID_WEIGHTS_FILENAME} (from {FID_WEIGHTS_URL}) there, or pass --inception-weights PATH")
+                f"FID Inception weights not found at {path!r}. Nothing is downloaded at run time: put "
+                f"{FID_WEIGHTS_FILENAME} (from {FID_WEIGHTS_URL}) there")
         state = torch.load(path, map_location="cpu", weights_only=True)
     built: list[nn.Module] = []
     with _BUILD_LOCK:

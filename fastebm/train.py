@@ -159,7 +159,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
         if not args.out:  # continue in the checkpoint's own run folder
             given["out"] = os.path.dirname(os.path.abspath(args.resume))
     fields = {f.name for f in dataclasses.fields(Config)}
-    return resolve({k: v for k, v in given.items() if k in fields}), requested, iteration
+    cfg = resolve({k: v for k, v in given.items() if k in fields})
+    if args.resume:  # before anything else, even for a finished run: a model of another shape cannot continue
+        stored, now = ckpt.get("arch") or {}, cfg.arch()
+        if any(now[k] is not None and stored.get(k) != now[k] for k in now):
+            raise CheckpointError(f"checkpoint {args.resume!r} is for model {stored}, expected {now}")
+    return cfg, requested, iteration
 
 
 def main(argv=None) -> int:

@@ -224,12 +224,12 @@ def test_cli_checkpoint_from_another_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--resume", os.path.join(out, "ckpt.pt"), "--model", "mjem"])
     assert e.value.code == 2 and "expected {'model': 'mjem'" in capsys.readouterr().err
-    # weights that do not fit say why (torch's first reason, not only its header line)
+    # weights that do not fit say why when the run goes on (torch's first reason, not only its header line)
     ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
     del ckpt["model"]["energy_head.weight"]
     torch.save(ckpt, os.path.join(out, "missing.pt"))
     with pytest.raises(SystemExit) as e:
-        main(["--resume", os.path.join(out, "missing.pt"), "--out", str(tmp_path / "b")])
+        main(["--resume", os.path.join(out, "missing.pt"), "--out", str(tmp_path / "b"), "--epochs", "2"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and 'Missing key(s) in state_dict: "energy_head.weight"' in err
     # a file with NaN weights is refused, by resume and by the evaluation alike
@@ -237,7 +237,7 @@ def test_cli_checkpoint_from_another_model(tmp_path, capsys):
     ckpt["model"]["energy_head.bias"].fill_(float("nan"))
     torch.save(ckpt, os.path.join(out, "nan.pt"))
     with pytest.raises(SystemExit) as e:
-        main(["--resume", os.path.join(out, "nan.pt"), "--out", str(tmp_path / "c")])
+        main(["--resume", os.path.join(out, "nan.pt"), "--out", str(tmp_path / "c"), "--epochs", "2"])
     assert e.value.code == 2 and "non-finite values in 1 weight tensor(s)" in capsys.readouterr().err
     from fastebm.checkpoint import CheckpointError
     from fastebm.eval import load_run
