@@ -5,6 +5,7 @@ import glob
 import os
 import random
 import re
+import shutil
 import tempfile
 
 import numpy as np
@@ -38,6 +39,10 @@ def atomic_save(obj, path: str) -> None:
     file that :func:`remove_stale_temporaries` removes at the next start). File mode: an
     existing file's mode is kept; a new file gets 0666 minus the umask (0644 under umask 022), as
     ``open()`` would give — not the 0600 of ``tempfile.mkstemp``.
+
+    Raises:
+        CheckpointError: the file could not be written (full disk, no permission, ...): one line naming
+            ``path``, the cause and the free space; the temporary file is removed.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -53,10 +58,26 @@ def atomic_save(obj, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # e.g. a full disk: torch says "[enforce fail at ...]"
+            raise CheckpointError(f"cannot write {path!r}: {_cause(e)}, {_free(folder)} free there; the "
+                                  f"previous file is unchanged") from None
         raise
+
+
+def _cause(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _free(folder: str) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB"
+    except OSError:
+        return "unknown space"
 
 
 def _alive(pid: int) -> bool:

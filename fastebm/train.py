@@ -2,21 +2,27 @@
 
 Trains an M-EBM / M-JEM / LSE-JEM / JEM energy model with Algorithm 1 of the paper, from the presets of
 :mod:`fastebm.config` with any knob overridden on the command line (one flag per ``Config`` field, generated
-by :func:`build_parser`), and writes the run folder
-described in :mod:`fastebm.trainer`. ``--resume RUN/ckpt.pt`` continues a run exactly where it stopped
-(same buffer, optimizer, LR schedule position and RNG states); options given with ``--resume`` override
-the stored configuration, except the architecture, which must match. ``--print-config`` prints the resolved
-configuration as JSON and exits 0 without loading any data.
+by :func:`build_parser`), and writes the run folder described in :mod:`fastebm.runfolder` (one run at a
+time: a second run into a folder in use stops with an error). ``--resume RUN/ckpt.pt`` continues a run
+exactly where it stopped (same buffer, optimizer, LR schedule position and RNG states); options given with
+``--resume`` override the stored configuration, except the architecture, which must match. ``--resume auto``
+(for requeued jobs: the same command again) resumes ``OUT/ckpt.pt`` when it exists and was written by the
+same options, and starts otherwise. ``--print-config`` prints the resolved configuration as JSON and exits 0
+without loading any data.
 
 Data-parallel: ``torchrun --nproc-per-node N -m fastebm.train ...`` trains on N processes (DDP; gloo on
 CPU, nccl on GPUs); see :mod:`fastebm.distributed`. A plain run creates no process group.
 
 Divergence (non-finite or exploding loss / energies): by default the run rolls back to its latest
 ``ckpt.pt``, lowers the learning rate and goes on (``--on-divergence rollback``, at most
-``--max-rollbacks`` times); ``--on-divergence stop`` stops at once. See :mod:`fastebm.trainer`.
+``--max-rollbacks`` times); ``--on-divergence stop`` stops at once. See :mod:`fastebm.recovery`.
 
-Exit status: 0 done, 1 training diverged and was not (or no longer) rolled back (the last good checkpoint
-is intact), 2 bad input.
+Signals: SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 finish the current iteration, write ckpt.pt and exit
+(:mod:`fastebm.stopping`).
+
+Exit status: 0 done, 1 training diverged and was not (or no longer) rolled back, or a checkpoint could not be
+written (the last good checkpoint is intact either way), 2 bad input, 128 + signal number after a signal
+(143 SIGTERM, 130 SIGINT, 138 SIGUSR1).
 """
 from __future__ import annotations
 
@@ -33,6 +39,8 @@ from .config import CHOICES, DEVICE_FIELDS, NONE, Config, OneLineParser, resolve
 from .data import DatasetError
 from .distributed import env_world_size, exit_process, init_from_env, shutdown
 from .fastpath import FastPathError
+from .runfolder import RunFolderBusy, RunLock, default_run_folder, run_folder_base
+from .stopping import GracefulStop, Stopped
 from .threads import apply_threads
 from .trainer import DivergenceError, Trainer
 
@@ -105,7 +113,8 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
                       epilog="Defaults shown are the presets resolved for the --dataset / --model / "
                              "--k given (fastebm/config.py; --print-config prints them all).")
     p.add_argument("--version", action="version", version=f"fastebm {__version__}")
-    p.add_argument("--resume", metavar="CKPT", help="continue the run stored in this checkpoint")
+    p.add_argument("--resume", metavar="CKPT", help="continue the run stored in this checkpoint; auto: the run "
+                   "folder's ckpt.pt if it exists and was written by these options, else start (requeued jobs)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved configuration as JSON and exit (no data is loaded)")
     hints = typing.get_type_hints(Config)
@@ -148,6 +157,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
     given = {k: v for k, v in vars(args).items() if k not in CLI_ONLY and v is not None}
     requested = {k: (None if v is NONE else v) for k, v in given.items()}
     iteration = None
+    if args.resume == "auto":
+        args.resume = _auto_resume(given, requested)
     if args.resume:
         ckpt = load_checkpoint(args.resume)
         before = ckpt.get("requested")  # None: a checkpoint of a run that did not record it
@@ -160,22 +171,51 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
             given["out"] = os.path.dirname(os.path.abspath(args.resume))
     fields = {f.name for f in dataclasses.fields(Config)}
     cfg = resolve({k: v for k, v in given.items() if k in fields})
-    if args.resume:  # before anything else, even for a finished run: a model of another shape cannot continue
-        stored, now = ckpt.get("arch") or {}, cfg.arch()
+    if args.resume and ckpt.get("arch"):  # before anything else, even when done: another shape cannot go on
+        stored, now = ckpt["arch"], cfg.arch()
         if any(now[k] is not None and stored.get(k) != now[k] for k in now):
             raise CheckpointError(f"checkpoint {args.resume!r} is for model {stored}, expected {now}")
     return cfg, requested, iteration
 
 
+def _auto_resume(given: dict, requested: dict) -> str | None:
+    """``--resume auto``: the run folder's ckpt.pt when it exists and was written by the same options (then
+    the run goes on), None when there is none (then the run starts in that folder, ``given["out"]`` set).
+
+    Raises:
+        CheckpointError: the checkpoint there was written by other options (which ones differ).
+    """
+    fields = {f.name for f in dataclasses.fields(Config)}
+    cfg = resolve({k: v for k, v in given.items() if k in fields})
+    out = cfg.out or run_folder_base(cfg.dataset, cfg.model, cfg.k)
+    path = os.path.join(out, "ckpt.pt")
+    if not os.path.isfile(path):
+        given["out"] = out
+        return None
+    before = load_checkpoint(path).get("requested")
+    differ = sorted(k for k in set(before or {}) | set(requested) if k != "out"
+                    and (before or {}).get(k) != requested.get(k))
+    if before is None or differ:
+        what = ", ".join(f"--{k.replace('_', '-')} {(before or {}).get(k)!r} there, {requested.get(k)!r} now"
+                         for k in differ[:4]) or "it does not record its options"
+        raise CheckpointError(f"--resume auto: {path!r} holds a run with other options ({what}); pass "
+                              f"--resume {path} to continue it with these, or another --out")
+    return path
+
+
 def main(argv=None) -> int:
-    """Run the CLI; returns the exit status (0 done, 1 diverged, 2 bad input via SystemExit, 130 interrupted)."""
+    """Run the CLI; returns the exit status (0 done, 1 diverged or a checkpoint not written, 2 bad input via
+    SystemExit, 128 + signal number after a signal)."""
+    locks: list[RunLock] = []
     try:
-        return _main(argv)
+        return _main(argv, locks)
     finally:
+        for lock in locks:  # also when an error's traceback keeps _main's frame alive
+            lock.release()
         shutdown()  # the torchrun process group, if any
 
 
-def _main(argv=None) -> int:
+def _main(argv, locks: list) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
@@ -188,6 +228,13 @@ def _main(argv=None) -> int:
                   f"({cfg.epochs} epochs); to train on, pass --resume {args.resume} --epochs N with N > "
                   f"{cfg.epochs}", file=sys.stderr)
             return 0
+        if not cfg.out:
+            cfg = dataclasses.replace(cfg, out=default_run_folder(cfg.dataset, cfg.model, cfg.k))
+        if not args.resume and os.path.isfile(os.path.join(cfg.out, "ckpt.pt")):
+            raise CheckpointError(f"run folder {cfg.out!r} already holds ckpt.pt: pass --resume "
+                                  f"{os.path.join(cfg.out, 'ckpt.pt')} (or --resume auto) or choose another --out")
+        if os.environ.get("RANK", "0") == "0":  # the rank that writes holds the folder
+            locks.append(RunLock(cfg.out))
         threads = apply_threads(cfg.threads, env_world_size())
         init_from_env(cfg.device)  # torchrun (WORLD_SIZE > 1): process group from RANK/WORLD_SIZE/LOCAL_RANK
         trainer = Trainer(cfg, requested=requested)
@@ -195,10 +242,7 @@ def _main(argv=None) -> int:
         if args.resume:
             trainer.load_checkpoint(args.resume)
             trainer.drop_rows_after(trainer.iteration)  # the iterations re-run are logged again
-        elif os.path.isfile(os.path.join(trainer.out, "ckpt.pt")):
-            raise CheckpointError(f"run folder {trainer.out!r} already holds ckpt.pt: pass --resume "
-                                  f"{os.path.join(trainer.out, 'ckpt.pt')} or choose another --out")
-    except (ValueError, DatasetError, CheckpointError) as e:
+    except (ValueError, DatasetError, CheckpointError, RunFolderBusy) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted before training started; nothing was written", file=sys.stderr)
@@ -218,8 +262,14 @@ def _main(argv=None) -> int:
     if say:
         print(f"fastebm: {trainer.fast.summary()}", file=sys.stderr)
     try:
-        last = trainer.fit()
-    except DivergenceError as e:
+        with GracefulStop() as stop:
+            last = trainer.fit(stop)
+    except Stopped as e:
+        if say:
+            print(f"{parser.prog}: {e}: the same command with --resume auto (or --resume {e.checkpoint}) goes "
+                  f"on from there", file=sys.stderr)
+        return e.status
+    except (DivergenceError, CheckpointError) as e:
         print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,71 +1,14 @@
 """The training loop: Algorithm 1 of the paper (:class:`~fastebm.algorithm.Algorithm1`, run through
-:class:`~fastebm.fastpath.FastPath` by :meth:`Trainer.train_step`), with logging, evaluation,
-sample grids, atomic checkpoints, exact resume and divergence handling around it (:meth:`Trainer.fit`).
+:class:`~fastebm.fastpath.FastPath` by :meth:`Trainer.train_step`) and its cadence (:meth:`Trainer.fit`):
+log rows, test evaluation, sample grids, checkpoints, buffer FID, and what ends a run early — a divergence
+(:mod:`fastebm.recovery`: stop or roll back) or a signal (:mod:`fastebm.stopping`: checkpoint, then exit).
 
-Run folder (``cfg.out``):
-    config.json     the resolved configuration
-    metrics.jsonl   one JSON object per line: {"kind": "train", "iter", "epoch", "loss", "loss_gen",
-                    "loss_cls", "e_pos", "e_neg", "acc", "lr", "it_s"}, {"kind": "eval", "iter",
-                    "test_acc", "test_loss", "test_energy"} and {"kind": "rollback", "iter", "from_iter",
-                    "lr", "lr_scale", "rollbacks", "reason"} (see below); and once per process (before the first
-                    iteration) {"kind": "fast_path", "iter", "policy", <component>: "ok: ..." | "off: ..." |
-                    "unused (compiled step)", "active": {<component>: what runs}} from the fast path's check
-                    (:meth:`fastebm.fastpath.FastPath.check`)
-    samples/        PNG grids of replay-buffer samples (negatives); diverged_iter_*.png at each divergence;
-                    p0_mean.png (μ of p0) and p0_samples.png (64 draws from p0), written at training start
-                    (the paper's Fig. 7)
-    p0.pt           the fitted informative initialization (cache, reused by later runs)
-    ckpt.pt         the latest checkpoint (written atomically), the state a rollback returns to
-    best_fid.pt     the checkpoint of the lowest buffer FID so far (``--fid-every``; metrics.jsonl rows
-                    {"kind": "fid", "iter", "epoch", "fid", "is_mean", "is_std", "n_fake"})
-    best_acc.pt     the checkpoint of the highest test accuracy so far (classifier models)
-    ckpt_eNNN.pt    the checkpoint after epoch NNN, every ``--keep-every`` epochs
-    events.out.tfevents.*  TensorBoard: every metrics.jsonl number and the sample grids (rank 0)
-
-Divergence. Every iteration, on the device and without a host sync, the loop notes the first
-iteration whose loss or mean energies are non-finite or whose |loss| exceeds ``--max-loss``; the host
-reads that note every ``--check-every`` iterations (1 on CPU, ``--log-every`` on CUDA) *and* before every
-log row, evaluation, sample grid and checkpoint, so a divergence between two checks is still caught before
-anything is written, and a checkpoint is never taken between a divergence and its detection. Under DDP
-the logged metrics are averaged over ranks and the decision is agreed with an all-reduce, so every rank
-takes it together. ``save_checkpoint`` also refuses non-finite parameters or buffer samples (a divergence
-too). Then, with ``--on-divergence``:
-
-- ``stop``: :class:`DivergenceError` (``python -m fastebm.train`` exits 1) with a diagnostic grid
-  ``samples/diverged_iter_N.png``; ckpt.pt is left as it was.
-- ``rollback`` (default): :meth:`Trainer.rollback` restores ``ckpt.pt`` with :meth:`Trainer.load_checkpoint`
-  (model, optimizer, buffer, p0, RNG states, iteration), multiplies a persistent learning-rate scale by
-  ``--rollback-lr-factor`` (0.5; the schedule :func:`lr_at` is unchanged, the optimizer gets
-  ``lr_at(it) × lr_scale``; the scale and the rollback count are stored in every later checkpoint, so a
-  resume keeps the lowered lr), reseeds the torch / CUDA / numpy / Python generators and the Triton Philox
-  state from (seed, rank, iteration, rollback count), so the chains (buffer draws, p0 restarts, SGLD
-  noise), data noise and augmentation differ from the diverged attempt (the data order is a function of
-  the iteration and repeats), logs ``{"kind": "rollback", "iter": <iteration the run continues from>,
-  "from_iter": <iteration the divergence was detected at>, "lr": <new lr at iter>, "lr_scale",
-  "rollbacks": <count so far>, "reason"}`` and goes on. ``ckpt.pt`` is rewritten at once (same model)
-  with the new scale, count and RNG streams, so a process killed right after a rollback resumes exactly.
-  Rows logged later for iterations after ``iter`` supersede the earlier rows of the same iterations.
-  After ``--max-rollbacks`` rollbacks (counted over the whole run, resumes included; raise it on
-  ``--resume`` to allow more) the next divergence stops as with ``stop``.
-  So that there is always a state to return to, ``fit`` first writes ``ckpt.pt`` at its starting
-  iteration (0 for a new run) unless the run was just loaded from that very file; an initial state that is
-  itself non-finite cannot be saved and stops the run. Checkpoints are written every ``--ckpt-every``
-  iterations (default: once per epoch, so a rollback loses at most 390 iterations on CIFAR, 0.7 % of a
-  150-epoch run, while a WRN-28-10 checkpoint is about 0.45 GB to write: 146 MB weights, 146 MB SGD
-  momentum, 123 MB buffer, 38 MB p0). Rollback always returns to ``ckpt.pt`` (not to epoch snapshots
-  or best-metric copies). Fast path: nothing is re-captured. The model's parameters and BatchNorm buffers
-  (``Module.load_state_dict`` copies in place), the replay buffer (``copy_``) and the Triton Philox state
-  (``copy_``) keep their storage, so the SGLD CUDA graph of :class:`~fastebm.sampler.Sampler` and the
-  ``torch.compile``d network, which read those addresses, stay valid and replay the restored values. The
-  optimizer state and p0 are rebuilt as new objects: the compiled step, which reads them, is traced again
-  (:meth:`FastPath.reload <fastebm.fastpath.FastPath.reload>`).
-  DDP: every rank loads the same ``ckpt.pt`` (rank 0 wrote it; the ranks share a file system, as for
-  ``--resume``) after a barrier, and reseeds its own stream.
+Around it, each in its own room: the run folder and its lock (:mod:`fastebm.runfolder`), the run log
+(:mod:`fastebm.runlog`), checkpoint files (:mod:`fastebm.checkpoint`), the fast path (:mod:`fastebm.fastpath`).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 import sys
@@ -88,34 +31,21 @@ from .checkpoint import (
 )
 from .config import Config, check_fits, derive_iters_per_epoch, for_device, resolve_device
 from .data import Batches, DatasetError, ImageSet, folder_classes, load_dataset, split_folder, to_float, to_uint8
-from .distributed import RANK_SEED_STRIDE, DistContext
+from .distributed import DistContext
 from .fastpath import FastPath
-from .images import make_grid, save_png
 from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
 from .loss import classification_loss
 from .model import build_model, model_outputs
 from .profiling import enable as enable_nvtx
+from .recovery import DivergenceError, DivergenceWatch, rollback_seed
+from .runfolder import default_run_folder
+from .runlog import RunLog
 from .sampler import Sampler, SGLDConfig
 from .step import init_optimizer_state
+from .stopping import GracefulStop, Stopped
 from .threads import fast_low_precision
 
-
-class DivergenceError(RuntimeError):
-    """Training diverged (non-finite or exploding loss/energies); the last good checkpoint is intact."""
-
-
-ROLLBACK_SEED_STRIDE = 15_485_863  # a prime: rollback r of a run draws from its own RNG streams
-
-
-def default_run_folder(cfg: Config) -> str:
-    """``runs/<dataset>-<model>-k<K>``, or the first ``...-2``, ``...-3`` without a checkpoint in it, so
-    that a repeated command starts a new run and never touches an earlier one."""
-    base = os.path.join("runs", f"{cfg.dataset}-{cfg.model}-k{cfg.k}")
-    out, i = base, 1
-    while os.path.isfile(os.path.join(out, "ckpt.pt")):
-        i += 1
-        out = f"{base}-{i}"
-    return out
+__all__ = ["DivergenceError", "Stopped", "Trainer", "lr_at"]
 
 
 def lr_at(cfg: Config, it: int) -> float:
@@ -167,7 +97,7 @@ class Trainer:
         cfg = dataclasses.replace(cfg, warmup_iters=min(cfg.warmup_iters, cfg.total_iters // 5))
         # sizes that cannot fit the data or the device fail here, before the model, p0 or buffer
         check_fits(cfg, len(self.train_data), self.device, self.dist.world_size)
-        cfg = dataclasses.replace(cfg, out=cfg.out or default_run_folder(cfg))
+        cfg = dataclasses.replace(cfg, out=cfg.out or default_run_folder(cfg.dataset, cfg.model, cfg.k))
         cfg = dataclasses.replace(cfg, fid_every=_fid_cadence(cfg, fid_explicit))
         self.cfg, self.out = cfg, cfg.out
         slow = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("amp", "sgld_amp")
@@ -215,9 +145,9 @@ class Trainer:
         self.ckpt_path = os.path.join(self.out, "ckpt.pt")          # the checkpoint a rollback returns to
         self.last_checkpoint: str | None = None
         self.last_checkpoint_iteration = 0                          # the iteration that checkpoint holds
-        self._bad_iter = self._bad_vals = None                      # see _watch
-        self._log_file = None
-        self._inception, self._real_stats, self._tb = None, None, None
+        self.watch = DivergenceWatch(cfg.max_loss)                   # device-side note of a divergence
+        self.runlog = RunLog(self.out, write=self.dist.is_main)     # metrics.jsonl, TensorBoard, grids
+        self._inception, self._real_stats = None, None
         self.best = {"fid": float("inf"), "test_acc": -float("inf")}
 
     def _check_test_split(self, cfg: Config) -> bool:
@@ -270,24 +200,28 @@ class Trainer:
         state as it was. Returns component → "ok: ..." / "off: ..." / "unused (compiled step)"."""
         it = self.iteration if it is None else it
         report = self.fast.check(it, self.cfg.lr * self.lr_scale)  # the peak lr: a warm-up lr of 0 moves nothing
-        if self.dist.is_main:
-            with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps({"kind": "fast_path", "iter": it, "policy": self.cfg.fast_path, **report,
-                                    "active": self.fast.active()}) + "\n")
+        self.runlog({"kind": "fast_path", "iter": it, "policy": self.cfg.fast_path, **report,
+                     "active": self.fast.active()})
         return report
 
     # ------------------------------------------------------------------ loop
-    def fit(self) -> dict:
+    def fit(self, stop: GracefulStop | None = None) -> dict:
         """Train from ``self.iteration`` to ``cfg.total_iters``; returns the last logged metrics.
 
         A divergence rolls the run back to ``ckpt.pt`` (``cfg.on_divergence == "rollback"``, at most
-        ``cfg.max_rollbacks`` times over the run) or stops it; see the module docstring.
+        ``cfg.max_rollbacks`` times over the run) or stops it (:mod:`fastebm.recovery`).
 
+        Args:
+            stop: signals to stop on (:class:`~fastebm.stopping.GracefulStop`, entered by the caller): the run
+                finishes the iteration, writes ckpt.pt and raises :class:`~fastebm.stopping.Stopped`. Under DDP
+                the ranks agree at every ``check_every``-th iteration, so all stop at the same one.
         Raises:
             DivergenceError: non-finite or |loss| > max_loss with ``on_divergence="stop"``, after
                 ``max_rollbacks`` rollbacks, when ckpt.pt cannot be read back, or (rollback) when the
                 starting state itself is non-finite; a diagnostic grid is saved and the last good
                 checkpoint is left as it was.
+            Stopped: after a signal, once ckpt.pt holds the last iteration.
+            CheckpointError: a checkpoint could not be written (e.g. a full disk); the previous one stays.
         """
         cfg = self.cfg
         if self.dist.is_main:                                       # only rank 0 writes
@@ -298,12 +232,8 @@ class Trainer:
         ckpt_every = cfg.ckpt_every or cfg.iters_per_epoch
         if cfg.on_divergence == "rollback" and not _same_file(self.last_checkpoint, self.ckpt_path):
             self.save_checkpoint()                                  # a state to return to from the start
-        self._log_file = open(os.path.join(self.out, "metrics.jsonl") if self.dist.is_main else os.devnull, "a")
         self.on_fit_start()
-        bar = None
-        if cfg.progress and self.dist.is_main:
-            from tqdm import tqdm
-            bar = tqdm(total=cfg.total_iters, initial=self.iteration, dynamic_ncols=True, mininterval=1.0)
+        bar = _Progress(cfg.total_iters, self.iteration) if cfg.progress and self.dist.is_main else None
         last, t0, it0 = {}, time.perf_counter(), self.iteration
         try:
             while self.iteration < cfg.total_iters:
@@ -315,7 +245,7 @@ class Trainer:
                     self.model.train()
                     m = self.dist.average_metrics(self.train_step(it))  # mean over ranks (no-op single process)
                     self.iteration = done = it + 1
-                    self._watch(m, done)                                # device-side divergence note, no sync
+                    self.watch.note(m, done)                            # device-side divergence note, no sync
                     log_now, eval_now, sample_now, ckpt_now = (
                         done % every == 0 or done == cfg.total_iters
                         for every in (cfg.log_every, eval_every, sample_every, ckpt_every))
@@ -330,8 +260,7 @@ class Trainer:
                                 "lr": lr, "it_s": rate}
                         self.log(last)
                         if bar is not None:
-                            bar.set_postfix(loss=f"{last['loss']:.3g}", e_pos=f"{last['e_pos']:.3g}",
-                                            e_neg=f"{last['e_neg']:.3g}", acc=f"{last['acc']:.2f}")
+                            bar.metrics(last)
                     if eval_now:
                         self.log({"kind": "eval", "iter": done, **self.evaluate()})
                     if sample_now:
@@ -340,6 +269,8 @@ class Trainer:
                         self.save_checkpoint()
                     if epoch_now:                                       # buffer FID, epoch history
                         self.on_epoch_end(epoch)
+                    if stop is not None and self._stop_now(stop, done):
+                        self._stop(stop, m, saved=ckpt_now)
                 except DivergenceError as e:                            # agreed by every rank
                     if cfg.on_divergence == "stop":
                         raise
@@ -351,48 +282,46 @@ class Trainer:
                     except CheckpointError as ce:
                         raise DivergenceError(f"{e}; rollback failed: {ce}") from None
                     t0, it0 = time.perf_counter(), self.iteration
-                    if bar is not None:
-                        bar.n = self.iteration
-                        bar.refresh()
-                    continue
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(self.iteration)
         finally:
             if bar is not None:
                 bar.close()
-            self._log_file.close()
-            if self._tb is not None:
-                self._tb.close()
+            self.runlog.close()
         return last
 
-    def _watch(self, m: dict, it: int) -> None:
-        """Note, on the device and without a host sync, the first iteration (``it``) whose loss or mean
-        energies are non-finite or whose |loss| exceeds ``max_loss``, and those three values; read by
-        :meth:`_check`, cleared by :meth:`rollback`."""
-        vals = torch.stack([m["loss"], m["e_pos"], m["e_neg"]]).detach().float()
-        bad = ~torch.isfinite(vals).all() | (vals[0].abs() > self.cfg.max_loss)
-        if self._bad_iter is None:
-            self._bad_iter = torch.zeros((), dtype=torch.int64, device=vals.device)
-            self._bad_vals = torch.zeros(3, device=vals.device)
-        first = bad & (self._bad_iter == 0)
-        self._bad_iter = torch.where(first, it, self._bad_iter)
-        self._bad_vals = torch.where(first, vals, self._bad_vals)
+    def _stop_now(self, stop: GracefulStop, done: int) -> bool:
+        """Whether every rank stops after iteration ``done``: at once in one process; under DDP at the
+        iterations where all ranks check (one all-reduce there)."""
+        if self.dist.world_size == 1:
+            return stop.requested is not None
+        return done % self.cfg.check_every == 0 and not self.dist.all_ranks(stop.requested is None)
+
+    def _stop(self, stop: GracefulStop, m: dict, saved: bool) -> None:
+        """Write ckpt.pt for the iteration just finished (unless the cadence just did), log a ``stop`` row,
+        raise :class:`Stopped`."""
+        import signal
+
+        signum = stop.requested or signal.SIGTERM                   # a rank told by the others
+        if not saved:
+            self._check(m, self.iteration)                          # never a checkpoint of a diverged state
+            with stop.saving():
+                self.save_checkpoint()
+        self.log({"kind": "stop", "iter": self.iteration, "signal": signal.Signals(signum).name,
+                  "checkpoint": self.ckpt_path})
+        raise Stopped(signum, self.ckpt_path, self.iteration)
 
     def _check(self, m: dict, it: int) -> None:
-        """Raise :class:`DivergenceError` if :meth:`_watch` noted a divergence on any rank (one host sync
-        and, under DDP, one all-reduce, so every rank decides alike). Runs every ``check_every``
-        iterations and before any log row, evaluation, sample grid or checkpoint of iteration ``it``."""
-        first = 0 if self._bad_iter is None else int(self._bad_iter)
+        """Raise :class:`DivergenceError` if the watch noted a divergence on any rank (one host sync and,
+        under DDP, one all-reduce, so every rank decides alike). Runs every ``check_every`` iterations and
+        before any log row, evaluation, sample grid or checkpoint of iteration ``it``."""
+        first = self.watch.first()
         if self.dist.all_ranks(first == 0):
             return
-        vals = (self._bad_vals if first else torch.stack([m["loss"], m["e_pos"], m["e_neg"]])).float().cpu()
-        first = first or it
+        vals = self.watch.values() if first else torch.stack([m["loss"], m["e_pos"], m["e_neg"]]).float().cpu()
         path = self.save_samples(f"diverged_iter_{it:07d}", extra=(m["_x_pos"], m["_x_neg"]))
-        raise DivergenceError(
-            f"training diverged at iteration {first}: loss {float(vals[0]):.4g}, E(x+) {float(vals[1]):.4g}, "
-            f"E(x-) {float(vals[2]):.4g} (limit |loss| <= {self.cfg.max_loss:g})"
-            + (f", detected at iteration {it}" if first != it else "")
-            + f"; diagnostic grid {path}; last good checkpoint: {self.last_checkpoint or 'none written yet'}")
+        raise DivergenceError(self.watch.describe(first or it, vals, it) + f"; diagnostic grid {path}; last good "
+                              f"checkpoint: {self.last_checkpoint or 'none written yet'}")
 
     def rollback(self, reason: str) -> None:
         """Recover from a divergence: restore ``ckpt.pt`` (:meth:`load_checkpoint`: model, optimizer,
@@ -413,7 +342,7 @@ class Trainer:
         self.load_checkpoint(self.ckpt_path)
         self.lr_scale, self.rollbacks = scale, count                # not the checkpoint's older values
         self.reseed()
-        self._bad_iter = self._bad_vals = None
+        self.watch.clear()
         self.save_checkpoint()                                      # the new lr scale, count and streams, at once
         self.log({"kind": "rollback", "iter": self.iteration, "from_iter": at,
                   "lr": lr_at(cfg, self.iteration) * scale, "lr_scale": scale, "rollbacks": count,
@@ -423,37 +352,20 @@ class Trainer:
         """New RNG streams for this rank after a rollback: torch (CPU and every CUDA device), numpy, Python
         and the Triton Philox state, seeded from (seed, rank, iteration, rollback count), so the rolled-back
         run does not replay the diverged trajectory and is still reproducible."""
-        s = (self.cfg.seed + RANK_SEED_STRIDE * self.dist.rank + 7919 * self.iteration
-             + ROLLBACK_SEED_STRIDE * self.rollbacks) % (2 ** 31)
+        s = rollback_seed(self.cfg.seed, self.dist.rank, self.iteration, self.rollbacks)
         self.fast.reseed(s)                                         # torch.manual_seed + Philox [s, 0]
         np.random.seed(s)
         random.seed(s)
 
     def drop_rows_after(self, iteration: int) -> int:
-        """Rank 0: remove the rows of metrics.jsonl logged for iterations after ``iteration`` (a resume re-runs
-        them and logs them again), rewriting the file atomically. Returns how many rows were dropped."""
-        path = os.path.join(self.out, "metrics.jsonl")
-        if not self.dist.is_main or not os.path.isfile(path):
-            return 0
-        with open(path) as f:
-            lines = f.readlines()
-        keep = [line for line in lines if json.loads(line).get("iter", 0) <= iteration]
-        if len(keep) < len(lines):
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.writelines(keep)
-            os.replace(tmp, path)
-        return len(lines) - len(keep)
+        """Remove metrics.jsonl rows of iterations after ``iteration`` (a resume logs them again); returns how
+        many (:meth:`RunLog.drop_rows_after <fastebm.runlog.RunLog.drop_rows_after>`)."""
+        return self.runlog.drop_rows_after(iteration)
 
     def log(self, record: dict) -> None:
-        """Append one JSON line to metrics.jsonl (flushed), mirror its numbers to TensorBoard as
-        ``<kind>/<key>`` at step ``iter``, and keep best_acc.pt / best_fid.pt (:meth:`keep_best`)."""
-        self._log_file.write(json.dumps(record) + "\n")
-        self._log_file.flush()
-        if self._tb is not None:
-            for key, value in record.items():
-                if key not in ("kind", "iter") and isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"{record['kind']}/{key}", value, record["iter"])
+        """Append ``record`` to the run log (metrics.jsonl, TensorBoard) and keep best_acc.pt / best_fid.pt
+        (:meth:`keep_best`)."""
+        self.runlog(record)
         self.keep_best(record)
 
     # ------------------------------------------------------------------ evaluation during training
@@ -463,14 +375,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         if self.cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # a dependency, but a source checkout (e.g. the GPU check) may lack it
-                warnings.warn("tensorboard is not installed: no TensorBoard event files (pip install "
-                              "tensorboard, or --no-tensorboard); metrics.jsonl has every number",
-                              UserWarning, stacklevel=2)
-            else:
-                self._tb = SummaryWriter(self.out)
+            self.runlog.start_tensorboard()
         if self.iteration == 0:
             from .plots import save_p0_pictures
 
@@ -554,14 +459,7 @@ class Trainer:
     def save_samples(self, name: str, extra=None) -> str:
         """PNG grid of 64 replay-buffer samples (or of ``extra`` tensors) under samples/; returns the path."""
         imgs = torch.cat([t[:32] for t in extra]) if extra is not None else self.buffer.samples[:64]
-        path = os.path.join(self.out, "samples", f"{name}.png")
-        if not self.dist.is_main:                                   # only rank 0 writes
-            return path
-        grid = make_grid(to_uint8(imgs).cpu(), nrow=8)
-        save_png(path, grid)
-        if self._tb is not None:
-            self._tb.add_image(f"samples/{name.split('_')[0]}", grid, self.iteration)
-        return path
+        return self.runlog.grid(name, to_uint8(imgs), self.iteration)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -653,3 +551,51 @@ def _fid_cadence(cfg: Config, explicit: bool) -> int:
 
 def _same_file(a: str | None, b: str) -> bool:
     return a is not None and os.path.abspath(a) == os.path.abspath(b)
+
+
+class _Progress:
+    """The loop's progress on stderr: a tqdm bar on a terminal; in a redirected log, one line every 10 s for
+    the first minute, then every minute (a bar's carriage returns would fill the log)."""
+
+    def __init__(self, total: int, initial: int):
+        self.total, self.n0, self.t0, self.due, self.last = total, initial, time.perf_counter(), 10.0, {}
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=1.0)
+
+    def metrics(self, last: dict) -> None:
+        self.last = last
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{last['loss']:.3g}", e_pos=f"{last['e_pos']:.3g}",
+                                 e_neg=f"{last['e_neg']:.3g}", acc=f"{last['acc']:.2f}")
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            if n < self.bar.n:                                       # a rollback went back
+                self.bar.n = n
+                self.bar.refresh()
+            else:
+                self.bar.update(n - self.bar.n)
+            return
+        elapsed = time.perf_counter() - self.t0
+        if elapsed < self.due or n >= self.total:
+            return
+        self.due = elapsed + (10.0 if elapsed < 60 else 60.0)
+        rate = (n - self.n0) / elapsed
+        left = f", about {_duration((self.total - n) / rate)} left" if rate > 0 else ""
+        loss = f"; loss {self.last['loss']:.3g}, acc {self.last['acc']:.2f}" if self.last else ""
+        print(f"fastebm: iteration {n}/{self.total} ({rate:.2f} it/s{left}){loss}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

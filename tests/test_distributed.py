@@ -134,7 +134,7 @@ def _worker(rank, port, tmp):
         torch.save({"params": [p.detach().clone() for p in t.model.parameters()]}, os.path.join(tmp, f"b{rank}.pt"))
         # C: a divergence seen by rank 1 only → every rank rolls back together.
         t = Trainer(resolve(dict(CFG_C, out=os.path.join(tmp, "c"))), *data)
-        watch, hits = t._watch, []
+        watch, hits = t.watch.note, []
 
         def watch_rank1(m, it):
             if rank == 1 and it == 4 and not hits:
@@ -142,7 +142,7 @@ def _worker(rank, port, tmp):
                 m = dict(m, loss=m["loss"] * float("nan"))
             watch(m, it)
 
-        t._watch = watch_rank1
+        t.watch.note = watch_rank1
         t.fit()
         torch.save({"params": [p.detach().clone() for p in t.model.parameters()], "iteration": t.iteration,
                     "rollbacks": t.rollbacks, "lr_scale": t.lr_scale, "lr": t.opt.param_groups[0]["lr"]},

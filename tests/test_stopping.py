@@ -1,0 +1,175 @@
+"""Runs on clusters: a signal writes the checkpoint and exits, a requeued command resumes, one run per folder,
+a failed save loses nothing."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import fastebm.checkpoint as ckpt_mod
+import fastebm.trainer as trainer_mod
+from fastebm.checkpoint import load_checkpoint
+from fastebm.runfolder import RunLock, default_run_folder, holder
+from fastebm.train import main
+
+TINY_CLI = ["--depth", "10", "--width", "1", "--buffer-size", "200", "--batch-size", "8", "--cls-batch-size", "8",
+            "--train-subset", "200", "--test-subset", "32", "--no-progress", "--warmup-iters", "2", "--log-every", "1",
+            "--k", "1", "--epochs", "1", "--iters-per-epoch", "6", "--ckpt-every", "100"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _rows(out, kind=None):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if kind is None or r["kind"] == kind]
+
+
+def _signal_at(monkeypatch, at: dict):
+    """Make train_step send signal at[it] to this process at iteration it (as SLURM would, mid-iteration)."""
+    real = trainer_mod.Trainer.train_step
+
+    def step(self, it):
+        if it in at:
+            os.kill(os.getpid(), at.pop(it))
+        return real(self, it)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", step)
+    return real
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGUSR1, 138)])
+def test_a_signal_finishes_the_iteration_writes_the_checkpoint_and_exits(tmp_path, monkeypatch, capsys, signum,
+                                                                         status):
+    out = str(tmp_path / "run")
+    real = _signal_at(monkeypatch, {2: signum})
+    assert main(TINY_CLI + ["--out", out]) == status
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iteration"] == 3  # the iteration it was in, finished
+    stop = _rows(out, "stop")
+    assert stop == [{"kind": "stop", "iter": 3, "signal": signal.Signals(signum).name,
+                     "checkpoint": os.path.join(out, "ckpt.pt")}]
+    err = capsys.readouterr().err
+    assert f"stopped by {signal.Signals(signum).name} at iteration 3" in err and "--resume auto" in err
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", real)
+    assert main(TINY_CLI + ["--out", out, "--resume", "auto"]) == 0  # the requeued command goes on
+    assert [r["iter"] for r in _rows(out, "train")] == [1, 2, 3, 4, 5, 6]
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iteration"] == 6
+
+
+def test_a_second_signal_during_the_save_waits_for_it(tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "run")
+    _signal_at(monkeypatch, {1: signal.SIGTERM})
+    real_save = ckpt_mod.torch.save
+    sent = []
+
+    def save_and_signal(obj, f, *a, **k):
+        if not sent and obj.get("iteration") == 2:  # the save the first signal asked for
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", save_and_signal)
+    assert main(TINY_CLI + ["--out", out]) == 143
+    assert sent and "the checkpoint is being written" in capsys.readouterr().err
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iteration"] == 2
+    assert not [n for n in os.listdir(out) if n.startswith(ckpt_mod.TMP_PREFIX)]
+
+
+def test_a_second_signal_outside_the_save_stops_at_once(tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "run")
+    _signal_at(monkeypatch, {1: signal.SIGINT, 2: signal.SIGINT})
+    monkeypatch.setattr(trainer_mod.Trainer, "_stop_now", lambda self, stop, done: False)  # never reaches a stop
+    assert main(TINY_CLI + ["--out", out]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at iteration 2" in err and "holds iteration 0" in err
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iteration"] == 0
+
+
+def test_sigterm_from_outside_the_process(tmp_path):
+    """A real SIGTERM to ``python -m fastebm.train`` (as ``scancel`` or ``docker stop`` send it)."""
+    out = str(tmp_path / "run")
+    argv = [a if a != "6" else "100000" for a in TINY_CLI] + ["--out", out]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "fastebm.train", *argv], env=env, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.isfile(os.path.join(out, "metrics.jsonl")) and len(_rows(out, "train")) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    stopped_at = _rows(out, "stop")[0]["iter"]
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iteration"] == stopped_at >= 2
+    assert max(r["iter"] for r in _rows(out, "train")) == stopped_at
+
+
+def test_resume_auto_starts_resumes_and_refuses_other_options(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default run folder is runs/<dataset>-<model>-k<K> here
+    argv = TINY_CLI + ["--resume", "auto"]
+    assert main(argv) == 0
+    out = os.path.join("runs", "digits-mjem-k1")
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iteration"] == 6
+    capsys.readouterr()
+    assert main(argv) == 0  # requeued after the end: says it is done, trains nothing
+    assert "is done: iteration 6 of 6" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join("runs", "digits-mjem-k1-2"))
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--lr", "0.01"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "holds a run with other options (--lr" in err[0]
+
+
+def test_one_run_per_folder(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    lock = RunLock(out)  # another run holds it
+    try:
+        assert holder(out) == os.getpid()
+        with pytest.raises(SystemExit) as e:
+            main(TINY_CLI + ["--out", out])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and f"in use by another run (pid {os.getpid()})" in err[0]
+        assert not os.path.exists(os.path.join(out, "ckpt.pt"))
+    finally:
+        lock.release()
+    assert holder(out) is None
+    assert main(TINY_CLI + ["--out", out]) == 0  # free again
+
+
+def test_a_repeated_default_command_skips_a_folder_in_use(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = default_run_folder("digits", "mjem", 5)
+    lock = RunLock(base)
+    try:
+        assert default_run_folder("digits", "mjem", 5) == base + "-2"
+    finally:
+        lock.release()
+    assert default_run_folder("digits", "mjem", 5) == base
+
+
+def test_a_failed_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "run")
+    real_save = ckpt_mod.torch.save
+
+    def full_disk(obj, f, *a, **k):
+        if obj.get("iteration") == 6:
+            f.write(b"\0" * 100)
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 100 vs 64\n"
+                               "frame #0: c10::ThrowEnforceNotMet(...)")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
+    assert main(TINY_CLI + ["--out", out, "--ckpt-every", "3"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"stopped: cannot write '{out}{os.sep}" in err and "unexpected pos 100 vs 64" in err
+    assert "MiB free there; the previous file is unchanged" in err and "frame #0" not in err
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iteration"] == 3
+    assert not [n for n in os.listdir(out) if n.startswith(ckpt_mod.TMP_PREFIX)]
+    assert torch.isfinite(load_checkpoint(os.path.join(out, "ckpt.pt"))["buffer"]["samples"]).all()
