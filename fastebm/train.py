@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import os
 import sys
 import types
 import typing
 
-from . import __version__
+from . import __version__, paper
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import CHOICES, DEVICE_FIELDS, NONE, Config, OneLineParser, resolve
 from .data import DatasetError
@@ -280,9 +282,27 @@ def _main(argv, locks: list) -> int:
               file=sys.stderr)
         return 130
     if say:
+        summary = run_summary(trainer, last)
         print(f"fastebm: done at iteration {trainer.iteration}; last metrics {last}; checkpoint "
               f"{trainer.last_checkpoint}", file=sys.stderr)
+        if "paper" in summary:
+            print(f"fastebm: {summary['paper']['beside']}", file=sys.stderr)
+        print(json.dumps(summary))  # stdout: one JSON document (| jq)
     return 0
+
+
+def run_summary(trainer: Trainer, last: dict) -> dict:
+    """The end-of-run summary printed on stdout: iterations, run folder, checkpoint, the last training row,
+    the best test accuracy / FID, and the paper row the configuration reproduces with both sides' numbers."""
+    best = {k: v for k, v in trainer.best.items() if math.isfinite(v)}
+    out = {"iteration": trainer.iteration, "run_folder": trainer.out, "checkpoint": trainer.last_checkpoint,
+           "last": last, "best": best}
+    row = paper.match(trainer.cfg)
+    if row is not None:
+        measured = {"acc": best.get("test_acc"), "fid": best.get("fid")}
+        out["paper"] = {"row": row.key, "acc": row.acc, "inception_score": row.inception_score, "fid": row.fid,
+                        "beside": paper.beside(row, measured)}
+    return out
 
 
 def cli() -> None:

@@ -278,3 +278,26 @@ def test_an_interrupt_names_the_checkpoint_iteration_and_resume_drops_the_replay
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", real)
     assert main(["--resume", os.path.join(out, "ckpt.pt")]) == 0
     assert [r["iter"] for r in _records(out)] == [1, 2, 3, 4, 5]  # iteration 3 once, from the resumed run
+
+
+def test_the_end_of_run_summary_is_json_on_stdout(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(TINY_CLI + ["--out", out, "--epochs", "1", "--iters-per-epoch", "2", "--k", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)  # nothing else on stdout
+    assert summary["iteration"] == 2 and summary["checkpoint"] == os.path.join(out, "ckpt.pt")
+    assert summary["last"]["iter"] == 2 and 0 <= summary["best"]["test_acc"] <= 1
+    assert "paper" not in summary  # digits reproduces no paper row
+
+
+def test_a_paper_configuration_gets_its_row_beside_its_numbers():
+    import types
+
+    from fastebm.train import run_summary
+
+    cfg = resolve(dict(dataset="cifar10", model="mjem", k=5))
+    trainer = types.SimpleNamespace(iteration=7, out="o", last_checkpoint="o/ckpt.pt", cfg=cfg,
+                                    best={"fid": float("inf"), "test_acc": 0.5})
+    summary = run_summary(trainer, {})
+    assert summary["best"] == {"test_acc": 0.5}
+    assert summary["paper"]["row"] == "t3-mjem-cifar10-k5" and summary["paper"]["fid"] == 12.1
+    assert summary["paper"]["beside"] == "paper Table 3 M-JEM CIFAR-10 K=5: acc 0.931 (ours 0.500), IS 8.71, FID 12.1"
