@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .images import IMAGE_EXTENSIONS, ImageError, read_image, resize
+from .progress import progress
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet32", "celebahq128", "folder")
 
@@ -277,19 +278,17 @@ def load_folder(root: str, split: str, image_size: int | None = None, name: str 
     if unknown:
         raise DatasetError(f"{name}: {split_dir!r} holds class folder(s) the training split lacks: "
                            f"{', '.join(unknown[:5])}; expected a subset of {len(classes)} training classes")
+    files = [(os.path.join(split_dir, cls, f), classes.index(cls)) for cls in found
+             for f in sorted(f for f in os.listdir(os.path.join(split_dir, cls))
+                             if f.lower().endswith(IMAGE_EXTENSIONS))[:max_per_class]]
     images, labels = [], []
-    for cls in found:
-        folder = os.path.join(split_dir, cls)
-        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))[:max_per_class]
-        for f in files:
-            try:
-                img = read_image(os.path.join(folder, f))
-            except ImageError as e:
-                raise DatasetError(f"{name}: {e}") from None
-            if image_size is not None:
-                img = resize(img, image_size)
-            images.append(img)
-            labels.append(classes.index(cls))
+    for path, label in progress(files, desc=f"fastebm: {name}: decoding {split} images", unit="images"):
+        try:
+            img = read_image(path)
+        except ImageError as e:
+            raise DatasetError(f"{name}: {e}") from None
+        images.append(img if image_size is None else resize(img, image_size))
+        labels.append(label)
     sizes = {tuple(i.shape) for i in images}
     if len(sizes) > 1:
         raise DatasetError(f"{name}: images under {split_dir!r} have different sizes {sorted(sizes)[:3]}...; "

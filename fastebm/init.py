@@ -28,6 +28,7 @@ import torch
 from .checkpoint import atomic_save, load_error, safe_load
 from .data import ImageSet, to_float
 from .kernels.reference import lowrank_gaussian_reference
+from .progress import Progress
 
 COV_FORMS = ("full", "lowrank")
 
@@ -150,8 +151,10 @@ def p0_from_state_dict(state: dict):
 
 
 def _batches(images_u8: torch.Tensor, batch_size: int, device):
-    for i in range(0, images_u8.shape[0], batch_size):
-        yield to_float(images_u8[i:i + batch_size].to(device)).flatten(1).double()
+    with Progress(images_u8.shape[0], "fastebm: fitting p0 (Eq. 6)", unit="images") as bar:
+        for i in range(0, images_u8.shape[0], batch_size):
+            yield to_float(images_u8[i:i + batch_size].to(device)).flatten(1).double()
+            bar.update(min(batch_size, images_u8.shape[0] - i))
 
 
 def fit_gaussian(images_u8: torch.Tensor, form: str = "full", rank: int = 100, oversample: int | None = None,

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .progress import Progress
+
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILENAME
 PLOTS_HINT = "figures need matplotlib: pip install 'fastebm[plots]' (or pip install matplotlib)"
@@ -160,7 +162,8 @@ def load_inception(weights_path: str | os.PathLike | None = None, device: str | 
 
 
 def inception_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 50,
-                      device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      device: str | torch.device | None = None,
+                      desc: str = "fastebm: Inception features") -> tuple[np.ndarray, np.ndarray]:
     """Pool3 features and unbiased logits of images in [-1, 1].
 
     Args:
@@ -168,6 +171,7 @@ def inception_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 
         images: (N, 3, H, W) float tensor in [-1, 1] (1e-3 tolerance, then clamped), any device.
         batch_size: images per forward pass (>= 1).
         device: where batches go; default the model's.
+        desc: what the progress report on stderr calls this pass (:mod:`fastebm.progress`).
 
     Returns:
         ``(pool (N, 2048), logits (N, 1008))`` float64 NumPy.
@@ -191,12 +195,13 @@ def inception_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), Progress(len(x), desc, unit="images") as bar:
             for i in range(0, len(x), batch_size):
                 xb = ((x[i:i + batch_size].to(device, torch.float32) + 1) / 2).clamp_(0, 1)
                 pool, lg = model(xb)
                 pools.append(pool.double().cpu())
                 logits.append(lg.double().cpu())
+                bar.update(len(xb))
     finally:
         model.train(was_training)
     return torch.cat(pools).numpy(), torch.cat(logits).numpy()

@@ -258,6 +258,9 @@ def _main(argv, locks: list) -> int:
               file=sys.stderr)
     try:  # the fast-path self-check before the first iteration, so the banner can say what runs
         if trainer.fast.pending:
+            if say:
+                print(f"fastebm: checking the fast path ({', '.join(k for k, v in trainer.fast.on.items() if v)}) "
+                      f"against the plain path and float64", file=sys.stderr, flush=True)
             trainer.check_fast_path()
     except FastPathError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")

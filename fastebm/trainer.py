@@ -37,6 +37,7 @@ from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
 from .loss import classification_loss
 from .model import build_model, model_outputs
 from .profiling import enable as enable_nvtx
+from .progress import duration, is_terminal
 from .recovery import DivergenceError, DivergenceWatch, rollback_seed
 from .runfolder import default_run_folder
 from .runlog import RunLog
@@ -412,7 +413,8 @@ class Trainer:
             self._inception = metrics.load_inception(None if self.cfg.random_inception else self.cfg.inception_weights,
                                                      device=self.device, random_init=self.cfg.random_inception)
             real = to_float(self.train_data.images)
-            self._real_stats = metrics.activation_statistics(metrics.inception_outputs(self._inception, real, 100)[0])
+            self._real_stats = metrics.activation_statistics(metrics.inception_outputs(
+                self._inception, real, 100, desc="fastebm: FID: Inception features of the training images")[0])
         out = metrics.fid_and_is(self._inception, fake, self._real_stats, batch_size=100)
         out = {**out, "n_fake": len(fake), "n_real": len(self.train_data)}
         if self.cfg.random_inception:
@@ -560,7 +562,7 @@ class _Progress:
     def __init__(self, total: int, initial: int):
         self.total, self.n0, self.t0, self.due, self.last = total, initial, time.perf_counter(), 10.0, {}
         self.bar = None
-        if sys.stderr.isatty():
+        if is_terminal(sys.stderr):
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=1.0)
 
@@ -583,7 +585,7 @@ class _Progress:
             return
         self.due = elapsed + (10.0 if elapsed < 60 else 60.0)
         rate = (n - self.n0) / elapsed
-        left = f", about {_duration((self.total - n) / rate)} left" if rate > 0 else ""
+        left = f", about {duration((self.total - n) / rate)} left" if rate > 0 else ""
         loss = f"; loss {self.last['loss']:.3g}, acc {self.last['acc']:.2f}" if self.last else ""
         print(f"fastebm: iteration {n}/{self.total} ({rate:.2f} it/s{left}){loss}", file=sys.stderr, flush=True)
 
@@ -591,11 +593,3 @@ class _Progress:
         if self.bar is not None:
             self.bar.close()
 
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

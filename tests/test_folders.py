@@ -103,3 +103,24 @@ def test_a_folder_without_a_test_split_says_so_once(tmp_path, capsys):
     t.fit()
     err = capsys.readouterr().err
     assert err.count("no test/ or val/ folder") == 1
+
+
+def test_long_steps_report_progress_in_a_redirected_log(tmp_path, monkeypatch, capsys):
+    """Decoding a folder and fitting p0 say what they do and how much is left (plain lines, no carriage
+    returns, when stderr is not a terminal); here every step is 'long' (a report due at once)."""
+    import functools
+
+    import fastebm.data as data_mod
+    import fastebm.init as init_mod
+    import fastebm.progress as progress_mod
+    from fastebm.init import fit_gaussian
+
+    _layout(tmp_path)
+    monkeypatch.setattr(data_mod, "progress", functools.partial(progress_mod.progress, every_s=1e-9))
+    monkeypatch.setattr(init_mod, "Progress", functools.partial(progress_mod.Progress, every_s=1e-9))
+    train = load_dataset("folder", str(tmp_path), "train")
+    fit_gaussian(train.images, batch_size=2)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "fastebm: folder: decoding train images 1/6 (17 %" in err and "6/6 images, done in" in err
+    assert "fastebm: fitting p0 (Eq. 6) 2/6 (33 %" in err

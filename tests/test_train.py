@@ -301,3 +301,19 @@ def test_a_paper_configuration_gets_its_row_beside_its_numbers():
     assert summary["best"] == {"test_acc": 0.5}
     assert summary["paper"]["row"] == "t3-mjem-cifar10-k5" and summary["paper"]["fid"] == 12.1
     assert summary["paper"]["beside"] == "paper Table 3 M-JEM CIFAR-10 K=5: acc 0.931 (ours 0.500), IS 8.71, FID 12.1"
+
+
+def test_training_progress_in_a_redirected_log_is_plain_lines(tmp_path, capsys, monkeypatch):
+    import fastebm.trainer as trainer_mod
+
+    clock = iter(range(0, 10_000, 4))  # every call 4 s later: a line every 10 s, then every minute
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", lambda: float(next(clock)))
+    argv = [a for a in TINY_CLI if a != "--no-progress"]
+    assert main(argv + ["--out", str(tmp_path / "r"), "--epochs", "1", "--iters-per-epoch", "6", "--k", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("fastebm: iteration ")]
+    import re
+
+    line = r"fastebm: iteration [1-5]/6 \([0-9.]+ it/s, about .* left\); loss .*, acc .*"
+    assert lines and all(re.fullmatch(line, ln) for ln in lines), lines
