@@ -517,19 +517,13 @@ def available_memory(device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def wrn_weights(depth: int, width: int, image_size: int) -> int:
-    """The number of convolution weights of the WRN-``depth``-``width`` backbone (fastebm.model.WideResNet:
-    3×3 stem of 16 channels, stages of 16k, 32k, 64k (and 128k from 64 px) channels with (depth − 4) / 6
-    blocks of two 3×3 convolutions, 1×1 shortcuts where the shape changes); biases and norms (< 1 %) are left
-    out. Python ints, so absurd sizes are refused before anything is built."""
-    n = (depth - 4) // 6
-    stages = [16 * width, 32 * width, 64 * width] + ([128 * width] if image_size >= 64 else [])
-    total, c_in = 9 * 3 * 16, 16
-    for i, c in enumerate(stages):
-        if n:  # the first stage keeps the resolution: a shortcut only where the width changes
-            total += 9 * c_in * c + 9 * c * c + (c_in * c if i or c_in != c else 0) + (n - 1) * 18 * c * c
-            c_in = c
-    return total
+def count_weights(cfg: Config) -> int:
+    """Parameters of the model ``cfg`` describes (``n_classes`` and ``image_size`` set), counted on the meta
+    device: the model is built without allocating any of its weights, so the count cannot drift from it."""
+    from .model import build_model
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model(cfg).parameters())
 
 
 def check_fits(cfg: Config, n_train: int, device, world_size: int = 1, available: int | None = None) -> None:
@@ -564,7 +558,7 @@ def check_fits(cfg: Config, n_train: int, device, world_size: int = 1, available
         raise ValueError(f"the training set holds {n_train} image(s) (--train-subset, --max-per-class, the data); "
                          f"expected at least 2 (the p0 fit and the batches need them)")
     free = available_memory(device) if available is None else available
-    weights = wrn_weights(cfg.depth, cfg.width, cfg.image_size)
+    weights = count_weights(cfg)
     if 16 * weights > free:  # fp32 weights, gradients and up to two optimizer moments
         raise ValueError(f"--depth {cfg.depth} --width {cfg.width}: a WRN-{cfg.depth}-{cfg.width} has "
                          f"{weights / 1e6:.4g} M weights; training needs about {16 * weights / 2 ** 30:.4g} GiB "

@@ -58,11 +58,13 @@ def test_bad_kind_is_asserted():
         EnergyModel("ebm")
 
 
-@pytest.mark.parametrize("depth,width,image_size", [(10, 1, 32), (28, 10, 32), (16, 2, 64), (4, 3, 32)])
-def test_the_size_check_counts_the_models_weights(depth, width, image_size):
-    """config.wrn_weights (the memory check before building) equals the built backbone's count of
-    convolution weights, so the check cannot drift from the model."""
-    from fastebm.config import wrn_weights
+@pytest.mark.parametrize("depth,width,image_size,model", [(10, 1, 32, "mjem"), (28, 10, 32, "mebm"),
+                                                         (16, 2, 64, "jem"), (4, 3, 32, "lse-jem")])
+def test_the_size_check_counts_the_models_weights(depth, width, image_size, model):
+    """config.count_weights (the memory check before building, on the meta device) equals the built model's
+    parameter count."""
+    from fastebm.config import count_weights, resolve
+    from fastebm.model import build_model
 
-    net = WideResNet(depth, width, image_size=image_size)
-    assert wrn_weights(depth, width, image_size) == sum(p.numel() for p in net.parameters() if p.dim() == 4)
+    cfg = resolve(dict(model=model, depth=depth, width=width, image_size=image_size, n_classes=10))
+    assert count_weights(cfg) == sum(p.numel() for p in build_model(cfg).parameters()) > 0
