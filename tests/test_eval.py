@@ -3,16 +3,22 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fastebm import eval as E
+import fastebm.evaluation.fid
+import fastebm.evaluation.run
 from fastebm import metrics as M
 from fastebm.config import resolve
-from fastebm.eval import build_parser, filter_by_confidence, load_run, main, sample_chains
+from fastebm.eval import build_parser, main
+from fastebm.evaluation import filter_by_confidence, load_run, sample_chains
+from fastebm.evaluation.run import outputs
 from fastebm.sampler import frozen_bn_stats
 from fastebm.trainer import Trainer
 
@@ -82,17 +88,40 @@ def test_two_checkpoints_from_folders_of_one_name_get_one_result_folder_each(ckp
     assert main(["--ckpt", *paths, "--task", "acc", "--out", str(out), *FAST]) == 0
     assert sorted(os.listdir(out)) == ["run-1", "run-2"]
     assert all(os.path.isfile(out / d / "acc.json") for d in ("run-1", "run-2"))
-    assert f"wrote {out / 'run-1'}, {out / 'run-2'}" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert f"wrote {out / 'run-1'}, {out / 'run-2'}" in captured.err
+    results = json.loads(captured.out)  # several checkpoints: task -> checkpoint -> record
+    assert list(results) == ["acc"] and list(results["acc"]) == paths
+    assert results["acc"][paths[1]] == _json(out / "run-2" / "acc.json")
 
 
-def test_acc_and_ece(ckpts, tmp_path):
+def test_acc_and_ece(ckpts, tmp_path, capsys):
     assert main(["--ckpt", ckpts["mjem"], "--task", "acc", "ece", "--out", str(tmp_path), *FAST]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"acc": _json(tmp_path / "acc.json"), "ece": _json(tmp_path / "ece.json")}
+    assert captured.err.strip() == f"fastebm.eval: wrote {tmp_path}"
     acc = _json(tmp_path / "acc.json")
     assert acc["n"] == 48 and 0 <= acc["accuracy"] <= 1 and math.isfinite(acc["loss"]) and acc["loss"] >= 0
     ece = _json(tmp_path / "ece.json")
     assert 0 <= ece["ece"] <= 1 and abs(ece["accuracy"] - acc["accuracy"]) < 1e-9
     assert len(ece["bins"]["count"]) == 15 and sum(ece["bins"]["count"]) == 48
     _png_ok(tmp_path / "reliability.png")
+
+
+def test_progress_in_a_redirected_log_is_plain_lines_on_stderr(ckpts, tmp_path, capsys, monkeypatch):
+    """Every pass says what it does and how far it got; here every step is 'long' (a report due at once)."""
+    import functools
+
+    import fastebm.progress
+
+    monkeypatch.setattr(fastebm.evaluation.run, "Progress", functools.partial(fastebm.progress.Progress, every_s=1e-9))
+    assert main(["--ckpt", ckpts["mjem"], "--task", "acc", "gen", "--n-samples", "10", "--sgld-steps", "1",
+                 "--out", str(tmp_path), *FAST]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err
+    assert "fastebm.eval: acc: test images 48/48 (100 %" in captured.err
+    assert "fastebm.eval: gen: SGLD chains (1 steps) 10/10 (100 %" in captured.err
+    assert set(json.loads(captured.out)) == {"acc", "gen"}  # the reports stay off stdout
 
 
 def test_default_out_is_eval_next_to_checkpoint_and_logpx_histograms(ckpts):
@@ -103,7 +132,7 @@ def test_default_out_is_eval_next_to_checkpoint_and_logpx_histograms(ckpts):
     assert sum(c["test data"]["n"] for c in rec["per_class"].values()) == 48
     assert sum(c["buffer (predicted)"]["n"] for c in rec["per_class"].values()) == 64  # by predicted class
     run = load_run(ckpts["mjem"], "cpu")
-    energy, logits = E._outputs(run, run.buffer, 32)
+    energy, logits = outputs(run, run.buffer, 32, "test")
     c0 = (logits.argmax(1) == 0)
     if c0.any():
         expected = float(-energy[c0].double().mean())
@@ -192,7 +221,7 @@ def test_extremes_energy_and_p0_figures(ckpts, tmp_path):
                  "--out", str(tmp_path), *FAST]) == 0
     rec = _json(tmp_path / "extremes.json")
     run = load_run(ckpts["mjem"], "cpu")
-    energy, logits = E._outputs(run, run.buffer, 32)
+    energy, logits = outputs(run, run.buffer, 32, "test")
     pred = logits.argmax(1)
     assert sum(c["n"] for c in rec["per_class"].values()) == 64
     for c, entry in rec["per_class"].items():
@@ -250,11 +279,27 @@ def test_fid_is_random_inception_buffer_filtered(ckpts, tmp_path, monkeypatch, f
     mu, sigma = M.load_stats(cache / files[0])
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
     # a second run reuses the cached statistics without loading the real images
-    monkeypatch.setattr(E, "load_dataset", lambda *a, **k: pytest.fail("real data loaded despite the cache"))
+    monkeypatch.setattr(fastebm.evaluation.fid, "load_dataset",
+                        lambda *a, **k: pytest.fail("real data loaded despite the cache"))
     with pytest.warns(UserWarning):
         assert main(argv[:4] + argv[5:]) == 0  # fid only
     again = _json(tmp_path / "fid.json")
     assert again["real_stats_cached"] is True and again["n_real"] == 24 and again["fid"] == fid["fid"]
+
+
+def test_the_command_prints_one_json_document_on_stdout_and_the_rest_on_stderr(ckpts, tmp_path):
+    """``python -m fastebm.eval ... | jq .``: stdout parses as one JSON object holding each task's record (as in
+    its file), while the warning of a random Inception and the folders written go to stderr."""
+    argv = ["--ckpt", ckpts["mjem"], "--task", "acc,is", "--random-inception", "--source", "chains", "--n-samples",
+            "6", "--sgld-steps", "1", "--splits", "2", "--out", str(tmp_path), *FAST]
+    res = subprocess.run([sys.executable, "-m", "fastebm.eval", *argv], capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).resolve().parent.parent, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    results = json.loads(res.stdout)  # the whole of stdout: one document, nothing before or after it
+    assert list(results) == ["acc", "is"]
+    assert results["acc"] == _json(tmp_path / "acc.json") and results["is"] == _json(tmp_path / "is.json")
+    assert 0 <= results["acc"]["accuracy"] <= 1 and results["is"]["is_mean"] >= 1
+    assert "meaningless" in res.stderr and f"fastebm.eval: wrote {tmp_path}" in res.stderr
 
 
 def test_is_from_fresh_chains(ckpts, tmp_path):
@@ -286,7 +331,8 @@ def test_missing_inception_weights_exit_2_with_path(ckpts, tmp_path, monkeypatch
     (["--task", "nope"], "unknown task(s) ['nope']"),
     (["--task", "logpx", "--dataset", "mnist"], "--dataset: expected one of"),
     (["--task", "logpx", "--dataset", "folder", "--data-root", "/nonexistent/x"], "not a folder"),
-    (["--task", "ood"], "needs --ood-dataset"),
+    (["--task", "ood"], "--ood-dataset: task 'ood' needs an out-of-distribution dataset"),
+    (["--task", "tsne", "extremes", "--n-samples", "1"], "--n-samples: task 'tsne' needs at least 4 points, got 3"),
     (["--task", "logpx", "--batch-size", "0"], "--batch-size"),
 ])
 def test_bad_input_one_line_exit_2(ckpts, tmp_path, capsys, argv, match):
@@ -309,7 +355,7 @@ def test_filter_by_confidence_keeps_top_ratio_per_predicted_class():
     assert filter_by_confidence(probs, 1.0).tolist() == list(range(7))
     assert filter_by_confidence(torch.from_numpy(probs), 0.75).tolist() == [0, 2, 3, 5]
     assert filter_by_confidence(probs, 2).tolist() == [0, 2, 4, 5, 6]  # > 1: a count per class
-    with pytest.raises(ValueError, match="keep-ratio"):
+    with pytest.raises(ValueError, match="keep_ratio"):
         filter_by_confidence(probs, 0.0)
 
 
@@ -354,7 +400,7 @@ def test_chains_run_through_the_fast_sampler(ckpts, monkeypatch):
             calls.append(len(x0))
             return super().__call__(x0, noise)
 
-    monkeypatch.setattr(E, "Sampler", Counting)
+    monkeypatch.setattr(fastebm.evaluation.run, "Sampler", Counting)
     run = load_run(ckpts["mebm"], "cpu")
     x = sample_chains(run, 10, 2, 4)
     assert calls == [4, 4, 2] and x.shape == (10, 3, 32, 32) and x.abs().max() <= 1

@@ -1,0 +1,25 @@
+"""Evaluation of trained checkpoints as a library: the M-EBM paper's measurements and figures.
+
+``python -m fastebm.eval`` (:mod:`fastebm.eval`) is the command line on top of it. In a script::
+
+    from fastebm.evaluation import EvalOptions, load_run, task_fid
+
+    run = load_run("RUN/ckpt.pt")
+    record = task_fid(run, EvalOptions(n_samples=10_000, source="chains", out="eval"))
+    print(record["fid"])
+
+Modules: ``options`` (:class:`EvalOptions`, :class:`EvalError`, :data:`TASKS`), ``run`` (:class:`Run`,
+:func:`load_run`, what each task needs, the network passes and SGLD chains), ``fid`` (FID / IS and the cache of
+real statistics), ``tasks`` (every other task), ``records`` (the JSON and .npz files), ``runner`` (several tasks
+and checkpoints).
+"""
+from .fid import fid_and_is, filter_by_confidence, split_fingerprint, task_fid, task_is
+from .options import TASKS, EvalError, EvalOptions
+from .run import Run, check_task, load_run, sample_chains
+from .runner import TASK_FUNCTIONS, evaluate, run_tasks
+from .tasks import task_acc, task_ece, task_energy, task_extremes, task_gen, task_logpx, task_ood, task_p0, task_tsne
+
+__all__ = ["TASKS", "TASK_FUNCTIONS", "EvalError", "EvalOptions", "Run", "check_task", "evaluate", "fid_and_is",
+           "filter_by_confidence", "load_run", "run_tasks", "sample_chains", "split_fingerprint", "task_acc",
+           "task_ece", "task_energy", "task_extremes", "task_fid", "task_gen", "task_is", "task_logpx", "task_ood",
+           "task_p0", "task_tsne"]
