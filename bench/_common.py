@@ -160,7 +160,7 @@ def cifar_train():
     """
     global DATA_NAME
     if "train" not in _DATA:
-        from fastebm.data import load_dataset
+        from fastebm.datasets import load_dataset
 
         root = _cifar_root()
         if root is not None:

@@ -28,7 +28,7 @@ def _spinners(n: int) -> list:
 @pytest.mark.parametrize("load", ["idle", "busy"])
 def test_threads_on_a_shared_machine(benchmark, tmp_path, load):
     from fastebm.config import resolve
-    from fastebm.data import load_dataset
+    from fastebm.datasets import load_dataset
     from fastebm.threads import usable_cores
     from fastebm.trainer import Trainer
 

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import DATASETS
+from .datasets import DATASETS
 from .init import COV_FORMS
 from .loss import REG_FORMS
 from .model import MODEL_KINDS, NORMS
@@ -227,33 +227,8 @@ class Config:
         return {k: getattr(self, k) for k in ("model", "depth", "width", "norm", "n_classes", "image_size")}
 
 
-# Per-dataset presets on top of the Config defaults.
-PRESETS: dict[str, dict] = {
-    "cifar10": dict(),  # every value is a Config default (the mebm CIFAR-10 scripts)
-    "cifar100": dict(
-        n_classes=100,  # the dataset (so that --print-config shows it before the data is loaded)
-        lr=0.02,  # paper Appendix A: 0.02 for CIFAR-100, CelebA-HQ and ImageNet 32×32
-    ),
-    "imagenet32": dict(
-        n_classes=1000,  # the dataset
-        lr=0.02,  # paper Appendix A
-        width=2,  # fastebm's earlier preset; not checked against the paper (text not available)
-        epochs=50,  # paper Section 5: "ImageNet 32×32 for 50 epochs" (Table 5: 200; --epochs 200)
-    ),
-    "celebahq128": dict(
-        model="mebm",  # paper Section 5: unconditional M-EBM on CelebA-HQ 128
-        width=5,  # paper Section 5: WRN-28-5 with a fourth stage (the fourth stage follows from 128 px)
-        k=5,  # paper Section 5: K = 5 or 10 (2 GPUs); --k 10 for the other
-        lr=0.02,  # paper Appendix A; mebm scripts/maebm_celeba.sh --lr=.02
-        decay_epochs=[80, 120, 160],  # mebm scripts/maebm_celeba.sh --decay_epochs 80 120 160
-        cov="lowrank",  # fastebm: a full 49,152² covariance does not fit (rank-100 + diagonal)
-        image_size=128,
-    ),
-    "folder": dict(),  # as cifar10; iterations per epoch from the data
-    "digits": dict(  # fastebm's CPU demo (about 2 minutes), not a paper setting
-        depth=10, width=1, epochs=3, iters_per_epoch=100, buffer_size=1000, warmup_iters=50,
-        lr=0.05, decay_epochs=[2], batch_size=32, cls_batch_size=64, log_every=10),
-}
+# Per-dataset presets on top of the Config defaults: each dataset's entry in fastebm.datasets, with its sources.
+PRESETS: dict[str, dict] = {name: dict(d.preset) for name, d in DATASETS.items()}
 
 # Per-model presets, applied after the dataset preset.
 MODEL_PRESETS: dict[str, dict] = {
@@ -285,16 +260,16 @@ MODEL_PRESETS: dict[str, dict] = {
 }
 
 # Training-set sizes of the known datasets, for the iterations per epoch without loading the data.
-TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet32": 1_281_167}
+TRAIN_SIZES = {name: d.train_size for name, d in DATASETS.items() if d.train_size}
 # JEM's epoch is one pass of its p(x) loader (batch 64, drop_last) over 50,000 − 5,000 images (JEM
 # train_wrn_ebm.py --n_valid 5000 holds out a validation set): 45,000 // 64 = 703 on CIFAR. fastebm trains
 # on all images and keeps JEM's schedule length: 703 iterations per epoch.
 JEM_N_VALID = 5_000
 
 # image side of the datasets whose size is fixed (celebahq128: its preset; folder: from the files)
-NATIVE_IMAGE_SIZES = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagenet32": 32}
+NATIVE_IMAGE_SIZES = {name: d.image_size for name, d in DATASETS.items() if d.image_size}
 
-CHOICES = {"dataset": DATASETS, "model": MODEL_KINDS, "norm": NORMS, "p0": ("gaussian", "uniform"),
+CHOICES = {"dataset": tuple(DATASETS), "model": MODEL_KINDS, "norm": NORMS, "p0": ("gaussian", "uniform"),
            "cov": ("auto",) + COV_FORMS, "sgld_bn": BN_MODES, "reg_form": REG_FORMS,
            "optimizer": ("sgd", "adam"), "device": None,
            "compile": ("auto", "off", "default", "max-autotune", "aot_eager"), "amp": ("auto", "bf16", "fp16", "off"),

@@ -59,7 +59,8 @@ import sys
 from . import __version__, paper
 from .checkpoint import CheckpointError
 from .config import OneLineParser, flag
-from .data import DATASETS, DatasetError
+from .data import DatasetError
+from .datasets import DATASETS
 from .evaluation import TASKS, EvalError, EvalOptions, Run, evaluate, load_run
 from .evaluation.records import jsonable
 from .threads import apply_threads

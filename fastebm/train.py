@@ -31,6 +31,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import types
 import typing
@@ -220,6 +221,7 @@ def main(argv=None) -> int:
 def _main(argv, locks: list) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    created = False  # whether this run made its run folder
     try:
         cfg, requested, resumed = config_from_args(args)
         if args.print_config:
@@ -236,6 +238,7 @@ def _main(argv, locks: list) -> int:
             raise CheckpointError(f"run folder {cfg.out!r} already holds ckpt.pt: pass --resume "
                                   f"{os.path.join(cfg.out, 'ckpt.pt')} (or --resume auto) or choose another --out")
         if os.environ.get("RANK", "0") == "0":  # the rank that writes holds the folder
+            created = not os.path.exists(cfg.out)
             locks.append(RunLock(cfg.out))
         threads = apply_threads(cfg.threads, env_world_size())
         init_from_env(cfg.device)  # torchrun (WORLD_SIZE > 1): process group from RANK/WORLD_SIZE/LOCAL_RANK
@@ -245,6 +248,10 @@ def _main(argv, locks: list) -> int:
             trainer.load_checkpoint(args.resume)
             trainer.drop_rows_after(trainer.iteration)  # the iterations re-run are logged again
     except (ValueError, DatasetError, CheckpointError, RunFolderBusy) as e:
+        if created:  # a run that never started leaves no folder behind
+            for lock in locks:
+                lock.release()
+            shutil.rmtree(cfg.out, ignore_errors=True)
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted before training started; nothing was written", file=sys.stderr)

@@ -30,7 +30,8 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import Config, check_fits, derive_iters_per_epoch, for_device, resolve_device
-from .data import Batches, DatasetError, ImageSet, folder_classes, load_dataset, split_folder, to_float, to_uint8
+from .data import Batches, DatasetError, ImageSet, to_float, to_uint8
+from .datasets import DATASETS, folder_classes, load_dataset, split_folder
 from .distributed import DistContext
 from .fastpath import FastPath
 from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
@@ -154,7 +155,7 @@ class Trainer:
     def _check_test_split(self, cfg: Config) -> bool:
         """For a folder layout: a test split with a class the training split lacks is an error now, not after an
         epoch; no test split at all is said once (evaluation then logs nothing). Returns whether there is none."""
-        if cfg.dataset != "digits" and not cfg.data_root:  # training data given in memory: no split to load
+        if DATASETS[cfg.dataset].needs_root and not cfg.data_root:  # training data given in memory: no split
             return True
         if self.train_data.classes is None:
             return False

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fastebm.config import MODEL_PRESETS, NONE, PRESETS, Config, resolve
-from fastebm.data import load_dataset, to_float
+from fastebm.data import to_float
+from fastebm.datasets import load_dataset
 from fastebm.train import build_parser, main
 from fastebm.trainer import Trainer, lr_at
 

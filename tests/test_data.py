@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastebm.data import Batches, DatasetError, ImageSet, augment, load_dataset, to_float, to_uint8
+from fastebm.data import Batches, DatasetError, ImageSet, augment, to_float, to_uint8
+from fastebm.datasets import load_dataset
 
 
 def _imagenet32_dict(n=4):
@@ -136,3 +137,21 @@ def test_batches_are_a_pure_function_of_iteration():
     assert torch.equal(Batches(ds, 4, "cpu", seed=3).indices(3), b.indices(3))
     x, y = b.get(1)
     assert x.shape == (4, 3, 4, 4) and torch.equal(y, b.indices(1))
+
+
+def test_every_dataset_is_one_registry_entry():
+    """A dataset is one entry of fastebm.datasets.DATASETS: the CLI offers it, its preset holds Config fields
+    that resolve() applies, and its declared sizes are the ones the config uses before loading any data."""
+    import dataclasses
+
+    from fastebm.config import CHOICES, NATIVE_IMAGE_SIZES, TRAIN_SIZES, Config, resolve
+    from fastebm.datasets import DATASETS
+
+    assert CHOICES["dataset"] == tuple(DATASETS)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    for name, spec in DATASETS.items():
+        assert set(spec.preset) <= fields, name
+        cfg = resolve(dict(dataset=name))
+        assert all(getattr(cfg, k) == v for k, v in spec.preset.items()), name
+        assert TRAIN_SIZES.get(name) == spec.train_size and NATIVE_IMAGE_SIZES.get(name) == spec.image_size
+    assert load_dataset("digits").images.shape[-1] == DATASETS["digits"].image_size

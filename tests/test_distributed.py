@@ -25,7 +25,8 @@ import torch
 import torch.multiprocessing as mp
 
 from fastebm.config import resolve
-from fastebm.data import Batches, load_dataset
+from fastebm.data import Batches
+from fastebm.datasets import load_dataset
 from fastebm.distributed import DistContext
 from fastebm.sampler import sgld
 from fastebm.train import main

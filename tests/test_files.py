@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from fastebm.checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
-from fastebm.data import DatasetError, load_dataset
+from fastebm.data import DatasetError
+from fastebm.datasets import load_dataset
 from fastebm.eval import main as eval_main
 from fastebm.train import main as train_main
 

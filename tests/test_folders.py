@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from fastebm.config import resolve
-from fastebm.data import DatasetError, load_dataset
+from fastebm.data import DatasetError
+from fastebm.datasets import load_dataset
 from fastebm.images import ImageError, read_image
 from fastebm.trainer import Trainer
 
@@ -110,7 +111,7 @@ def test_long_steps_report_progress_in_a_redirected_log(tmp_path, monkeypatch, c
     returns, when stderr is not a terminal); here every step is 'long' (a report due at once)."""
     import functools
 
-    import fastebm.data as data_mod
+    import fastebm.datasets as data_mod
     import fastebm.init as init_mod
     import fastebm.progress as progress_mod
     from fastebm.init import fit_gaussian

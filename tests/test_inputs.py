@@ -18,7 +18,8 @@ from fastebm import eval as fastebm_eval
 from fastebm import train as fastebm_train
 from fastebm.checkpoint import atomic_save, remove_stale_temporaries
 from fastebm.config import RANGES, Config, check_fits, flag, resolve, validate
-from fastebm.data import DatasetError, load_dataset
+from fastebm.data import DatasetError
+from fastebm.datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CLI = ["--depth", "10", "--width", "1", "--buffer-size", "50", "--batch-size", "4", "--cls-batch-size", "4",
@@ -206,7 +207,7 @@ def _flags_in_error_messages():
 
 def test_every_flag_named_in_an_error_message_exists():
     found = _flags_in_error_messages()
-    assert ("data.py", "--image-size") in found and ("train.py", "--resume") in found  # the scan sees them
+    assert ("datasets.py", "--image-size") in found and ("train.py", "--resume") in found  # the scan sees them
     options = _all_options()
     missing = sorted({(f, m) for f, m in found if m not in options})
     assert not missing, f"error messages name options that neither parser has: {missing}"

@@ -11,7 +11,7 @@ import torch
 
 from fastebm.checkpoint import load_checkpoint
 from fastebm.config import resolve
-from fastebm.data import load_dataset
+from fastebm.datasets import load_dataset
 from fastebm.model import build_model, model_outputs
 from fastebm.train import main
 from fastebm.trainer import DivergenceError, Trainer, lr_at

@@ -32,7 +32,7 @@ def test_apply_sets_torch_and_says_what_it_chose(monkeypatch):
 def test_autocast_on_a_cpu_without_hardware_support_warns(tmp_path, capsys, monkeypatch):
     import fastebm.trainer as trainer_mod
     from fastebm.config import resolve
-    from fastebm.data import load_dataset
+    from fastebm.datasets import load_dataset
 
     monkeypatch.setattr(trainer_mod, "fast_low_precision", lambda dtype: False)
     data = load_dataset("digits", split="train").subset(64, 0)

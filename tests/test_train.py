@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastebm.config import resolve
-from fastebm.data import load_dataset
+from fastebm.datasets import load_dataset
 from fastebm.train import main
 from fastebm.trainer import DivergenceError, Trainer
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data import load_dataset, to_float
+from ..data import to_float
+from ..datasets import DATASETS, load_dataset
 from .options import EvalError, EvalOptions, check_keep_ratio
 from .records import header, out_dir, write_json
 from .run import LOG, Run, check_range, check_task, outputs, sample_chains, subsample
@@ -63,13 +64,14 @@ def split_fingerprint(cfg: Config, split: str) -> str:
     rewritten.
     """
     h = hashlib.sha1()
-    if cfg.dataset == "digits" or not cfg.data_root:
+    layout = DATASETS[cfg.dataset].layout
+    if layout == "embedded" or not cfg.data_root:
         import sklearn
 
         h.update(f"{cfg.dataset}:{sklearn.__version__}".encode())
         return h.hexdigest()
     root = os.path.abspath(cfg.data_root)
-    if cfg.dataset in ("folder", "celebahq128"):
+    if layout == "folders":
         sub = os.path.join(root, split)
         root = sub if os.path.isdir(sub) or split != "test" else os.path.join(root, "val")
     for folder, dirs, files in os.walk(root):

@@ -5,7 +5,7 @@ import dataclasses
 import math
 import re
 
-from ..data import DATASETS
+from ..datasets import DATASETS
 
 TASKS = ("fid", "is", "gen", "acc", "ece", "ood", "logpx", "tsne", "extremes", "energy", "p0")
 
@@ -48,7 +48,7 @@ class EvalOptions:
         seed: seed of every random choice (subsets, chains, IS shuffle, t-SNE), an integer in [0, 2**32).
 
     Data (None: the checkpoint's):
-        dataset: one of :data:`fastebm.data.DATASETS`; data_root: its folder.
+        dataset: one of :data:`fastebm.datasets.DATASETS`; data_root: its folder.
         max_per_class: folder layouts: files read per class (>= 1).
         test_subset: test images used (>= 1; None: all).
 
@@ -66,7 +66,7 @@ class EvalOptions:
 
     ece / ood / logpx / tsne / extremes / energy:
         ece_bins: calibration bins (>= 1).
-        ood_dataset: one of :data:`fastebm.data.DATASETS` (needed by ``ood``); ood_root: its folder;
+        ood_dataset: one of :data:`fastebm.datasets.DATASETS` (needed by ``ood``); ood_root: its folder;
         ood_max_per_class, ood_subset: as max_per_class and test_subset, for it.
         bins: histogram bins (>= 1). perplexity: t-SNE perplexity (> 0, capped at (points - 1) / 3).
         n_show: extremes: images per row (>= 1).

@@ -8,7 +8,8 @@ import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint, load_model_state
 from ..config import Config, fast_flags, resolve, resolve_device
-from ..data import ImageSet, load_dataset, to_float
+from ..data import ImageSet, to_float
+from ..datasets import load_dataset
 from ..init import p0_from_state_dict
 from ..model import EnergyModel, build_model, model_outputs
 from ..progress import Progress

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..data import ImageSet, load_dataset, to_float
+from ..data import ImageSet, to_float
+from ..datasets import load_dataset
 from ..images import resize
 from .options import EvalError, EvalOptions
 from .records import header, out_dir, run_name, save_npz_images, write_json
