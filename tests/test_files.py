@@ -4,6 +4,7 @@ Checkpoints and the p0 cache are read with ``torch.load(weights_only=True)``; th
 ImageNet 32×32) with an unpickler that builds NumPy arrays and plain values only. Each test hides a command
 in a file and checks that it is refused and never runs.
 """
+import json
 import os
 import pickle
 import zipfile
@@ -125,3 +126,32 @@ def test_dataset_pickles_with_hidden_code_are_refused(tmp_path, dataset):
     with pytest.raises(DatasetError, match="posix.system is not allowed"):
         load_dataset(dataset, str(tmp_path), "train")
     assert not marker.exists()
+
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+@pytest.mark.parametrize("written_by", ["2.14", "2.11"])
+def test_a_checkpoint_of_another_torch_version_resumes_and_evaluates(written_by, tmp_path, capsys):
+    """Checkpoints written by torch 2.14 (CI's) and 2.11 (the GPU image's) under NumPy 2 (tests/data/
+    make_checkpoints.py) load with weights_only, name no NumPy global (so NumPy 1.26 reads them too), resume
+    and evaluate under whichever supported torch runs this test."""
+    src = os.path.join(FIXTURES, f"ckpt-torch{written_by}.pt")
+    import pickletools
+
+    with zipfile.ZipFile(src) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    globals_ = {arg for op, arg, _ in pickletools.genops(pkl) if op.name == "GLOBAL"}
+    assert globals_ and not [g for g in globals_ if g.startswith("numpy")], globals_
+    ckpt = load_checkpoint(src)
+    assert ckpt["iteration"] == 2 and ckpt["arch"]["model"] == "mjem"
+    run = tmp_path / "run"
+    run.mkdir()
+    dst = str(run / "ckpt.pt")
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        g.write(f.read())
+    assert train_main(["--resume", dst, "--epochs", "2"]) == 0
+    assert load_checkpoint(dst)["iteration"] == 4
+    capsys.readouterr()
+    assert eval_main(["--ckpt", dst, "--task", "acc"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["acc"]["accuracy"] <= 1
