@@ -339,7 +339,8 @@ def derive_iters_per_epoch(cfg: Config, n_train: int) -> int:
 
     M-EBM / M-JEM / LSE-JEM: one pass of the labelled loader, ``n_train // cls_batch_size`` (mebm
     ``train_maebm.py`` iterates ``dload_train_labeled``, batch 128, drop_last, even for M-EBM; the p(x)
-    loader of 64 is cycled beside it): 390 on CIFAR, 10,009 on ImageNet 32×32.
+    loader of 64 is cycled beside it): 390 on CIFAR, 10,009 on ImageNet 32×32; CelebA-HQ 128 iterates the
+    batch-64 loader (mebm ``train_maebm_celeba.py``), 468 on its 30,000 images (the dataset's ``epoch_batch``).
     JEM: one pass of its p(x) loader over the images left after JEM's validation hold-out,
     ``(n_train − 5,000) // batch_size`` when that leaves at least half the images (703 on CIFAR), else
     ``n_train // batch_size``. At least 1.
@@ -347,7 +348,7 @@ def derive_iters_per_epoch(cfg: Config, n_train: int) -> int:
     if cfg.model == "jem":
         n = n_train - JEM_N_VALID if n_train - JEM_N_VALID >= n_train // 2 else n_train
         return max(1, n // cfg.batch_size)
-    return max(1, n_train // cfg.cls_batch_size)
+    return max(1, n_train // getattr(cfg, DATASETS[cfg.dataset].epoch_batch))
 
 
 def resolve(overrides: dict) -> Config:

@@ -268,6 +268,8 @@ class Dataset:
         image_size: the side of its images in pixels when fixed (None: from the files or the preset).
         layout: ``"embedded"`` (no files), ``"files"`` (fixed file names under the root) or ``"folders"``
             (``root/<split>/<class>/``): where the content of a split lives, for caches keyed by it.
+        epoch_batch: the Config batch whose one pass over the training set is an epoch for M-EBM / M-JEM /
+            LSE-JEM (``cls_batch_size``: the authors' labelled loader of 128; JEM has its own rule).
     """
 
     name: str
@@ -276,6 +278,7 @@ class Dataset:
     train_size: int | None = None
     image_size: int | None = None
     layout: str = "files"
+    epoch_batch: str = "cls_batch_size"
 
     @property
     def needs_root(self) -> bool:
@@ -338,7 +341,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
         decay_epochs=[80, 120, 160],  # mebm scripts/maebm_celeba.sh --decay_epochs 80 120 160
         cov="lowrank",  # fastebm: a full 49,152² covariance does not fit (rank-100 + diagonal)
         image_size=128,
-    ), layout="folders"),
+    ), layout="folders",
+        epoch_batch="batch_size"),  # mebm train_maebm_celeba.py iterates its batch-64 loader: 30,000 // 64 = 468
     _entry("folder", _folders("folder"), dict(),  # as cifar10; iterations per epoch from the data
            layout="folders"),
 )}

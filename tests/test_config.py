@@ -291,3 +291,11 @@ def test_auto_leaves_the_compiled_step_off_under_ddp():
     assert cfg.compile_step  # explicit: kept, and refused by the trainer with a one-line error
     base = resolve(dict(dataset="cifar10", data_root="x"))
     assert for_device(base, "cpu") != base and base.compile == "auto"  # a new Config; the resolved one is kept
+
+
+def test_an_epoch_is_the_authors_loader_pass():
+    from fastebm.config import derive_iters_per_epoch
+
+    assert derive_iters_per_epoch(resolve(dict(dataset="cifar10")), 50_000) == 390  # labelled loader, 128
+    assert derive_iters_per_epoch(resolve(dict(dataset="celebahq128")), 30_000) == 468  # train_maebm_celeba.py, 64
+    assert derive_iters_per_epoch(resolve(dict(dataset="cifar10", model="jem")), 50_000) == 703  # JEM's p(x) loader
