@@ -200,8 +200,13 @@ class Config:
     rollback_lr_factor: float = _f(0.5, "each rollback multiplies the learning rate (a persistent scale on the "
                                         "schedule) by this", "divergence recovery")
     # best-before-divergence evaluation during training, TensorBoard
-    fid_every: int | None = _f(None, "FID / IS of the whole replay buffer every N epochs, best_fid.pt (none: 5 on "
-                                     "CUDA, 0 = off on CPU)", "evaluation during training")
+    fid_every: int | None = _f(None, "FID / IS of the replay buffer after the first epoch, every N epochs after it "
+                                     "and the last, best_fid.pt (none: 5 on CUDA, 0 = off on CPU)",
+                               "evaluation during training")
+    fid_keep_ratio: float | None = _f(None, "in-training FID / IS: keep the most confident fraction of the buffer "
+                                            "per predicted class (none: 0.1 for classifier models as mebm "
+                                            "train_maebm.py; 1: the whole buffer; mebm: always whole)",
+                                      "evaluation during training")
     keep_every: int = _f(0, "keep ckpt_eNNN.pt every N epochs (0: off)", "evaluation during training")
     inception_weights: str | None = _f(None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (none: "
                                              "torch.hub.get_dir()/checkpoints)", "evaluation during training")
@@ -384,6 +389,8 @@ def resolve(overrides: dict) -> Config:
     explicit_none = {k for k, v in given.items() if v is NONE}
     cfg = Config(**values)
     rules: dict = {}
+    if cfg.fid_keep_ratio is None:  # mebm train_maebm.py: "ratio = 0.1 if arg.pyx else 0.9" (cond_is_fid)
+        rules["fid_keep_ratio"] = 1.0 if cfg.model == "mebm" else 0.1
     if cfg.model == "jem" and "cls_batch_size" not in given:
         rules["cls_batch_size"] = cfg.batch_size  # JEM get_data: both loaders use --batch_size
     if cfg.l2 is None and "l2" not in explicit_none:
@@ -422,6 +429,7 @@ RANGES: dict[str, tuple] = {
     "ckpt_every": (1, None, True, False), "check_every": (1, None, True, False),
     "max_rollbacks": (0, None, True, False), "rollback_lr_factor": (0, 1, False, True),
     "fid_every": (0, None, True, False), "keep_every": (0, None, True, False),  # 0: off
+    "fid_keep_ratio": (0, None, False, False),  # > 1: a count per class
     "seed": (0, 2 ** 32 - 1, True, True),  # numpy's seed range
     "threads": (1, 4096, True, True),
 }

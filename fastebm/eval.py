@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source", default=d.source, help="buffer (replay buffer) or chains (fresh SGLD from p0)")
     g.add_argument("--sgld-steps", type=int, help="SGLD steps for chains and gen (default: the training K)")
     g.add_argument("--keep-ratio", type=float, help="buffer: keep the most confident fraction per "
-                   "predicted class (> 1: a count per class); classifier models")
+                   "predicted class (> 1: a count per class); classifier models (default 0.9, the authors' "
+                   "protocol; 1: the whole buffer)")
     g.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (default: "
                    "pytorch-fid's cache, torch.hub.get_dir()/checkpoints)")
     g.add_argument("--random-inception", action="store_true", help=argparse.SUPPRESS)  # tests only

@@ -30,9 +30,10 @@ text does not give ("-" in a table, or not readable from the flattened text) is 
 The paper does not say how its FID / IS were computed. The authors' code (github sndnyang/mebm) evaluates
 the replay buffer filtered per predicted class: ``train_maebm.py`` keeps the most confident 10 % per class
 when p(y|x) is trained (M-JEM) and 90 % otherwise (M-EBM, by its untrained classifier head), and its README
-reports a CIFAR-10 model at ratio 0.9 (``Task/eval_buffer.py`` ``cond_is_fid``). fastebm's in-training FID
-(``--fid-every``) uses the whole buffer; ``fastebm-eval --keep-ratio`` filters a classifier model's buffer
-after the fact.
+reports a CIFAR-10 model at ratio 0.9 (``Task/eval_buffer.py`` ``cond_is_fid``). fastebm does the same for
+classifier models: 10 % in training (``--fid-keep-ratio``, after the first epoch, every ``--fid-every`` and
+the last, as the authors' loop) and 90 % in ``fastebm-eval`` (``--keep-ratio``); ``mebm`` has no classifier
+head and scores the whole buffer.
 """
 from __future__ import annotations
 
@@ -177,9 +178,6 @@ _PLOT = "numbers only in the figure's plot, not in the text"
 _OTHER = "another method, not trained by fastebm"
 _JEMPP = "JEM++ (Yang & Ji 2021, github sndnyang/JEMPP): not in fastebm"
 _SOFTMAX = "a classifier-only run (no p(x) term; mebm train_maebm.py --px 0): fastebm has no such switch"
-_FID_M = ("the authors' FID filter: top 10 % per predicted class (mebm train_maebm.py 'ratio = 0.1 if arg.pyx'); "
-          "fastebm's in-training FID uses the whole buffer; after the run: fastebm-eval --keep-ratio 0.1 on "
-          "the checkpoints kept with --keep-every")
 _FID_E = ("the authors' FID filter: top 90 % per class as predicted by the untrained classifier head of their "
           "M-EBM (mebm train_maebm.py 'ratio = 0.1 if arg.pyx else 0.9'); fastebm's mebm has no classifier head, "
           "its FID uses the whole buffer")
@@ -227,19 +225,19 @@ _ROWS: tuple[PaperRow, ...] = (
          source="paper Table 2 (FID), Section 5 (50 epochs), Appendix A (WRN-28-2, lr 0.02)"),
     # ---- Table 3: M-JEM on CIFAR-10 (accuracy, IS, FID); Table 6 ----
     _run("t3-mjem-cifar10-k1", "Table 3", "M-JEM", "cifar10", 1, acc=_pct(78.4), inception_score=7.91, fid=29.8,
-         minutes_per_epoch=3.8, footnote=_T3_STAR + "; " + _SMALL_K, needs=_FID_M,
+         minutes_per_epoch=3.8, footnote=_T3_STAR + "; " + _SMALL_K,
          source="paper Table 3, Table 6 (minutes), Section 5 / Appendix A (settings)"),
     _run("t3-mjem-cifar10-k2", "Table 3", "M-JEM", "cifar10", 2, acc=_pct(86.5), inception_score=8.64, fid=19.3,
-         minutes_per_epoch=4.6, footnote=_T3_STAR + "; " + _SMALL_K, needs=_FID_M,
+         minutes_per_epoch=4.6, footnote=_T3_STAR + "; " + _SMALL_K,
          source="paper Table 3, Table 6 (minutes), Section 5 / Appendix A (settings)"),
     _run("t3-mjem-cifar10-k5", "Table 3", "M-JEM", "cifar10", 5, acc=_pct(93.1), inception_score=8.71, fid=12.1,
-         minutes_per_epoch=6.8, footnote=_T6_STABLE, needs=_FID_M,
+         minutes_per_epoch=6.8, footnote=_T6_STABLE,
          source="paper Table 3, Table 6 (minutes), Section 5 / Appendix A (settings)"),
     _run("t3-mjem-cifar10-k10", "Table 3", "M-JEM", "cifar10", 10, acc=_pct(93.8), inception_score=8.52, fid=11.5,
-         minutes_per_epoch=10.5, figures=("Fig. 4(a)",), needs=_FID_M,
+         minutes_per_epoch=10.5, figures=("Fig. 4(a)",),
          source="paper Table 3, Table 6 (minutes), Section 5 / Appendix A (settings), Section 5.3 (Fig. 4a)"),
     _run("t3-mjem-cifar10-k20", "Table 3", "M-JEM", "cifar10", 20, acc=_pct(94.2), inception_score=8.72, fid=12.2,
-         footnote="Table 6 has no M-JEM K = 20 time", needs=_FID_M,
+         footnote="Table 6 has no M-JEM K = 20 time",
          source="paper Table 3, Section 5 / Appendix A (settings)"),
     _run("t3-jem-cifar10-k20", "Table 3", "JEM", "cifar10", 20, acc=_pct(92.9), inception_score=8.76, fid=38.4,
          minutes_per_epoch=15.1, footnote=_T3_PLUS + "; " + _T6_JEM + "; Table 6 times JEM over 390 iterations "
@@ -247,13 +245,13 @@ _ROWS: tuple[PaperRow, ...] = (
          source="paper Table 3 (citing JEM [7]), Table 6 (minutes); recipe: github wgrathwohl/JEM README"),
     # ---- Table 4: M-JEM on CIFAR-100; the JEM baselines ----
     _run("t4-mjem-cifar100-k1", "Table 4", "M-JEM", "cifar100", 1, acc=_pct(46.5), inception_score=8.71, fid=26.2,
-         footnote=_T4_PLUS + "; " + _SMALL_K, needs=_FID_M, source="paper Table 4, Appendix A (settings)"),
+         footnote=_T4_PLUS + "; " + _SMALL_K, source="paper Table 4, Appendix A (settings)"),
     _run("t4-mjem-cifar100-k2", "Table 4", "M-JEM", "cifar100", 2, acc=_pct(63.5), inception_score=11.22, fid=15.1,
-         footnote=_T4_PLUS + "; " + _SMALL_K, needs=_FID_M, source="paper Table 4, Appendix A (settings)"),
+         footnote=_T4_PLUS + "; " + _SMALL_K, source="paper Table 4, Appendix A (settings)"),
     _run("t4-mjem-cifar100-k5", "Table 4", "M-JEM", "cifar100", 5, acc=_pct(73.5), inception_score=11.95, fid=13.5,
-         needs=_FID_M, source="paper Table 4, Appendix A (settings)"),
+         source="paper Table 4, Appendix A (settings)"),
     _run("t4-mjem-cifar100-k10", "Table 4", "M-JEM", "cifar100", 10, acc=_pct(75.1), inception_score=11.72,
-         fid=12.7, needs=_FID_M, source="paper Table 4, Appendix A (settings)"),
+         fid=12.7, source="paper Table 4, Appendix A (settings)"),
     _run("t4-jem-cifar100-k20", "Table 4", "JEM", "cifar100", 20, acc=_pct(70.4), inception_score=10.32, fid=51.7,
          footnote=_T4_STAR + "; the paper does not give the JEM recipe it ran on CIFAR-100 (fastebm: JEM's "
                              "CIFAR-10 recipe on CIFAR-100)",
@@ -268,11 +266,11 @@ _ROWS: tuple[PaperRow, ...] = (
                           "'much higher classification accuracy, comparable FID but a lower Inception Score than "
                           "LSE-JEM', LSE-JEM 'is less stable than M-JEM after 40 epochs'; the M-JEM of Fig. 2(b) "
                           "has no stated K either (Table 4 has K = 1, 2, 5, 10)",
-         source="paper Fig. 2(b), Section 5.3; settings: Appendix A", needs=_FID_M),
+         source="paper Fig. 2(b), Section 5.3; settings: Appendix A"),
     _run("fig4a-lsejem-cifar10-k10", "Fig. 4(a)", "LSE-JEM", "cifar10", 10,
          footnote="t-SNE only (Section 5.3): no accuracy, IS or FID in the paper",
          source="paper Section 5.3 ('three CIFAR10-trained M-EBM, M-JEM, and LSE-JEM with K = 10'); "
-                "settings: Appendix A", needs=_FID_M),
+                "settings: Appendix A"),
     _run("fig4b-mebm-cifar10-k5-nol2", "Fig. 4(b)", "M-EBM", "cifar10", 5, more=("--l2", "0"),
          extra={"l2": 0.0},
          footnote="t-SNE only (Sections 3.2, 5.3: 'M-EBMs(K = 5) with and without energy L2 regularization'): no "

@@ -252,7 +252,8 @@ class Trainer:
                         done % every == 0 or done == cfg.total_iters
                         for every in (cfg.log_every, eval_every, sample_every, ckpt_every))
                     epoch = done // cfg.iters_per_epoch if done % cfg.iters_per_epoch == 0 else 0
-                    epoch_now = epoch > 0 and any(n and epoch % n == 0 for n in (cfg.fid_every, cfg.keep_every))
+                    epoch_now = epoch > 0 and (self._fid_epoch(epoch) or bool(cfg.keep_every and
+                                                                              epoch % cfg.keep_every == 0))
                     if done % cfg.check_every == 0 or log_now or eval_now or sample_now or ckpt_now or epoch_now:
                         self._check(m, done)                            # before anything is logged or saved
                     if log_now:
@@ -388,7 +389,7 @@ class Trainer:
         which may write best_fid.pt); every ``keep_every`` epochs: ``ckpt_e{epoch:03d}.pt``. Collective
         under DDP (every rank calls it)."""
         cfg = self.cfg
-        if cfg.fid_every and epoch % cfg.fid_every == 0:
+        if self._fid_epoch(epoch):
             record = self.buffer_fid()
             improved = self.dist.all_ranks(record is None or record["fid"] < self.best["fid"])
             if record is not None:
@@ -398,11 +399,20 @@ class Trainer:
         if cfg.keep_every and epoch % cfg.keep_every == 0:
             self._save_copy(f"ckpt_e{epoch:03d}.pt")
 
-    def buffer_fid(self) -> dict | None:
-        """FID (pytorch-fid) and Inception Score (unbiased logits) of the whole replay buffer (every rank's
-        shard) against the training data's Inception statistics (computed once per process).
+    def _fid_epoch(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (1-based, just finished) gets a buffer FID: the first, every ``fid_every``-th
+        after it and the last, as the authors' loop (mebm train_maebm.py: ``epoch % 5 == 0 or epoch ==
+        n_epochs - 1``, 0-based)."""
+        n = self.cfg.fid_every
+        return bool(n) and ((epoch - 1) % n == 0 or epoch * self.cfg.iters_per_epoch >= self.cfg.total_iters)
 
-        Returns ``{"fid", "is_mean", "is_std", "n_fake", "n_real"}`` on rank 0, None on the other ranks.
+    def buffer_fid(self) -> dict | None:
+        """FID (pytorch-fid) and Inception Score (unbiased logits) of the replay buffer (every rank's shard)
+        against the training data's Inception statistics (computed once per process). Classifier models keep
+        the most confident ``fid_keep_ratio`` of each predicted class (the authors' ``cond_is_fid``).
+
+        Returns ``{"fid", "is_mean", "is_std", "n_fake", "n_buffer", "n_real", "keep_ratio"}`` on rank 0, None
+        on the other ranks.
         """
         from . import metrics
 
@@ -410,6 +420,12 @@ class Trainer:
         if state is None:
             return None
         fake = state["buffer"]["samples"].clamp(-1, 1)
+        ratio, n_buffer = self.cfg.fid_keep_ratio, len(fake)
+        if ratio != 1 and self.model.has_classifier:  # the authors' cond_is_fid: most confident per class
+            from .evaluation.fid import filter_by_confidence
+
+            keep = filter_by_confidence(model_outputs(self.model, fake, 256, self.device)[1], ratio)
+            fake = fake[torch.as_tensor(keep)] if len(keep) >= 2 else fake  # too few to score: all of it
         if self._inception is None:
             self._inception = metrics.load_inception(None if self.cfg.random_inception else self.cfg.inception_weights,
                                                      device=self.device, random_init=self.cfg.random_inception)
@@ -417,7 +433,8 @@ class Trainer:
             self._real_stats = metrics.activation_statistics(metrics.inception_outputs(
                 self._inception, real, 100, desc="fastebm: FID: Inception features of the training images")[0])
         out = metrics.fid_and_is(self._inception, fake, self._real_stats, batch_size=100)
-        out = {**out, "n_fake": len(fake), "n_real": len(self.train_data)}
+        out = {**out, "n_fake": len(fake), "n_buffer": n_buffer, "n_real": len(self.train_data),
+               "keep_ratio": ratio if self.model.has_classifier else 1.0}
         if self.cfg.random_inception:
             out["meaningless"] = metrics.RANDOM_INCEPTION_NOTE
         return out

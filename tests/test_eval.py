@@ -285,6 +285,15 @@ def test_fid_is_random_inception_buffer_filtered(ckpts, tmp_path, monkeypatch, f
         assert main(argv[:4] + argv[5:]) == 0  # fid only
     again = _json(tmp_path / "fid.json")
     assert again["real_stats_cached"] is True and again["n_real"] == 24 and again["fid"] == fid["fid"]
+    # the authors' protocol by default (the 90 % most confident of each predicted class), all of it one flag away
+    plain = argv[:4] + argv[5:6] + argv[8:]  # fid, without --keep-ratio 0.5
+    with pytest.warns(UserWarning):
+        assert main(plain) == 0
+    default = _json(tmp_path / "fid.json")
+    assert default["keep_ratio"] == 0.9 and default["n_buffer"] == 64 and 48 <= default["n_fake"] < 64
+    with pytest.warns(UserWarning):
+        assert main(plain + ["--keep-ratio", "1"]) == 0
+    assert _json(tmp_path / "fid.json")["n_fake"] == 64
 
 
 def test_the_command_prints_one_json_document_on_stdout_and_the_rest_on_stderr(ckpts, tmp_path):

@@ -22,6 +22,8 @@ from .options import EvalError, EvalOptions, check_keep_ratio
 from .records import header, out_dir, write_json
 from .run import LOG, Run, check_range, check_task, outputs, sample_chains, subsample
 
+EVAL_KEEP_RATIO = 0.9  # the authors' final FID / IS of a classifier model: mebm scripts/eval_all_in_one.sh
+
 
 def filter_by_confidence(probs, keep_ratio: float) -> np.ndarray:
     """Indices of the most confident samples per predicted class (JEM++ / M-EBM ``cond_is_fid``).
@@ -84,18 +86,20 @@ def split_fingerprint(cfg: Config, split: str) -> str:
 
 def generated_images(run: Run, opts: EvalOptions) -> tuple[torch.Tensor, dict]:
     """The generated images of FID / IS, (N, 3, H, W) float32 in [-1, 1], and a dict saying where they came
-    from: ``opts.source`` ``buffer`` (filtered by ``opts.keep_ratio``, then ``opts.n_samples`` of them at
-    random) or ``chains`` (``opts.n_samples`` fresh chains, default |B|, of ``opts.sgld_steps`` steps)."""
+    from: ``opts.source`` ``buffer`` (filtered by ``opts.keep_ratio``, for a classifier model by default
+    :data:`EVAL_KEEP_RATIO` as the authors, then ``opts.n_samples`` of them at random) or ``chains``
+    (``opts.n_samples`` fresh chains, default |B|, of ``opts.sgld_steps`` steps)."""
     info: dict = {"source": opts.source}
     if opts.source == "buffer":
         x = run.buffer
-        if opts.keep_ratio is not None:
+        ratio = opts.keep_ratio if opts.keep_ratio is not None else (EVAL_KEEP_RATIO if run.has_classifier else None)
+        if ratio is not None:
             _, logits = outputs(run, x, opts.batch_size, "fid: classifying the buffer")
-            idx = filter_by_confidence(torch.softmax(logits.double(), 1), opts.keep_ratio)
+            idx = filter_by_confidence(torch.softmax(logits.double(), 1), ratio)
             if len(idx) == 0:
-                raise EvalError(f"{opts.keep_ratio} keeps no buffer image", "keep_ratio")
+                raise EvalError(f"{ratio} keeps no buffer image", "keep_ratio")
             x = x[torch.from_numpy(idx)]
-            info.update(keep_ratio=opts.keep_ratio, n_buffer=len(run.buffer))
+            info.update(keep_ratio=ratio, n_buffer=len(run.buffer))
         x = subsample(x, opts.n_samples, opts.seed)
     else:
         n = opts.n_samples or (len(run.buffer) if run.buffer is not None else run.cfg.buffer_size)

@@ -56,7 +56,8 @@ class EvalOptions:
         source: ``buffer`` (the replay buffer) or ``chains`` (fresh SGLD chains from p0).
         sgld_steps: SGLD steps of chains and of ``gen`` (>= 1); None: the training K.
         keep_ratio: ``source="buffer"`` of a classifier model only: keep the most confident buffer images per
-            predicted class, a fraction in (0, 1] or, above 1, a count per class (JEM++ ``cond_is_fid``).
+            predicted class, a fraction in (0, 1] or, above 1, a count per class (JEM++ ``cond_is_fid``); None:
+            0.9 for a classifier model (the authors' protocol, mebm ``scripts/eval_all_in_one.sh``), 1: all.
         inception_weights: path of ``pt_inception-2015-12-05-6726825d.pth``; None: pytorch-fid's cache.
         random_inception: a randomly initialised Inception (tests and smoke runs: meaningless numbers).
         splits: Inception Score splits (>= 1). fid_split: real-data split, ``train`` or ``test``.
