@@ -203,10 +203,13 @@ class Config:
     fid_every: int | None = _f(None, "FID / IS of the replay buffer after the first epoch, every N epochs after it "
                                      "and the last, best_fid.pt (none: 5 on CUDA, 0 = off on CPU)",
                                "evaluation during training")
-    fid_keep_ratio: float | None = _f(None, "in-training FID / IS: keep the most confident fraction of the buffer "
-                                            "per predicted class (none: 0.1 for classifier models as mebm "
+    fid_keep_ratio: float | None = _f(None, "in-training FID: keep the most confident fraction of the buffer per "
+                                            "predicted class (none: 0.9 for classifier models, mebm "
                                             "train_maebm.py; 1: the whole buffer; mebm: always whole)",
                                       "evaluation during training")
+    is_keep_ratio: float | None = _f(None, "in-training Inception Score: the same for IS (none: 0.1 for classifier "
+                                           "models, mebm train_maebm.py 'ratio = 0.1 if arg.pyx'; at most "
+                                           "--fid-keep-ratio)", "evaluation during training")
     keep_every: int = _f(0, "keep ckpt_eNNN.pt every N epochs (0: off)", "evaluation during training")
     inception_weights: str | None = _f(None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (none: "
                                              "torch.hub.get_dir()/checkpoints)", "evaluation during training")
@@ -389,8 +392,10 @@ def resolve(overrides: dict) -> Config:
     explicit_none = {k for k, v in given.items() if v is NONE}
     cfg = Config(**values)
     rules: dict = {}
-    if cfg.fid_keep_ratio is None:  # mebm train_maebm.py: "ratio = 0.1 if arg.pyx else 0.9" (cond_is_fid)
-        rules["fid_keep_ratio"] = 1.0 if cfg.model == "mebm" else 0.1
+    if cfg.fid_keep_ratio is None:  # mebm train_maebm.py: cond_is_fid(..., ratio=0.9, eval='fid')
+        rules["fid_keep_ratio"] = 1.0 if cfg.model == "mebm" else 0.9
+    if cfg.is_keep_ratio is None:  # mebm train_maebm.py: ratio = 0.1 if arg.pyx else 0.9; cond_is_fid(..., eval='is')
+        rules["is_keep_ratio"] = 1.0 if cfg.model == "mebm" else 0.1
     if cfg.model == "jem" and "cls_batch_size" not in given:
         rules["cls_batch_size"] = cfg.batch_size  # JEM get_data: both loaders use --batch_size
     if cfg.l2 is None and "l2" not in explicit_none:
@@ -429,7 +434,7 @@ RANGES: dict[str, tuple] = {
     "ckpt_every": (1, None, True, False), "check_every": (1, None, True, False),
     "max_rollbacks": (0, None, True, False), "rollback_lr_factor": (0, 1, False, True),
     "fid_every": (0, None, True, False), "keep_every": (0, None, True, False),  # 0: off
-    "fid_keep_ratio": (0, None, False, False),  # > 1: a count per class
+    "fid_keep_ratio": (0, None, False, False), "is_keep_ratio": (0, None, False, False),  # > 1: count per class
     "seed": (0, 2 ** 32 - 1, True, True),  # numpy's seed range
     "threads": (1, 4096, True, True),
 }

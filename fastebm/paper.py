@@ -28,12 +28,13 @@ text does not give ("-" in a table, or not readable from the flattened text) is 
 ``footnote`` says which.
 
 The paper does not say how its FID / IS were computed. The authors' code (github sndnyang/mebm) evaluates
-the replay buffer filtered per predicted class: ``train_maebm.py`` keeps the most confident 10 % per class
-when p(y|x) is trained (M-JEM) and 90 % otherwise (M-EBM, by its untrained classifier head), and its README
+the replay buffer filtered per predicted class: ``train_maebm.py`` scores the FID of the most confident 90 % per
+class and the IS of the most confident 10 % when p(y|x) is trained (M-JEM; 90 % otherwise, M-EBM ranked by its
+untrained classifier head), and its README
 reports a CIFAR-10 model at ratio 0.9 (``Task/eval_buffer.py`` ``cond_is_fid``). fastebm does the same for
-classifier models: 10 % in training (``--fid-keep-ratio``, after the first epoch, every ``--fid-every`` and
-the last, as the authors' loop) and 90 % in ``fastebm-eval`` (``--keep-ratio``); ``mebm`` has no classifier
-head and scores the whole buffer.
+classifier models: in training FID of 90 % and IS of 10 % (``--fid-keep-ratio``, ``--is-keep-ratio``; after the
+first epoch, every ``--fid-every`` and the last, as the authors' loop) and 90 % in ``fastebm-eval``
+(``--keep-ratio``); ``mebm`` has no classifier head and scores the whole buffer.
 """
 from __future__ import annotations
 

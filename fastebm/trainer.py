@@ -409,10 +409,11 @@ class Trainer:
     def buffer_fid(self) -> dict | None:
         """FID (pytorch-fid) and Inception Score (unbiased logits) of the replay buffer (every rank's shard)
         against the training data's Inception statistics (computed once per process). Classifier models keep
-        the most confident ``fid_keep_ratio`` of each predicted class (the authors' ``cond_is_fid``).
+        the most confident ``fid_keep_ratio`` (FID) and ``is_keep_ratio`` (IS) of each predicted class (the
+        authors' ``cond_is_fid``, 0.9 and 0.1 by default); one Inception pass serves both.
 
-        Returns ``{"fid", "is_mean", "is_std", "n_fake", "n_buffer", "n_real", "keep_ratio"}`` on rank 0, None
-        on the other ranks.
+        Returns ``{"fid", "is_mean", "is_std", "n_fake", "n_is", "n_buffer", "n_real", "keep_ratio",
+        "is_keep_ratio"}`` on rank 0, None on the other ranks.
         """
         from . import metrics
 
@@ -420,21 +421,32 @@ class Trainer:
         if state is None:
             return None
         fake = state["buffer"]["samples"].clamp(-1, 1)
-        ratio, n_buffer = self.cfg.fid_keep_ratio, len(fake)
-        if ratio != 1 and self.model.has_classifier:  # the authors' cond_is_fid: most confident per class
+        cfg, n_buffer = self.cfg, len(fake)
+        ranked = self.model.has_classifier and (cfg.fid_keep_ratio, cfg.is_keep_ratio) != (1, 1)
+        keep_fid = keep_is = np.arange(n_buffer)
+        if ranked:  # the authors' cond_is_fid: the most confident images of each predicted class
             from .evaluation.fid import filter_by_confidence
 
-            keep = filter_by_confidence(model_outputs(self.model, fake, 256, self.device)[1], ratio)
-            fake = fake[torch.as_tensor(keep)] if len(keep) >= 2 else fake  # too few to score: all of it
+            logits = model_outputs(self.model, fake, 256, self.device)[1]
+            f, i = (filter_by_confidence(logits, r) for r in (cfg.fid_keep_ratio, cfg.is_keep_ratio))
+            keep_fid = f if len(f) >= 2 else keep_fid                # too few to score: the whole buffer
+            keep_is = i if len(i) >= 2 else keep_fid
+        scored = np.union1d(keep_fid, keep_is)                      # one Inception pass serves both
         if self._inception is None:
-            self._inception = metrics.load_inception(None if self.cfg.random_inception else self.cfg.inception_weights,
-                                                     device=self.device, random_init=self.cfg.random_inception)
+            self._inception = metrics.load_inception(None if cfg.random_inception else cfg.inception_weights,
+                                                     device=self.device, random_init=cfg.random_inception)
             real = to_float(self.train_data.images)
             self._real_stats = metrics.activation_statistics(metrics.inception_outputs(
                 self._inception, real, 100, desc="fastebm: FID: Inception features of the training images")[0])
-        out = metrics.fid_and_is(self._inception, fake, self._real_stats, batch_size=100)
-        out = {**out, "n_fake": len(fake), "n_buffer": n_buffer, "n_real": len(self.train_data),
-               "keep_ratio": ratio if self.model.has_classifier else 1.0}
+        pool, logits = metrics.inception_outputs(self._inception, fake[torch.as_tensor(scored)], 100,
+                                                 desc="fastebm: FID: Inception features of the buffer")
+        pool, logits = pool[np.searchsorted(scored, keep_fid)], logits[np.searchsorted(scored, keep_is)]
+        is_mean, is_std = metrics.inception_score(logits, min(10, len(logits)), True, 0)
+        out = {"fid": metrics.frechet_distance(*self._real_stats, *metrics.activation_statistics(pool)),
+               "is_mean": is_mean, "is_std": is_std, "n_fake": len(keep_fid), "n_is": len(keep_is),
+               "n_buffer": n_buffer, "n_real": len(self.train_data),
+               "keep_ratio": cfg.fid_keep_ratio if ranked else 1.0,
+               "is_keep_ratio": cfg.is_keep_ratio if ranked else 1.0}
         if self.cfg.random_inception:
             out["meaningless"] = metrics.RANDOM_INCEPTION_NOTE
         return out

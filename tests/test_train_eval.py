@@ -28,7 +28,7 @@ def _iteration(path):
 def test_fid_every_best_checkpoints_history_tensorboard_and_p0(tmp_path, fast_fid):
     out = str(tmp_path / "run")
     assert main([*RUN, "--out", out, "--fid-every", "1", "--random-inception", "--keep-every", "2",
-                 "--fid-keep-ratio", "1"]) == 0
+                 "--fid-keep-ratio", "1", "--is-keep-ratio", "1"]) == 0
     fid = _records(out, "fid")
     assert [r["epoch"] for r in fid] == [1, 2, 3] and [r["iter"] for r in fid] == [2, 4, 6]
     assert all(r["fid"] > 0 and r["is_mean"] >= 1 and r["n_fake"] == 32 and r["n_real"] == 40 for r in fid)
@@ -56,14 +56,15 @@ def test_fid_every_best_checkpoints_history_tensorboard_and_p0(tmp_path, fast_fi
 
 
 def test_in_training_fid_follows_the_authors_cadence_and_filter(tmp_path, fast_fid):
-    """First epoch, every fid_every-th after it, the last (mebm train_maebm.py); M-JEM scores the most
-    confident 10 % of each predicted class (cond_is_fid, ratio 0.1), keeping at least 2 images."""
+    """First epoch, every fid_every-th after it, the last (mebm train_maebm.py); M-JEM's FID scores the most
+    confident 90 % of each predicted class and its IS the most confident 10 % (cond_is_fid), at least 2 images."""
     out = str(tmp_path / "run")
     run = [a if a != "32" or i == 0 or RUN[i - 1] != "--buffer-size" else "200" for i, a in enumerate(RUN)]
     assert main([*run, "--out", out, "--fid-every", "2", "--random-inception", "--epochs", "4"]) == 0
     fid = _records(out, "fid")
     assert [r["epoch"] for r in fid] == [1, 3, 4]
-    assert all(r["keep_ratio"] == 0.1 and r["n_buffer"] == 200 and 2 <= r["n_fake"] <= 20 for r in fid), fid
+    assert all(r["keep_ratio"] == 0.9 and r["is_keep_ratio"] == 0.1 and r["n_buffer"] == 200 for r in fid), fid
+    assert all(170 <= r["n_fake"] < 200 and 2 <= r["n_is"] <= 20 for r in fid), fid
 
 
 def test_fid_every_without_inception_weights_is_a_one_line_error(tmp_path, capsys, monkeypatch):
