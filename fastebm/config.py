@@ -33,8 +33,8 @@ digits         WRN-10-1     tiny CPU demo: 3 epochs of 100 iterations, lr 0.05, 
 
 K rule (mebm ``scripts/maebm_cifar10.sh`` at commit da79aff, its closing comment: "K=2 ... l2_coeff 0.1 and
 sgld_std 0; K>=5, l2_coeff=0.5, sgld_std=0.001"): λ (L2 energy) = 0.1 and σ (SGLD noise) = 0 for K ≤ 2;
-λ = 0.5 and σ = 0.001 for K ≥ 3 (K = 3, 4 follow the larger-K rule). Table 5 of the paper (and the later
-revision 652f5c6 of that script) gives σ = 0.001, λ = 0.5 for K = 2 as well: ``--noise 0.001 --l2 0.5``.
+λ = 0.5 and σ = 0.001 for K ≥ 3 (K = 3, 4 follow the larger-K rule). Table 5 of the paper (and the earlier
+revision 652f5c6 of that script, 2022-03-09) gives σ = 0.001, λ = 0.5 for K = 2 as well: ``--noise 0.001 --l2 0.5``.
 
 Where the paper and the authors' code disagree, the choice and the way to the other:
 
@@ -135,8 +135,9 @@ class Config:
     sgld_bn: str = _f("batch", "BatchNorm while sampling", "SGLD")  # mebm sample_q: f stays in train mode
     # loss
     l2: float | None = _f(None, "λ, L2 energy regularization (none: by the K rule)", "loss")  # K rule
-    reg_form: str = _f("eq8", "L2 term: eq8 (paper Eq. 8, per sample) or reference (mebm code: squared "
-                              "batch means)", "loss")
+    reg_form: str = _f("eq8", "L2 term: eq8 (paper Eq. 8, per sample), reference (mebm train_maebm.py to "
+                              "20bbf21: squared batch means) or reference-f7ae2f1 (the latest: data per sample, "
+                              "negatives' mean)", "loss")
     cls_weight: float = _f(1.0, "weight of the cross-entropy term", "loss")  # mebm scripts --pyx 1.0
     batch_size: int = _f(64, "p(x) batch (positives and SGLD chains)", "loss")  # mebm train_maebm.py --batch_size 64
     cls_batch_size: int = _f(128, "p(y|x) batch, augmented; it also sets the epoch (one pass of it)",
