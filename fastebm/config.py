@@ -428,7 +428,8 @@ RANGES: dict[str, tuple] = {
     "epochs": (1, None, True, False), "iters_per_epoch": (1, None, True, False),
     "batch_size": (1, None, True, False), "cls_batch_size": (1, None, True, False),
     "buffer_size": (1, None, True, False), "rank": (1, None, True, False), "warmup_iters": (0, None, True, False),
-    "depth": (1, None, True, False), "width": (1, None, True, False), "image_size": (8, 1024, True, True),
+    "depth": (1, 1000, True, True),  # deeper is no WRN anyone trains (and is refused before it is built)
+    "width": (1, None, True, False), "image_size": (8, 1024, True, True),
     "train_subset": (1, None, True, False), "test_subset": (1, None, True, False),
     "max_per_class": (1, None, True, False), "log_every": (1, None, True, False),
     "eval_every": (1, None, True, False), "sample_every": (1, None, True, False),
@@ -548,7 +549,11 @@ def check_fits(cfg: Config, n_train: int, device, world_size: int = 1, available
         raise ValueError(f"the training set holds {n_train} image(s) (--train-subset, --max-per-class, the data); "
                          f"expected at least 2 (the p0 fit and the batches need them)")
     free = available_memory(device) if available is None else available
-    weights = count_weights(cfg)
+    try:
+        weights = count_weights(cfg)
+    except RuntimeError as e:  # a layer with more elements than torch can address
+        raise ValueError(f"--depth {cfg.depth} --width {cfg.width}: a WRN-{cfg.depth}-{cfg.width} has a layer larger "
+                         f"than torch can address ({e})") from None
     if 16 * weights > free:  # fp32 weights, gradients and up to two optimizer moments
         raise ValueError(f"--depth {cfg.depth} --width {cfg.width}: a WRN-{cfg.depth}-{cfg.width} has "
                          f"{weights / 1e6:.4g} M weights; training needs about {16 * weights / 2 ** 30:.4g} GiB "

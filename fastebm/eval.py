@@ -3,8 +3,9 @@
 Reproduces the measurements and figures of the M-EBM paper (Yang & Ji, "M-EBM: Towards Understanding the
 Manifolds of Energy-Based Models") from checkpoints written by :class:`fastebm.trainer.Trainer`. Each task
 writes ``<task>.json`` (its numbers) and PNG figures into ``--out`` (default: ``eval/`` next to the
-checkpoint). With several ``--ckpt``, ``tsne`` embeds them jointly; the other tasks run per checkpoint
-(into ``--out/<run folder name>`` or each checkpoint's own ``eval/<checkpoint stem>``).
+checkpoint). With several ``--ckpt``, ``tsne`` embeds them jointly and ``curves`` draws them together; the
+other tasks run per checkpoint (into ``--out/<run folder name>`` or each checkpoint's own
+``eval/<checkpoint stem>``).
 
 ========  =========================================================================================
 fid       FID of generated images (pytorch-fid's InceptionV3 and ``calculate_frechet_distance``)
@@ -15,6 +16,7 @@ ece       expected calibration error and a reliability diagram (classifier model
 ood       AUROC (scikit-learn) of the test set vs ``--ood-dataset`` for log p(x), max softmax, grad norm
 logpx     log p(x) = -E(x) histograms per class: test data by label, buffer by predicted class (Fig. 6)
 tsne      one joint t-SNE of penultimate features of x+, x0 ~ p0 and buffer x- of each checkpoint (Fig. 4)
+curves    test accuracy, FID and IS against epoch of each checkpoint's run, from its metrics.jsonl (Fig. 2(b))
 extremes  per class, buffer samples with the highest / lowest p(x) and p(y|x) (Figs. 5, 9-17)
 energy    distributions of E(x+), E(x0), E(x-) (violins and histograms)
 p0        μ of p0 and a grid of p0 samples (Fig. 7)
@@ -23,7 +25,8 @@ p0        μ of p0 and a grid of p0 samples (Fig. 7)
 Figures (every task but fid / is / acc / gen / p0) need matplotlib (``pip install 'fastebm[plots]'``).
 
 Output: stdout is one JSON object, for ``| jq``: with one ``--ckpt``, task -> record (the content of
-``<task>.json``); with several, task -> checkpoint path -> record, and the joint ``tsne`` as one record.
+``<task>.json``); with several, task -> checkpoint path -> record, and the joint ``tsne`` and ``curves`` as one
+record each.
 Everything else (progress, warnings, the folders written, errors) goes to stderr. Progress is a bar on a
 terminal and one line at most every 10 s otherwise (:mod:`fastebm.progress`).
 
@@ -87,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--version", action="version", version=f"fastebm {__version__}")
     a("--ckpt", nargs="+", required=True, help="checkpoint(s) written by fastebm.train (RUN/ckpt.pt); several: "
-      "tsne embeds them jointly, other tasks run per checkpoint")
+      "tsne and curves take them together, other tasks run per checkpoint")
     a("--task", nargs="+", required=True, help=f"one or several of {', '.join(TASKS)} (or comma-separated)")
     a("--out", help="output folder (default: eval/ next to the checkpoint)")
     a("--device", default=d.device, help="auto, cpu, cuda, cuda:N")

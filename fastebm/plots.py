@@ -127,3 +127,22 @@ def image_table(path: str, cells: list[list[torch.Tensor]], row_labels: list[str
             _show(axes[r, c], x, nrow=n, title=col_labels[c] if r == 0 else None)
         axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
     return _save(fig, path)
+
+
+def curves(path: str, panels: list[tuple[str, dict[str, tuple[list, list]]]], xlabel: str = "epoch") -> str:
+    """Line panels side by side, ``panels = [(ylabel, {run label: (x values, y values)})]``, one colour per run
+    across panels (e.g. accuracy, FID and IS against epoch of two runs, the paper's Fig. 2(b))."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    labels = list(dict.fromkeys(label for _, series in panels for label in series))
+    for ax, (ylabel, series) in zip(axes.flat, panels):
+        for label, (x, y) in series.items():
+            if len(x):
+                ax.plot(x, y, marker="o", ms=3, color=COLORS[labels.index(label) % 10], label=label)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+        else:  # e.g. no FID rows: the run had --fid-every 0
+            ax.text(0.5, 0.5, "no rows", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -418,3 +418,30 @@ def test_chains_run_through_the_fast_sampler(ckpts, monkeypatch):
 def test_help_shows_no_none_defaults():
     text = " ".join(build_parser().format_help().split())
     assert "default: None" not in text and "(default: auto)" in text
+
+
+def test_curves_of_several_runs_in_one_figure(ckpts, tmp_path, capsys):
+    """Fig. 2(b): accuracy / FID / IS against epoch of two runs, from their metrics.jsonl."""
+    assert main(["--ckpt", ckpts["mjem"], ckpts["mebm"], "--task", "curves", "--out", str(tmp_path)]) == 0
+    record = json.loads(capsys.readouterr().out)["curves"]
+    assert record == _json(tmp_path / "curves.json") and record["checkpoints"] == [ckpts["mjem"], ckpts["mebm"]]
+    _png_ok(record["png"])
+    (mjem,) = [s for label, s in record["series"].items() if "(mjem, K=1)" in label]
+    with open(os.path.join(os.path.dirname(ckpts["mjem"]), "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if r["kind"] == "eval" and "test_acc" in r]
+    assert evals and mjem["test accuracy"]["value"] == [r["test_acc"] for r in evals]
+
+
+def test_curves_read_the_last_row_of_each_iteration(tmp_path):
+    import types
+
+    from fastebm.evaluation import read_curves
+
+    rows = [{"kind": "eval", "iter": 10, "test_acc": 0.1}, {"kind": "fid", "iter": 10, "fid": 90.0, "is_mean": 2.0},
+            {"kind": "eval", "iter": 20, "test_acc": 0.2}, {"kind": "rollback", "iter": 10},
+            {"kind": "eval", "iter": 20, "test_acc": 0.3}]  # iteration 20 again after the rollback
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"kind": "ev')
+    run = types.SimpleNamespace(ckpt=str(tmp_path / "ckpt.pt"), cfg=types.SimpleNamespace(iters_per_epoch=10))
+    got = read_curves(run)
+    assert got["test accuracy"] == ([1.0, 2.0], [0.1, 0.3])
+    assert got["FID"] == ([1.0], [90.0]) and got["Inception Score"] == ([1.0], [2.0])

@@ -205,8 +205,9 @@ def test_a_cpu_checkpoint_gets_the_fast_path_on_cuda(tmp_path):
     (["--seed", "-1"], "--seed: expected a value in [0, 4294967295]"),
     (["--device", "meta"], "--device: expected 'auto', 'cpu', 'cuda'"),
     (["--out", "/dev/null"], "--out /dev/null: cannot make the run folder"),
-    (["--depth", "99999999999999999994"], "a WRN-99999999999999999994-1 has"),
+    (["--depth", "99999999999999999994"], "--depth: expected a value in [1, 1000]"),
     (["--width", "100000"], "--depth 10 --width 100000: a WRN-10-100000 has"),
+    (["--width", "1000000000000"], "--depth 10 --width 1000000000000: a WRN-10-1000000000000 has a layer larger"),
     (["--train-subset", "1", "--batch-size", "1", "--cls-batch-size", "1"], "holds 1 image(s) (--train-subset"),
 ])
 def test_cli_bad_input_gives_one_line_error(argv, match, capsys, tmp_path):

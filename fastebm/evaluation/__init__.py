@@ -13,6 +13,7 @@ Modules: ``options`` (:class:`EvalOptions`, :class:`EvalError`, :data:`TASKS`), 
 real statistics), ``tasks`` (every other task), ``records`` (the JSON and .npz files), ``runner`` (several tasks
 and checkpoints).
 """
+from .curves import read_curves, task_curves
 from .fid import fid_and_is, filter_by_confidence, split_fingerprint, task_fid, task_is
 from .options import TASKS, EvalError, EvalOptions
 from .run import Run, check_task, load_run, sample_chains
@@ -22,4 +23,4 @@ from .tasks import task_acc, task_ece, task_energy, task_extremes, task_gen, tas
 __all__ = ["TASKS", "TASK_FUNCTIONS", "EvalError", "EvalOptions", "Run", "check_task", "evaluate", "fid_and_is",
            "filter_by_confidence", "load_run", "run_tasks", "sample_chains", "split_fingerprint", "task_acc",
            "task_ece", "task_energy", "task_extremes", "task_fid", "task_gen", "task_is", "task_logpx", "task_ood",
-           "task_p0", "task_tsne"]
+           "task_p0", "task_tsne", "task_curves", "read_curves"]

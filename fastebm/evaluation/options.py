@@ -7,7 +7,7 @@ import re
 
 from ..datasets import DATASETS
 
-TASKS = ("fid", "is", "gen", "acc", "ece", "ood", "logpx", "tsne", "extremes", "energy", "p0")
+TASKS = ("fid", "is", "gen", "acc", "ece", "ood", "logpx", "tsne", "extremes", "energy", "p0", "curves")
 
 
 class EvalError(ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from .curves import task_curves
 from .fid import fid_and_is, task_fid, task_is
 from .options import EvalOptions
 from .records import run_name
@@ -12,7 +13,8 @@ from .tasks import task_acc, task_ece, task_energy, task_extremes, task_gen, tas
 
 TASK_FUNCTIONS = {"fid": task_fid, "is": task_is, "gen": task_gen, "acc": task_acc, "ece": task_ece,
                   "ood": task_ood, "logpx": task_logpx, "tsne": task_tsne, "extremes": task_extremes,
-                  "energy": task_energy, "p0": task_p0}
+                  "energy": task_energy, "p0": task_p0, "curves": task_curves}
+JOINT = {"tsne": task_tsne, "curves": task_curves}  # one record for several checkpoints together
 
 
 def run_tasks(run: Run, opts: EvalOptions) -> dict[str, dict]:
@@ -36,25 +38,26 @@ def evaluate(runs: list[Run], opts: EvalOptions) -> tuple[dict, list[str]]:
     """Run ``opts.tasks`` on one or several checkpoints, checking every (checkpoint, task) pair first.
 
     One checkpoint: its results go to ``opts.out`` (default ``eval/`` next to it). Several: ``tsne`` embeds
-    them jointly (one record, in ``opts.out``, default ``eval/`` next to the first), and every other task runs
+    them jointly and ``curves`` draws them in one figure (one record each, in ``opts.out``, default ``eval/`` next
+    to the first), and every other task runs
     per checkpoint, into ``opts.out/<run folder name>`` (``-1``, ``-2``, ... appended when two names clash) or,
     without ``opts.out``, ``eval/<checkpoint stem>`` next to each checkpoint.
 
     Returns:
         (results, folders written). Results: one checkpoint, task -> record; several, task -> checkpoint path ->
-        record, except the joint ``tsne``: one record.
+        record, except the joint ``tsne`` and ``curves``: one record each.
     """
     for run in runs:  # reject model/task mismatches before any expensive work
         for task in opts.tasks:
             check_task(run, opts, task)
     results: dict = {}
     folders: list[str] = []
-    joint = "tsne" in opts.tasks and len(runs) > 1
-    if joint:
+    joint = [t for t in opts.tasks if t in JOINT] if len(runs) > 1 else []
+    for task in dict.fromkeys(joint):
         out = opts.out or os.path.join(os.path.dirname(runs[0].ckpt), "eval")
-        results["tsne"] = task_tsne(runs[0], dataclasses.replace(opts, out=out), runs[1:])
+        results[task] = JOINT[task](runs[0], dataclasses.replace(opts, out=out), runs[1:])
         folders.append(out)
-    rest = dataclasses.replace(opts, tasks=tuple(t for t in opts.tasks if not (joint and t == "tsne")))
+    rest = dataclasses.replace(opts, tasks=tuple(t for t in opts.tasks if t not in joint))
     if not rest.tasks:
         return results, folders
     if len(runs) == 1:
