@@ -250,6 +250,28 @@ def load_folder(root: str, split: str, image_size: int | None = None, name: str 
     return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), len(classes), name, classes)
 
 
+def has_test_split(name: str, root: str | None, train_classes: list[str] | None, say: bool = True) -> bool:
+    """Whether dataset ``name`` under ``root`` has a test split to evaluate on, checked before training: a folder
+    test split with a class the training split (``train_classes``) lacks is a DatasetError now, not after an
+    epoch; a folder layout without ``test/`` or ``val/`` is said once on stderr (``say``). Training data given
+    in memory (no ``root`` for a dataset that needs one) has none."""
+    if DATASETS[name].needs_root and not root:
+        return False
+    if train_classes is None:
+        return True
+    test_dir = split_folder(root, "test")
+    if test_dir is None:
+        if say:
+            print(f"fastebm: warning: {name}: no test/ or val/ folder under {root!r}: no test evaluation (eval rows "
+                  f"stay empty)", file=sys.stderr)
+        return False
+    unknown = [c for c in folder_classes(test_dir)[0] if c not in train_classes]
+    if unknown:
+        raise DatasetError(f"{name}: {test_dir!r} holds class folder(s) the training split lacks: "
+                           f"{', '.join(unknown[:5])}; expected a subset of the training classes")
+    return True
+
+
 def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
     """(N, 3, H, W) uint8 → (N, 3, size, size) uint8, antialiased (:func:`fastebm.images.resize`)."""
     return resize(images, size, chunk)

@@ -128,3 +128,44 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", st
         for item in iterable:
             yield item
             p.update(1)
+
+
+class TrainingProgress:
+    """The training loop's progress on stderr: a tqdm bar on a terminal (loss, energies, accuracy beside it); in a
+    redirected log, one line every 10 s for the first minute, then every minute. ``update(n)`` takes the
+    iteration reached (a rollback may go back); ``metrics(row)`` the last ``train`` row of metrics.jsonl."""
+
+    def __init__(self, total: int, initial: int):
+        self.total, self.n0, self.t0, self.due, self.last = total, initial, time.perf_counter(), 10.0, {}
+        self.bar = None
+        if is_terminal(sys.stderr):
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=1.0)
+
+    def metrics(self, last: dict) -> None:
+        self.last = last
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{last['loss']:.3g}", e_pos=f"{last['e_pos']:.3g}",
+                                 e_neg=f"{last['e_neg']:.3g}", acc=f"{last['acc']:.2f}")
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            if n < self.bar.n:                                       # a rollback went back
+                self.bar.n = n
+                self.bar.refresh()
+            else:
+                self.bar.update(n - self.bar.n)
+            return
+        elapsed = time.perf_counter() - self.t0
+        if elapsed < self.due or n >= self.total:
+            return
+        self.due = elapsed + (10.0 if elapsed < 60 else 60.0)
+        rate = (n - self.n0) / elapsed
+        left = f", about {duration((self.total - n) / rate)} left" if rate > 0 else ""
+        loss = f"; loss {self.last['loss']:.3g}, acc {self.last['acc']:.2f}" if self.last else ""
+        print(f"fastebm: iteration {n}/{self.total} ({rate:.2f} it/s{left}){loss}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+

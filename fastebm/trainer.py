@@ -13,13 +13,13 @@ import os
 import random
 import sys
 import time
-import warnings
 
 import numpy as np
 import torch
 
 from .algorithm import Algorithm1
 from .buffer import ReplayBuffer
+from .bufferfid import BufferScore, fid_cadence, fid_epoch
 from .checkpoint import (
     CheckpointError,
     atomic_save,
@@ -30,15 +30,15 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import Config, check_fits, derive_iters_per_epoch, for_device, resolve_device
-from .data import Batches, DatasetError, ImageSet, to_float, to_uint8
-from .datasets import DATASETS, folder_classes, load_dataset, split_folder
+from .data import Batches, ImageSet, to_uint8
+from .datasets import has_test_split, load_dataset
 from .distributed import DistContext
 from .fastpath import FastPath
 from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
 from .loss import classification_loss
 from .model import build_model, model_outputs
 from .profiling import enable as enable_nvtx
-from .progress import duration, is_terminal
+from .progress import TrainingProgress
 from .recovery import DivergenceError, DivergenceWatch, rollback_seed
 from .runfolder import default_run_folder
 from .runlog import RunLog
@@ -88,7 +88,8 @@ class Trainer:
                                       cfg.image_size)
         self.train_data = train_data.subset(cfg.train_subset, cfg.seed)
         self.test_data = test_data
-        self._no_test_split = test_data is None and self._check_test_split(cfg)
+        self._no_test_split = test_data is None and not has_test_split(cfg.dataset, cfg.data_root,
+                                                                        self.train_data.classes, self.dist.is_main)
         fid_explicit = cfg.fid_every is not None
         cfg = for_device(cfg, self.device.type, self.dist.world_size)
         cfg = dataclasses.replace(
@@ -100,7 +101,7 @@ class Trainer:
         # sizes that cannot fit the data or the device fail here, before the model, p0 or buffer
         check_fits(cfg, len(self.train_data), self.device, self.dist.world_size)
         cfg = dataclasses.replace(cfg, out=cfg.out or default_run_folder(cfg.dataset, cfg.model, cfg.k))
-        cfg = dataclasses.replace(cfg, fid_every=_fid_cadence(cfg, fid_explicit))
+        cfg = dataclasses.replace(cfg, fid_every=fid_cadence(cfg, fid_explicit))
         self.cfg, self.out = cfg, cfg.out
         slow = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("amp", "sgld_amp")
                 if self.device.type == "cpu" and getattr(cfg, name) in ("bf16", "fp16")
@@ -149,27 +150,8 @@ class Trainer:
         self.last_checkpoint_iteration = 0                          # the iteration that checkpoint holds
         self.watch = DivergenceWatch(cfg.max_loss)                   # device-side note of a divergence
         self.runlog = RunLog(self.out, write=self.dist.is_main)     # metrics.jsonl, TensorBoard, grids
-        self._inception, self._real_stats = None, None
+        self.scorer = BufferScore(cfg, self.device)                  # in-training FID / IS
         self.best = {"fid": float("inf"), "test_acc": -float("inf")}
-
-    def _check_test_split(self, cfg: Config) -> bool:
-        """For a folder layout: a test split with a class the training split lacks is an error now, not after an
-        epoch; no test split at all is said once (evaluation then logs nothing). Returns whether there is none."""
-        if DATASETS[cfg.dataset].needs_root and not cfg.data_root:  # training data given in memory: no split
-            return True
-        if self.train_data.classes is None:
-            return False
-        test_dir = split_folder(cfg.data_root, "test")
-        if test_dir is None:
-            if self.dist.is_main:
-                print(f"fastebm: warning: {cfg.dataset}: no test/ or val/ folder under {cfg.data_root!r}: no test "
-                      f"evaluation (eval rows stay empty)", file=sys.stderr)
-            return True
-        unknown = [c for c in folder_classes(test_dir)[0] if c not in self.train_data.classes]
-        if unknown:
-            raise DatasetError(f"{cfg.dataset}: {test_dir!r} holds class folder(s) the training split lacks: "
-                               f"{', '.join(unknown[:5])}; expected a subset of the training classes")
-        return False
 
     @property
     def p0(self):
@@ -235,7 +217,7 @@ class Trainer:
         if cfg.on_divergence == "rollback" and not _same_file(self.last_checkpoint, self.ckpt_path):
             self.save_checkpoint()                                  # a state to return to from the start
         self.on_fit_start()
-        bar = _Progress(cfg.total_iters, self.iteration) if cfg.progress and self.dist.is_main else None
+        bar = TrainingProgress(cfg.total_iters, self.iteration) if cfg.progress and self.dist.is_main else None
         last, t0, it0 = {}, time.perf_counter(), self.iteration
         try:
             while self.iteration < cfg.total_iters:
@@ -252,7 +234,7 @@ class Trainer:
                         done % every == 0 or done == cfg.total_iters
                         for every in (cfg.log_every, eval_every, sample_every, ckpt_every))
                     epoch = done // cfg.iters_per_epoch if done % cfg.iters_per_epoch == 0 else 0
-                    epoch_now = epoch > 0 and (self._fid_epoch(epoch) or bool(cfg.keep_every and
+                    epoch_now = epoch > 0 and (fid_epoch(cfg, epoch) or bool(cfg.keep_every and
                                                                               epoch % cfg.keep_every == 0))
                     if done % cfg.check_every == 0 or log_now or eval_now or sample_now or ckpt_now or epoch_now:
                         self._check(m, done)                            # before anything is logged or saved
@@ -389,7 +371,7 @@ class Trainer:
         which may write best_fid.pt); every ``keep_every`` epochs: ``ckpt_e{epoch:03d}.pt``. Collective
         under DDP (every rank calls it)."""
         cfg = self.cfg
-        if self._fid_epoch(epoch):
+        if fid_epoch(self.cfg, epoch):
             record = self.buffer_fid()
             improved = self.dist.all_ranks(record is None or record["fid"] < self.best["fid"])
             if record is not None:
@@ -399,57 +381,13 @@ class Trainer:
         if cfg.keep_every and epoch % cfg.keep_every == 0:
             self._save_copy(f"ckpt_e{epoch:03d}.pt")
 
-    def _fid_epoch(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` (1-based, just finished) gets a buffer FID: the first, every ``fid_every``-th
-        after it and the last, as the authors' loop (mebm train_maebm.py: ``epoch % 5 == 0 or epoch ==
-        n_epochs - 1``, 0-based)."""
-        n = self.cfg.fid_every
-        return bool(n) and ((epoch - 1) % n == 0 or epoch * self.cfg.iters_per_epoch >= self.cfg.total_iters)
-
     def buffer_fid(self) -> dict | None:
-        """FID (pytorch-fid) and Inception Score (unbiased logits) of the replay buffer (every rank's shard)
-        against the training data's Inception statistics (computed once per process). Classifier models keep
-        the most confident ``fid_keep_ratio`` (FID) and ``is_keep_ratio`` (IS) of each predicted class (the
-        authors' ``cond_is_fid``, 0.9 and 0.1 by default); one Inception pass serves both.
-
-        Returns ``{"fid", "is_mean", "is_std", "n_fake", "n_is", "n_buffer", "n_real", "keep_ratio",
-        "is_keep_ratio"}`` on rank 0, None on the other ranks.
-        """
-        from . import metrics
-
+        """FID / IS of the replay buffer (every rank's shard, gathered) as the authors score it
+        (:class:`~fastebm.bufferfid.BufferScore`); the record on rank 0, None on the other ranks."""
         state = self.dist.gather_checkpoint({"buffer": {"samples": self.buffer.samples}, "rng": None})
         if state is None:
             return None
-        fake = state["buffer"]["samples"].clamp(-1, 1)
-        cfg, n_buffer = self.cfg, len(fake)
-        ranked = self.model.has_classifier and (cfg.fid_keep_ratio, cfg.is_keep_ratio) != (1, 1)
-        keep_fid = keep_is = np.arange(n_buffer)
-        if ranked:  # the authors' cond_is_fid: the most confident images of each predicted class
-            from .evaluation.fid import filter_by_confidence
-
-            logits = model_outputs(self.model, fake, 256, self.device)[1]
-            f, i = (filter_by_confidence(logits, r) for r in (cfg.fid_keep_ratio, cfg.is_keep_ratio))
-            keep_fid = f if len(f) >= 2 else keep_fid                # too few to score: the whole buffer
-            keep_is = i if len(i) >= 2 else keep_fid
-        scored = np.union1d(keep_fid, keep_is)                      # one Inception pass serves both
-        if self._inception is None:
-            self._inception = metrics.load_inception(None if cfg.random_inception else cfg.inception_weights,
-                                                     device=self.device, random_init=cfg.random_inception)
-            real = to_float(self.train_data.images)
-            self._real_stats = metrics.activation_statistics(metrics.inception_outputs(
-                self._inception, real, 100, desc="fastebm: FID: Inception features of the training images")[0])
-        pool, logits = metrics.inception_outputs(self._inception, fake[torch.as_tensor(scored)], 100,
-                                                 desc="fastebm: FID: Inception features of the buffer")
-        pool, logits = pool[np.searchsorted(scored, keep_fid)], logits[np.searchsorted(scored, keep_is)]
-        is_mean, is_std = metrics.inception_score(logits, min(10, len(logits)), True, 0)
-        out = {"fid": metrics.frechet_distance(*self._real_stats, *metrics.activation_statistics(pool)),
-               "is_mean": is_mean, "is_std": is_std, "n_fake": len(keep_fid), "n_is": len(keep_is),
-               "n_buffer": n_buffer, "n_real": len(self.train_data),
-               "keep_ratio": cfg.fid_keep_ratio if ranked else 1.0,
-               "is_keep_ratio": cfg.is_keep_ratio if ranked else 1.0}
-        if self.cfg.random_inception:
-            out["meaningless"] = metrics.RANDOM_INCEPTION_NOTE
-        return out
+        return self.scorer(self.model, state["buffer"]["samples"], self.train_data)
 
     def keep_best(self, record: dict) -> None:
         """best_acc.pt when an ``eval`` record beats the best test accuracy so far; remembers the best FID
@@ -557,69 +495,6 @@ class Trainer:
         self.last_checkpoint, self.last_checkpoint_iteration = path, self.iteration
 
 
-def _fid_cadence(cfg: Config, explicit: bool) -> int:
-    """``fid_every`` after checking that FID can run (pytorch-fid installed, the Inception weights file there):
-    an explicit ``--fid-every`` that cannot is a ValueError saying what to do; the device default (5 on CUDA)
-    is turned off with a warning."""
-    from . import metrics
-
-    if not cfg.fid_every:
-        return cfg.fid_every
-    missing = metrics.missing_packages()
-    path = cfg.inception_weights or metrics.default_inception_weights_path()
-    if missing:
-        msg = (f"--fid-every: FID needs {' and '.join(missing)}, not installed: {metrics.METRICS_EXTRA}, or "
-               f"--fid-every 0")
-    elif cfg.random_inception or os.path.isfile(path):
-        return cfg.fid_every
-    else:
-        msg = (f"--fid-every: the FID Inception weights are not at {path!r}; pass --inception-weights "
-               f"PATH ({metrics.FID_WEIGHTS_URL}) or --fid-every 0")
-    if explicit:
-        raise ValueError(msg)
-    warnings.warn(msg + "; in-training FID is off", UserWarning, stacklevel=3)
-    return 0
-
-
 def _same_file(a: str | None, b: str) -> bool:
     return a is not None and os.path.abspath(a) == os.path.abspath(b)
-
-
-class _Progress:
-    """The loop's progress on stderr: a tqdm bar on a terminal; in a redirected log, one line every 10 s for
-    the first minute, then every minute (a bar's carriage returns would fill the log)."""
-
-    def __init__(self, total: int, initial: int):
-        self.total, self.n0, self.t0, self.due, self.last = total, initial, time.perf_counter(), 10.0, {}
-        self.bar = None
-        if is_terminal(sys.stderr):
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=1.0)
-
-    def metrics(self, last: dict) -> None:
-        self.last = last
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{last['loss']:.3g}", e_pos=f"{last['e_pos']:.3g}",
-                                 e_neg=f"{last['e_neg']:.3g}", acc=f"{last['acc']:.2f}")
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            if n < self.bar.n:                                       # a rollback went back
-                self.bar.n = n
-                self.bar.refresh()
-            else:
-                self.bar.update(n - self.bar.n)
-            return
-        elapsed = time.perf_counter() - self.t0
-        if elapsed < self.due or n >= self.total:
-            return
-        self.due = elapsed + (10.0 if elapsed < 60 else 60.0)
-        rate = (n - self.n0) / elapsed
-        left = f", about {duration((self.total - n) / rate)} left" if rate > 0 else ""
-        loss = f"; loss {self.last['loss']:.3g}, acc {self.last['acc']:.2f}" if self.last else ""
-        print(f"fastebm: iteration {n}/{self.total} ({rate:.2f} it/s{left}){loss}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
