@@ -142,8 +142,12 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         ckpt = safe_load(path, map_location)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {path!r}: could not be read as tensors and plain values "
-                              f"(torch.load weights_only=True): {load_error(e)}") from None
+        if "GLOBAL" in str(e):  # an object that would run code when loaded
+            raise CheckpointError(f"checkpoint {path!r}: refused, it could not be read as tensors and plain values "
+                                  f"(torch.load weights_only=True): {load_error(e)}") from None
+        raise CheckpointError(f"checkpoint {path!r}: truncated or not a torch file ({os.path.getsize(path)} bytes: "
+                              f"{load_error(e).split('. ')[0]}); an earlier copy beside it (ckpt_eNNN.pt, best_*.pt) "
+                              f"may be whole") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"checkpoint {path!r}: expected a fastebm checkpoint (keys 'model', 'config')")
     return ckpt

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("ece / ood / logpx / tsne / extremes / energy")
     g.add_argument("--ece-bins", type=int, default=d.ece_bins)
     g.add_argument("--ood-dataset", help=f"one of {', '.join(DATASETS)}")
-    g.add_argument("--ood-root")
+    g.add_argument("--ood-root", help="the OOD dataset's folder (all but digits)")
     g.add_argument("--ood-max-per-class", type=int)
     g.add_argument("--ood-subset", type=int, help="use this many OOD images (default all)")
     g.add_argument("--bins", type=int, default=d.bins, help="histogram bins (ood, logpx, energy)")

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import types
 import typing
@@ -164,6 +165,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
         args.resume = _auto_resume(given, requested)
     if args.resume:
         ckpt = load_checkpoint(args.resume)
+        changed = [f"{_flag(k)} {ckpt['config'][k]} -> {v}" for k, v in given.items()
+                   if k != "out" and k in ckpt["config"] and ckpt["config"][k] != (None if v is NONE else v)]
+        if changed and os.environ.get("RANK", "0") == "0":
+            print(f"fastebm: resuming {args.resume} with options changed from the checkpoint's: {', '.join(changed)} "
+                  f"(what the presets derive from them, e.g. the K rule's noise and L2, stays as stored)",
+                  file=sys.stderr)
         before = ckpt.get("requested")  # None: a checkpoint of a run that did not record it
         stored = {k: (NONE if v is None else v) for k, v in ckpt["config"].items()
                   if k not in DEVICE_FIELDS or (before is not None and k in before)}
@@ -195,11 +202,12 @@ def _auto_resume(given: dict, requested: dict) -> str | None:
     if not os.path.isfile(path):
         given["out"] = out
         return None
-    before = load_checkpoint(path).get("requested")
+    ckpt = load_checkpoint(path)
+    before, stored = ckpt.get("requested"), ckpt["config"]
     differ = sorted(k for k in set(before or {}) | set(requested) if k != "out"
-                    and (before or {}).get(k) != requested.get(k))
+                    and (before or {}).get(k) != requested.get(k) and stored.get(k) != getattr(cfg, k, None))
     if before is None or differ:
-        what = ", ".join(f"--{k.replace('_', '-')} {(before or {}).get(k)!r} there, {requested.get(k)!r} now"
+        what = ", ".join(f"{_flag(k)} {stored.get(k)!r} there, {getattr(cfg, k, None)!r} now"
                          for k in differ[:4]) or "it does not record its options"
         raise CheckpointError(f"--resume auto: {path!r} holds a run with other options ({what}); pass "
                               f"--resume {path} to continue it with these, or another --out")
@@ -247,6 +255,9 @@ def _main(argv, locks: list) -> int:
         if args.resume:
             trainer.load_checkpoint(args.resume)
             trainer.drop_rows_after(trainer.iteration)  # the iterations re-run are logged again
+            if trainer.dist.is_main:
+                print(f"fastebm: resuming {args.resume} at iteration {trainer.iteration} of {cfg.total_iters}",
+                      file=sys.stderr)
     except (ValueError, DatasetError, CheckpointError, RunFolderBusy) as e:
         if created:  # a run that never started leaves no folder behind
             for lock in locks:
@@ -280,6 +291,7 @@ def _main(argv, locks: list) -> int:
         if say:
             print(f"{parser.prog}: {e}: the same command with --resume auto (or --resume {e.checkpoint}) goes "
                   f"on from there", file=sys.stderr)
+            print(json.dumps({**run_summary(trainer, {}), "stopped": signal.Signals(e.signum).name}))
         return e.status
     except (DivergenceError, CheckpointError) as e:
         print(f"{parser.prog}: stopped: {e}", file=sys.stderr)

@@ -337,6 +337,7 @@ def test_missing_inception_weights_exit_2_with_path(ckpts, tmp_path, monkeypatch
     (["--task", "acc"], "'mebm', which has no p(y|x)"),
     (["--task", "logpx", "ece"], "task 'ece' needs a classifier"),
     (["--task", "fid", "--random-inception", "--keep-ratio", "0.5"], "--keep-ratio"),
+    (["--task", "ood", "--ood-dataset", "folder"], "--ood-root: task 'ood' on dataset 'folder' needs the folder"),
     (["--task", "nope"], "unknown task(s) ['nope']"),
     (["--task", "logpx", "--dataset", "mnist"], "--dataset: expected one of"),
     (["--task", "logpx", "--dataset", "folder", "--data-root", "/nonexistent/x"], "not a folder"),

@@ -155,3 +155,13 @@ def test_a_checkpoint_of_another_torch_version_resumes_and_evaluates(written_by,
     capsys.readouterr()
     assert eval_main(["--ckpt", dst, "--task", "acc"]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["acc"]["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("keep", [0, 1000])
+def test_a_truncated_checkpoint_says_so_in_one_line(run, tmp_path, keep):
+    bad = tmp_path / "ckpt.pt"
+    bad.write_bytes(open(os.path.join(run, "ckpt.pt"), "rb").read()[:keep])
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(str(bad))
+    msg = str(e.value)
+    assert f"truncated or not a torch file ({keep} bytes" in msg and "\n" not in msg and "weights_only" not in msg

@@ -50,8 +50,11 @@ def test_a_signal_finishes_the_iteration_writes_the_checkpoint_and_exits(tmp_pat
     stop = _rows(out, "stop")
     assert stop == [{"kind": "stop", "iter": 3, "signal": signal.Signals(signum).name,
                      "checkpoint": os.path.join(out, "ckpt.pt")}]
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert f"stopped by {signal.Signals(signum).name} at iteration 3" in err and "--resume auto" in err
+    summary = json.loads(captured.out)  # a script still gets one JSON document
+    assert summary["stopped"] == signal.Signals(signum).name and summary["iteration"] == 3
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", real)
     assert main(TINY_CLI + ["--out", out, "--resume", "auto"]) == 0  # the requeued command goes on
     assert [r["iter"] for r in _rows(out, "train")] == [1, 2, 3, 4, 5, 6]
@@ -173,3 +176,15 @@ def test_a_failed_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, m
     assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iteration"] == 3
     assert not [n for n in os.listdir(out) if n.startswith(ckpt_mod.TMP_PREFIX)]
     assert torch.isfinite(load_checkpoint(os.path.join(out, "ckpt.pt"))["buffer"]["samples"]).all()
+
+
+def test_a_resume_says_where_it_goes_on_and_what_changed(tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "run")
+    real = _signal_at(monkeypatch, {2: signal.SIGTERM})
+    assert main(TINY_CLI + ["--out", out]) == 143
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", real)
+    capsys.readouterr()
+    assert main(["--resume", os.path.join(out, "ckpt.pt"), "--lr", "0.01"]) == 0
+    err = capsys.readouterr().err
+    assert "options changed from the checkpoint's: --lr 0.05 -> 0.01" in err
+    assert f"resuming {os.path.join(out, 'ckpt.pt')} at iteration 3 of 6" in err

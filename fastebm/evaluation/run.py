@@ -9,7 +9,7 @@ import torch
 from ..checkpoint import CheckpointError, load_checkpoint, load_model_state
 from ..config import Config, fast_flags, resolve, resolve_device
 from ..data import ImageSet, to_float
-from ..datasets import load_dataset
+from ..datasets import DATASETS, load_dataset
 from ..init import p0_from_state_dict
 from ..model import EnergyModel, build_model, model_outputs
 from ..progress import Progress
@@ -107,6 +107,9 @@ def check_task(run: Run, opts: EvalOptions, task: str) -> None:
     if task == "ood" and not opts.ood_dataset:
         raise EvalError("task 'ood' needs an out-of-distribution dataset (and its root unless it is 'digits')",
                         "ood_dataset")
+    if task == "ood" and DATASETS[opts.ood_dataset].needs_root and not opts.ood_root:
+        raise EvalError(f"task 'ood' on dataset {opts.ood_dataset!r} needs the folder that holds its files",
+                        "ood_root")
     if needs_buffer and run.buffer is None:
         raise EvalError(f"task {task!r} needs the replay buffer, and {run.ckpt!r} holds none"
                         + ("; use source 'chains'" if task in ("fid", "is") else ""))
