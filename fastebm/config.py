@@ -140,7 +140,7 @@ class Config:
                               "negatives' mean)", "loss")
     cls_weight: float = _f(1.0, "weight of the cross-entropy term", "loss")  # mebm scripts --pyx 1.0
     batch_size: int = _f(64, "p(x) batch (positives and SGLD chains)", "loss")  # mebm train_maebm.py --batch_size 64
-    cls_batch_size: int = _f(128, "p(y|x) batch, augmented; it also sets the epoch (one pass of it)",
+    cls_batch_size: int = _f(128, "p(y|x) batch, augmented; one pass of it is an epoch (celebahq128: of --batch-size)",
                              "loss")  # mebm utils.get_data: label_bs = 128
     # optimization
     optimizer: str = _f("sgd", "optimizer", "optimization")  # mebm scripts --optimizer sgd
@@ -155,8 +155,8 @@ class Config:
                                  "optimization")  # mebm scripts --decay_epochs 60 120 180
     decay_rate: float = _f(0.2, "lr decay factor", "optimization")  # mebm train_maebm.py --decay_rate .2
     epochs: int = _f(200, "training epochs", "optimization")  # paper Table 5; mebm scripts --n_epochs 200
-    iters_per_epoch: int | None = _f(None, "iterations per epoch (none: training images // "
-                                           "--cls-batch-size, one pass of the labelled loader)",
+    iters_per_epoch: int | None = _f(None, "iterations per epoch (none: training images // --cls-batch-size, one "
+                                           "pass of the labelled loader; celebahq128: // --batch-size; jem: its own)",
                                      "optimization")  # mebm utils.get_data: drop_last=True, batch 128
     max_loss: float = _f(1e5, "stop the run when |loss| exceeds this",
                          "optimization")  # mebm train_maebm.py: loss.abs() > 1e5
