@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import to_float
+from .progress import Progress
 
 MODEL_KINDS = ("mebm", "mjem", "jem", "lse-jem")
 NORMS = ("batch", "none")
@@ -173,7 +174,7 @@ def build_model(cfg) -> EnergyModel:
 
 @torch.no_grad()
 def model_outputs(model: EnergyModel, images: torch.Tensor, batch_size: int = 256, device=None,
-                  features: bool = False):
+                  features: bool = False, desc: str | None = None):
     """Energies, logits and optionally penultimate features of a set of images, in eval mode: the one
     implementation behind the trainer's test evaluation and the evaluation CLI.
 
@@ -182,6 +183,7 @@ def model_outputs(model: EnergyModel, images: torch.Tensor, batch_size: int = 25
         images: (N, 3, H, W) uint8 in [0, 255] or float in [−1, 1], on any device.
         batch_size: images per forward pass (≥ 1). device: where to run (default: the model's device).
         features: also return the penultimate features h(x).
+        desc: report progress on stderr under this name (:mod:`fastebm.progress`); None: silent.
 
     Returns:
         (energies (N,), logits (N, C) or None) — plus features (N, F) with ``features`` — float32 on the CPU;
@@ -191,6 +193,7 @@ def model_outputs(model: EnergyModel, images: torch.Tensor, batch_size: int = 25
     energies, logits, feats = [], [], []
     was_training = model.training
     model.eval()
+    bar = Progress(images.shape[0], desc, unit="images") if desc else None
     try:
         for i in range(0, images.shape[0], batch_size):
             x = images[i:i + batch_size].to(device)
@@ -201,7 +204,11 @@ def model_outputs(model: EnergyModel, images: torch.Tensor, batch_size: int = 25
             energies.append(model.energy_from_features(h).float().cpu())
             if model.has_classifier:
                 logits.append(_at_least_fp32(model.class_head(h)).cpu())
+            if bar is not None:
+                bar.update(len(x))
     finally:
         model.train(was_training)
+        if bar is not None:
+            bar.close()
     out = (torch.cat(energies), torch.cat(logits) if logits else None)
     return out + (torch.cat(feats),) if features else out

@@ -419,7 +419,7 @@ class Trainer:
         if self.test_data is False:
             return {}
         data = self.test_data.subset(cfg.test_subset, 0)
-        energy, logits = model_outputs(self.model, data.images, 256, self.device)
+        energy, logits = model_outputs(self.model, data.images, 256, self.device, desc="fastebm: test evaluation")
         out = {"test_energy": float(energy.mean())}
         if logits is not None:
             out.update(test_acc=float((logits.argmax(1) == data.labels).float().mean()),
