@@ -143,12 +143,14 @@ class TrainingProgress:
             self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=1.0)
 
     def metrics(self, last: dict) -> None:
+        """Remember the last ``train`` row (keys ``loss``, ``e_pos``, ``e_neg``, ``acc``) for the next report."""
         self.last = last
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{last['loss']:.3g}", e_pos=f"{last['e_pos']:.3g}",
                                  e_neg=f"{last['e_neg']:.3g}", acc=f"{last['acc']:.2f}")
 
     def update(self, n: int) -> None:
+        """Report iteration ``n`` reached (0 <= n <= total; lower than before after a rollback). No host sync."""
         if self.bar is not None:
             if n < self.bar.n:                                       # a rollback went back
                 self.bar.n = n
@@ -166,6 +168,7 @@ class TrainingProgress:
         print(f"fastebm: iteration {n}/{self.total} ({rate:.2f} it/s{left}){loss}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        """Close the bar (on a terminal); the plain-line report needs no closing."""
         if self.bar is not None:
             self.bar.close()
 
