@@ -15,6 +15,7 @@ graphs, Triton) is decided by :class:`fastebm.fastpath.FastPath`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -44,6 +45,8 @@ class Algorithm1:
         cls_weight: weight of the cross-entropy term.
         amp: autocast dtype of the loss pass (None: the network's own precision).
         channels_last: feed the network channels-last tensors.
+        sgld_bn: the ``--sgld-bn`` mode (:data:`~fastebm.sampler.BN_MODES`); ``"update"``: the negatives' pass
+            updates the BatchNorm running statistics too, as every forward of the authors' code.
     """
 
     model: torch.nn.Module
@@ -58,6 +61,7 @@ class Algorithm1:
     cls_weight: float
     amp: torch.dtype | None = None
     channels_last: bool = False
+    sgld_bn: str = "batch"
 
     def __post_init__(self):
         self.has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in self.model.modules())
@@ -133,7 +137,8 @@ class Algorithm1:
 
         Without BatchNorm one forward over [x+; x−] is exact and cheaper; with BatchNorm two forwards, as
         the authors' code (each batch normalized by its own statistics), and the negatives' pass leaves the
-        running statistics to the data (:func:`~fastebm.sampler.frozen_bn_stats`).
+        running statistics to the data (:func:`~fastebm.sampler.frozen_bn_stats`), except with
+        ``sgld_bn="update"``, where it updates them as the authors' ``f(x_q)`` (mebm ``train_maebm.py``, f7ae2f1).
         """
         x_pos, x_neg = self.layout(x_pos), self.layout(x_neg)
         if not self.has_bn:
@@ -142,7 +147,8 @@ class Algorithm1:
             return e[:len(x_pos)], e[len(x_pos):]
         with nvtx_range("energy/pos"):
             e_pos = self.net(x_pos)[0]
-        with nvtx_range("energy/neg"), frozen_bn_stats(self.model):
+        freeze = frozen_bn_stats(self.model) if self.sgld_bn != "update" else contextlib.nullcontext()
+        with nvtx_range("energy/neg"), freeze:
             e_neg = self.net(x_neg)[0]
         return e_pos, e_neg
 

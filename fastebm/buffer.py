@@ -23,11 +23,11 @@ class ReplayBuffer:
     Attributes:
         samples: (size, C, H, W) float32, values in [−1, 1] when SGLD clamps.
 
-    The values are checked once, at the boundary (:func:`fastebm.config.validate`, naming the option).
+    The values are checked once, at the boundary (:func:`fastebm.limits.validate`, naming the option).
     """
 
     def __init__(self, size: int, p0, reinit_freq: float = 0.05, device="cpu"):
-        assert size >= 1 and 0.0 <= reinit_freq <= 1.0, (size, reinit_freq)  # validated by config.validate
+        assert size >= 1 and 0.0 <= reinit_freq <= 1.0, (size, reinit_freq)  # validated by limits.validate
         self.p0, self.reinit_freq, self.device = p0, reinit_freq, torch.device(device)
         self.samples = torch.cat([p0.sample(min(1000, size - i), device=self.device)
                                   for i in range(0, size, 1000)]).float().contiguous()

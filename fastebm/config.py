@@ -1,72 +1,34 @@
-"""Run configuration: plain values, the paper's presets, and the rules that depend on K.
+"""Run configuration: every option with its default and source, the presets, and the rules that depend on K.
 
-Every value below carries its source next to it. Abbreviations of the sources:
-
-- *paper*: Yang & Ji, "M-EBM: Towards Understanding the Manifolds of Energy-Based Models" (PAKDD 2023,
-  arXiv 2303.04343): Table 5 (hyper-parameters), Appendix A (learning rates), Section 5 (experiments).
-- *mebm*: the authors' code, github sndnyang/mebm: ``train_maebm.py`` (argparse defaults, ``sample_q``,
-  the training loop), ``utils.py`` (``get_data``), ``scripts/maebm_cifar10.sh``, ``scripts/majem_cifar10.sh``,
-  ``scripts/maebm_celeba.sh``.
-- *JEM*: github wgrathwohl/JEM: ``train_wrn_ebm.py`` (argparse defaults, ``get_data``, ``sample_q``) and
-  the CIFAR-10 command of its ``README.md``.
+Every value carries its source beside it. *paper*: Yang & Ji, "M-EBM: Towards Understanding the Manifolds of
+Energy-Based Models" (PAKDD 2023, arXiv 2303.04343): Table 5, Appendix A, Section 5. *mebm*: the authors'
+code, github sndnyang/mebm (``train_maebm.py``, ``utils.py``, ``scripts/*.sh``). *JEM*: github
+wgrathwohl/JEM (``train_wrn_ebm.py``, its ``README.md``). docs/recipes.md tabulates every preset and where
+the paper and the authors' code disagree (the choice made, and the flag to the other).
 
 How a run's configuration is resolved (:func:`resolve`)::
 
     Config defaults (the M-EBM / M-JEM recipe of the mebm code)
-      ← dataset preset (PRESETS)  ← model preset (MODEL_PRESETS: jem, lse-jem)
+      ← dataset preset (fastebm.datasets)  ← model preset (MODEL_PRESETS: jem, lse-jem)
       ← K rule (λ, σ)  ← what the user set  ← iterations per epoch from the dataset size
 
-Presets (``python -m fastebm.train --print-config --dataset D --model M --k K`` prints any of them):
+K rule (mebm ``scripts/maebm_cifar10.sh`` at da79aff, its closing comment: "K=2 ... l2_coeff 0.1 and
+sgld_std 0; K>=5, l2_coeff=0.5, sgld_std=0.001"): λ = 0.1 and σ = 0 for K ≤ 2; λ = 0.5 and σ = 0.001 for
+K ≥ 3. Table 5 gives σ = 0.001 for K = 2 as well: ``--noise 0.001 --l2 0.5``.
 
-=============  ===========  ==========================================================================
-dataset        network      recipe
-=============  ===========  ==========================================================================
-cifar10        WRN-28-10    SGD lr 0.1, momentum 0.9, weight decay 5e-4, warm-up lr·it/1000 over 1,000
-                            iterations, 200 epochs of 390 iterations, ×0.2 at epochs 60/120/180,
-                            SGLD α 1 with ∂E/∂x clamped to [−1, 1] and x to [−1, 1], buffer 10,000, ρ 0.05
-cifar100       WRN-28-10    as cifar10 with lr 0.02
-imagenet32     WRN-28-2     as cifar10 with lr 0.02, 50 epochs (Section 5) of 10,009 iterations
-celebahq128    WRN-28-5     M-EBM, K 5, lr 0.02, fourth WRN stage, low-rank p0, ×0.2 at 80/120/160
-folder         WRN-28-10    as cifar10; iterations per epoch from the number of training images
-digits         WRN-10-1     tiny CPU demo: 3 epochs of 100 iterations, lr 0.05, buffer 1,000
-=============  ===========  ==========================================================================
-
-K rule (mebm ``scripts/maebm_cifar10.sh`` at commit da79aff, its closing comment: "K=2 ... l2_coeff 0.1 and
-sgld_std 0; K>=5, l2_coeff=0.5, sgld_std=0.001"): λ (L2 energy) = 0.1 and σ (SGLD noise) = 0 for K ≤ 2;
-λ = 0.5 and σ = 0.001 for K ≥ 3 (K = 3, 4 follow the larger-K rule). Table 5 of the paper (and the earlier
-revision 652f5c6 of that script, 2022-03-09) gives σ = 0.001, λ = 0.5 for K = 2 as well: ``--noise 0.001 --l2 0.5``.
-
-Where the paper and the authors' code disagree, the choice and the way to the other:
-
-- L2 term: Eq. 8 squares every energy, λ·mean(E(x+)² + E(x−)²) — the default (``--reg-form eq8``);
-  mebm ``train_maebm.py`` squares the batch means, λ·(mean E(x+))² + λ·(mean E(x−))²: ``--reg-form reference``.
-- σ for K = 2: the script's 0 (above); Table 5's 0.001 with ``--noise 0.001``.
-- Epochs: 200 (Table 5, the scripts' ``--n_epochs 200``); the 150 of earlier fastebm versions with
-  ``--epochs 150``. ImageNet 32×32: Section 5's 50 epochs; Table 5's 200 with ``--epochs 200``
-  (the decay epochs 60/120/180 of ``train_maebm.py`` then apply; within 50 epochs none is reached).
-
-Models (``--model``): ``mebm`` (energy head, unconditional), ``mjem`` (energy head + classifier head, a
-second augmented batch of 128 for p(y|x)), ``lse-jem`` (the paper's LSE-JEM ablation, Fig. 2b / 4a: the
-M-JEM recipe with E(x) = −logsumexp of the logits and no energy head; λ = 0, because an L2 penalty on
-−logsumexp pulls all logits towards 0 and so fights the cross-entropy, the paper's argument — ``--l2``
-turns it back on), and ``jem`` (the JEM baseline as JEM's code, :data:`MODEL_PRESETS`).
+What each option accepts, and whether a run fits its machine: :mod:`fastebm.limits`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import math
-import os
 from dataclasses import dataclass, field
 
 import torch
 
 from .datasets import DATASETS
-from .init import COV_FORMS
-from .loss import REG_FORMS
-from .model import MODEL_KINDS, NORMS
-from .sampler import BN_MODES
+from .limits import validate
 
 
 class _NoneGiven:
@@ -115,11 +77,19 @@ class Config:
     width: int = _f(10, "WRN widening factor", "model")  # mebm scripts --width 10
     norm: str = _f("batch", "normalization layers of the WRN", "model")  # mebm scripts --norm batch
     dropout: float = _f(0.0, "dropout rate inside the WRN blocks", "model")  # mebm train_maebm.py --dropout_rate 0
+    # PyTorch's default, so running statistics average over ~10 batches; mebm models/norms.py get_norm (ab600eb):
+    # BatchNorm2d(n, momentum=0.9), running statistics ≈ the latest batch's (docs/recipes.md)
+    bn_momentum: float = _f(0.1, "BatchNorm momentum m, PyTorch's convention: running ← (1 − m)·running + m·batch "
+                                 "statistic (the authors' code: 0.9)", "model")
     # informative initialization and replay buffer
-    p0: str = _f("gaussian", "SGLD initial distribution: gaussian (informative, Eq. 6) or uniform",
-                 "p0 and replay buffer")  # mebm train_maebm.py --init gm
+    p0: str = _f("gaussian", "SGLD initial distribution: gaussian (informative, Eq. 6), gaussian-downsampled (Eq. 6 "
+                             "at --p0-size, pixels repeated: the authors' CelebA p0), gaussian-mixture (one Gaussian "
+                             "per class, JEM++) or uniform", "p0 and replay buffer")  # mebm train_maebm.py --init gm
     cov: str = _f("auto", "p0 covariance form (auto: full up to 64 px, low-rank above)", "p0 and replay buffer")
     rank: int = _f(100, "rank of the low-rank p0 covariance", "p0 and replay buffer")
+    # mebm one_center.py @23b0813 ds_grain: 4x4 blocks at 128 px, 2x2 at 64 px: 32 px both times
+    p0_size: int = _f(32, "gaussian-downsampled: side the Gaussian is fitted at (divides the image side)",
+                      "p0 and replay buffer")
     buffer_size: int = _f(10_000, "replay buffer size",
                           "p0 and replay buffer")  # mebm train_maebm.py --buffer_size 10000
     reinit_freq: float = _f(0.05, "ρ, fraction of chains restarted from p0 per draw",
@@ -132,7 +102,11 @@ class Config:
                                  "SGLD")  # mebm train_maebm.py sample_q: t.clamp(eta, -1, 1)
     clamp_x: bool = _f(True, "clamp SGLD samples to [-1, 1] after every step",
                        "SGLD")  # mebm sample_q: t.clamp(x_k, -1, 1)
-    sgld_bn: str = _f("batch", "BatchNorm while sampling", "SGLD")  # mebm sample_q: f stays in train mode
+    # mebm sample_q (f7ae2f1): f stays in train mode, so its K forwards and f(x_q) update the running statistics
+    # ("update"); fastebm keeps those statistics to the data by default (docs/recipes.md)
+    sgld_bn: str = _f("batch", "BatchNorm on SGLD chains: batch (batch statistics; running statistics left to the "
+                               "data), update (batch statistics; every SGLD step and E(x-) update the running "
+                               "statistics, as the authors' code) or eval (running statistics)", "SGLD")
     # loss
     l2: float | None = _f(None, "λ, L2 energy regularization (none: by the K rule)", "loss")  # K rule
     reg_form: str = _f("eq8", "L2 term: eq8 (paper Eq. 8, per sample), reference (mebm train_maebm.py to "
@@ -264,7 +238,7 @@ MODEL_PRESETS: dict[str, dict] = {
         # reinit_freq 0.05 (--buffer_size 10000 --reinit_freq .05), depth 28, width 10 (README --depth 28 --width 10).
     ),
     "lse-jem": dict(  # paper Fig. 2b / 4a: the M-JEM recipe with E(x) = -logsumexp(logits)
-        l2=0.0,  # fastebm's choice: an L2 penalty on -logsumexp fights the classifier (see the module docstring)
+        l2=0.0,  # fastebm's choice: an L2 penalty on -logsumexp fights the classifier (docs/recipes.md, Section 4.2)
     ),
 }
 
@@ -277,14 +251,6 @@ JEM_N_VALID = 5_000
 
 # image side of the datasets whose size is fixed (celebahq128: its preset; folder: from the files)
 NATIVE_IMAGE_SIZES = {name: d.image_size for name, d in DATASETS.items() if d.image_size}
-
-CHOICES = {"dataset": tuple(DATASETS), "model": MODEL_KINDS, "norm": NORMS, "p0": ("gaussian", "uniform"),
-           "cov": ("auto",) + COV_FORMS, "sgld_bn": BN_MODES, "reg_form": REG_FORMS,
-           "optimizer": ("sgd", "adam"), "device": None,
-           "compile": ("auto", "off", "default", "max-autotune", "aot_eager"), "amp": ("auto", "bf16", "fp16", "off"),
-           "sgld_amp": ("auto", "bf16", "fp16", "off"),
-           "on_divergence": ("rollback", "stop"), "fast_path": ("auto", "strict", "off")}
-
 
 def plain_flags() -> dict:
     """Every fast-path flag off: the plain PyTorch reference path."""
@@ -417,156 +383,9 @@ def resolve(overrides: dict) -> Config:
     return cfg
 
 
-# the allowed range of every numeric option, (low, high, low included, high included);
-# None = unbounded. tests/test_inputs.py checks that every float field of Config has an entry.
-RANGES: dict[str, tuple] = {
-    "data_noise": (0, None, True, False), "dropout": (0, 1, True, False), "reinit_freq": (0, 1, True, True),
-    "step_size": (0, None, False, False), "noise": (0, None, True, False), "grad_clip": (0, None, False, False),
-    "l2": (0, None, True, False), "cls_weight": (0, None, True, False), "lr": (0, None, False, False),
-    "momentum": (0, 1, True, False), "weight_decay": (0, None, True, False),
-    "decay_rate": (0, None, False, False), "max_loss": (0, None, False, False),
-    "epochs": (1, None, True, False), "iters_per_epoch": (1, None, True, False),
-    "batch_size": (1, None, True, False), "cls_batch_size": (1, None, True, False),
-    "buffer_size": (1, None, True, False), "rank": (1, None, True, False), "warmup_iters": (0, None, True, False),
-    "depth": (1, 1000, True, True),  # deeper is no WRN anyone trains (and is refused before it is built)
-    "width": (1, None, True, False), "image_size": (8, 1024, True, True),
-    "train_subset": (1, None, True, False), "test_subset": (1, None, True, False),
-    "max_per_class": (1, None, True, False), "log_every": (1, None, True, False),
-    "eval_every": (1, None, True, False), "sample_every": (1, None, True, False),
-    "ckpt_every": (1, None, True, False), "check_every": (1, None, True, False),
-    "max_rollbacks": (0, None, True, False), "rollback_lr_factor": (0, 1, False, True),
-    "fid_every": (0, None, True, False), "keep_every": (0, None, True, False),  # 0: off
-    "fid_keep_ratio": (0, None, False, False), "is_keep_ratio": (0, None, False, False),  # > 1: count per class
-    "seed": (0, 2 ** 32 - 1, True, True),  # numpy's seed range
-    "threads": (1, 4096, True, True),
-}
-
-
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line, ``PROG: error: ...`` with exit status 2, without the usage block
     (the style of every fastebm error): the parser of both CLIs."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def flag(name: str) -> str:
-    """The command-line option of a Config field: ``batch_size`` → ``--batch-size``."""
-    return "--" + name.replace("_", "-")
-
-
-def _interval(lo, hi, lo_in, hi_in) -> str:
-    low, high = "-inf" if lo is None else lo, "inf" if hi is None else hi
-    return f"{'[' if lo_in else '('}{low}, {high}{']' if hi_in else ')'}"
-
-
-def validate(cfg: Config) -> None:
-    """Check every value; raise ValueError naming the option, what was expected and what was got.
-
-    Every numeric field (and each element of a list field) must be finite — NaN and ±inf are rejected
-    for all of them, by type, not from a list — and inside its :data:`RANGES` interval.
-    """
-    for name, choices in CHOICES.items():
-        if choices is not None and getattr(cfg, name) not in choices:
-            raise ValueError(f"{flag(name)}: expected one of {list(choices)}, "
-                             f"got {getattr(cfg, name)!r}")
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        for v in (value if isinstance(value, (list, tuple)) else [value]):
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
-                raise ValueError(f"{flag(f.name)}: expected a finite number, got {v}")
-        if f.name in RANGES and value is not None:
-            lo, hi, lo_in, hi_in = RANGES[f.name]
-            if ((lo is not None and (value < lo or (value == lo and not lo_in)))
-                    or (hi is not None and (value > hi or (value == hi and not hi_in)))):
-                raise ValueError(f"{flag(f.name)}: expected a value in {_interval(lo, hi, lo_in, hi_in)}, "
-                                 f"got {value}")
-    if cfg.depth < 4 or (cfg.depth - 4) % 6:
-        raise ValueError(f"--depth: a Wide-ResNet has depth 6n + 4 (10, 16, 22, 28, ...), got {cfg.depth}")
-    if int(cfg.k) != cfg.k or cfg.k < 1:  # K (int field) has no RANGES entry: this message says what K is
-        raise ValueError(f"--k: SGLD steps K must be an integer >= 1, got {cfg.k}")
-    for e in cfg.decay_epochs:
-        if int(e) != e or e < 0:
-            raise ValueError(f"--decay-epochs: expected epoch numbers >= 0, got {cfg.decay_epochs}")
-
-
-def available_memory(device) -> int:
-    """Bytes that can still be allocated on ``device``: free CUDA memory (``torch.cuda.mem_get_info``),
-    or the host's MemAvailable (/proc/meminfo; free pages where that file is missing)."""
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def count_weights(cfg: Config) -> int:
-    """Parameters of the model ``cfg`` describes (``n_classes`` and ``image_size`` set), counted on the meta
-    device: the model is built without allocating any of its weights, so the count cannot drift from it."""
-    from .model import build_model
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in build_model(cfg).parameters())
-
-
-def check_fits(cfg: Config, n_train: int, device, world_size: int = 1, available: int | None = None) -> None:
-    """Reject sizes that cannot fit the data or the device, before anything large is allocated.
-
-    Args:
-        cfg: the resolved configuration (``image_size`` set from the data).
-        n_train: training images (after ``--train-subset``).
-        device: the training device; ``available``: bytes free there (default :func:`available_memory`).
-        world_size: data-parallel ranks. Every rank draws its slice of the global batch from the whole
-            training set, so the global batch is what must not exceed it (each rank then holds B/N ≤ N
-            images); each rank holds a ⌈|B|/N⌉ shard of the replay buffer on its own device.
-
-    Raises:
-        ValueError: a classifier model on data with fewer than 2 classes; fewer than 2 training images; a WRN
-        whose weights, gradients and optimizer state (16 bytes a weight) exceed the free memory
-        (``--depth`` / ``--width``); ``--batch-size`` / ``--cls-batch-size``
-        (models with a p(y|x) batch) larger than the training set, a replay
-        buffer (float32, ``--buffer-size``) or a full p0 covariance (float64, ``--cov full``) larger than
-        the free memory of the device. The message names the option and the limit.
-    """
-    if cfg.model != "mebm" and cfg.n_classes < 2:
-        raise ValueError(f"--model {cfg.model}: a p(y|x) model needs at least 2 classes; --dataset {cfg.dataset} "
-                         f"has {cfg.n_classes} (use --model mebm for unlabelled images)")
-    sizes = [("batch_size", cfg.batch_size)] + ([("cls_batch_size", cfg.cls_batch_size)]
-                                                if cfg.model != "mebm" else [])
-    for name, b in sizes:
-        if b > n_train:
-            raise ValueError(f"{flag(name)} {b}: larger than the training set; expected at most {n_train} "
-                             f"(the number of training images{' after --train-subset' if cfg.train_subset else ''})")
-    if n_train < 2:
-        raise ValueError(f"the training set holds {n_train} image(s) (--train-subset, --max-per-class, the data); "
-                         f"expected at least 2 (the p0 fit and the batches need them)")
-    free = available_memory(device) if available is None else available
-    try:
-        weights = count_weights(cfg)
-    except RuntimeError as e:  # a layer with more elements than torch can address
-        raise ValueError(f"--depth {cfg.depth} --width {cfg.width}: a WRN-{cfg.depth}-{cfg.width} has a layer larger "
-                         f"than torch can address ({e})") from None
-    if 16 * weights > free:  # fp32 weights, gradients and up to two optimizer moments
-        raise ValueError(f"--depth {cfg.depth} --width {cfg.width}: a WRN-{cfg.depth}-{cfg.width} has "
-                         f"{weights / 1e6:.4g} M weights; training needs about {16 * weights / 2 ** 30:.4g} GiB "
-                         f"(weights, gradients, optimizer state), {free / 2 ** 30:.1f} GiB are free on {device}")
-    per_sample = 3 * cfg.image_size ** 2 * 4
-    shard = -(-cfg.buffer_size // world_size)
-    if shard * per_sample > free:
-        limit = free // per_sample * world_size
-        raise ValueError(f"{flag('buffer_size')} {cfg.buffer_size}: the replay buffer needs "
-                         f"{shard * per_sample / 2 ** 30:.1f} GiB per rank, {free / 2 ** 30:.1f} GiB are free on "
-                         f"{device}; expected at most {limit} samples")
-    d = 3 * cfg.image_size ** 2
-    if cfg.p0 == "gaussian" and cfg.cov == "full" and 2 * d * d * 8 > free:
-        raise ValueError(f"--cov full: a {d}×{d} float64 covariance (and its factor) needs "
-                         f"{2 * d * d * 8 / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free on {device}; "
-                         f"use --cov lowrank or a smaller --image-size")

@@ -361,7 +361,9 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
         k=5,  # paper Section 5: K = 5 or 10 (2 GPUs); --k 10 for the other
         lr=0.02,  # paper Appendix A; mebm scripts/maebm_celeba.sh --lr=.02
         decay_epochs=[80, 120, 160],  # mebm scripts/maebm_celeba.sh --decay_epochs 80 120 160
-        cov="lowrank",  # fastebm: a full 49,152² covariance does not fit (rank-100 + diagonal)
+        # mebm one_center.py @23b0813 + train_maebm_celeba.py @32f98f9: full Σ of 4×4-block means (32 px), pixels
+        # repeated ×4; the code behind Table 2's CelebA FIDs (--p0 gaussian: rank-100 + diagonal at 128 px)
+        p0="gaussian-downsampled",
         image_size=128,
     ), layout="folders",
         epoch_batch="batch_size"),  # mebm train_maebm_celeba.py iterates its batch-64 loader: 30,000 // 64 = 468

@@ -61,11 +61,13 @@ import sys
 
 from . import __version__, paper
 from .checkpoint import CheckpointError
-from .config import OneLineParser, flag
+from .config import OneLineParser
 from .data import DatasetError
 from .datasets import DATASETS
 from .evaluation import TASKS, EvalError, EvalOptions, Run, evaluate, load_run
+from .evaluation.options import FID_SPLITS
 from .evaluation.records import jsonable
+from .limits import flag
 from .threads import apply_threads
 
 __all__ = ["PROG", "Run", "build_parser", "cli", "load_run", "main", "options_from_args"]  # Run, load_run: as before
@@ -79,6 +81,16 @@ class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         return action.help if action.default is None else super()._get_help_string(action)
+
+
+def _splits(text: str) -> int | None:
+    """``--splits``: a count, or ``auto`` (None: one split per 5,000 images)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (default: "
                    "pytorch-fid's cache, torch.hub.get_dir()/checkpoints)")
     g.add_argument("--random-inception", action="store_true", help=argparse.SUPPRESS)  # tests only
-    g.add_argument("--splits", type=int, default=d.splits, help="Inception Score splits")
-    g.add_argument("--fid-split", default=d.fid_split, choices=("train", "test"), help="real-data split")
+    g.add_argument("--splits", type=_splits, default=d.splits,
+                   help="Inception Score splits; auto: one per 5,000 images, at least 1 (the authors' eval_buffer.py)")
+    g.add_argument("--fid-split", default=d.fid_split, choices=FID_SPLITS,
+                   help="FID's real images: one split or train+test (the 60k reference of the paper's period)")
     g.add_argument("--n-real", type=int, help="real images for the statistics (default all)")
     g.add_argument("--stats-cache", help="folder of cached real statistics (default "
                    "$FASTEBM_CACHE/fid_stats or ~/.cache/fastebm/fid_stats)")

@@ -16,6 +16,9 @@ Two covariance forms behind one interface (:class:`GaussianInit`):
 A constant pixel (zero variance) or fewer samples than dimensions (N < D) do not crash the fit: the
 jitter (full) or the variance floor (lowrank) keep Σ positive definite.
 Samples are batched (one GEMM) and clamped to [−1, 1].
+
+Two more p0 beside Eq. 6 as fastebm fits it (``--p0``, :data:`P0_KINDS`), the authors' CelebA-HQ form and
+JEM++'s per-class mixture: :mod:`fastebm.init_variants`.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import os
 import sys
 
 import torch
+import torch.nn.functional as F
 
 from .checkpoint import atomic_save, load_error, safe_load
 from .data import ImageSet, to_float
@@ -31,6 +35,7 @@ from .kernels.reference import lowrank_gaussian_reference
 from .progress import Progress
 
 COV_FORMS = ("full", "lowrank")
+P0_KINDS = ("gaussian", "gaussian-downsampled", "gaussian-mixture", "uniform")  # --p0
 
 
 class UniformInit:
@@ -143,22 +148,32 @@ class GaussianInit:
 
 
 def p0_from_state_dict(state: dict):
-    """Rebuild a :class:`GaussianInit` or :class:`UniformInit` from its ``state_dict()``."""
+    """Rebuild a p0 (:class:`GaussianInit`, :class:`UniformInit` or a :mod:`fastebm.init_variants` one) from its
+    ``state_dict()``."""
+    from .init_variants import DownsampledGaussianInit, GaussianMixtureInit  # they build on this module
+
     if state["kind"] == "uniform":
         return UniformInit(state["shape"])
+    if state["kind"] == "gaussian-downsampled":
+        return DownsampledGaussianInit(state["shape"], p0_from_state_dict(state["inner"]), state.get("meta"))
+    if state["kind"] == "gaussian-mixture":
+        return GaussianMixtureInit(state["shape"], state["means"], state["weights"], state["form"],
+                                   state["factor"], state["diag_sqrt"], state.get("meta"))
     return GaussianInit(state["shape"], state["mean"], state["form"], state["scale_tril"],
                         state["factor"], state["diag_sqrt"], state.get("meta"))
 
 
-def _batches(images_u8: torch.Tensor, batch_size: int, device):
-    with Progress(images_u8.shape[0], "fastebm: fitting p0 (Eq. 6)", unit="images") as bar:
+def _batches(images_u8: torch.Tensor, batch_size: int, device, pool: int = 1, what: str = ""):
+    with Progress(images_u8.shape[0], f"fastebm: fitting p0{what} (Eq. 6)", unit="images") as bar:
         for i in range(0, images_u8.shape[0], batch_size):
-            yield to_float(images_u8[i:i + batch_size].to(device)).flatten(1).double()
+            x = to_float(images_u8[i:i + batch_size].to(device)).double()
+            yield (F.avg_pool2d(x, pool) if pool > 1 else x).flatten(1)
             bar.update(min(batch_size, images_u8.shape[0] - i))
 
 
 def fit_gaussian(images_u8: torch.Tensor, form: str = "full", rank: int = 100, oversample: int | None = None,
-                 jitter: float = 1e-4, batch_size: int = 500, device="cpu", seed: int = 0) -> GaussianInit:
+                 jitter: float = 1e-4, batch_size: int = 500, device="cpu", seed: int = 0, pool: int = 1,
+                 what: str = "") -> GaussianInit:
     """Fit p0 = N(μ, Σ) to a whole image set in one streaming pass (paper Eq. 6).
 
     Args:
@@ -172,6 +187,9 @@ def fit_gaussian(images_u8: torch.Tensor, form: str = "full", rank: int = 100, o
         batch_size: images per streamed batch.
         device: where the float64 accumulation runs.
         seed: seed of the sketch matrix Ω (lowrank).
+        pool: fit on the images averaged over pool×pool pixel blocks (H and W divisible by it), shape
+            (C, H/pool, W/pool): the authors' CelebA p0 (mebm ``one_center.py`` ``downsample`` at 23b0813).
+        what: words for the progress line (``" class 3/10"``).
 
     Returns:
         a :class:`GaussianInit` with float32 tensors on ``device``.
@@ -182,7 +200,9 @@ def fit_gaussian(images_u8: torch.Tensor, form: str = "full", rank: int = 100, o
     """
     assert form in COV_FORMS and rank >= 1 and jitter > 0, (form, rank, jitter)  # --cov / --rank (config)
     assert images_u8.dtype == torch.uint8 and images_u8.ndim == 4, (images_u8.dtype, images_u8.shape)
-    n, shape = images_u8.shape[0], tuple(images_u8.shape[1:])
+    assert pool >= 1 and images_u8.shape[2] % pool == 0 and images_u8.shape[3] % pool == 0, pool  # --p0-size
+    n, (c, h, w) = images_u8.shape[0], images_u8.shape[1:]
+    shape = (c, h // pool, w // pool)
     d = math.prod(shape)
     if n < 2:
         raise ValueError(f"p0 fit: expected at least 2 images, got {n}")
@@ -190,7 +210,7 @@ def fit_gaussian(images_u8: torch.Tensor, form: str = "full", rank: int = 100, o
     s1 = torch.zeros(d, **f64)
     if form == "full":
         s2 = torch.zeros(d, d, **f64)
-        for x in _batches(images_u8, batch_size, device):
+        for x in _batches(images_u8, batch_size, device, pool, what):
             s1 += x.sum(0)
             s2.addmm_(x.T, x)
         mean = s1 / n
@@ -213,7 +233,7 @@ def fit_gaussian(images_u8: torch.Tensor, form: str = "full", rank: int = 100, o
     omega = torch.randn(d, k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
     sq = torch.zeros(d, **f64)
     sketch = torch.zeros(d, k, **f64)  # Σ_i x_i (x_iᵀ Ω), uncentered
-    for x in _batches(images_u8, batch_size, device):
+    for x in _batches(images_u8, batch_size, device, pool, what):
         s1 += x.sum(0)
         sq += (x * x).sum(0)
         sketch.addmm_(x.T, x @ omega)
@@ -250,22 +270,32 @@ def data_fingerprint(data: ImageSet) -> str:
 
 
 def load_or_fit_p0(data: ImageSet, kind: str, form: str, rank: int, cache_path: str | None, device="cpu",
-                   jitter: float = 1e-4):
-    """p0 for a run: ``uniform``, or ``gaussian`` fitted on ``data`` and cached at ``cache_path``.
+                   jitter: float = 1e-4, size: int = 32):
+    """p0 for a run: ``uniform``, or one of the fitted kinds of :data:`P0_KINDS` fitted on ``data`` and cached
+    at ``cache_path``.
 
-    A cache file is reused when it was fitted on the same data (fingerprint) with the same form and rank;
-    otherwise, or when it cannot be read (empty, truncated, not a tensor file, or holding anything but tensors
-    and plain values: it is read with ``weights_only=True``), the fit is redone (one line on stderr says why)
-    and the cache rewritten atomically.
+    ``form`` is ``full``, ``lowrank`` or ``auto`` (:func:`default_cov_form` of the side the Gaussian is fitted
+    at: the image side, or ``size`` for ``gaussian-downsampled``, whose fit is then full at 32 px).
+    A cache file is reused when it was fitted on the same data (fingerprint) with the same kind, form, rank and
+    size; otherwise, or when it cannot be read (empty, truncated, not a tensor file, or holding anything but
+    tensors and plain values: it is read with ``weights_only=True``), the fit is redone (one line on stderr says
+    why) and the cache rewritten atomically.
 
-    ``kind`` and ``form`` are asserted (validated as --p0 / --cov in fastebm.config).
+    ``kind`` and ``form`` are asserted (validated as --p0 / --cov in fastebm.limits).
     """
+    from .init_variants import fit_downsampled, fit_mixture  # they build on this module
+
     shape = tuple(data.images.shape[1:])
     if kind == "uniform":
         return UniformInit(shape)
-    assert kind == "gaussian", kind  # --p0 (config)
+    assert kind in P0_KINDS, kind  # --p0 (limits)
+    side = size if kind == "gaussian-downsampled" else shape[-1]
+    form = default_cov_form(side) if form == "auto" else form
+    assert form in COV_FORMS, form  # --cov (limits)
     key = {"fingerprint": data_fingerprint(data), "form": form, "rank": rank if form == "lowrank" else None,
            "jitter": jitter}
+    if kind != "gaussian":  # the key of a --p0 gaussian cache stays as it was: old p0.pt files are reused
+        key.update(kind=kind, size=size if kind == "gaussian-downsampled" else None)
     if cache_path and os.path.isfile(cache_path):
         try:
             state = safe_load(cache_path)
@@ -274,7 +304,15 @@ def load_or_fit_p0(data: ImageSet, kind: str, form: str, rank: int, cache_path: 
         except Exception as e:  # noqa: BLE001 - a cache that cannot be read (empty, truncated, foreign) is refitted
             print(f"fastebm: p0 cache {cache_path} cannot be read ({load_error(e)}); fitting p0 again",
                   file=sys.stderr)
-    p0 = fit_gaussian(data.images, form=form, rank=rank, jitter=jitter, device=device)
+    if kind == "gaussian-downsampled":
+        p0 = fit_downsampled(data.images, size, form, rank, jitter, device=device)
+    elif kind == "gaussian-mixture":
+        if data.n_classes == 1:
+            print("fastebm: --p0 gaussian-mixture on one class: one component, the Gaussian of --p0 gaussian",
+                  file=sys.stderr)
+        p0 = fit_mixture(data.images, data.labels, data.n_classes, form, rank, jitter, device=device)
+    else:
+        p0 = fit_gaussian(data.images, form=form, rank=rank, jitter=jitter, device=device)
     p0.meta["key"] = key
     if cache_path:
         atomic_save(p0.state_dict(), cache_path)

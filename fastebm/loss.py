@@ -34,7 +34,7 @@ def generative_loss(e_pos: torch.Tensor, e_neg: torch.Tensor, l2: float, reg_for
     Returns:
         scalar float32 loss.
 
-    Both options are validated once by :func:`fastebm.config.validate` (``--l2``, ``--reg-form``).
+    Both options are validated once by :func:`fastebm.limits.validate` (``--l2``, ``--reg-form``).
     """
     contrast = e_pos.mean() - e_neg.mean()
     if l2 == 0:

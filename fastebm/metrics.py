@@ -310,16 +310,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     return call(sigma1 + eps * np.eye(f), sigma2 + eps * np.eye(f))
 
 
-def fid_and_is(inception: nn.Module, images: torch.Tensor, real_stats: tuple, batch_size: int = 50,
-               splits: int = 10, seed: int = 0) -> dict:
-    """FID against ``real_stats = (mu, sigma)`` and IS of (N, 3, H, W) images in [-1, 1] from one
-    Inception pass; returns ``{"fid", "is_mean", "is_std"}`` (splits capped at N). Errors as
-    :func:`inception_outputs`."""
-    pool, logits = inception_outputs(inception, images, batch_size)
-    is_mean, is_std = inception_score(logits, min(splits, len(logits)), True, seed)
-    return {"fid": frechet_distance(*real_stats, *activation_statistics(pool)), "is_mean": is_mean, "is_std": is_std}
-
-
 def save_stats(path: str, mu, sigma) -> str:
     """FID statistics to an .npz with ``mu`` / ``sigma`` (pytorch-fid's ``--save-stats`` layout),
     written to a temporary name and renamed; returns the path."""

@@ -32,7 +32,11 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _norm(channels: int, norm: str, momentum: float = 0.1) -> nn.Module:
+BN_MOMENTUM = 0.1  # PyTorch's BatchNorm2d default; the authors' code builds BatchNorm2d(momentum=0.9)
+
+
+def _norm(channels: int, norm: str, momentum: float = BN_MOMENTUM) -> nn.Module:
+    """BatchNorm2d (running ← (1 − momentum)·running + momentum·batch at each training forward) or identity."""
     if norm == "batch":
         return nn.BatchNorm2d(channels, momentum=momentum)
     assert norm == "none", f"norm: one of {NORMS}, got {norm!r}"  # validated as --norm (config)
@@ -45,12 +49,13 @@ class WideBasic(nn.Module):
     Input (N, C_in, H, W) → output (N, C_out, H/stride, W/stride), any float dtype.
     """
 
-    def __init__(self, in_planes: int, planes: int, stride: int, norm: str, leak: float, dropout: float):
+    def __init__(self, in_planes: int, planes: int, stride: int, norm: str, leak: float, dropout: float,
+                 bn_momentum: float = BN_MOMENTUM):
         super().__init__()
-        self.norm1 = _norm(in_planes, norm)
+        self.norm1 = _norm(in_planes, norm, bn_momentum)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, padding=1, bias=True)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.norm2 = _norm(planes, norm)
+        self.norm2 = _norm(planes, norm, bn_momentum)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=True)
         self.act = nn.LeakyReLU(leak)
         self.shortcut = (
@@ -74,15 +79,19 @@ class WideResNet(nn.Module):
         norm: ``"batch"`` or ``"none"``.
         image_size: input side in pixels; 64 and more adds a fourth stage (stride 2, 128·k channels).
         in_channels, leak (LeakyReLU slope, 0.2), dropout (0 in the paper).
+        bn_momentum: every BatchNorm's momentum m, PyTorch's convention: a training forward sets
+            running ← (1 − m)·running + m·batch statistic. 0.1 (PyTorch's default) here; 0.9 in the authors'
+            code (mebm ``models/norms.py`` ``get_norm`` at ab600eb, JEM ``wideresnet.py`` at f3544c6), whose
+            running statistics are then mostly those of the latest batch.
 
     Input: (N, in_channels, image_size, image_size) float in [−1, 1]. Output: (N, feature_dim) features.
 
     depth (6n + 4), width (>= 1) and norm are asserted: the options are validated as --depth / --width /
-    --norm in :func:`fastebm.config.validate`.
+    --norm in :func:`fastebm.limits.validate`.
     """
 
     def __init__(self, depth: int = 28, width: int = 10, norm: str = "batch", image_size: int = 32,
-                 in_channels: int = 3, leak: float = 0.2, dropout: float = 0.0):
+                 in_channels: int = 3, leak: float = 0.2, dropout: float = 0.0, bn_momentum: float = BN_MOMENTUM):
         super().__init__()
         assert depth >= 4 and (depth - 4) % 6 == 0 and width >= 1, (depth, width)  # --depth / --width (config)
         n = (depth - 4) // 6
@@ -95,10 +104,11 @@ class WideResNet(nn.Module):
         layers, in_planes = [], stages[0]
         for planes, stride in zip(stages[1:], strides):
             for i in range(n):
-                layers.append(WideBasic(in_planes, planes, stride if i == 0 else 1, norm, leak, dropout))
+                layers.append(WideBasic(in_planes, planes, stride if i == 0 else 1, norm, leak, dropout,
+                                        bn_momentum))
                 in_planes = planes
         self.blocks = nn.Sequential(*layers)
-        self.norm = _norm(in_planes, norm, momentum=0.1)
+        self.norm = _norm(in_planes, norm, bn_momentum)
         self.act = nn.LeakyReLU(leak)
         self.feature_dim = in_planes
 
@@ -113,18 +123,20 @@ class EnergyModel(nn.Module):
     Args:
         kind: ``"mebm"``, ``"mjem"``, ``"jem"`` or ``"lse-jem"`` (see module docstring).
         n_classes: number of classes (needed for ``mjem`` and ``jem``).
-        depth, width, norm, image_size, in_channels: the WRN backbone (:class:`WideResNet`).
+        depth, width, norm, image_size, in_channels, dropout, bn_momentum: the WRN backbone
+            (:class:`WideResNet`).
 
     kind and n_classes (>= 2 for a classifier) are asserted (validated as --model in fastebm.config).
     """
 
     def __init__(self, kind: str = "mjem", n_classes: int = 10, depth: int = 28, width: int = 10,
-                 norm: str = "batch", image_size: int = 32, in_channels: int = 3, dropout: float = 0.0):
+                 norm: str = "batch", image_size: int = 32, in_channels: int = 3, dropout: float = 0.0,
+                 bn_momentum: float = BN_MOMENTUM):
         super().__init__()
         assert kind in MODEL_KINDS and (kind == "mebm" or n_classes >= 2), (kind, n_classes)  # --model (config)
         self.kind = kind
         self.n_classes = n_classes
-        self.f = WideResNet(depth, width, norm, image_size, in_channels, dropout=dropout)
+        self.f = WideResNet(depth, width, norm, image_size, in_channels, dropout=dropout, bn_momentum=bn_momentum)
         d = self.f.feature_dim
         self.energy_head = nn.Linear(d, 1) if kind in ("mebm", "mjem") else None
         self.class_head = nn.Linear(d, n_classes) if kind != "mebm" else None
@@ -169,7 +181,8 @@ class EnergyModel(nn.Module):
 def build_model(cfg) -> EnergyModel:
     """Build the :class:`EnergyModel` described by a :class:`fastebm.config.Config`."""
     return EnergyModel(kind=cfg.model, n_classes=cfg.n_classes, depth=cfg.depth, width=cfg.width,
-                       norm=cfg.norm, image_size=cfg.image_size, in_channels=3, dropout=cfg.dropout)
+                       norm=cfg.norm, image_size=cfg.image_size, in_channels=3, dropout=cfg.dropout,
+                       bn_momentum=cfg.bn_momentum)
 
 
 @torch.no_grad()

@@ -122,12 +122,16 @@ def _pct(percent: float) -> float:
 _NET = {"cifar10": dict(depth=28, width=10, lr=0.1), "cifar100": dict(depth=28, width=10, lr=0.02),
         "imagenet32": dict(depth=28, width=2, lr=0.02), "celebahq128": dict(depth=28, width=5, lr=0.02)}
 _MODEL_FLAG = {"M-EBM": "mebm", "M-JEM": "mjem", "LSE-JEM": "lse-jem", "JEM": "jem"}
+# Eq. 6 as the authors fitted it for the tables: at 32 px and repeated ×4 on CelebA-HQ 128 (mebm one_center.py
+# @23b0813, train_maebm_celeba.py @32f98f9), on the images themselves elsewhere (train_maebm.py)
+_P0 = {"celebahq128": dict(p0="gaussian-downsampled", p0_size=32)}
 
 
 def _settings(model: str, dataset: str, k: int | None, **extra) -> MappingProxyType:
     """The Config fields of an M-EBM / M-JEM / LSE-JEM / JEM row.
 
-    M-* rows: the WRN and lr of Appendix A, p(x) batch 64 (Section 5), informative p0 (Eq. 6, Algorithm 1),
+    M-* rows: the WRN and lr of Appendix A, p(x) batch 64 (Section 5), informative p0 (Eq. 6, Algorithm 1;
+    CelebA-HQ: the authors' 32-px form, :data:`_P0`),
     no noise added to data (Sections 3.2, 4.1); with a classifier also the augmented p(y|x) batch of 128
     (Section 5) and the unaugmented p(x) batch (Section 4.1, Fig. 2a). JEM rows: JEM's K and uniform p0
     (Section 2, Eq. 3; github wgrathwohl/JEM), the rest is JEM's recipe (fastebm.config MODEL_PRESETS).
@@ -138,7 +142,7 @@ def _settings(model: str, dataset: str, k: int | None, **extra) -> MappingProxyT
     if model == "JEM":
         s.update(p0="uniform")
     else:
-        s.update(_NET[dataset], batch_size=64, p0="gaussian", data_noise=0.0)
+        s.update(_NET[dataset], batch_size=64, data_noise=0.0, **_P0.get(dataset, dict(p0="gaussian")))
         if model != "M-EBM":
             s.update(cls_batch_size=128, augment_px=False)
     s.update(extra)
@@ -182,10 +186,9 @@ _SOFTMAX = "a classifier-only run (no p(x) term; mebm train_maebm.py --px 0): fa
 _FID_E = ("the authors' FID filter: top 90 % per class as predicted by the untrained classifier head of their "
           "M-EBM (mebm train_maebm.py 'ratio = 0.1 if arg.pyx else 0.9'); fastebm's mebm has no classifier head, "
           "its FID uses the whole buffer")
-_CELEBA = ("the authors' CelebA p0: a full-covariance Gaussian fitted at 32x32 and upsampled x4 by pixel "
-           "repetition (mebm train_maebm_celeba.py init_from_centers, one_center.py ds_grain / upsample); "
-           "fastebm fits a rank-100 + diagonal Gaussian at 128 px (--cov lowrank); 2 GPUs (Appendix A): "
-           "torchrun --nproc-per-node 2 -m fastebm.train ...; " + _FID_E)
+_CELEBA = ("2 GPUs (Appendix A): torchrun --nproc-per-node 2 -m fastebm.train ...; p0: the authors' (the preset "
+           "--p0 gaussian-downsampled: full covariance of 4x4-block means at 32x32, pixels repeated x4; mebm "
+           "one_center.py @23b0813, train_maebm_celeba.py @32f98f9); " + _FID_E)
 
 _ROWS: tuple[PaperRow, ...] = (
     # ---- Table 1: M-EBM on CIFAR-10 (IS, FID); Table 6: minutes per epoch ----
@@ -282,6 +285,13 @@ _ROWS: tuple[PaperRow, ...] = (
              settings=_settings("M-EBM", "imagenet32", 10), argv=_argv("M-EBM", "imagenet32", 10), ours=True,
              footnote="not in the paper: Table 2 has ImageNet 32x32 at K = 2 and 5 only",
              source="fastebm docs/recipes.md (earlier versions)"),
+    PaperRow("ours-mebm-cifar10-k5-mixture", "ours", "M-EBM", "cifar10", 5,
+             settings=_settings("M-EBM", "cifar10", 5, p0="gaussian-mixture"),
+             argv=_argv("M-EBM", "cifar10", 5, "--p0", "gaussian-mixture"), ours=True,
+             footnote="not in the paper: t1-mebm-cifar10-k5 with JEM++'s p0, one Gaussian per class drawn uniformly "
+                      "(JEMPP train_jempp.py @0fd76f0), for Section 3.1's claim that one Gaussian is 'comparable' "
+                      "to it",
+             source="paper Section 3.1; JEMPP train_jempp.py category_mean / init_from_centers / init_random"),
     # ---- other methods, Table 1 (CIFAR-10, IS / FID) ----
     _ref("t1-ref-shortrun-k100", "Table 1", "ShortRun [16]", "cifar10", 100, _OTHER, inception_score=6.72,
          fid=32.1, source="paper Table 1"),

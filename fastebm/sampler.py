@@ -12,7 +12,10 @@ Guarantees (tested):
 - no autograd graph is kept between steps or returned (the result is detached);
 - BatchNorm layers normalize with batch statistics (``bn_mode="batch"``, as the reference code) but
   their running statistics are restored afterwards, so sampling never changes evaluation; or, with
-  ``bn_mode="eval"``, sampling runs the network in eval mode.
+  ``bn_mode="eval"``, sampling runs the network in eval mode; or, with ``bn_mode="update"``, they normalize
+  with batch statistics and every step's forward updates the running statistics, as the authors' code
+  (mebm ``train_maebm.py`` ``sample_q`` at f7ae2f1: ``f.eval()`` commented out, "Batch norm uses train
+  status"), so the chains' statistics enter evaluation.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import torch.nn as nn
 from .kernels.reference import langevin_reference
 from .profiling import nvtx_range
 
-BN_MODES = ("batch", "eval")
+BN_MODES = ("batch", "eval", "update")
 
 
 @dataclass
@@ -38,7 +41,8 @@ class SGLDConfig:
         noise: σ ≥ 0, standard deviation of the Gaussian noise per step.
         grad_clip: clamp ∂E/∂x elementwise to [−c, c] (None: no clamp).
         clamp_x: clamp x to [−1, 1] after each step.
-        bn_mode: ``"batch"`` (batch statistics, running stats restored) or ``"eval"``.
+        bn_mode: ``"batch"`` (batch statistics, running stats restored), ``"eval"`` (running statistics) or
+            ``"update"`` (batch statistics, running stats updated by each step's forward, not restored).
     """
 
     n_steps: int = 5
@@ -95,11 +99,12 @@ def frozen_bn_stats(model: nn.Module):
 
 @contextlib.contextmanager
 def sampling_mode(model: nn.Module, bn_mode: str = "batch"):
-    """Context for sampling: parameters frozen, BatchNorm running statistics preserved.
+    """Context for sampling: parameters frozen, BatchNorm running statistics preserved (or updated).
 
     ``bn_mode="batch"`` keeps the model's mode (training BatchNorm normalizes with batch statistics)
     and restores the running statistics on exit (:func:`bn_restore`); ``"eval"`` switches the
-    model to eval mode. On exit ``requires_grad`` flags and the train/eval mode are restored.
+    model to eval mode; ``"update"`` keeps the mode and leaves the running statistics as the forwards
+    inside moved them (the authors' code). On exit ``requires_grad`` flags and the train/eval mode are restored.
 
     Inside a ``torch.compile``d step (``--compile-step``) the parameters are not frozen (Dynamo cannot
     trace ``requires_grad_`` on them): there ``torch.autograd.grad(E.sum(), x)`` is traced for the input
@@ -111,11 +116,12 @@ def sampling_mode(model: nn.Module, bn_mode: str = "batch"):
         p.requires_grad_(False)
     if bn_mode == "eval":
         model.eval()
-    snapshot = bn_snapshot(model)
+    snapshot = None if bn_mode == "update" else bn_snapshot(model)
     try:
         yield
     finally:
-        bn_restore(model, snapshot)
+        if snapshot is not None:
+            bn_restore(model, snapshot)
         for p in params:
             p.requires_grad_(True)
         model.train(was_training)
@@ -243,16 +249,16 @@ class Sampler:
         triton: use the fused Triton Langevin kernel (``fastebm.kernels.langevin``), noise drawn from
             the device tensor ``rng_state`` ([seed, offset], int64) that each step advances.
         cuda_graphs: capture the whole K-step loop (forward, input gradient, update, BatchNorm
-            restore) in one CUDA graph at the first call and replay it afterwards (CUDA only). The graph
-            reads the model's parameters and buffers and ``rng_state`` by address: restore them in place
-            (``load_state_dict``, ``copy_``) and it stays valid, as :meth:`Trainer.rollback
-            <fastebm.trainer.Trainer.rollback>` does.
+            restore; with ``bn_mode="update"`` the running-statistics updates instead) in one CUDA graph at
+            the first call and replay it afterwards (CUDA only). The graph reads the model's parameters
+            and buffers and ``rng_state`` by address: restore them in place (``load_state_dict``,
+            ``copy_``) and it stays valid, as :meth:`Trainer.rollback <fastebm.trainer.Trainer.rollback>` does.
         amp: ``off``, ``bf16`` or ``fp16`` autocast for the network; the chain state stays fp32.
         channels_last: keep the chain in channels-last layout (the model must be converted too).
         rng_state: the Triton kernel's noise state (made from the global torch RNG when None).
 
     Calling ``sampler(x0)`` with x0 (N, C, H, W) float32 returns x_K, a new detached float32 tensor.
-    Parameters are frozen and BatchNorm running statistics restored exactly as in :func:`sgld`.
+    Parameters are frozen and BatchNorm running statistics restored (or updated) exactly as in :func:`sgld`.
     """
 
     def __init__(self, model: nn.Module, cfg: SGLDConfig, net=None, triton: bool = False,
@@ -329,11 +335,13 @@ class Sampler:
                 self._loop(self._static_in)
         torch.cuda.current_stream().wait_stream(side)
         bn_restore(self.model, snapshot)  # undo what warm-up did to the running statistics
+        keep = self.cfg.bn_mode != "update"  # update: the captured forwards' running-statistics writes stay
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            inner = bn_snapshot(self.model)
+            inner = bn_snapshot(self.model) if keep else None
             self._static_out = self._loop(self._static_in)
-            bn_restore(self.model, inner)  # captured: every replay restores the statistics
+            if keep:
+                bn_restore(self.model, inner)  # captured: every replay restores the statistics
         self._graph = graph
 
     def noise_draws(self, x0: torch.Tensor) -> list:

@@ -16,7 +16,8 @@ component           what is compared (multiplier of :data:`fastebm.numerics.MULT
                     of the BatchNorm statistics (smooth)
 ``compile``         the compiled network's E(x) (smooth) and ∂E/∂x (kinked) per sample on a probe batch
 ``cuda_graphs``     the replayed K-step SGLD graph vs the same loop op by op: x_K per sample relative to
-                    the displacement (kinked)
+                    the displacement (kinked); with ``--sgld-bn update`` also the change of the BatchNorm
+                    statistics (smooth)
 ``triton_langevin`` the fused update at σ = 0 vs :func:`~fastebm.sampler.langevin_update` (smooth, whole
                     tensor, relative to the update); its noise: mean and std z-tests (|z| ≤ 6)
 ``triton_p0``       4,096 fused p0 samples vs the PyTorch sampler: per-pixel mean and variance z-tests
@@ -119,15 +120,21 @@ def check_compile_step(fp, it):
         xp64, xc64, y64 = ref.batches(idx, idx_cls)
         x0_64, neg64, _ = ref.negatives(len(xp64))
     results = [agree("negatives", x_neg, plain_neg, neg64, "kinked", scale=neg64 - x0_64, per_sample=True)]
-    # the update (Eq. 8, backward, optimizer step) from the compiled step's own negatives
+    # the update (Eq. 8, backward, optimizer step) from the compiled step's own negatives; with --sgld-bn
+    # update the chains' forwards move the BatchNorm statistics too, so they run before it on each side
+    chains_move_bn = fp.sgld.bn_mode == "update"
     fp.restore(snap)
     xp, xc, y = eager.batches(idx, idx_cls)
+    if chains_move_bn:
+        eager.negatives(len(xp))
     plain = eager.update(xp, x_neg, xc, y, lr)
     plain_theta, plain_bn = _flat(fp.model.parameters()), _bn_stats(fp.model)
     fp.restore(snap)
     ref = float64_copy(eager)
     with float64_draws():
         xp64, xc64, y64 = ref.batches(idx, idx_cls)
+        if chains_move_bn:
+            ref.negatives(len(xp64))
         out64 = ref.update(xp64, x_neg.double(), xc64, y64, lr)
     theta64, bn64 = _flat(ref.model.parameters()), _bn_stats(ref.model)
     results += [agree("E(x+)", fast["_e_pos"][:, None], plain["_e_pos"][:, None], out64["_e_pos"][:, None],
@@ -158,18 +165,25 @@ def check_compile(fp, it):
 
 
 def check_cuda_graphs(fp, it):
-    """The replayed SGLD graph vs the same loop op by op and in float64 (module table)."""
+    """The replayed SGLD graph vs the same loop op by op and in float64 (module table); with ``--sgld-bn
+    update`` also the change of the BatchNorm statistics that the replay leaves (smooth)."""
     sampler, x0 = fp.sampler, fp.buffer.samples[: fp.batch_size].clone()
     snap = fp.snapshot()
+    bn0 = _bn_stats(fp.model)
     replay = sampler(x0)
+    replay_bn = _bn_stats(fp.model)
     fp.restore(snap)
     noise = sampler.noise_draws(x0)          # the numbers the chain draws, from the same state
     fp.restore(snap)
+    model64 = copy.deepcopy(fp.model).to(torch.float64)
     with sampling_mode(fp.model, fp.sgld.bn_mode):
         loop = sampler._loop(x0)
-    model64 = copy.deepcopy(fp.model).to(torch.float64)
+    loop_bn = _bn_stats(fp.model)
     chain64 = Sampler(model64, fp.sgld)(x0.double(), [n.double() for n in noise])
-    return _report([agree("chain", replay, loop, chain64, "kinked", scale=chain64 - x0.double(), per_sample=True)])
+    results = [agree("chain", replay, loop, chain64, "kinked", scale=chain64 - x0.double(), per_sample=True)]
+    if fp.sgld.bn_mode == "update" and bn0.numel():
+        results.append(agree("BatchNorm statistics", replay_bn - bn0, loop_bn - bn0, _bn_stats(model64) - bn0))
+    return _report(results)
 
 
 def check_triton_langevin(fp, it):

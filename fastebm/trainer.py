@@ -4,7 +4,8 @@ log rows, test evaluation, sample grids, checkpoints, buffer FID, and what ends 
 (:mod:`fastebm.recovery`: stop or roll back) or a signal (:mod:`fastebm.stopping`: checkpoint, then exit).
 
 Around it, each in its own room: the run folder and its lock (:mod:`fastebm.runfolder`), the run log
-(:mod:`fastebm.runlog`), checkpoint files (:mod:`fastebm.checkpoint`), the fast path (:mod:`fastebm.fastpath`).
+(:mod:`fastebm.runlog`), checkpoints and what they hold (:mod:`fastebm.checkpoint`), the learning-rate schedule
+(:mod:`fastebm.schedule`), what each option accepts (:mod:`fastebm.limits`), the fast path (:mod:`fastebm.fastpath`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,44 +22,28 @@ import torch
 from .algorithm import Algorithm1
 from .buffer import ReplayBuffer
 from .bufferfid import BufferScore, fid_cadence, fid_epoch
-from .checkpoint import (
-    CheckpointError,
-    atomic_save,
-    load_checkpoint,
-    load_model_state,
-    remove_stale_temporaries,
-    rng_state,
-    set_rng_state,
-)
-from .config import Config, check_fits, derive_iters_per_epoch, for_device, resolve_device
+from .checkpoint import CheckpointError, remove_stale_temporaries, restore_trainer, save_trainer, trainer_state
+from .config import Config, derive_iters_per_epoch, for_device, resolve_device
 from .data import Batches, ImageSet, to_uint8
 from .datasets import has_test_split, load_dataset
 from .distributed import DistContext
 from .fastpath import FastPath
-from .init import default_cov_form, load_or_fit_p0, p0_from_state_dict
+from .init import load_or_fit_p0
+from .limits import check_fits
 from .loss import classification_loss
 from .model import build_model, model_outputs
 from .profiling import enable as enable_nvtx
 from .progress import TrainingProgress
-from .recovery import DivergenceError, DivergenceWatch, rollback_seed
+from .recovery import DivergenceError, DivergenceWatch, check, roll_back
 from .runfolder import default_run_folder
 from .runlog import RunLog
 from .sampler import Sampler, SGLDConfig
+from .schedule import lr_at
 from .step import init_optimizer_state
 from .stopping import GracefulStop, Stopped
 from .threads import fast_low_precision
 
 __all__ = ["DivergenceError", "Stopped", "Trainer", "lr_at"]
-
-
-def lr_at(cfg: Config, it: int) -> float:
-    """Learning rate at iteration ``it`` (0-based): lr · it / warmup_iters while it < warmup_iters (so 0 at
-    the first iteration, as mebm ``train_maebm.py`` and JEM ``train_wrn_ebm.py``: ``lr * cur_iter /
-    warmup_iters``), then ×decay_rate at the start of each epoch in ``decay_epochs``."""
-    lr = cfg.lr * cfg.decay_rate ** sum(it >= e * cfg.iters_per_epoch for e in cfg.decay_epochs)
-    if it < cfg.warmup_iters:
-        lr *= it / cfg.warmup_iters
-    return lr
 
 
 class Trainer:
@@ -69,13 +55,19 @@ class Trainer:
         train_data, test_data: optional preloaded :class:`ImageSet` (else loaded from cfg).
         requested: the options the user gave explicitly (stored in checkpoints, so that a resume on another
             device resolves the device-dependent rest again); None when unknown.
+        on_stage: called as ``on_stage(trainer, stage)`` at the slow stages of the build, for a caller that
+            reports them: ``"checked"`` once :attr:`cfg` is complete and every check of the options and the data
+            has passed (sizes fit, run folder made: bad input has failed before it), before the model, optimizer
+            and p0 are built; ``"p0"`` once the model and optimizer are built, before p0 is read or fitted. On a
+            2-core CPU at a load of 4 the digits demo spent 7 s between the two (torch's first optimizer
+            imports torch._dynamo) and 5 s after (the full-covariance p0 fit); the CLI prints a line at each.
 
     Raises:
         DatasetError: missing or malformed data. ValueError: bad configuration.
     """
 
     def __init__(self, cfg: Config, train_data: ImageSet | None = None, test_data: ImageSet | None = None,
-                 requested: dict | None = None):
+                 requested: dict | None = None, on_stage: Callable[[Trainer, str], None] | None = None):
         self.device = resolve_device(cfg.device)
         self.dist = DistContext.for_run(cfg, self.device)           # no-op without a process group
         self.requested = dict(requested) if requested is not None else None
@@ -115,6 +107,8 @@ class Trainer:
             raise ValueError(f"--out {self.out}: cannot make the run folder there ({e.strerror})") from None
         if self.dist.is_main:  # the one writer removes what a killed save left
             remove_stale_temporaries(self.out)
+        say = on_stage or (lambda trainer, stage: None)
+        say(self, "checked")
 
         self.model = build_model(cfg).to(self.device)
         if cfg.channels_last:
@@ -127,9 +121,10 @@ class Trainer:
             self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
                                         capturable=bool(cfg.compile_step) and self.device.type == "cuda")
         init_optimizer_state(self.opt)                              # static shapes from the first step
-        form = default_cov_form(cfg.image_size) if cfg.cov == "auto" else cfg.cov
-        p0 = self.dist.from_rank0(lambda: load_or_fit_p0(
-            self.train_data, cfg.p0, form, cfg.rank, os.path.join(self.out, "p0.pt"), self.device))
+        say(self, "p0")
+        p0 = self.dist.from_rank0(lambda: load_or_fit_p0(  # --cov auto: decided at the side p0 is fitted at
+            self.train_data, cfg.p0, cfg.cov, cfg.rank, os.path.join(self.out, "p0.pt"), self.device,
+            size=cfg.p0_size))
         self.buffer = ReplayBuffer(self.dist.buffer_size(cfg.buffer_size), p0, cfg.reinit_freq, self.device)
         sgld = SGLDConfig(cfg.k, cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, cfg.sgld_bn)
         # x+ for p(x): unaugmented (M-EBM / M-JEM: mebm utils.get_data transform_px) or augmented (JEM).
@@ -141,7 +136,7 @@ class Trainer:
                                        augment=cfg.augment_cls, data_noise=cfg.data_noise, shard=self.dist.shard)
         plain = Algorithm1(self.model, self.dist.wrap(self.model) if self.dist.world_size > 1 else self.model,
                            Sampler(self.model, sgld), self.buffer, self.opt, self.gen_batches, self.cls_batches,
-                           cfg.l2, cfg.reg_form, cfg.cls_weight)
+                           cfg.l2, cfg.reg_form, cfg.cls_weight, sgld_bn=cfg.sgld_bn)
         self.fast = FastPath(cfg, plain, self.device, self.dist.world_size, self.dist.is_main)
         self.iteration = 0
         self.lr_scale, self.rollbacks = 1.0, 0                     # persistent lr scale, rollbacks so far
@@ -152,6 +147,7 @@ class Trainer:
         self.runlog = RunLog(self.out, write=self.dist.is_main)     # metrics.jsonl, TensorBoard, grids
         self.scorer = BufferScore(cfg, self.device)                  # in-training FID / IS
         self.best = {"fid": float("inf"), "test_acc": -float("inf")}
+        self.best_before_divergence: dict | None = None             # {"iter", "fid", "test_acc"} at the first rollback
 
     @property
     def p0(self):
@@ -254,8 +250,9 @@ class Trainer:
                         self.save_checkpoint()
                     if epoch_now:                                       # buffer FID, epoch history
                         self.on_epoch_end(epoch)
-                    if stop is not None and self._stop_now(stop, done):
-                        self._stop(stop, m, saved=ckpt_now)
+                    signum = self._stop_signal(stop, done) if stop is not None else 0
+                    if signum:
+                        self._stop(stop, signum, m, saved=ckpt_now)
                 except DivergenceError as e:                            # agreed by every rank
                     if cfg.on_divergence == "stop":
                         raise
@@ -275,72 +272,36 @@ class Trainer:
             self.runlog.close()
         return last
 
-    def _stop_now(self, stop: GracefulStop, done: int) -> bool:
-        """Whether every rank stops after iteration ``done``: at once in one process; under DDP at the
-        iterations where all ranks check (one all-reduce there)."""
+    def _stop_signal(self, stop: GracefulStop, done: int) -> int:
+        """The signal every rank stops on after iteration ``done``, 0 to go on: at once in one process; under
+        DDP at the iterations where all ranks check, the largest signal number any rank received (one
+        all-reduce), so that every rank exits with the same status."""
         if self.dist.world_size == 1:
-            return stop.requested is not None
-        return done % self.cfg.check_every == 0 and not self.dist.all_ranks(stop.requested is None)
+            return stop.requested or 0
+        return self.dist.largest(stop.requested or 0) if done % self.cfg.check_every == 0 else 0
 
-    def _stop(self, stop: GracefulStop, m: dict, saved: bool) -> None:
+    def _stop(self, stop: GracefulStop, signum: int, m: dict, saved: bool) -> None:
         """Write ckpt.pt for the iteration just finished (unless the cadence just did), log a ``stop`` row,
-        raise :class:`Stopped`."""
+        raise :class:`Stopped` with ``signum``."""
         import signal
 
-        signum = stop.requested or signal.SIGTERM                   # a rank told by the others
         if not saved:
             self._check(m, self.iteration)                          # never a checkpoint of a diverged state
             with stop.saving():
                 self.save_checkpoint()
         self.log({"kind": "stop", "iter": self.iteration, "signal": signal.Signals(signum).name,
                   "checkpoint": self.ckpt_path})
+        self.dist.barrier()  # no rank exits before the stop row: a launcher ends the job when one rank exits
         raise Stopped(signum, self.ckpt_path, self.iteration)
 
     def _check(self, m: dict, it: int) -> None:
-        """Raise :class:`DivergenceError` if the watch noted a divergence on any rank (one host sync and,
-        under DDP, one all-reduce, so every rank decides alike). Runs every ``check_every`` iterations and
-        before any log row, evaluation, sample grid or checkpoint of iteration ``it``."""
-        first = self.watch.first()
-        if self.dist.all_ranks(first == 0):
-            return
-        vals = self.watch.values() if first else torch.stack([m["loss"], m["e_pos"], m["e_neg"]]).float().cpu()
-        path = self.save_samples(f"diverged_iter_{it:07d}", extra=(m["_x_pos"], m["_x_neg"]))
-        raise DivergenceError(self.watch.describe(first or it, vals, it) + f"; diagnostic grid {path}; last good "
-                              f"checkpoint: {self.last_checkpoint or 'none written yet'}")
+        """Raise :class:`DivergenceError` if any rank noted a divergence (:func:`fastebm.recovery.check`)."""
+        check(self, m, it)
 
     def rollback(self, reason: str) -> None:
-        """Recover from a divergence: restore ``ckpt.pt`` (:meth:`load_checkpoint`: model, optimizer,
-        buffer, p0, RNG states, iteration), multiply ``lr_scale`` by ``--rollback-lr-factor``, count the
-        rollback, draw new RNG streams (:meth:`reseed`), rewrite ``ckpt.pt`` with them (same model, so a
-        process killed now resumes with the lowered lr and the new streams, and a run stopped after
-        ``max_rollbacks`` keeps its count) and log a ``"rollback"`` row (module docstring). Every rank must
-        call it together (it starts with a barrier).
-
-        Args:
-            reason: the divergence message (logged).
-        Raises:
-            CheckpointError: ckpt.pt is missing or unreadable.
-        """
-        cfg, at = self.cfg, self.iteration
-        scale, count = self.lr_scale * cfg.rollback_lr_factor, self.rollbacks + 1
-        self.dist.barrier()                                         # rank 0 has finished writing ckpt.pt
-        self.load_checkpoint(self.ckpt_path)
-        self.lr_scale, self.rollbacks = scale, count                # not the checkpoint's older values
-        self.reseed()
-        self.watch.clear()
-        self.save_checkpoint()                                      # the new lr scale, count and streams, at once
-        self.log({"kind": "rollback", "iter": self.iteration, "from_iter": at,
-                  "lr": lr_at(cfg, self.iteration) * scale, "lr_scale": scale, "rollbacks": count,
-                  "reason": reason})
-
-    def reseed(self) -> None:
-        """New RNG streams for this rank after a rollback: torch (CPU and every CUDA device), numpy, Python
-        and the Triton Philox state, seeded from (seed, rank, iteration, rollback count), so the rolled-back
-        run does not replay the diverged trajectory and is still reproducible."""
-        s = rollback_seed(self.cfg.seed, self.dist.rank, self.iteration, self.rollbacks)
-        self.fast.reseed(s)                                         # torch.manual_seed + Philox [s, 0]
-        np.random.seed(s)
-        random.seed(s)
+        """Return to ckpt.pt with a lower lr and new RNG streams (:func:`fastebm.recovery.roll_back`; every
+        rank together). Raises CheckpointError when ckpt.pt is missing or unreadable."""
+        roll_back(self, reason)
 
     def drop_rows_after(self, iteration: int) -> int:
         """Remove metrics.jsonl rows of iterations after ``iteration`` (a resume logs them again); returns how
@@ -433,66 +394,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """Everything a checkpoint holds: model, optimizer, buffer, p0, RNG states, iteration, config, and
-        the rollback state (``lr_scale``, ``rollbacks``)."""
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "buffer": self.buffer.state_dict(), "p0": self.p0.state_dict(), "rng": rng_state(),
-                "iteration": self.iteration, "epoch": self.iteration / self.cfg.iters_per_epoch,
-                "lr_scale": self.lr_scale, "rollbacks": self.rollbacks,
-                "config": self.cfg.to_dict(), "requested": self.requested, "arch": self.cfg.arch(),
-                "format": "fastebm-1", "fast_path": self.fast.active(), "classes": self.train_data.classes,
-                "triton_rng": None if self.fast.rng is None else self.fast.rng.cpu(), "best": dict(self.best)}
+        """Everything a checkpoint holds (:func:`~fastebm.checkpoint.trainer_state`)."""
+        return trainer_state(self)
 
     def save_checkpoint(self, path: str | None = None) -> str:
-        """Write ckpt.pt atomically; never a model that a rollback or an evaluation could not use
-        (DivergenceError then): non-finite parameters, BN statistics or replay buffer, or finite weights whose
-        energies / logits on a probe batch (the first B buffer samples, eval mode) overflow to inf / NaN — the
-        optimizer step after the last loss check can leave such weights."""
-        path = path or self.ckpt_path
-        self.dist.average_buffers(self.model)                       # BN running stats: mean over ranks
-        tensors = [*self.model.parameters(), *self.model.buffers(), self.buffer.samples]
-        finite = bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).all())  # 1 sync
-        if finite:
-            energy, logits = model_outputs(self.model, self.buffer.samples[: self.cfg.batch_size], self.cfg.batch_size)
-            finite = bool(torch.isfinite(energy).all()) and (logits is None or bool(torch.isfinite(logits).all()))
-        if not self.dist.all_ranks(finite):
-            raise DivergenceError(f"refusing to write a checkpoint with non-finite values (weights, buffer, or "
-                                  f"the energies they give) at iteration {self.iteration}; last good checkpoint: "
-                                  f"{self.last_checkpoint}")
-        state = self.dist.gather_checkpoint(self.state_dict())      # every rank's buffer shard → rank 0
-        if state is not None:
-            atomic_save(state, path)
-        self.last_checkpoint, self.last_checkpoint_iteration = path, self.iteration
-        return path
+        """Write ckpt.pt (or ``path``) atomically; returns the path (:func:`~fastebm.checkpoint.save_trainer`).
+
+        Raises:
+            DivergenceError: non-finite weights, buffer or energies (nothing written).
+            CheckpointError: the write failed (the previous file stays).
+        """
+        return save_trainer(self, path or self.ckpt_path)
 
     def load_checkpoint(self, path: str) -> None:
-        """Restore model, optimizer, buffer, p0, RNG states, iteration and the rollback state from ``path``
-        (exact resume; also the restore of :meth:`rollback`). Model parameters / buffers, the replay buffer
-        and the Triton Philox state are copied into the existing tensors (captured CUDA graphs stay valid).
+        """Restore the whole run from ``path`` (:func:`~fastebm.checkpoint.restore_trainer`).
 
         Raises:
             CheckpointError: missing/unreadable file, or a checkpoint of another model/architecture.
         """
-        ckpt = load_checkpoint(path, map_location="cpu")
-        if ckpt.get("arch") != self.cfg.arch():
-            raise CheckpointError(f"checkpoint {path!r} is for model {ckpt.get('arch')}, "
-                                  f"expected {self.cfg.arch()}")
-        load_model_state(self.model, ckpt, path)
-        try:
-            self.opt.load_state_dict(ckpt["optimizer"])
-            self.buffer.load_state_dict(self.dist.buffer_shard(ckpt["buffer"]))  # re-split across ranks
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint {path!r} does not fit this run: {e}") from None
-        self.buffer.p0 = p0_from_state_dict(ckpt["p0"]).to(self.device)
-        if self.fast.rng is not None and ckpt.get("triton_rng") is not None:  # a CPU run's checkpoint has none
-            self.fast.rng.copy_(ckpt["triton_rng"])
-        self.fast.reload()                                          # new optimizer state and p0 objects
-        self.best.update(ckpt.get("best", {}))                     # best FID / accuracy so far
-        self.iteration = int(ckpt["iteration"])
-        self.lr_scale, self.rollbacks = float(ckpt.get("lr_scale", 1.0)), int(ckpt.get("rollbacks", 0))
-        set_rng_state(ckpt["rng"])
-        self.dist.restore_rng(ckpt, self.iteration, self.cfg.seed)  # per-rank streams (no-op single process)
-        self.last_checkpoint, self.last_checkpoint_iteration = path, self.iteration
+        restore_trainer(self, path)
 
 
 def _same_file(a: str | None, b: str) -> bool:

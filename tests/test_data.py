@@ -144,8 +144,9 @@ def test_every_dataset_is_one_registry_entry():
     that resolve() applies, and its declared sizes are the ones the config uses before loading any data."""
     import dataclasses
 
-    from fastebm.config import CHOICES, NATIVE_IMAGE_SIZES, TRAIN_SIZES, Config, resolve
+    from fastebm.config import NATIVE_IMAGE_SIZES, TRAIN_SIZES, Config, resolve
     from fastebm.datasets import DATASETS
+    from fastebm.limits import CHOICES
 
     assert CHOICES["dataset"] == tuple(DATASETS)
     fields = {f.name for f in dataclasses.fields(Config)}

@@ -400,6 +400,47 @@ def test_fid_stats_cache_is_keyed_by_content(ckpts, tmp_path, cifar_root, fast_f
     assert second["n_real"] == 80 and second["real_stats_cached"] is False and second["fid"] != first["fid"]
 
 
+def test_fid_reference_of_train_and_test_together(ckpts, tmp_path, cifar_root, fast_fid, monkeypatch):
+    """``--fid-split train+test`` (the 60k CIFAR-10 reference of the paper's period): the real statistics are
+    those of the union of both splits' images, computed by hand here, and are cached apart from one split's."""
+    data = tmp_path / "data"
+    cls = sorted(os.listdir(os.path.join(cifar_root, "train")))[:2]
+    for split, n in (("train", 6), ("test", 3)):
+        for c in cls:
+            os.makedirs(data / split / c)
+            for f in sorted(os.listdir(os.path.join(cifar_root, split, c)))[:n]:
+                shutil.copy(os.path.join(cifar_root, split, c, f), data / split / c / f)
+    seen = []
+    real_outputs = M.inception_outputs
+
+    def spy(model, images, *a, **k):  # the images each Inception pass gets
+        seen.append(images.clone())
+        return real_outputs(model, images, *a, **k)
+
+    monkeypatch.setattr(M, "inception_outputs", spy)
+    argv = ["--ckpt", ckpts["mebm"], "--task", "fid", "--random-inception", "--dataset", "folder", "--data-root",
+            str(data), "--n-samples", "8", "--stats-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o"),
+            "--fid-split", "train+test"]
+    with pytest.warns(UserWarning, match="meaningless"):
+        assert main(argv) == 0
+    rec = _json(tmp_path / "o" / "fid.json")
+    assert rec["n_real"] == 18 and rec["real_split"] == "train+test"
+    from fastebm.datasets import load_dataset
+
+    size = seen[0].shape[-1]  # the checkpoint's image size
+    both = torch.cat([load_dataset("folder", str(data), s, False, None, size).images for s in ("train", "test")])
+    [real] = [x for x in seen if len(x) == 18]  # the other pass is the generated images
+    assert torch.equal(real, both.float() / 127.5 - 1)  # every train image, then every test image
+    with pytest.warns(UserWarning, match="meaningless"):
+        assert main(argv[:-1] + ["train"]) == 0
+    assert _json(tmp_path / "o" / "fid.json")["n_real"] == 12  # one split: its own statistics, not the cached union
+    assert len(os.listdir(tmp_path / "cache")) == 4
+    # the authors' Inception Score splits: one per 5,000 images, at least 1 (here the 64 buffer images: one)
+    with pytest.warns(UserWarning, match="meaningless"):
+        assert main(argv[:3] + ["is"] + argv[4:-2] + ["--splits", "auto"]) == 0
+    assert _json(tmp_path / "o" / "is.json")["splits"] == 1
+
+
 def test_chains_run_through_the_fast_sampler(ckpts, monkeypatch):
     import fastebm.sampler
 
@@ -414,6 +455,22 @@ def test_chains_run_through_the_fast_sampler(ckpts, monkeypatch):
     run = load_run(ckpts["mebm"], "cpu")
     x = sample_chains(run, 10, 2, 4)
     assert calls == [4, 4, 2] and x.shape == (10, 3, 32, 32) and x.abs().max() <= 1
+
+
+def test_chains_of_an_sgld_bn_update_run_leave_the_loaded_model_unchanged(ckpts):
+    """A run trained with ``--sgld-bn update`` samples as ``batch`` does (the same train-mode forwards, so the
+    same chains) and keeps the checkpoint's running statistics, which every later task evaluates with."""
+    import dataclasses
+
+    run = load_run(ckpts["mebm"], "cpu")
+    state = {k: v.clone() for k, v in run.model.state_dict().items()}
+    torch.manual_seed(0)
+    batch = sample_chains(run, 8, 2, 8)
+    run = dataclasses.replace(run, cfg=dataclasses.replace(run.cfg, sgld_bn="update"))
+    torch.manual_seed(0)
+    torch.testing.assert_close(sample_chains(run, 8, 2, 8), batch, rtol=0, atol=0)
+    for k, v in state.items():
+        assert torch.equal(v, run.model.state_dict()[k]), k
 
 
 def test_help_shows_no_none_defaults():

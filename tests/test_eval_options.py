@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from fastebm.config import flag
 from fastebm.eval import build_parser, main, options_from_args
 from fastebm.evaluation import TASKS, EvalError, EvalOptions
+from fastebm.limits import flag
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -23,7 +23,7 @@ from fastebm.evaluation import TASKS, EvalError, EvalOptions
     ("source", "fresh", "source: expected one of \\['buffer', 'chains'\\], got 'fresh'"),
     ("dataset", "mnist", "dataset: expected one of .*got 'mnist'"),
     ("ood_dataset", "svhn", "ood_dataset: expected one of .*got 'svhn'"),
-    ("fid_split", "val", "fid_split: expected one of \\['train', 'test'\\], got 'val'"),
+    ("fid_split", "val", "fid_split: expected one of \\['train', 'test', 'train\\+test'\\], got 'val'"),
     ("device", "tpu", "device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
     ("tasks", ("acc", "nope"), r"tasks: unknown task\(s\) \['nope'\]"),
 ])

@@ -231,6 +231,30 @@ def test_graph_replays_do_not_grow_memory_and_keep_bn_stats():
 
 
 @pytest.mark.gpu
+def test_graph_replay_updates_bn_stats_as_the_eager_loop_in_update_mode():
+    """``--sgld-bn update``: the captured loop keeps its forwards' running-statistics writes (momentum 0.9, the
+    authors'), and one replay moves them as the same loop run op by op (same chain, σ = 0)."""
+    model = _gpu_model()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.9
+    x0 = torch.rand(16, 3, 32, 32, device="cuda") * 2 - 1
+    cfg = SGLDConfig(n_steps=3, noise=0.0, bn_mode="update")
+    start = copy.deepcopy(model.state_dict())
+    replay = Sampler(model, cfg, cuda_graphs=True)(x0)  # capture (warm-up undone), then one replay
+    graphed = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(start)
+    eager = Sampler(model, cfg)(x0)
+    torch.testing.assert_close(replay, eager, rtol=1e-4, atol=1e-5)
+    for k, v in model.state_dict().items():
+        if "num_batches_tracked" in k:
+            assert int(graphed[k]) == int(start[k]) + 3 == int(v)
+        elif "running" in k:
+            assert not torch.equal(v, start[k])
+            torch.testing.assert_close(graphed[k], v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
 def test_graph_reseed_reproduces_with_torch_noise():
     model = _gpu_model("mebm")
     x0 = torch.rand(16, 3, 32, 32, device="cuda") * 2 - 1

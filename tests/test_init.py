@@ -1,9 +1,14 @@
+from statistics import NormalDist
+
 import numpy as np
 import pytest
 import torch
 
+from fastebm.checkpoint import atomic_save, safe_load
 from fastebm.data import ImageSet
 from fastebm.init import GaussianInit, UniformInit, fit_gaussian, load_or_fit_p0, p0_from_state_dict
+from fastebm.init_variants import DownsampledGaussianInit, GaussianMixtureInit, fit_downsampled, fit_mixture
+from fastebm.numerics import float64_draws
 
 
 def _images(n, shape=(3, 4, 4), seed=0):
@@ -96,3 +101,175 @@ def test_bad_fit_arguments(kwargs):
     with pytest.raises(ValueError, match="at least 2 images"):
         fit_gaussian(_images(1), "full")
     assert isinstance(fit_gaussian(_images(10), "full"), GaussianInit)
+
+
+# ------------------------------------------------------------------ the authors' CelebA p0 and JEM++'s mixture
+def _z_crit(tests: int, alpha: float = 1e-3) -> float:
+    """Two-sided z threshold of ``tests`` simultaneous tests at family-wise error ``alpha`` (Bonferroni)."""
+    return NormalDist().inv_cdf(1 - alpha / (2 * tests))
+
+
+def _narrow_images(n, shape, seed=0, spread=12):
+    """uint8 images around mid-grey (128 ± spread): their Gaussian almost never reaches the [−1, 1] clamp, so
+    sample moments are the fitted ones."""
+    g = torch.Generator().manual_seed(seed)
+    return (128 + torch.randint(-spread, spread + 1, (n, *shape), generator=g)).to(torch.uint8)
+
+
+def _block_means(imgs_u8, s):
+    """The authors' one_center.py downsample, by hand in float64: the mean of each s×s block of x / 127.5 − 1."""
+    x = imgs_u8.double().numpy() / 127.5 - 1
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // s, s, w // s, s).mean(axis=(3, 5))
+
+
+def test_downsampled_fit_is_eq6_on_block_means():
+    imgs = _images(400, (3, 8, 8), seed=4)
+    p0 = fit_downsampled(imgs, size=2, batch_size=64, jitter=1e-9)
+    assert isinstance(p0, DownsampledGaussianInit) and p0.inner.shape == (3, 2, 2) and p0.scale == 4
+    x = _block_means(imgs, 4).reshape(400, -1)
+    np.testing.assert_allclose(p0.inner.mean.numpy(), x.mean(0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(p0.inner.covariance().double().numpy(), np.cov(x, rowvar=False), rtol=0, atol=1e-5)
+    assert p0.inner.mean.dtype == torch.float32  # fitted in float64, stored float32 as the one Gaussian
+    # μ at full size repeats each block mean over its 4×4 block (Fig. 7's picture of this p0)
+    full = p0.mean.view(3, 8, 8)
+    assert torch.equal(full, p0.inner.mean.view(3, 2, 2).repeat_interleave(4, 1).repeat_interleave(4, 2))
+
+
+def test_downsampled_samples_are_blocks_whose_small_mean_is_the_fitted_mean():
+    imgs = _narrow_images(3000, (3, 16, 16), seed=5)
+    p0 = fit_downsampled(imgs, size=4)
+    torch.manual_seed(0)
+    x = p0.sample(4000)
+    assert x.shape == (4000, 3, 16, 16) and x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+    small = x[:, :, ::4, ::4]  # the top-left pixel of each 4×4 block
+    # nearest upsampling: every pixel of a block equals its top-left pixel, exactly
+    assert torch.equal(x, small.repeat_interleave(4, 2).repeat_interleave(4, 3))
+    # the same draws as the inner 4-px Gaussian under the same seed, repeated (no other RNG use)
+    torch.manual_seed(0)
+    assert torch.equal(small, p0.inner.sample(4000))
+    # the 4-px sample mean is the fitted mean: a z-test per pixel at the sample size
+    d, n = small[0].numel(), small.shape[0]
+    se = (torch.diagonal(p0.inner.covariance()).double() / n).sqrt()
+    z = (small.flatten(1).double().mean(0) - p0.inner.mean.double()) / se
+    assert float(z.abs().max()) < _z_crit(d), float(z.abs().max())
+
+
+def test_downsampled_size_must_divide_the_side():
+    with pytest.raises(ValueError, match="--p0-size 3"):
+        fit_downsampled(_images(10, (3, 8, 8)), size=3)
+    assert fit_downsampled(_images(10, (3, 8, 8)), size=8).scale == 1  # the one Gaussian, at full size
+
+
+def test_mixture_fit_is_eq6_per_class_with_uniform_weights():
+    imgs = _images(90, (3, 2, 2), seed=6)
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 10)  # unbalanced on purpose
+    p0 = fit_mixture(imgs, labels, 3, "full", jitter=1e-9, batch_size=7)
+    x = (imgs.double() / 127.5 - 1).flatten(1).numpy()
+    for k in range(3):
+        xk = x[labels.numpy() == k]
+        np.testing.assert_allclose(p0.means[k].numpy(), xk.mean(0), rtol=0, atol=1e-6)
+        cov = (p0.factor[k] @ p0.factor[k].T).double().numpy()
+        np.testing.assert_allclose(cov, np.cov(xk, rowvar=False), rtol=0, atol=1e-5)
+    # JEMPP init_random: np.random.randint(n_classes), whatever the class sizes
+    assert torch.equal(p0.weights, torch.full((3,), 1 / 3))
+    np.testing.assert_allclose(p0.mean.numpy(), np.mean([x[labels.numpy() == k].mean(0) for k in range(3)], 0),
+                               atol=1e-6)
+    assert p0.meta["n"] == [50, 30, 10] and p0.means.dtype == p0.factor.dtype == torch.float32
+
+
+def test_mixture_draws_follow_the_component_weights():
+    """Components far apart and no spread: each sample names its component; counts z-tested against w."""
+    w = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    means = torch.tensor([-0.9, -0.3, 0.3, 0.9])[:, None].expand(4, 12).contiguous()
+    p0 = GaussianMixtureInit((3, 2, 2), means, w, "full", torch.zeros(4, 12, 12))
+    n = 20000
+    torch.manual_seed(1)
+    x = p0.sample(n).flatten(1)
+    k = torch.bucketize(x[:, 0].contiguous(), torch.tensor([-0.6, 0.0, 0.6]))
+    assert torch.equal(x, means[k])
+    counts = torch.bincount(k, minlength=4).double()
+    z = (counts - n * w.double()) / (n * w.double() * (1 - w.double())).sqrt()
+    assert float(z.abs().max()) < _z_crit(4), z
+
+
+def test_mixture_samples_have_each_class_mean():
+    imgs = _narrow_images(1200, (3, 4, 4), seed=7)
+    labels = torch.arange(1200) % 3
+    imgs[labels == 1] += 40  # classes apart: a draw's class is plain from its mean
+    imgs[labels == 2] -= 40
+    for form in ("full", "lowrank"):
+        p0 = fit_mixture(imgs, labels, 3, form, rank=6)
+        torch.manual_seed(2)
+        x = p0.sample(6000).flatten(1).double()
+        k = torch.cdist(x, p0.means.double()).argmin(1)
+        for c in range(3):
+            xc = x[k == c]
+            var = torch.diagonal(p0.factor[c].double() @ p0.factor[c].double().T)
+            if p0.diag_sqrt is not None:
+                var = var + p0.diag_sqrt[c].double() ** 2
+            z = (xc.mean(0) - p0.means[c].double()) / (var / len(xc)).sqrt()
+            assert float(z.abs().max()) < _z_crit(3 * 48), (form, c, float(z.abs().max()))
+
+
+def test_mixture_lowrank_pads_small_classes_and_one_class_is_the_one_gaussian():
+    imgs = _images(60, (3, 4, 4), seed=8)
+    labels = torch.tensor([0] * 57 + [1] * 3)  # class 1: 3 images, rank <= 2
+    p0 = fit_mixture(imgs, labels, 2, "lowrank", rank=5)
+    assert p0.factor.shape == (2, 48, 5) and p0.diag_sqrt.shape == (2, 48)
+    assert torch.count_nonzero(p0.factor[1, :, 2:]) == 0 and torch.count_nonzero(p0.factor[1, :, :2]) > 0
+    one = fit_mixture(imgs, torch.zeros(60, dtype=torch.long), 1, "full")
+    ref = fit_gaussian(imgs, "full")
+    assert torch.equal(one.means[0], ref.mean) and torch.equal(one.factor[0], ref.scale_tril)
+    assert torch.equal(one.weights, torch.ones(1))
+
+
+def test_mixture_needs_two_images_per_class():
+    with pytest.raises(ValueError, match="--p0 gaussian-mixture: class 2 has 1 training image"):
+        fit_mixture(_images(11), torch.tensor([0] * 5 + [1] * 5 + [2]), 3)
+    with pytest.raises(ValueError, match="class 1 has 0"):
+        fit_mixture(_images(10), torch.zeros(10, dtype=torch.long), 2)
+
+
+@pytest.mark.parametrize("kind", ["gaussian-downsampled", "gaussian-mixture"])
+def test_new_kinds_survive_a_weights_only_file_and_float64(kind, tmp_path):
+    imgs, labels = _images(80, (3, 8, 8), seed=9), torch.arange(80) % 2
+    p0 = fit_downsampled(imgs, 4, "full") if kind == "gaussian-downsampled" else fit_mixture(imgs, labels, 2,
+                                                                                              "lowrank", rank=3)
+    path = str(tmp_path / "p0.pt")
+    atomic_save({"p0": p0.state_dict()}, path)
+    q = p0_from_state_dict(safe_load(path)["p0"])  # weights_only=True: tensors and plain values only
+    assert type(q) is type(p0) and q.kind == kind
+    torch.manual_seed(3)
+    a = p0.sample(5)
+    torch.manual_seed(3)
+    assert torch.equal(a, q.sample(5))
+    q.use_triton(torch.zeros(2, dtype=torch.int64))  # no fused kernel for these kinds: the plain draws stay
+    torch.manual_seed(3)
+    assert torch.equal(a, q.sample(5))
+    d = q.to("cpu", torch.float64)  # the fast path's float64 reference copy draws the same numbers
+    torch.manual_seed(3)
+    with float64_draws():
+        b = d.sample(5)
+    assert b.dtype == torch.float64 and torch.allclose(b, a.double(), atol=1e-5)
+
+
+def test_cache_key_holds_the_kind_and_the_size(tmp_path, capsys):
+    data = ImageSet(_images(60, (3, 8, 8)), torch.arange(60) % 3, 3, "toy")
+    path = str(tmp_path / "p0.pt")
+    mtime = lambda: (tmp_path / "p0.pt").stat().st_mtime_ns  # noqa: E731
+    a = load_or_fit_p0(data, "gaussian-downsampled", "auto", 10, path, size=4)
+    assert isinstance(a, DownsampledGaussianInit) and a.inner.form == "full"  # auto: full at the 4-px fit
+    t = mtime()
+    b = load_or_fit_p0(data, "gaussian-downsampled", "auto", 10, path, size=4)
+    assert mtime() == t and torch.equal(a.inner.mean, b.inner.mean)  # reused
+    c = load_or_fit_p0(data, "gaussian-downsampled", "full", 10, path, size=2)
+    assert c.inner.shape == (3, 2, 2) and mtime() != t  # another size: refitted
+    m = load_or_fit_p0(data, "gaussian-mixture", "full", 10, path)
+    assert isinstance(m, GaussianMixtureInit) and m.means.shape == (3, 192)
+    g = load_or_fit_p0(data, "gaussian", "full", 10, path)  # a mixture cache is no --p0 gaussian cache
+    assert isinstance(g, GaussianInit) and safe_load(path)["kind"] == "gaussian"
+    assert isinstance(load_or_fit_p0(data, "gaussian-mixture", "full", 10, path), GaussianMixtureInit)
+    one = ImageSet(data.images, torch.zeros(60, dtype=torch.long), 1, "toy1")
+    assert load_or_fit_p0(one, "gaussian-mixture", "full", 10, None).means.shape == (1, 192)
+    assert "one component" in capsys.readouterr().err

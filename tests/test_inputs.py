@@ -17,9 +17,10 @@ import fastebm
 from fastebm import eval as fastebm_eval
 from fastebm import train as fastebm_train
 from fastebm.checkpoint import atomic_save, remove_stale_temporaries
-from fastebm.config import RANGES, Config, check_fits, flag, resolve, validate
+from fastebm.config import Config, resolve
 from fastebm.data import DatasetError
 from fastebm.datasets import load_dataset
+from fastebm.limits import RANGES, check_fits, flag, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CLI = ["--depth", "10", "--width", "1", "--buffer-size", "50", "--batch-size", "4", "--cls-batch-size", "4",
@@ -43,7 +44,7 @@ def test_every_float_field_has_a_range_and_a_flag():
     assert {"lr", "step_size", "noise", "reinit_freq", "max_loss"} <= set(FLOAT_FIELDS)  # the scan finds them
     options = _options(fastebm_train.build_parser())
     for name in FLOAT_FIELDS:
-        assert name in RANGES, f"float field {name} has no range in config.RANGES"
+        assert name in RANGES, f"float field {name} has no range in limits.RANGES"
     for name in RANGES:
         assert flag(name) in options, f"{flag(name)} (a validated field) is not an option of fastebm.train"
 

@@ -61,10 +61,22 @@ def test_bad_kind_is_asserted():
 @pytest.mark.parametrize("depth,width,image_size,model", [(10, 1, 32, "mjem"), (28, 10, 32, "mebm"),
                                                          (16, 2, 64, "jem"), (4, 3, 32, "lse-jem")])
 def test_the_size_check_counts_the_models_weights(depth, width, image_size, model):
-    """config.count_weights (the memory check before building, on the meta device) equals the built model's
+    """limits.count_weights (the memory check before building, on the meta device) equals the built model's
     parameter count."""
-    from fastebm.config import count_weights, resolve
+    from fastebm.config import resolve
+    from fastebm.limits import count_weights
     from fastebm.model import build_model
 
     cfg = resolve(dict(model=model, depth=depth, width=width, image_size=image_size, n_classes=10))
     assert count_weights(cfg) == sum(p.numel() for p in build_model(cfg).parameters()) > 0
+
+
+@pytest.mark.parametrize("given,expected", [({}, 0.1), ({"bn_momentum": 0.9}, 0.9)])
+def test_bn_momentum_reaches_every_batchnorm(given, expected):
+    """--bn-momentum sets every BatchNorm2d of the WRN (blocks and the last norm); the default is PyTorch's 0.1."""
+    from fastebm.config import resolve
+    from fastebm.model import build_model
+
+    model = build_model(resolve(dict(depth=10, width=1, image_size=16, **given)))
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 7 and all(m.momentum == expected for m in bns)  # 3 blocks × 2 + the last one

@@ -161,9 +161,16 @@ def test_an_exploding_loss_between_two_checks_is_caught_before_the_checkpoint(da
 def test_cli_stops_with_exit_1_after_max_rollbacks_or_at_once(mode, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Trainer, "train_step", _inject(Trainer.train_step, at=3, what="loss", times=99))
     out = str(tmp_path / "run")
-    assert main(CLI + ["--epochs", "3", "--out", out, "--on-divergence", mode, "--max-rollbacks", "2"]) == 1
-    err = capsys.readouterr().err
+    assert main(CLI + ["--epochs", "3", "--out", out, "--on-divergence", mode, "--max-rollbacks", "2",
+                       "--eval-every", "1"]) == 1
+    captured = capsys.readouterr()
+    err = captured.err
     assert "stopped: training diverged at iteration 3" in err
+    # stdout: the summary, with the best before the divergence (the paper's protocol) in both modes
+    summary = json.loads(captured.out)
+    assert summary["diverged"].startswith("training diverged at iteration 3")
+    evals = [r["test_acc"] for r in _rows(out, "eval") if r["iter"] < 3]
+    assert evals and summary["best_before_divergence"] == {"iter": 3, "test_acc": max(evals)}
     rows = _rows(out, "rollback")
     ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ckpt["iteration"] == 2  # the last good checkpoint
@@ -201,3 +208,19 @@ def test_weights_that_overflow_never_reach_a_checkpoint(data, tmp_path, mode):
         model.load_state_dict(ckpt["model"])
         energy, logits = model_outputs(model, ckpt["buffer"]["samples"][:16])
         assert torch.isfinite(energy).all() and torch.isfinite(logits).all(), name
+
+
+def test_a_rollback_keeps_the_best_so_far_and_notes_it_before_the_divergence(data, tmp_path):
+    """best_acc.pt of iteration 4 exists when the run rolls back to ckpt.pt of iteration 2: the trainer's best
+    stays that of iteration 4 (else a worse later evaluation would overwrite best_acc.pt), and the first
+    rollback notes it as the best before the divergence, which later checkpoints carry."""
+    t = _trainer(data, epochs=3, ckpt_every=2, eval_every=1, out=str(tmp_path))
+    t.train_step = _inject(t.train_step, at=5, what="loss", times=1)
+    t.fit()
+    with open(tmp_path / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    first_rollback = next(i for i, r in enumerate(rows) if r["kind"] == "rollback")
+    before = max(r["test_acc"] for r in rows[:first_rollback] if r["kind"] == "eval")
+    assert t.best_before_divergence == {"iter": 5, "test_acc": before}
+    assert t.best["test_acc"] == max(r["test_acc"] for r in rows if r["kind"] == "eval") >= before
+    assert load_checkpoint(os.path.join(tmp_path, "ckpt.pt"))["best_before_divergence"] == t.best_before_divergence

@@ -110,3 +110,101 @@ def test_langevin_update_reference():
     g = torch.tensor([1.0, 0.5, -2.0])
     cfg = SGLDConfig(n_steps=1, step_size=0.1, noise=0.0, grad_clip=1.0)
     torch.testing.assert_close(langevin_update(x, g, cfg), torch.tensor([0.4, -1.0, 0.1]))
+
+
+# ------------------------------------------------------------------ BatchNorm running statistics (--sgld-bn)
+def _first_bn_input_stats(model, x):
+    """Batch mean and unbiased variance (C,) of what the first BatchNorm sees: the stem convolution of x,
+    computed by hand (BatchNorm2d's running variance uses the unbiased estimate)."""
+    h = model.f.conv1(x)
+    return h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=True)
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.9])
+def test_update_mode_moves_running_stats_by_each_step_and_batch_mode_leaves_them(tiny_model, momentum):
+    """``update``: after K = 2 steps the first BatchNorm's running mean / var are (1 − m)²·old +
+    (1 − m)·m·s(x0) + m·s(x1), s the batch statistic of the step's input, x1 the chain after one step;
+    ``batch`` leaves them exactly as they were."""
+    from fastebm.model import EnergyModel
+
+    torch.manual_seed(0)
+    model = EnergyModel("mebm", depth=10, width=1, norm="batch", image_size=16, bn_momentum=momentum).double().train()
+    bn = model.f.blocks[0].norm1
+    with torch.no_grad():  # non-trivial starting statistics, so that the (1 − m)·old term is seen
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    mean0, var0, count0 = bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()
+    x0 = torch.rand(8, 3, 16, 16, dtype=torch.float64) * 2 - 1
+
+    kept = sgld(model, x0, SGLDConfig(n_steps=2, noise=0.0, bn_mode="batch"))
+    assert torch.equal(bn.running_mean, mean0) and torch.equal(bn.running_var, var0)
+    assert torch.equal(bn.num_batches_tracked, count0)
+
+    x1 = sgld(model, x0, SGLDConfig(n_steps=1, noise=0.0, bn_mode="batch"))
+    with torch.no_grad():
+        (m0, v0), (m1, v1) = _first_bn_input_stats(model, x0), _first_bn_input_stats(model, x1)
+    m = momentum
+    x2 = sgld(model, x0, SGLDConfig(n_steps=2, noise=0.0, bn_mode="update"))
+    torch.testing.assert_close(x2, kept, rtol=0, atol=0)  # train-mode forwards: the chain is the same
+    torch.testing.assert_close(bn.running_mean, (1 - m) ** 2 * mean0 + (1 - m) * m * m0 + m * m1, rtol=1e-12,
+                               atol=1e-12)
+    torch.testing.assert_close(bn.running_var, (1 - m) ** 2 * var0 + (1 - m) * m * v0 + m * v1, rtol=1e-12,
+                               atol=1e-12)
+    assert int(bn.num_batches_tracked) == int(count0) + 2
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_update_mode_reaches_the_negatives_pass_of_an_iteration(tmp_path):
+    """Algorithm 1's E(x−) forward: with ``--sgld-bn update`` it updates the running statistics after E(x+)'s
+    (the authors' f(x_q)); with ``batch`` only E(x+)'s forward does. First BatchNorm, by hand, m = 0.9."""
+    from fastebm.config import resolve
+    from fastebm.data import ImageSet
+    from fastebm.trainer import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (32, 3, 16, 16), generator=g, dtype=torch.uint8), torch.arange(32) % 10,
+                    10, "toy")
+    base = dict(dataset="folder", device="cpu", depth=10, width=1, buffer_size=16, batch_size=8, cls_batch_size=8,
+                k=1, epochs=1, iters_per_epoch=2, progress=False, fast_path="off", bn_momentum=0.9)
+    xp, xn = torch.rand(8, 3, 16, 16) * 2 - 1, torch.rand(8, 3, 16, 16) * 2 - 1
+    for mode in ("batch", "update"):
+        t = Trainer(resolve(dict(base, sgld_bn=mode, out=str(tmp_path / mode))), data)
+        assert t.fast.step.sgld_bn == mode and t.fast.sampler.cfg.bn_mode == mode
+        bn = t.model.f.blocks[0].norm1
+        assert bn.momentum == 0.9
+        mean0 = bn.running_mean.clone()
+        with torch.no_grad():
+            mp, mn = _first_bn_input_stats(t.model, xp)[0], _first_bn_input_stats(t.model, xn)[0]
+        t.model.train()
+        t.fast.plain.energies(xp, xn)
+        after_pos = 0.1 * mean0 + 0.9 * mp
+        expected = 0.1 * after_pos + 0.9 * mn if mode == "update" else after_pos
+        torch.testing.assert_close(bn.running_mean, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("argv,match", [(["--bn-momentum", "0"], "--bn-momentum: expected a value in (0, 1], got 0"),
+                                        (["--bn-momentum", "1.5"], "--bn-momentum: expected a value in (0, 1]"),
+                                        (["--bn-momentum", "nan"], "--bn-momentum: expected a finite number")])
+def test_bad_bn_momentum_is_one_line_naming_the_flag(argv, match, capsys, tmp_path):
+    from fastebm import train
+
+    with pytest.raises(SystemExit) as e:
+        train.main(argv + ["--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_print_config_shows_the_batchnorm_options(capsys):
+    """Default: fastebm's (momentum 0.1, statistics kept to the data); the authors' form as two flags."""
+    import json
+
+    from fastebm import train
+
+    assert train.main(["--print-config"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["bn_momentum"], d["sgld_bn"]) == (0.1, "batch")
+    assert train.main(["--print-config", "--bn-momentum", "0.9", "--sgld-bn", "update"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["bn_momentum"], d["sgld_bn"]) == (0.9, "update")

@@ -95,8 +95,9 @@ def test_check_passes_for_the_compiled_step_is_logged_and_leaves_no_trace(tmp_pa
                      (list(unchecked.model.parameters()), unchecked.buffer.samples))
 
 
-def test_per_piece_compile_check_on_cpu(tmp_path):
-    t = _trainer(tmp_path, compile="aot_eager", compile_step=False)
+@pytest.mark.parametrize("bn", [{}, dict(bn_momentum=0.9, sgld_bn="update")], ids=["default", "authors-bn"])
+def test_per_piece_compile_check_on_cpu(tmp_path, bn):
+    t = _trainer(tmp_path, compile="aot_eager", compile_step=False, **bn)
     report = t.check_fast_path(0)
     assert list(report) == ["compile"] and report["compile"].startswith("ok:"), report
     assert "energy err" in report["compile"] and "input gradient err" in report["compile"]

@@ -134,3 +134,16 @@ def test_compiled_step_under_bf16_autocast_and_channels_last_passes_the_check(tm
     torch._dynamo.reset()
     compiled = _trainer(tmp_path / "compiled", "mjem", compiled=True, amp="bf16", channels_last=True)
     _checked_run(compiled, 3)
+
+
+def test_compiled_step_with_the_authors_batchnorm_passes_the_check(tmp_path):
+    """``--bn-momentum 0.9 --sgld-bn update`` (mebm's BatchNorm) traced into the graph: the change of the
+    BatchNorm statistics, here moved by E(x+), the K SGLD forwards, E(x−) and the classifier batch, agrees
+    with the same iteration run eagerly and in float64, with no recompilation."""
+    torch._dynamo.reset()
+    t = _trainer(tmp_path, "mjem", compiled=True, bn_momentum=0.9, sgld_bn="update")
+    assert t.fast.plain.sgld_bn == "update" and t.model.f.norm.momentum == 0.9
+    counters.clear()
+    details = _checked_run(t, 2)
+    assert all("BatchNorm statistics" in d for d in details)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]

@@ -83,7 +83,7 @@ def test_a_second_signal_during_the_save_waits_for_it(tmp_path, monkeypatch, cap
 def test_a_second_signal_outside_the_save_stops_at_once(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "run")
     _signal_at(monkeypatch, {1: signal.SIGINT, 2: signal.SIGINT})
-    monkeypatch.setattr(trainer_mod.Trainer, "_stop_now", lambda self, stop, done: False)  # never reaches a stop
+    monkeypatch.setattr(trainer_mod.Trainer, "_stop_signal", lambda self, stop, done: 0)  # never reaches a stop
     assert main(TINY_CLI + ["--out", out]) == 130
     err = capsys.readouterr().err
     assert "interrupted at iteration 2" in err and "holds iteration 0" in err

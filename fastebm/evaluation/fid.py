@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data import to_float
+from ..data import ImageSet, to_float
 from ..datasets import DATASETS, load_dataset
-from .options import EvalError, EvalOptions, check_keep_ratio
+from .options import IS_IMAGES_PER_SPLIT, EvalError, EvalOptions, check_keep_ratio
 from .records import header, out_dir, write_json
 from .run import LOG, Run, check_range, check_task, outputs, sample_chains, subsample
 
@@ -131,13 +131,15 @@ def load_inception(opts: EvalOptions, device: torch.device):
 
 def real_statistics(run: Run, opts: EvalOptions, inception, inception_id: str) -> tuple[tuple, int, str, bool]:
     """((mu (2048,), sigma (2048, 2048)), n_real, cache file, whether it was cached) of ``opts.n_real`` images
-    (default all) of split ``opts.fid_split``. The cache is keyed by the data's content
+    (default all) of split ``opts.fid_split`` (``train+test``: both splits together, the first ``n_real`` of a
+    fixed permutation of their union). The cache is keyed by the data's content
     (:func:`split_fingerprint`), the split, the image count and the Inception weights."""
     from .. import metrics
 
     cfg, split = run.cfg, opts.fid_split
     key = json.dumps([cfg.dataset, os.path.abspath(cfg.data_root) if cfg.data_root else "", cfg.max_per_class,
-                      cfg.image_size, split, opts.n_real, inception_id, split_fingerprint(cfg, split)])
+                      cfg.image_size, split, opts.n_real, inception_id,
+                      [split_fingerprint(cfg, part) for part in split.split("+")]])
     folder = opts.stats_cache or os.path.join(
         os.environ.get("FASTEBM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "fastebm")), "fid_stats")
     tag = "_random-inception" if opts.random_inception else ""
@@ -146,8 +148,10 @@ def real_statistics(run: Run, opts: EvalOptions, inception, inception_id: str) -
     if os.path.isfile(cache) and os.path.isfile(cache + ".json"):  # real images not even loaded
         with open(cache + ".json") as f:
             return metrics.load_stats(cache), int(json.load(f)["n_real"]), cache, True
-    real = load_dataset(cfg.dataset, cfg.data_root, split, False, cfg.max_per_class,
-                        cfg.image_size).subset(opts.n_real, 0)
+    parts = [load_dataset(cfg.dataset, cfg.data_root, part, False, cfg.max_per_class, cfg.image_size)
+             for part in split.split("+")]  # train+test: the period's reference, e.g. CIFAR-10's 60,000 images
+    real = ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                    parts[0].n_classes, parts[0].name).subset(opts.n_real, 0)
     pool, _ = metrics.inception_outputs(inception, to_float(real.images), opts.batch_size, run.device,
                                         desc=f"{LOG}: fid: Inception features (real, {split})")
     stats = metrics.activation_statistics(pool)
@@ -163,7 +167,7 @@ def fid_and_is(run: Run, opts: EvalOptions, tasks: tuple[str, ...] = ("fid", "is
 
     Generated images: :func:`generated_images`. Real statistics: :func:`real_statistics`. FID:
     :func:`fastebm.metrics.frechet_distance` (pytorch-fid); IS: :func:`fastebm.metrics.inception_score` with
-    ``opts.splits`` shuffled splits (seed ``opts.seed``).
+    ``opts.splits`` shuffled splits (seed ``opts.seed``; None: one per 5,000 images, as the authors).
 
     Writes ``<task>.json`` for each of ``tasks`` (``fid``, ``is``). Returns task -> record; both records hold
     every number computed (``fid``, ``is_mean``, ``is_std``, ``n_fake``, ``n_real``, ...) and differ in
@@ -176,15 +180,16 @@ def fid_and_is(run: Run, opts: EvalOptions, tasks: tuple[str, ...] = ("fid", "is
     out = out_dir(run, opts)
     inception, inception_id = load_inception(opts, run.device)  # fail fast on missing weights
     fake, info = generated_images(run, opts)
-    if "is" in tasks and len(fake) < opts.splits:
+    splits = opts.splits or max(1, len(fake) // IS_IMAGES_PER_SPLIT)
+    if "is" in tasks and len(fake) < splits:
         raise EvalError(f"expected at most as many Inception Score splits as the {len(fake)} generated images, "
-                        f"got {opts.splits}", "splits")
+                        f"got {splits}", "splits")
     record = {**header(run, tasks[0]), **info, "inception": inception_id}
     pool, logits = metrics.inception_outputs(inception, fake, opts.batch_size, run.device,
                                              desc=f"{LOG}: fid: Inception features (generated)")
     if "is" in tasks:
-        record["is_mean"], record["is_std"] = metrics.inception_score(logits, opts.splits, True, opts.seed)
-        record["splits"] = opts.splits
+        record["is_mean"], record["is_std"] = metrics.inception_score(logits, splits, True, opts.seed)
+        record["splits"] = splits
     if "fid" in tasks:
         real, n_real, cache, cached = real_statistics(run, opts, inception, inception_id)
         record.update(fid=metrics.frechet_distance(*real, *metrics.activation_statistics(pool)), n_real=n_real,

@@ -29,6 +29,10 @@ def check_keep_ratio(keep_ratio: float) -> None:
         raise EvalError(f"expected a ratio in (0, 1] or a count > 1, got {keep_ratio}", "keep_ratio")
 
 
+# None splits: the authors' Inception Score splits, max(1, N // 5000) (mebm Task/eval_buffer.py, 16473fc)
+IS_IMAGES_PER_SPLIT = 5000
+# FID's real images: one split, or both (the reference of the paper's period: CIFAR-10's 60,000 images)
+FID_SPLITS = ("train", "test", "train+test")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -60,7 +64,9 @@ class EvalOptions:
             0.9 for a classifier model (the authors' protocol, mebm ``scripts/eval_all_in_one.sh``), 1: all.
         inception_weights: path of ``pt_inception-2015-12-05-6726825d.pth``; None: pytorch-fid's cache.
         random_inception: a randomly initialised Inception (tests and smoke runs: meaningless numbers).
-        splits: Inception Score splits (>= 1). fid_split: real-data split, ``train`` or ``test``.
+        splits: Inception Score splits (>= 1); None: one per :data:`IS_IMAGES_PER_SPLIT` generated images, at
+            least 1 (the authors' ``max(1, N // 5000)``, mebm ``Task/eval_buffer.py`` at 16473fc).
+        fid_split: the real images of FID, ``train``, ``test`` or ``train+test`` (:data:`FID_SPLITS`).
         n_real: real images for the statistics (>= 1; None: all).
         stats_cache: folder of cached real statistics; None: ``$FASTEBM_CACHE/fid_stats`` or
             ``~/.cache/fastebm/fid_stats``.
@@ -92,7 +98,7 @@ class EvalOptions:
     keep_ratio: float | None = None
     inception_weights: str | None = None
     random_inception: bool = False
-    splits: int = 10
+    splits: int | None = 10
     fid_split: str = "train"
     n_real: int | None = None
     stats_cache: str | None = None
@@ -124,7 +130,7 @@ class EvalOptions:
             raise EvalError(f"expected an integer in [0, 2**32), got {self.seed}", "seed")  # numpy's seeds
         if self.perplexity <= 0:
             raise EvalError(f"expected a value > 0, got {self.perplexity}", "perplexity")
-        for name, choices in (("source", ("buffer", "chains")), ("fid_split", ("train", "test")),
+        for name, choices in (("source", ("buffer", "chains")), ("fid_split", FID_SPLITS),
                               ("dataset", DATASETS), ("ood_dataset", DATASETS)):
             value = getattr(self, name)
             if value is not None and value not in choices:

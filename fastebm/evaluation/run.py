@@ -176,7 +176,8 @@ def sample_chains(run: Run, n: int, n_steps: int, batch_size: int, labels: torch
     :func:`~fastebm.sampler.sgld`).
 
     Args:
-        run: the loaded run (``run.p0`` and the step size / noise / clamps / BN mode of its config).
+        run: the loaded run (``run.p0`` and the step size / noise / clamps / BN mode of its config; ``update``
+            samples as ``batch``, so the loaded model's running statistics are never changed).
         n: chains (>= 1); n_steps: SGLD steps (>= 1); batch_size: chains per batch.
         labels: optional (n,) int64 classes (classifier models): chain i follows E(x, y_i) = -f(x)[y_i]
             (JEM, Grathwohl et al. 2020, p(x|y)).
@@ -195,11 +196,13 @@ def sample_chains(run: Run, n: int, n_steps: int, batch_size: int, labels: torch
     if labels is not None:
         require_classifier(run, "class-conditional sampling")
     cfg, model = run.cfg, run.model
-    scfg = SGLDConfig(int(n_steps), cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, cfg.sgld_bn)
+    # update normalizes as batch does (same chains); restoring keeps the checkpoint's statistics for later tasks
+    bn_mode = "batch" if cfg.sgld_bn == "update" else cfg.sgld_bn
+    scfg = SGLDConfig(int(n_steps), cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, bn_mode)
     fast = fast_flags(run.device.type)
     sampler = Sampler(model, scfg, triton=fast["triton"], amp=fast["sgld_amp"], cuda_graphs=fast["cuda_graphs"])
     out, was_training = [], model.training
-    model.train(cfg.sgld_bn == "batch")  # as in training; the Sampler restores BN running statistics
+    model.train(bn_mode == "batch")  # as in training; the Sampler restores BN running statistics
     try:
         with Progress(n, f"{LOG}: {desc} ({n_steps} steps)", unit="chains") as p:
             for i in range(0, n, batch_size):

@@ -1,0 +1,127 @@
+"""The two p0 beside Eq. 6 as fastebm fits it, end to end: the authors' CelebA form (--p0 gaussian-downsampled)
+and JEM++'s per-class mixture (--p0 gaussian-mixture): options, one-line errors, the fast path's choice of
+sampler, a training run's p0.pt and checkpoint."""
+import json
+import os
+
+import pytest
+import torch
+
+from fastebm.config import resolve
+from fastebm.data import ImageSet
+from fastebm.fastpath import requested_components
+from fastebm.init_variants import DownsampledGaussianInit, GaussianMixtureInit
+from fastebm.limits import check_fits
+from fastebm.sampler import prepare_compiled_input_grad
+from fastebm.selfcheck import check_compile_step
+from fastebm.step import graph_breaks
+from fastebm.train import main
+from fastebm.trainer import Trainer
+
+TINY = dict(dataset="digits", image_size=16, depth=10, width=1, buffer_size=40, batch_size=8, cls_batch_size=8,
+            train_subset=300, test_subset=16, warmup_iters=0, decay_epochs=[], progress=False, log_every=1,
+            eval_every=1000, sample_every=1000, epochs=1, iters_per_epoch=2, k=1, tensorboard=False)
+
+
+def _assert_same(a, b, where="p0"):
+    """Two state dicts hold equal tensors and values (nested dicts compared key by key)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    else:
+        assert torch.equal(a, b) if torch.is_tensor(a) else a == b, where
+
+
+def _printed(argv, capsys):
+    assert main(["--print-config"] + argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_print_config_shows_the_new_kinds(capsys):
+    d = _printed(["--dataset", "celebahq128"], capsys)
+    assert (d["p0"], d["p0_size"], d["cov"]) == ("gaussian-downsampled", 32, "auto")
+    d = _printed(["--dataset", "cifar10", "--p0", "gaussian-mixture", "--cov", "lowrank", "--rank", "20"], capsys)
+    assert (d["p0"], d["cov"], d["rank"]) == ("gaussian-mixture", "lowrank", 20)
+    assert _printed(["--dataset", "celebahq128", "--p0", "gaussian"], capsys)["p0"] == "gaussian"
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--dataset", "celebahq128", "--p0-size", "48"], "--p0-size 48: expected a divisor of the image side 128"),
+    (["--p0", "gaussian-downsampled", "--p0-size", "64"], "--p0-size 64: expected a divisor of the image side 32"),
+    (["--p0-size", "0"], "--p0-size: expected a value in [1, 1024]"),
+    (["--p0", "mixture"], "argument --p0: invalid choice: 'mixture'"),
+])
+def test_bad_combinations_are_one_line_errors(argv, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--print-config"] + argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0], err
+
+
+def test_a_class_too_small_for_a_covariance_is_a_one_line_error(tmp_path, capsys):
+    argv = ["--train-subset", "12", "--batch-size", "4", "--cls-batch-size", "4", "--depth", "10", "--width", "1",
+            "--p0", "gaussian-mixture", "--out", str(tmp_path / "r"), "--no-progress"]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error:" in line]  # after the banner
+    assert len(err) == 1 and "--p0 gaussian-mixture: class 2 has 0 training image(s)" in err[0], err
+
+
+def test_mixture_covariances_larger_than_memory_are_refused():
+    cfg = resolve(dict(dataset="imagenet32", p0="gaussian-mixture", n_classes=1000))
+    with pytest.raises(ValueError, match=r"--p0 gaussian-mixture --cov full: 1000 class covariances"):
+        check_fits(cfg, 100_000, "cpu", available=16 * 2 ** 30)  # 1000 × 3072² float32 = 35 GiB
+    check_fits(resolve(dict(dataset="imagenet32", p0="gaussian-mixture", cov="lowrank", n_classes=1000)), 100_000,
+               "cpu", available=16 * 2 ** 30)  # rank 100 + diagonal: 1.2 GiB
+
+
+def test_the_fused_p0_kernel_serves_the_one_gaussian_only():
+    """fastpath.requested_components: the other kinds sample with the plain PyTorch path, on CUDA too."""
+    for p0, fused in (("gaussian", True), ("gaussian-downsampled", False), ("gaussian-mixture", False)):
+        cfg = resolve(dict(dataset="digits", p0=p0, triton=True))
+        assert ("triton_p0" in requested_components(cfg)) is fused, p0
+
+
+@pytest.mark.parametrize("p0, kind", [(dict(p0="gaussian-downsampled", p0_size=4), DownsampledGaussianInit),
+                                      (dict(p0="gaussian-mixture"), GaussianMixtureInit)])
+def test_a_run_caches_and_checkpoints_its_p0(p0, kind, tmp_path):
+    out = str(tmp_path / "run")
+    t = Trainer(resolve(dict(TINY, **p0, out=out)))
+    assert isinstance(t.p0, kind)
+    t.fit()
+    assert torch.load(os.path.join(out, "p0.pt"), weights_only=True)["kind"] == kind.kind
+    again = Trainer(resolve(dict(TINY, **p0, out=out, epochs=2)))
+    again.load_checkpoint(os.path.join(out, "ckpt.pt"))  # weights_only: tensors and plain values
+    assert isinstance(again.p0, kind) and again.iteration == 2
+    _assert_same(t.p0.state_dict(), again.p0.state_dict())
+    torch.manual_seed(0)
+    x = again.p0.sample(3)
+    torch.manual_seed(0)
+    assert torch.equal(x, t.p0.sample(3))
+    again.fit()
+    assert again.iteration == 4
+
+
+@pytest.mark.parametrize("p0", [dict(p0="gaussian-mixture")])
+def test_the_compiled_step_traces_the_new_kinds_and_passes_its_check(p0, tmp_path):
+    """--compile-step draws the restarts inside its graph: no graph break, and the compiled iteration agrees with
+    the eager one and float64 (selfcheck.check_compile_step; aot_eager on the CPU, as tests/test_step.py). The
+    mixture only: its draw (searchsorted, batched GEMM, gather) is the new code in the graph; the downsampled
+    form adds a reshape to the one Gaussian and passes as well (about 3 min more on a 2-core machine)."""
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (64, 3, 16, 16), generator=g, dtype=torch.uint8), torch.arange(64) % 4,
+                    4, "toy")
+    cfg = resolve(dict(TINY, dataset="folder", device="cpu", buffer_size=64, reinit_freq=0.5, ckpt_every=1000,
+                       fast_path="off", compile_step=True, compile="aot_eager", out=str(tmp_path), **p0))
+    torch._dynamo.reset()
+    t = Trainer(cfg, data)
+    idx, idx_cls, lr = t.fast.batch(0)
+    prepare_compiled_input_grad((8, *t.buffer.samples.shape[1:]), "cpu")
+    n, reasons = graph_breaks(t.fast.eager_of_compiled().__call__, idx, idx_cls, lr)
+    assert n == 0, reasons
+    t.fast.lr.fill_(t.cfg.lr)
+    ok, detail = check_compile_step(t.fast, 0)
+    assert ok, detail
