@@ -242,6 +242,14 @@ class DistContext:
         dist.all_reduce(t)
         return float(t) == 0.0
 
+    def largest(self, value: int) -> int:
+        """The largest of the ranks' ``value`` (a non-negative integer below 2**24, e.g. a signal number)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([float(value)], device=self._comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t)
+
     @torch.no_grad()
     def average_buffers(self, model: nn.Module) -> None:
         """Average floating-point buffers (BatchNorm running mean / var) over ranks, in place."""

@@ -11,14 +11,17 @@ One ``torch.multiprocessing.spawn`` job (module fixture ``ddp``) runs, in each o
   C. M-JEM with a NaN loss noted on rank 1 only (after the rank average, so rank 0's own metrics are
      clean): both ranks must roll back together to ckpt.pt, lower the lr and finish identical.
 Then a real ``torchrun --nproc-per-node 2 -m fastebm.train`` run writes a checkpoint that resumes on 1
-process with the full-size buffer.
+process with the full-size buffer, and a 2-rank run whose rank 1 alone gets SIGUSR1 stops on both ranks at
+the same --check-every iteration (exit 138 each, one checkpoint, one ``stop`` row) and resumes.
 """
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -257,6 +260,58 @@ def test_torchrun_checkpoint_resumes_on_one_process(tmp_path):
     assert main(["--resume", os.path.join(out, "ckpt.pt"), "--epochs", "2", "--no-progress"]) == 0
     assert [r["iter"] for r in _records(out)] == [1, 2, 3, 4]
     assert "dist" not in torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)  # a plain 1-process ckpt
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_checked_iteration(tmp_path):
+    """SIGUSR1 (SLURM's warning before a requeue) to rank 1 only, one preempted pod of a job whose ranks are
+    one process each, started with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT as torchrun, srun or a Kubeflow
+    PyTorchJob set them: both ranks finish the iteration at the next multiple of --check-every (the one
+    all-reduce that agrees on a stop, and on its signal), both exit 128 + SIGUSR1 = 138, and rank 0, which got
+    no signal itself, writes ckpt.pt of that iteration and the one ``stop`` row; a resume goes on from there.
+    Each rank is its own child here, not a torchrun worker, so the test sees both exit statuses."""
+    out, every, total = str(tmp_path / "run"), 4, 12
+    argv = ["--depth", "10", "--width", "1", "--buffer-size", "40", "--batch-size", "8", "--cls-batch-size", "8",
+            "--train-subset", "200", "--test-subset", "32", "--no-progress", "--warmup-iters", "2",
+            "--log-every", "1", "--k", "1", "--epochs", "1", "--iters-per-epoch", str(total), "--check-every",
+            str(every), "--ckpt-every", "1000", "--eval-every", "1000", "--sample-every", "1000", "--device", "cpu",
+            "--out", out]
+    port, procs, logs = _free_port(), [], []
+    try:
+        for rank in range(WORLD):
+            env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                       OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                       LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
+            logs.append((open(tmp_path / f"out{rank}", "w+"), open(tmp_path / f"err{rank}", "w+")))
+            procs.append(subprocess.Popen([sys.executable, "-m", "fastebm.train", *argv], cwd=REPO, env=env,
+                                          stdout=logs[-1][0], stderr=logs[-1][1], text=True))
+        deadline = time.monotonic() + 300  # start-up is 10-40 s on a busy 2-core machine
+        while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+            if os.path.isfile(os.path.join(out, "metrics.jsonl")) and _records(out):
+                break  # iteration 1 logged: the ranks are training, iteration 2 is under way
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in procs), [open(e.name).read()[-2000:] for _, e in logs]
+        procs[1].send_signal(signal.SIGUSR1)
+        status = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+        for f in (f for pair in logs for f in pair):
+            f.close()
+    out0, err0, out1, err1 = (open(tmp_path / n).read() for n in ("out0", "err0", "out1", "err1"))
+    assert status == [128 + signal.SIGUSR1] * 2, (status, err0[-3000:], err1[-3000:])
+    assert "fastebm: SIGUSR1: stopping after this iteration" in err1 and "fastebm: SIGUSR1" not in err0  # rank 1 only
+    [stop] = _records(out, "stop")  # one row: only rank 0 writes
+    at = stop["iter"]
+    assert at % every == 0 and every <= at < total and stop["signal"] == "SIGUSR1", stop
+    assert [r["iter"] for r in _records(out)] == list(range(1, at + 1))  # no rank went past it
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert ckpt["iteration"] == at and ckpt["dist"]["world_size"] == WORLD  # both ranks' shards and RNG, gathered
+    assert f"stopped by SIGUSR1 at iteration {at}" in err0
+    assert json.loads(out0)["stopped"] == "SIGUSR1" and json.loads(out0)["iteration"] == at and out1 == ""
+
+    assert main(["--resume", os.path.join(out, "ckpt.pt"), "--no-progress"]) == 0  # the requeued job, 1 process
+    assert [r["iter"] for r in _records(out)] == list(range(1, total + 1))
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["iteration"] == total
 
 
 def test_single_process_has_no_process_group_and_no_op_hooks():
