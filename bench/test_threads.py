@@ -5,6 +5,13 @@ Why: torch's default (one thread per physical core) collapses when other jobs sh
 threads wait for each other on busy cores), which is why ``fastebm.threads.choose_threads`` takes the usable
 cores minus the load. Timed interleaved (round r runs every thread count once), medians; the summary
 gives both ratios. CPU only.
+
+The same rows are the source of the README's demo rates: the iteration is the one ``python -m fastebm.train``
+runs (digits preset: WRN-10-1, K = 5, batches 32 / 64, all 1,437 training images), so iterations per second
+here are the demo's training rate (its test evaluation, grids and checkpoints once per 100-iteration epoch,
+and its start-up, not included), and 300 of them the demo's training time. The summary states the 1-minute
+load average before and after each case (the machine's other jobs count: "idle" adds no spinner, it does not
+make the machine idle) and the thread count a run would take at that load (``choose_threads``).
 """
 from __future__ import annotations
 
@@ -16,8 +23,10 @@ import pytest
 import torch
 
 from bench import _common as C
+from fastebm.progress import duration
 
 ROUNDS, WARMUP = 5, 1
+DEMO_ITERS = 300  # python -m fastebm.train: the digits preset's 3 epochs of 100 iterations
 
 
 def _spinners(n: int) -> list:
@@ -29,7 +38,7 @@ def _spinners(n: int) -> list:
 def test_threads_on_a_shared_machine(benchmark, tmp_path, load):
     from fastebm.config import resolve
     from fastebm.datasets import load_dataset
-    from fastebm.threads import usable_cores
+    from fastebm.threads import choose_threads, usable_cores
     from fastebm.trainer import Trainer
 
     cores = usable_cores()
@@ -37,9 +46,12 @@ def test_threads_on_a_shared_machine(benchmark, tmp_path, load):
         pytest.skip("one usable core: nothing to choose")
     cfg = resolve(dict(dataset="digits", out=str(tmp_path), progress=False, device="cpu"))
     tr = Trainer(cfg, load_dataset("digits", split="train"))
+    if C.DATA_NAME == "not loaded":  # run alone: the summary's data line names the demo's
+        C.DATA_NAME = f"digits, the demo's {len(tr.train_data)} training images at 32x32"
     step = C.TrainStep(tr)
     counts = sorted({1, cores})
     before = torch.get_num_threads()
+    load_before = os.getloadavg()[0]
     spin = _spinners(cores - 1) if load == "busy" else []
     try:
         def at(n):
@@ -50,6 +62,8 @@ def test_threads_on_a_shared_machine(benchmark, tmp_path, load):
 
         times = C.interleaved_medians({n: at(n) for n in counts}, ROUNDS, WARMUP)
         benchmark.pedantic(at(1), rounds=2, iterations=1)
+        load_after = os.getloadavg()[0]
+        chosen = choose_threads(None)[0]  # what a run started now would take (spinners still running)
     finally:
         for p in spin:
             p.kill()
@@ -57,10 +71,17 @@ def test_threads_on_a_shared_machine(benchmark, tmp_path, load):
     med = {n: C.median(t) for n, t in times.items()}
     ratio = med[cores] / med[1]
     benchmark.extra_info.update(load=load, cores=cores, median_s=med, one_thread_speedup=ratio,
-                                loadavg=os.getloadavg()[0])
+                                it_per_s={n: 1 / m for n, m in med.items()}, loadavg_before=load_before,
+                                loadavg_after=load_after, threads_chosen=chosen, demo_iters=DEMO_ITERS)
     sec = C.summary_section("CPU threads (digits demo iteration, interleaved medians)",
-                            ["load", "1 thread s/iter", f"{cores} threads s/iter", f"1 thread vs {cores}"])
+                            ["case", "1-min load before/after", "1 thread it/s", f"{cores} threads it/s",
+                             f"1 thread vs {cores}", "run would take", f"{DEMO_ITERS} it at 1 / {cores} threads"])
     if not sec["notes"]:
         sec["notes"].append(f"busy: {cores - 1} spinning process(es) beside the run; ratio > 1: one thread is faster")
-    sec["rows"].append([load, f"{med[1]:.3f}", f"{med[cores]:.3f}", f"{ratio:.2f}x"])
+        sec["notes"].append(f"{DEMO_ITERS} it: the demo's training iterations at the median rate (start-up, test "
+                            "evaluation, grids and checkpoints not included)")
+    case = "as found (no spinner)" if load == "idle" else f"busy (+{cores - 1} spinner)"
+    sec["rows"].append([case, f"{load_before:.1f} / {load_after:.1f}", f"{1 / med[1]:.2f}", f"{1 / med[cores]:.2f}",
+                        f"{ratio:.2f}x", f"{chosen} thread(s)",
+                        f"{duration(DEMO_ITERS * med[1])} / {duration(DEMO_ITERS * med[cores])}"])
     assert all(torch.isfinite(torch.tensor(t)).all() for t in times.values())

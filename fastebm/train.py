@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shutil
 import signal
@@ -39,11 +38,14 @@ import typing
 
 from . import __version__, paper
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import CHOICES, DEVICE_FIELDS, NONE, Config, OneLineParser, resolve
+from .config import DEVICE_FIELDS, NONE, Config, OneLineParser, resolve
 from .data import DatasetError
 from .distributed import env_world_size, exit_process, init_from_env, shutdown
 from .fastpath import FastPathError
+from .limits import CHOICES
+from .recovery import finite
 from .runfolder import RunFolderBusy, RunLock, default_run_folder, run_folder_base
+from .schedule import decays_after_end
 from .stopping import GracefulStop, Stopped
 from .threads import apply_threads
 from .trainer import DivergenceError, Trainer
@@ -107,7 +109,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     Every field ``name`` becomes ``--name`` (underscores → dashes) with the help line of its
     ``metadata["help"]``, in the help group ``metadata.get("group", "other options")``; bool fields get
     ``--x`` / ``--no-x``, list fields take several values, Optional fields also accept ``none``, and the
-    choices come from :data:`fastebm.config.CHOICES`. Every default is None (= not given: the preset
+    choices come from :data:`fastebm.limits.CHOICES`. Every default is None (= not given: the preset
     decides); the help shows the value the presets resolve to for the ``--dataset`` / ``--model`` /
     ``--k`` of ``argv`` (``sys.argv[1:]`` when None). CLI-only: ``--resume``, ``--print-config``.
     """
@@ -250,7 +252,16 @@ def _main(argv, locks: list) -> int:
             locks.append(RunLock(cfg.out))
         threads = apply_threads(cfg.threads, env_world_size())
         init_from_env(cfg.device)  # torchrun (WORLD_SIZE > 1): process group from RANK/WORLD_SIZE/LOCAL_RANK
-        trainer = Trainer(cfg, requested=requested)
+
+        def stage(tr: Trainer, what: str) -> None:  # "checked" comes after every check: errors stay one line
+            if not tr.dist.is_main:
+                return
+            lines = [banner(tr, threads), decay_warning(tr.cfg, requested)] if what == "checked" else [
+                f"fastebm: WRN-{tr.cfg.depth}-{tr.cfg.width} and optimizer built; p0 (Eq. 6, --p0 {tr.cfg.p0}) next"]
+            for line in filter(None, lines):
+                print(line, file=sys.stderr, flush=True)
+
+        trainer = Trainer(cfg, requested=requested, on_stage=stage)
         cfg = trainer.cfg  # completed for the device and the data
         if args.resume:
             trainer.load_checkpoint(args.resume)
@@ -268,12 +279,6 @@ def _main(argv, locks: list) -> int:
         print(f"{parser.prog}: interrupted before training started; nothing was written", file=sys.stderr)
         return 130
     say = trainer.dist.is_main  # only rank 0 talks
-    if say:
-        print(f"fastebm: {cfg.model} on {cfg.dataset} ({len(trainer.train_data)} images, "
-              f"{cfg.image_size}px, {cfg.n_classes} classes), WRN-{cfg.depth}-{cfg.width}, K={cfg.k}, "
-              f"device {trainer.device}, {threads}, {trainer.dist.world_size} process(es), "
-              f"run folder {trainer.out}",
-              file=sys.stderr)
     try:  # the fast-path self-check before the first iteration, so the banner can say what runs
         if trainer.fast.pending:
             if say:
@@ -295,6 +300,8 @@ def _main(argv, locks: list) -> int:
         return e.status
     except (DivergenceError, CheckpointError) as e:
         print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
+        if say and isinstance(e, DivergenceError):
+            print(json.dumps({**run_summary(trainer, {}, diverged=True), "diverged": str(e)}))
         return 1
     except KeyboardInterrupt:
         last, at = trainer.last_checkpoint, trainer.last_checkpoint_iteration
@@ -313,12 +320,42 @@ def _main(argv, locks: list) -> int:
     return 0
 
 
-def run_summary(trainer: Trainer, last: dict) -> dict:
+def banner(trainer: Trainer, threads: str) -> str:
+    """The run's first line on stderr: model, data, network, K, iterations, device, threads, processes, run
+    folder. Printed as soon as the options and the data have passed every check, before the model, optimizer
+    and p0 are built (``Trainer(on_stage=...)``), so that a run says what it does within seconds of its start."""
+    cfg = trainer.cfg
+    return (f"fastebm: {cfg.model} on {cfg.dataset} ({len(trainer.train_data)} images, {cfg.image_size}px, "
+            f"{cfg.n_classes} classes), WRN-{cfg.depth}-{cfg.width}, K={cfg.k}, {cfg.total_iters} iterations "
+            f"({cfg.epochs} epoch(s) of {cfg.iters_per_epoch}), device {trainer.device}, {threads}, "
+            f"{trainer.dist.world_size} process(es), run folder {trainer.out}; building the model and p0")
+
+
+def decay_warning(cfg: Config, requested: dict) -> str | None:
+    """The warning line for learning-rate decays that never happen: the ``--decay-epochs`` at or after the
+    run's last epoch (:func:`fastebm.schedule.decays_after_end`), with where they came from (the options given or
+    the recipe's presets) and the flag that changes them; None when every decay falls within the run."""
+    never = decays_after_end(cfg)
+    if not never:
+        return None
+    whose = "as given" if "decay_epochs" in requested else "the recipe's"
+    return (f"fastebm: warning: the learning rate never decays at epoch(s) {', '.join(map(str, never))} of "
+            f"--decay-epochs {' '.join(map(str, cfg.decay_epochs))} ({whose}): the run ends after --epochs "
+            f"{cfg.epochs}; pass --decay-epochs with epochs below {cfg.epochs} to decay within it, or "
+            f"--decay-epochs alone (no value) for no decay")
+
+
+def run_summary(trainer: Trainer, last: dict, diverged: bool = False) -> dict:
     """The end-of-run summary printed on stdout: iterations, run folder, checkpoint, the last training row,
-    the best test accuracy / FID, and the paper row the configuration reproduces with both sides' numbers."""
-    best = {k: v for k, v in trainer.best.items() if math.isfinite(v)}
+    the best test accuracy / FID, the best before the first divergence (the paper's "best before diverging":
+    at the first rollback, or everything of a run that stopped at its divergence), and the paper row the
+    configuration reproduces with both sides' numbers."""
+    best = finite(trainer.best)
     out = {"iteration": trainer.iteration, "run_folder": trainer.out, "checkpoint": trainer.last_checkpoint,
            "last": last, "best": best}
+    before = trainer.best_before_divergence or ({"iter": trainer.iteration, **best} if diverged else None)
+    if before is not None:
+        out["best_before_divergence"] = before
     row = paper.match(trainer.cfg)
     if row is not None:
         measured = {"acc": best.get("test_acc"), "fid": best.get("fid")}

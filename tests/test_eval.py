@@ -369,6 +369,13 @@ def test_filter_by_confidence_keeps_top_ratio_per_predicted_class():
         filter_by_confidence(probs, 0.0)
 
 
+def _folder_fid(ckpt, data, tmp_path, *extra) -> list[str]:
+    """The eval command of an FID (random Inception, 8 samples) on a folder dataset, statistics cached under
+    tmp_path/cache, results in tmp_path/o."""
+    return ["--ckpt", ckpt, "--task", "fid", "--random-inception", "--dataset", "folder", "--data-root", str(data),
+            "--n-samples", "8", "--stats-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o"), *extra]
+
+
 def test_fid_stats_cache_is_keyed_by_content(ckpts, tmp_path, cifar_root, fast_fid):
     """The stale-cache case: a 2-class folder with 20 train images per class gives n_real 40; after 20
     more per class are copied in, the same command recomputes the statistics (n_real 80)."""
@@ -383,9 +390,7 @@ def test_fid_stats_cache_is_keyed_by_content(ckpts, tmp_path, cifar_root, fast_f
                 shutil.copy(os.path.join(cifar_root, "train", cls, f), data / "train" / cls / f)
 
     fill(0, 20)
-    argv = ["--ckpt", ckpts["mebm"], "--task", "fid", "--random-inception", "--dataset", "folder", "--data-root",
-            str(data), "--n-samples", "8", "--stats-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o"),
-            "--batch-size", "40"]
+    argv = _folder_fid(ckpts["mebm"], data, tmp_path, "--batch-size", "40")
     with pytest.warns(UserWarning, match="meaningless"):
         assert main(argv) == 0
     first = _json(tmp_path / "o" / "fid.json")
@@ -418,9 +423,7 @@ def test_fid_reference_of_train_and_test_together(ckpts, tmp_path, cifar_root, f
         return real_outputs(model, images, *a, **k)
 
     monkeypatch.setattr(M, "inception_outputs", spy)
-    argv = ["--ckpt", ckpts["mebm"], "--task", "fid", "--random-inception", "--dataset", "folder", "--data-root",
-            str(data), "--n-samples", "8", "--stats-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o"),
-            "--fid-split", "train+test"]
+    argv = _folder_fid(ckpts["mebm"], data, tmp_path, "--fid-split", "train+test")
     with pytest.warns(UserWarning, match="meaningless"):
         assert main(argv) == 0
     rec = _json(tmp_path / "o" / "fid.json")
