@@ -1,5 +1,5 @@
-"""Checkpoints: files written atomically and read with a clear error when they do not fit the run, and what a
-training run puts in them (:func:`trainer_state`, :func:`save_trainer`, :func:`restore_trainer`)."""
+"""Checkpoint files: written atomically, read with a clear error when they do not fit the run (what a training
+run puts in them: :mod:`fastebm.runstate`)."""
 from __future__ import annotations
 
 import glob
@@ -8,13 +8,9 @@ import random
 import re
 import shutil
 import tempfile
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
 
 TMP_PREFIX = ".tmp-"  # temporary files of atomic_save: .tmp-<pid>-<random>.pt beside the target
 
@@ -205,83 +201,3 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ------------------------------------------------------------------------------ what a training run holds
-def trainer_state(tr: Trainer) -> dict:
-    """Everything a checkpoint of ``tr`` holds: model, optimizer, replay buffer, p0, RNG states (torch,
-    numpy, Python, the Triton Philox state), iteration and epoch, the rollback state (``lr_scale``,
-    ``rollbacks``), the best FID / accuracy so far (and before the first divergence), the config, the
-    options the user gave, the architecture a resume must match, the training classes and the fast
-    components that ran."""
-    return {"model": tr.model.state_dict(), "optimizer": tr.opt.state_dict(),
-            "buffer": tr.buffer.state_dict(), "p0": tr.p0.state_dict(), "rng": rng_state(),
-            "iteration": tr.iteration, "epoch": tr.iteration / tr.cfg.iters_per_epoch,
-            "lr_scale": tr.lr_scale, "rollbacks": tr.rollbacks,
-            "config": tr.cfg.to_dict(), "requested": tr.requested, "arch": tr.cfg.arch(),
-            "format": "fastebm-1", "fast_path": tr.fast.active(), "classes": tr.train_data.classes,
-            "triton_rng": None if tr.fast.rng is None else tr.fast.rng.cpu(), "best": dict(tr.best),
-            "best_before_divergence": tr.best_before_divergence}
-
-
-def save_trainer(tr: Trainer, path: str) -> str:
-    """Write :func:`trainer_state` of ``tr`` to ``path`` atomically (rank 0, every rank's buffer shard
-    gathered); never a model that a rollback or an evaluation could not use: non-finite parameters, BN
-    statistics or replay buffer, or finite weights whose energies / logits on a probe batch (the first B buffer
-    samples, eval mode) overflow — the optimizer step after the last loss check can leave such weights.
-    Collective under DDP. Returns ``path`` and records it as ``tr.last_checkpoint``.
-
-    Raises:
-        DivergenceError: non-finite state (nothing written).
-        CheckpointError: the write failed (the previous file stays).
-    """
-    from .model import model_outputs
-    from .recovery import DivergenceError
-
-    tr.dist.average_buffers(tr.model)                               # BN running stats: mean over ranks
-    tensors = [*tr.model.parameters(), *tr.model.buffers(), tr.buffer.samples]
-    finite = bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).all())  # 1 sync
-    if finite:
-        energy, logits = model_outputs(tr.model, tr.buffer.samples[: tr.cfg.batch_size], tr.cfg.batch_size)
-        finite = bool(torch.isfinite(energy).all()) and (logits is None or bool(torch.isfinite(logits).all()))
-    if not tr.dist.all_ranks(finite):
-        raise DivergenceError(f"refusing to write a checkpoint with non-finite values (weights, buffer, or "
-                              f"the energies they give) at iteration {tr.iteration}; last good checkpoint: "
-                              f"{tr.last_checkpoint}")
-    state = tr.dist.gather_checkpoint(trainer_state(tr))            # every rank's buffer shard → rank 0
-    if state is not None:
-        atomic_save(state, path)
-    tr.last_checkpoint, tr.last_checkpoint_iteration = path, tr.iteration
-    return path
-
-
-def restore_trainer(tr: Trainer, path: str) -> None:
-    """Restore model, optimizer, buffer, p0, RNG states, iteration, the rollback state and the best scores of
-    ``tr`` from ``path`` (an exact resume; also the restore of a rollback). Parameters, BN buffers, the replay
-    buffer and the Triton Philox state are copied into the existing tensors, so captured CUDA graphs stay valid.
-
-    Raises:
-        CheckpointError: missing/unreadable file, or a checkpoint of another model/architecture.
-    """
-    from .init import p0_from_state_dict
-
-    ckpt = load_checkpoint(path, map_location="cpu")
-    if ckpt.get("arch") != tr.cfg.arch():
-        raise CheckpointError(f"checkpoint {path!r} is for model {ckpt.get('arch')}, expected {tr.cfg.arch()}")
-    load_model_state(tr.model, ckpt, path)
-    try:
-        tr.opt.load_state_dict(ckpt["optimizer"])
-        tr.buffer.load_state_dict(tr.dist.buffer_shard(ckpt["buffer"]))  # re-split across ranks
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path!r} does not fit this run: {e}") from None
-    tr.buffer.p0 = p0_from_state_dict(ckpt["p0"]).to(tr.device)
-    if tr.fast.rng is not None and ckpt.get("triton_rng") is not None:  # a CPU run's checkpoint has none
-        tr.fast.rng.copy_(ckpt["triton_rng"])
-    tr.fast.reload()                                                # new optimizer state and p0 objects
-    tr.best.update(ckpt.get("best", {}))                            # best FID / accuracy so far
-    tr.best_before_divergence = ckpt.get("best_before_divergence")
-    tr.iteration = int(ckpt["iteration"])
-    tr.lr_scale, tr.rollbacks = float(ckpt.get("lr_scale", 1.0)), int(ckpt.get("rollbacks", 0))
-    set_rng_state(ckpt["rng"])
-    tr.dist.restore_rng(ckpt, tr.iteration, tr.cfg.seed)            # per-rank streams (no-op single process)
-    tr.last_checkpoint, tr.last_checkpoint_iteration = path, tr.iteration

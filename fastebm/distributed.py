@@ -217,7 +217,7 @@ class DistContext:
         """p0 = ``build()`` on rank 0, broadcast to the other ranks (``build`` runs once in all)."""
         if not self.enabled:
             return build()
-        from .init import p0_from_state_dict
+        from .p0 import p0_from_state_dict
 
         obj = [build().state_dict() if self.is_main else None]
         dist.broadcast_object_list(obj, src=0, device=self._comm_device())

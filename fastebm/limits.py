@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,9 +13,6 @@ from .init import COV_FORMS, P0_KINDS
 from .loss import REG_FORMS
 from .model import MODEL_KINDS, NORMS
 from .sampler import BN_MODES
-
-if TYPE_CHECKING:
-    from .config import Config
 
 CHOICES = {"dataset": tuple(DATASETS), "model": MODEL_KINDS, "norm": NORMS, "p0": P0_KINDS,
            "cov": ("auto",) + COV_FORMS, "sgld_bn": BN_MODES, "reg_form": REG_FORMS,
@@ -62,7 +58,7 @@ def _interval(lo, hi, lo_in, hi_in) -> str:
     return f"{'[' if lo_in else '('}{low}, {high}{']' if hi_in else ')'}"
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg) -> None:
     """Check every value; raise ValueError naming the option, what was expected and what was got.
 
     Every numeric field (and each element of a list field) must be finite — NaN and ±inf are rejected
@@ -94,7 +90,7 @@ def validate(cfg: Config) -> None:
         _check_p0_size(cfg)
 
 
-def _check_p0_size(cfg: Config) -> None:
+def _check_p0_size(cfg) -> None:
     """``--p0 gaussian-downsampled``: --p0-size must divide the image side (each pixel becomes a block)."""
     if cfg.p0 == "gaussian-downsampled" and (cfg.p0_size > cfg.image_size or cfg.image_size % cfg.p0_size):
         raise ValueError(f"--p0-size {cfg.p0_size}: expected a divisor of the image side {cfg.image_size} "
@@ -118,7 +114,7 @@ def available_memory(device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def count_weights(cfg: Config) -> int:
+def count_weights(cfg) -> int:
     """Parameters of the model ``cfg`` describes (``n_classes`` and ``image_size`` set), counted on the meta
     device: the model is built without allocating any of its weights, so the count cannot drift from it."""
     from .model import build_model
@@ -127,7 +123,7 @@ def count_weights(cfg: Config) -> int:
         return sum(p.numel() for p in build_model(cfg).parameters())
 
 
-def check_fits(cfg: Config, n_train: int, device, world_size: int = 1, available: int | None = None) -> None:
+def check_fits(cfg, n_train: int, device, world_size: int = 1, available: int | None = None) -> None:
     """Reject sizes that cannot fit the data or the device, before anything large is allocated.
 
     Args:

@@ -24,16 +24,12 @@ from __future__ import annotations
 
 import math
 import random
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .distributed import RANK_SEED_STRIDE
 from .schedule import lr_at
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
 
 ROLLBACK_SEED_STRIDE = 15_485_863  # a prime: rollback r of a run draws from its own RNG streams
 
@@ -95,7 +91,7 @@ def finite(best: dict) -> dict:
     return {k: v for k, v in best.items() if math.isfinite(v)}
 
 
-def check(tr: Trainer, m: dict, it: int) -> None:
+def check(tr, m: dict, it: int) -> None:
     """Raise :class:`DivergenceError` if ``tr``'s watch noted a divergence on any rank (one host sync and,
     under DDP, one all-reduce, so every rank decides alike), after saving a diagnostic grid of the last
     positive and negative samples. Runs every ``check_every`` iterations and before any log row, evaluation,
@@ -113,7 +109,7 @@ def check(tr: Trainer, m: dict, it: int) -> None:
                           f"checkpoint: {tr.last_checkpoint or 'none written yet'}")
 
 
-def roll_back(tr: Trainer, reason: str) -> None:
+def roll_back(tr, reason: str) -> None:
     """Recover ``tr`` from a divergence: restore ``ckpt.pt`` (model, optimizer, buffer, p0, RNG states,
     iteration), multiply ``lr_scale`` by ``--rollback-lr-factor``, count the rollback, draw new RNG streams
     (:func:`reseed`), keep the best FID / accuracy so far (the files best_*.pt hold them) and, at the first
@@ -141,7 +137,7 @@ def roll_back(tr: Trainer, reason: str) -> None:
             "lr_scale": scale, "rollbacks": count, "reason": reason})
 
 
-def reseed(tr: Trainer) -> None:
+def reseed(tr) -> None:
     """New RNG streams for this rank after a rollback: torch (CPU and every CUDA device), numpy, Python and
     the Triton Philox state, seeded from (seed, rank, iteration, rollback count) by :func:`rollback_seed`, so
     the rolled-back run does not replay the diverged trajectory and is still reproducible."""

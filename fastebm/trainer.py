@@ -4,8 +4,10 @@ log rows, test evaluation, sample grids, checkpoints, buffer FID, and what ends 
 (:mod:`fastebm.recovery`: stop or roll back) or a signal (:mod:`fastebm.stopping`: checkpoint, then exit).
 
 Around it, each in its own room: the run folder and its lock (:mod:`fastebm.runfolder`), the run log
-(:mod:`fastebm.runlog`), checkpoints and what they hold (:mod:`fastebm.checkpoint`), the learning-rate schedule
-(:mod:`fastebm.schedule`), what each option accepts (:mod:`fastebm.limits`), the fast path (:mod:`fastebm.fastpath`).
+(:mod:`fastebm.runlog`), checkpoint files (:mod:`fastebm.checkpoint`) and what they hold
+(:mod:`fastebm.runstate`), the p0 of the run (:mod:`fastebm.p0`), the learning-rate schedule
+(:mod:`fastebm.schedule`), what each option accepts (:mod:`fastebm.limits`), the fast path
+(:mod:`fastebm.fastpath`).
 """
 from __future__ import annotations
 
@@ -22,21 +24,22 @@ import torch
 from .algorithm import Algorithm1
 from .buffer import ReplayBuffer
 from .bufferfid import BufferScore, fid_cadence, fid_epoch
-from .checkpoint import CheckpointError, remove_stale_temporaries, restore_trainer, save_trainer, trainer_state
+from .checkpoint import CheckpointError, remove_stale_temporaries
 from .config import Config, derive_iters_per_epoch, for_device, resolve_device
 from .data import Batches, ImageSet, to_uint8
 from .datasets import has_test_split, load_dataset
 from .distributed import DistContext
 from .fastpath import FastPath
-from .init import load_or_fit_p0
 from .limits import check_fits
 from .loss import classification_loss
 from .model import build_model, model_outputs
+from .p0 import load_or_fit_p0
 from .profiling import enable as enable_nvtx
 from .progress import TrainingProgress
 from .recovery import DivergenceError, DivergenceWatch, check, roll_back
 from .runfolder import default_run_folder
 from .runlog import RunLog
+from .runstate import restore_trainer, save_trainer, trainer_state
 from .sampler import Sampler, SGLDConfig
 from .schedule import lr_at
 from .step import init_optimizer_state
@@ -394,11 +397,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """Everything a checkpoint holds (:func:`~fastebm.checkpoint.trainer_state`)."""
+        """Everything a checkpoint holds (:func:`~fastebm.runstate.trainer_state`)."""
         return trainer_state(self)
 
     def save_checkpoint(self, path: str | None = None) -> str:
-        """Write ckpt.pt (or ``path``) atomically; returns the path (:func:`~fastebm.checkpoint.save_trainer`).
+        """Write ckpt.pt (or ``path``) atomically; returns the path (:func:`~fastebm.runstate.save_trainer`).
 
         Raises:
             DivergenceError: non-finite weights, buffer or energies (nothing written).
@@ -407,7 +410,7 @@ class Trainer:
         return save_trainer(self, path or self.ckpt_path)
 
     def load_checkpoint(self, path: str) -> None:
-        """Restore the whole run from ``path`` (:func:`~fastebm.checkpoint.restore_trainer`).
+        """Restore the whole run from ``path`` (:func:`~fastebm.runstate.restore_trainer`).
 
         Raises:
             CheckpointError: missing/unreadable file, or a checkpoint of another model/architecture.

@@ -89,7 +89,7 @@ def test_a_checkpoint_holds_no_numpy_objects_and_its_rng_state_round_trips(run):
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", b"not a tensor file", "hidden"])
 def test_a_p0_cache_that_cannot_be_read_is_refitted(tmp_path, capsys, content):
-    from fastebm.init import load_or_fit_p0
+    from fastebm.p0 import load_or_fit_p0
 
     marker, p0 = tmp_path / "ran", str(tmp_path / "p0.pt")
     if content == "hidden":

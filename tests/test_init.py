@@ -6,9 +6,10 @@ import torch
 
 from fastebm.checkpoint import atomic_save, safe_load
 from fastebm.data import ImageSet
-from fastebm.init import GaussianInit, UniformInit, fit_gaussian, load_or_fit_p0, p0_from_state_dict
+from fastebm.init import GaussianInit, UniformInit, fit_gaussian
 from fastebm.init_variants import DownsampledGaussianInit, GaussianMixtureInit, fit_downsampled, fit_mixture
 from fastebm.numerics import float64_draws
+from fastebm.p0 import load_or_fit_p0, p0_from_state_dict
 
 
 def _images(n, shape=(3, 4, 4), seed=0):

@@ -1,9 +1,9 @@
 """The package's layering: lower layers never import higher ones, and every module imports on
 its own (no import cycle hidden by import order).
 
-Layers, low to high: profiling, checkpoint → data, model, loss → init, buffer, sampler → config →
-distributed → trainer → train, eval (the CLIs). ``metrics`` sits beside the CLIs' helpers and never
-imports the trainer either.
+Layers, low to high: profiling, checkpoint → data, model, loss → init, init_variants, p0, buffer, sampler →
+limits, config, schedule → distributed → recovery, runstate → trainer → train, eval (the CLIs). ``metrics``
+sits beside the CLIs' helpers and never imports the trainer either.
 """
 import ast
 import os
@@ -14,8 +14,8 @@ import pytest
 
 PKG = os.path.join(os.path.dirname(__file__), "..", "fastebm")
 HIGH = {"trainer", "train", "eval"}
-LOW = ("distributed", "checkpoint", "data", "model", "init", "buffer", "sampler", "loss", "config",
-       "profiling", "metrics")
+LOW = ("distributed", "checkpoint", "data", "model", "init", "init_variants", "p0", "buffer", "sampler", "loss",
+       "config", "limits", "schedule", "recovery", "runstate", "profiling", "metrics")
 MODULES = sorted(f[:-3] for f in os.listdir(PKG) if f.endswith(".py") and f != "__init__.py")
 
 

@@ -10,8 +10,8 @@ from ..checkpoint import CheckpointError, load_checkpoint, load_model_state
 from ..config import Config, fast_flags, resolve, resolve_device
 from ..data import ImageSet, to_float
 from ..datasets import DATASETS, load_dataset
-from ..init import p0_from_state_dict
 from ..model import EnergyModel, build_model, model_outputs
+from ..p0 import p0_from_state_dict
 from ..progress import Progress
 from ..sampler import Sampler, SGLDConfig, energy_grad, sampling_mode
 from .options import EvalError, EvalOptions
