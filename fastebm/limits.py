@@ -12,6 +12,7 @@ from .datasets import DATASETS
 from .init import COV_FORMS, P0_KINDS
 from .loss import REG_FORMS
 from .model import MODEL_KINDS, NORMS
+from .p0 import default_cov_form
 from .sampler import BN_MODES
 
 CHOICES = {"dataset": tuple(DATASETS), "model": MODEL_KINDS, "norm": NORMS, "p0": P0_KINDS,
@@ -178,7 +179,7 @@ def check_fits(cfg, n_train: int, device, world_size: int = 1, available: int | 
                          f"{2 * d * d * 8 / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free on {device}; "
                          f"use --cov lowrank or a smaller --image-size")
     _check_p0_size(cfg)
-    form = ("full" if cfg.image_size <= 64 else "lowrank") if cfg.cov == "auto" else cfg.cov  # init.default_cov_form
+    form = default_cov_form(cfg.image_size) if cfg.cov == "auto" else cfg.cov
     if cfg.p0 == "gaussian-mixture":  # K float32 factors (D × D or D × rank, + diagonal), one float64 fit at a time
         m, fit = (d, 2 * d * d * 8) if form == "full" else (min(cfg.rank, d) + 1, 0)
         need = cfg.n_classes * d * m * 4 + fit
