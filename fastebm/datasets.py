@@ -12,15 +12,15 @@ Every reader returns an :class:`~fastebm.data.ImageSet`: images (N, 3, H, W) uin
 - ``imagenet32``: the official Downsampled-ImageNet 32×32 files ``train_data_batch_1..10`` and
   ``val_data`` (pickled dicts or ``.npz``) with keys ``data`` (N×3072 uint8: all red values, then all
   green, then all blue, rows of 32), ``labels`` (1..1000) → labels 0..999.
-- ``celebahq128`` / ``folder``: class-folder layout ``root/train/<class>/<image>`` and ``root/test/`` (or
-  ``root/val/``); the classes are the training split's sorted class folders (those holding images), and the
-  other split maps to them by name (:func:`load_folder`). ``celebahq128`` resizes to 128×128.
+- ``celebahq128`` / ``folder``: class-folder layout ``root/train/<class>/...`` and ``root/test/`` (or
+  ``root/val/``), every image under a class folder at any depth; the classes are the training split's sorted
+  class folders (those holding images), and the other split maps to them by name (:mod:`fastebm.folders`).
+  ``celebahq128`` resizes to 128×128.
 """
 from __future__ import annotations
 
 import os
 import pickle
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import DatasetError, ImageSet
-from .images import IMAGE_EXTENSIONS, ImageError, read_image, resize
-from .progress import progress
+from .folders import check_test_split, load_folder
+from .images import resize
 
 
 def _check_images(images: torch.Tensor, where: str) -> torch.Tensor:
@@ -200,98 +200,19 @@ def load_imagenet32(root: str, split: str) -> ImageSet:
     return ImageSet(_check_images(images, f"imagenet32 {root}"), torch.from_numpy(labels), 1000, "imagenet32")
 
 
-def folder_classes(split_dir: str) -> tuple[list[str], list[str]]:
-    """(classes, skipped): the sorted subfolders of ``split_dir`` that hold at least one image file
-    (:data:`~fastebm.images.IMAGE_EXTENSIONS`), and the other, non-hidden subfolders (no images: not classes).
-    Hidden folders (``.ipynb_checkpoints``, ``__MACOSX``) are neither."""
-    classes, skipped = [], []
-    for d in sorted(os.listdir(split_dir)):
-        full = os.path.join(split_dir, d)
-        if not os.path.isdir(full) or d.startswith((".", "__")):
-            continue
-        has_images = any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(full))
-        (classes if has_images else skipped).append(d)
-    return classes, skipped
-
-
-def split_folder(root: str, split: str) -> str | None:
-    """The folder of ``split`` under ``root`` (``test`` falls back to ``val``), or None when there is none."""
-    for name in ((split, "val") if split == "test" else (split,)):
-        if os.path.isdir(os.path.join(root, name)):
-            return os.path.join(root, name)
-    return None
-
-
-def load_folder(root: str, split: str, image_size: int | None = None, name: str = "folder",
-                max_per_class: int | None = None, classes: list[str] | None = None) -> ImageSet:
-    """Class-folder layout ``root/<split>/<class>/<image>`` (``test`` falls back to ``val``).
-
-    The classes are the training split's class folders, by name (``classes``: those of the training split,
-    for another split; None: this split's own). A class folder is a subfolder holding at least one image
-    (jpg, png, bmp, webp, gif, tif); subfolders without images are skipped with one warning line, hidden ones
-    ignored. Another split may lack classes (its labels keep the training split's numbers); a class the
-    training split lacks is a DatasetError. Every image becomes 8-bit RGB (:func:`fastebm.images.read_image`);
-    if ``image_size`` is given they are resized to image_size² (antialiased), otherwise all must share one
-    size. ``max_per_class`` keeps the first files of each class.
-
-    Raises:
-        DatasetError: no such split folder, no class folders, an unknown class, an image that cannot become
-            8-bit RGB (named), or images of different sizes without ``image_size``.
-    """
-    split_dir = split_folder(root, split)
-    if split_dir is None:
-        raise DatasetError(f"{name}: expected class folders under {os.path.join(root, split)!r}"
-                           f"{' (or val/)' if split == 'test' else ''}, found no such folder")
-    found, skipped = folder_classes(split_dir)
-    if skipped:
-        print(f"fastebm: warning: {name}: skipping {len(skipped)} folder(s) without images under {split_dir!r}: "
-              f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
-    if not found:
-        raise DatasetError(f"{name}: expected class folders holding images ({', '.join(IMAGE_EXTENSIONS)}) under "
-                           f"{split_dir!r}, found none")
-    classes = found if classes is None else list(classes)
-    unknown = [c for c in found if c not in classes]
-    if unknown:
-        raise DatasetError(f"{name}: {split_dir!r} holds class folder(s) the training split lacks: "
-                           f"{', '.join(unknown[:5])}; expected a subset of {len(classes)} training classes")
-    files = [(os.path.join(split_dir, cls, f), classes.index(cls)) for cls in found
-             for f in sorted(f for f in os.listdir(os.path.join(split_dir, cls))
-                             if f.lower().endswith(IMAGE_EXTENSIONS))[:max_per_class]]
-    images, labels = [], []
-    for path, label in progress(files, desc=f"fastebm: {name}: decoding {split} images", unit="images"):
-        try:
-            img = read_image(path)
-        except ImageError as e:
-            raise DatasetError(f"{name}: {e}") from None
-        images.append(img if image_size is None else resize(img, image_size))
-        labels.append(label)
-    sizes = {tuple(i.shape) for i in images}
-    if len(sizes) > 1:
-        raise DatasetError(f"{name}: images under {split_dir!r} have different sizes {sorted(sizes)[:3]}...; "
-                           f"pass --image-size N to resize them all to N×N")
-    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), len(classes), name, classes)
-
-
-def has_test_split(name: str, root: str | None, train_classes: list[str] | None, say: bool = True) -> bool:
-    """Whether dataset ``name`` under ``root`` has a test split to evaluate on, checked before training: a folder
-    test split with a class the training split (``train_classes``) lacks is a DatasetError now, not after an
-    epoch; a folder layout without ``test/`` or ``val/`` is said once on stderr (``say``). Training data given
-    in memory (no ``root`` for a dataset that needs one) has none."""
+def test_split(name: str, root: str | None, train_classes: list[str] | None, max_per_class: int | None = None,
+               say: bool = True) -> tuple[bool, int | None]:
+    """(whether dataset ``name`` under ``root`` has a test split to evaluate on, the number of images it will
+    load when known before loading it), checked before training. A folder layout's test split is scanned now
+    (:func:`fastebm.folders.check_test_split`: a class the training split, ``train_classes``, lacks is a
+    DatasetError now, not after an epoch; no ``test/`` or ``val/`` is said once on stderr when ``say``).
+    Training data given in memory (no ``root`` for a dataset that needs one) has none."""
     if DATASETS[name].needs_root and not root:
-        return False
+        return False, None
     if train_classes is None:
-        return True
-    test_dir = split_folder(root, "test")
-    if test_dir is None:
-        if say:
-            print(f"fastebm: warning: {name}: no test/ or val/ folder under {root!r}: no test evaluation (eval rows "
-                  f"stay empty)", file=sys.stderr)
-        return False
-    unknown = [c for c in folder_classes(test_dir)[0] if c not in train_classes]
-    if unknown:
-        raise DatasetError(f"{name}: {test_dir!r} holds class folder(s) the training split lacks: "
-                           f"{', '.join(unknown[:5])}; expected a subset of the training classes")
-    return True
+        return True, None
+    n = check_test_split(name, root, train_classes, max_per_class, say)
+    return n is not None, n
 
 
 def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:

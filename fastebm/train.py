@@ -324,8 +324,12 @@ def banner(trainer: Trainer, threads: str) -> str:
     """The run's first line on stderr: model, data, network, K, iterations, device, threads, processes, run
     folder. Printed as soon as the options and the data have passed every check, before the model, optimizer
     and p0 are built (``Trainer(on_stage=...)``), so that a run says what it does within seconds of its start."""
-    cfg = trainer.cfg
-    return (f"fastebm: {cfg.model} on {cfg.dataset} ({len(trainer.train_data)} images, {cfg.image_size}px, "
+    cfg, n_test = trainer.cfg, trainer.test_size
+    if n_test is not None and cfg.test_subset:  # the images each evaluation scores
+        n_test = min(n_test, cfg.test_subset)
+    images = (f"{len(trainer.train_data)} training images" if n_test is None else
+              f"{len(trainer.train_data)} training and {n_test} test images")
+    return (f"fastebm: {cfg.model} on {cfg.dataset} ({images}, {cfg.image_size}px, "
             f"{cfg.n_classes} classes), WRN-{cfg.depth}-{cfg.width}, K={cfg.k}, {cfg.total_iters} iterations "
             f"({cfg.epochs} epoch(s) of {cfg.iters_per_epoch}), device {trainer.device}, {threads}, "
             f"{trainer.dist.world_size} process(es), run folder {trainer.out}; building the model and p0")

@@ -27,7 +27,7 @@ from .bufferfid import BufferScore, fid_cadence, fid_epoch
 from .checkpoint import CheckpointError, remove_stale_temporaries
 from .config import Config, derive_iters_per_epoch, for_device, resolve_device
 from .data import Batches, ImageSet, to_uint8
-from .datasets import has_test_split, load_dataset
+from .datasets import load_dataset, test_split
 from .distributed import DistContext
 from .fastpath import FastPath
 from .limits import check_fits
@@ -83,8 +83,9 @@ class Trainer:
                                       cfg.image_size)
         self.train_data = train_data.subset(cfg.train_subset, cfg.seed)
         self.test_data = test_data
-        self._no_test_split = test_data is None and not has_test_split(cfg.dataset, cfg.data_root,
-                                                                        self.train_data.classes, self.dist.is_main)
+        has_test, self.test_size = (True, len(test_data)) if test_data is not None else test_split(
+            cfg.dataset, cfg.data_root, self.train_data.classes, cfg.max_per_class, self.dist.is_main)
+        self._no_test_split = not has_test
         fid_explicit = cfg.fid_every is not None
         cfg = for_device(cfg, self.device.type, self.dist.world_size)
         cfg = dataclasses.replace(

@@ -1,5 +1,6 @@
-"""Folders as people leave them: classes by name across splits, folders that are not classes, every image
-8-bit RGB or refused by name, images too large to decode refused before decoding, no test split."""
+"""Folders as people leave them: classes by name across splits, images in subfolders of a class folder, folders
+that are not classes, hidden entries, every image 8-bit RGB or refused by name, images too large to decode refused
+before decoding, no test split; and a folder that loaded before loads the same images in the same order."""
 import os
 
 import numpy as np
@@ -111,7 +112,7 @@ def test_long_steps_report_progress_in_a_redirected_log(tmp_path, monkeypatch, c
     returns, when stderr is not a terminal); here every step is 'long' (a report due at once)."""
     import functools
 
-    import fastebm.datasets as data_mod
+    import fastebm.folders as data_mod
     import fastebm.init as init_mod
     import fastebm.progress as progress_mod
     from fastebm.init import fit_gaussian
@@ -125,3 +126,70 @@ def test_long_steps_report_progress_in_a_redirected_log(tmp_path, monkeypatch, c
     assert "\r" not in err
     assert "fastebm: folder: decoding train images 1/6 (17 %" in err and "6/6 images, done in" in err
     assert "fastebm: fitting p0 (Eq. 6) 2/6 (33 %" in err
+
+
+def test_every_image_under_a_class_folder_belongs_to_it_in_imagefolder_order(tmp_path, capsys):
+    """train/cat/2019/*.png, a class whose images all sit in train/bird/batch1/: 30 images, as torchvision's
+    ImageFolder finds them (the same files, labels and order); hidden entries at any depth are skipped."""
+    from torchvision.datasets import ImageFolder
+
+    layout = {"bird/batch1": 6, "bird/batch2/deep": 2, "cat": 4, "cat/2019": 5, "cat/2020": 3, "dog": 7, "dog/x": 3}
+    for k, (sub, n) in enumerate(layout.items()):
+        for i in range(n):
+            _png(str(tmp_path / "train" / sub / f"{i:02d}.png"), color=(10 * k, 5 * i, 0))
+    reference = ImageFolder(str(tmp_path / "train")).samples  # before the hidden entries: it reads them too
+    _png(str(tmp_path / "train" / "cat" / ".thumbnails" / "t.png"))
+    _png(str(tmp_path / "train" / "dog" / "__MACOSX" / "d.png"))
+    (tmp_path / "train" / "cat" / "2019" / "._00.png").write_bytes(b"\0\5\0\7 AppleDouble")  # macOS metadata
+    (tmp_path / "train" / "dog" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    data = load_dataset("folder", str(tmp_path), "train")
+    assert len(reference) == 30 and len(data) == 30 and data.classes == ["bird", "cat", "dog"]
+    assert data.labels.tolist() == [label for _, label in reference]
+    for x, (path, _) in zip(data.images, reference):
+        assert torch.equal(x, read_image(path)), path
+    assert capsys.readouterr().err == ""  # nothing left out, nothing to say
+    few = load_dataset("folder", str(tmp_path), "train", max_per_class=5)  # the first in load order
+    assert few.labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    assert torch.equal(few.images[:10], torch.cat([data.images[:5], data.images[8:13]]))  # bird; cat, 2019/00
+
+
+def test_loose_images_and_folders_without_images_are_said_not_lost_in_silence(tmp_path, capsys):
+    _layout(tmp_path)
+    _png(str(tmp_path / "train" / "stray.png"))
+    os.makedirs(tmp_path / "train" / "empty" / "sub")
+    load_dataset("folder", str(tmp_path), "train")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "skipping 1 folder(s) without images" in err[0] and "empty" in err[0], err
+    assert "skipping 1 image file(s) directly in" in err[1] and "stray.png" in err[1], err
+
+
+def test_the_banner_says_how_many_images_each_split_has(tmp_path):
+    from fastebm.train import banner
+
+    _layout(tmp_path)
+    _png(str(tmp_path / "test" / "owl" / "more" / "9.png"), color=(RED["owl"], 0, 0))
+    t = Trainer(resolve(dict(dataset="folder", data_root=str(tmp_path), depth=10, width=1, buffer_size=8,
+                             batch_size=2, cls_batch_size=2, epochs=1, iters_per_epoch=1, out=str(tmp_path / "r"))))
+    assert "(6 training and 5 test images, 8px, 3 classes)" in banner(t, "1 thread")
+    t = Trainer(resolve(dict(dataset="folder", data_root=str(tmp_path), depth=10, width=1, buffer_size=8,
+                             batch_size=2, cls_batch_size=2, epochs=1, iters_per_epoch=1, test_subset=3,
+                             out=str(tmp_path / "s"))))
+    assert "(6 training and 3 test images," in banner(t, "1 thread")
+
+
+def test_a_folder_that_loaded_before_loads_the_same_images_in_the_same_order(cifar_root):
+    """The rule before subfolders were read: the sorted class folders holding images, in each the image files
+    directly in it, sorted by name, the first max_per_class; decoded here by Pillow directly."""
+    for split in ("train", "test"):
+        split_dir = os.path.join(cifar_root, split)
+        before = []
+        classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+        for label, cls in enumerate(classes):
+            names = sorted(f for f in os.listdir(os.path.join(split_dir, cls)) if f.lower().endswith(".jpg"))[:3]
+            before += [(os.path.join(split_dir, cls, f), label) for f in names]
+        data = load_dataset("folder", cifar_root, split, max_per_class=3)
+        assert len(data) == len(before) == 30 and data.labels.tolist() == [y for _, y in before]
+        for x, (path, _) in zip(data.images, before):
+            with Image.open(path) as img:
+                expected = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+            assert torch.equal(x, expected), path
