@@ -1,6 +1,8 @@
 """Images on disk and uint8 tensors: decoding (Pillow), antialiased resizing, PNG grids.
 
-Every image fastebm reads becomes 8-bit RGB, (3, H, W) uint8, or is refused with its path: palette, grey,
+Every image fastebm reads is loaded as a viewer shows it, then becomes 8-bit RGB, (3, H, W) uint8, or is refused
+with its path. As a viewer shows it: an EXIF Orientation tag (2-8, phone photos: 6 and 8 for a camera held
+upright, 3 upside down) is applied (Pillow's ``ImageOps.exif_transpose``), not ignored. Palette, grey,
 grey + alpha, RGBA and CMYK images are converted by Pillow (alpha dropped), 16-bit greys are scaled to 8 bits
 (v / 257, rounded); float images are refused. An image whose header declares more pixels than Pillow's
 decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 Mpx) is refused before it is decoded.
@@ -30,12 +32,25 @@ def read_image(path: str) -> torch.Tensor:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:  # reads the header only; the bomb check happens here
                 img.load()
+                if _orientation(img) != 1:
+                    from PIL import ImageOps
+
+                    img = ImageOps.exif_transpose(img)
                 return _to_rgb8(img, path)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise ImageError(f"image {path!r}: more pixels than Pillow's decompression-bomb limit "
                          f"({Image.MAX_IMAGE_PIXELS} px): {e}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"image {path!r}: cannot be decoded ({type(e).__name__}: {e})") from None
+
+
+def _orientation(img) -> int:
+    """The EXIF Orientation tag (274) of ``img``, 1 (as stored) when absent or unreadable: the pixels are whole
+    either way, and an EXIF block that cannot be parsed is no reason to refuse them."""
+    try:
+        return int(img.getexif().get(274, 1))
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: the image as stored
+        return 1
 
 
 def _to_rgb8(img, path: str) -> torch.Tensor:

@@ -193,3 +193,28 @@ def test_a_folder_that_loaded_before_loads_the_same_images_in_the_same_order(cif
             with Image.open(path) as img:
                 expected = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
             assert torch.equal(x, expected), path
+
+
+@pytest.mark.parametrize("orientation, turns", [(3, 2), (6, -1), (8, 1)])  # np.rot90 turns: + counter-clockwise
+def test_phone_photos_load_as_a_viewer_shows_them(tmp_path, orientation, turns):
+    """A JPEG stored sideways with EXIF Orientation 6 / 8 (or upside down, 3) loads turned upright: what a
+    photo viewer (and ImageOps.exif_transpose) shows, here computed with np.rot90 of the stored pixels."""
+    stored = np.zeros((16, 24, 3), np.uint8)  # not square, one bright corner block: every turn looks different
+    stored[:4, :6] = (250, 40, 40)
+    stored[12:, 6:] = (30, 30, 200)
+    exif = Image.Exif()
+    exif[274] = orientation
+    path = tmp_path / "train" / "cat" / f"o{orientation}.jpg"
+    os.makedirs(path.parent)
+    Image.fromarray(stored).save(path, quality=100, exif=exif.tobytes())
+    with Image.open(path) as img:  # the stored pixels, as decoded (JPEG is lossy: not `stored` exactly)
+        as_stored = np.array(img.convert("RGB"))
+    shown = torch.from_numpy(np.ascontiguousarray(np.rot90(as_stored, turns))).permute(2, 0, 1)
+    assert torch.equal(read_image(str(path)), shown)
+    data = load_dataset("folder", str(tmp_path), "train")  # the folder reader goes through it
+    assert torch.equal(data.images[0], shown)
+    if orientation != 3:
+        assert data.images.shape == (1, 3, 24, 16)  # upright: taller than wide
+    Image.fromarray(stored).save(tmp_path / "plain.jpg", quality=100)  # no EXIF: as stored
+    with Image.open(tmp_path / "plain.jpg") as img:
+        assert torch.equal(read_image(str(tmp_path / "plain.jpg")), torch.from_numpy(np.array(img)).permute(2, 0, 1))
