@@ -63,9 +63,15 @@ def restore_trainer(tr, path: str) -> None:
     buffer and the Triton Philox state are copied into the existing tensors, so captured CUDA graphs stay valid.
 
     Raises:
-        CheckpointError: missing/unreadable file, or a checkpoint of another model/architecture.
+        CheckpointError: missing/unreadable file, a checkpoint of another model/architecture, or of classes
+            other than the training data's (:func:`class_change`).
     """
     ckpt = load_checkpoint(path, map_location="cpu")
+    changed = class_change(ckpt.get("classes"), tr.train_data.classes)
+    if changed:
+        raise CheckpointError(f"checkpoint {path!r} was trained on other classes than the data's now ({changed}): "
+                              f"its classifier's labels would change meaning; restore the class folders' names, "
+                              f"or start a new run in another --out")
     if ckpt.get("arch") != tr.cfg.arch():
         raise CheckpointError(f"checkpoint {path!r} is for model {ckpt.get('arch')}, expected {tr.cfg.arch()}")
     load_model_state(tr.model, ckpt, path)
@@ -85,3 +91,17 @@ def restore_trainer(tr, path: str) -> None:
     set_rng_state(ckpt["rng"])
     tr.dist.restore_rng(ckpt, tr.iteration, tr.cfg.seed)            # per-rank streams (no-op single process)
     tr.last_checkpoint, tr.last_checkpoint_iteration = path, tr.iteration
+
+
+def class_change(before: list[str] | None, now: list[str] | None) -> str | None:
+    """What differs between the class names a checkpoint was trained on (``before``, label i is before[i]) and
+    the training data's (``now``), in a few words: ``'airplane' gone, 'plane' new: 8 of 10 labels change
+    meaning``; None when they are the same, or when either side has no names (datasets without class
+    folders)."""
+    if before is None or now is None or list(before) == list(now):
+        return None
+    gone, new = [c for c in before if c not in now], [c for c in now if c not in before]
+    moved = sum(a != b for a, b in zip(before, now)) + abs(len(before) - len(now))
+    parts = [f"{', '.join(map(repr, names[:3]))}{' ...' if len(names) > 3 else ''} {what}"
+             for names, what in ((gone, "gone"), (new, "new")) if names]
+    return f"{', '.join(parts) or 'the same names in another order'}: {moved} of {len(before)} labels change meaning"

@@ -218,3 +218,36 @@ def test_phone_photos_load_as_a_viewer_shows_them(tmp_path, orientation, turns):
     Image.fromarray(stored).save(tmp_path / "plain.jpg", quality=100)  # no EXIF: as stored
     with Image.open(tmp_path / "plain.jpg") as img:
         assert torch.equal(read_image(str(tmp_path / "plain.jpg")), torch.from_numpy(np.array(img)).permute(2, 0, 1))
+
+
+def test_a_resume_refuses_data_whose_class_names_changed(tmp_path, capsys):
+    """airplane renamed plane in train/ and test/: 8 of 10 classes would get other label numbers under the trained
+    classifier. --resume PATH and --resume auto both stop in one line naming the change; the checkpoint stays."""
+    from fastebm.train import main
+
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    for split in ("train", "test"):
+        for i, c in enumerate(names):
+            _png(str(tmp_path / "data" / split / c / "0.png"), color=(20 * i, 0, 0))
+    out = str(tmp_path / "run")
+    argv = ["--dataset", "folder", "--data-root", str(tmp_path / "data"), "--depth", "10", "--width", "1",
+            "--buffer-size", "10", "--batch-size", "2", "--cls-batch-size", "2", "--epochs", "2",
+            "--iters-per-epoch", "1", "--keep-every", "1", "--no-progress", "--out", out]
+    assert main(argv) == 0
+    ckpt = os.path.join(out, "ckpt.pt")
+    os.replace(os.path.join(out, "ckpt_e001.pt"), ckpt)  # a run stopped after its first epoch
+    before = open(ckpt, "rb").read()
+    for split in ("train", "test"):
+        os.rename(tmp_path / "data" / split / "airplane", tmp_path / "data" / split / "plane")
+    for resume in ([ckpt], ["auto"]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--resume", *resume])
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if "error:" in line]  # after the banner
+        assert e.value.code == 2 and len(err) == 1, err
+        assert "trained on other classes than the data's now ('airplane' gone, 'plane' new: 8 of 10 labels change " \
+               "meaning)" in err[0], err
+    assert open(ckpt, "rb").read() == before
+    for split in ("train", "test"):  # the names back: the run goes on
+        os.rename(tmp_path / "data" / split / "plane", tmp_path / "data" / split / "airplane")
+    assert main(argv + ["--resume", "auto"]) == 0
