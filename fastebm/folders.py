@@ -11,6 +11,9 @@ files are a split's images, of which class, in which order, and what is refused.
   ``.DS_Store``, macOS's ``._*`` files) and folders starting with ``__`` (``__MACOSX``).
 - Said on stderr, not refused: subfolders of the split without any image (not classes), image files lying
   directly in the split folder (in no class).
+- Refused (DatasetError naming it), never skipped: a split or class folder, or any folder below, that exists but
+  cannot be read (permissions, a storage error), and a link whose target cannot be reached (a link to storage
+  that is not mounted on this node).
 """
 from __future__ import annotations
 
@@ -29,14 +32,31 @@ def _hidden(name: str, is_dir: bool) -> bool:
     return name.startswith(".") or (is_dir and name.startswith("__"))
 
 
-def _listing(folder: str) -> tuple[list[str], list[str]]:
-    """(subfolders, files) of ``folder``: names, sorted, hidden ones left out; links followed."""
+def _unreadable(name: str, path: str, e: OSError) -> DatasetError:
+    return DatasetError(f"{name}: cannot read {path!r} ({e.strerror or e}): fix its permissions, or mount the "
+                        f"storage it is on, or move it out of the data folder; no part of a dataset is skipped")
+
+
+def _listing(folder: str, name: str = "folder") -> tuple[list[str], list[str]]:
+    """(subfolders, files) of ``folder``: names, sorted, hidden ones left out; links followed.
+    Raises DatasetError: ``folder`` or a link in it cannot be read (module docstring)."""
     dirs, files = [], []
-    with os.scandir(folder) as it:
-        for entry in it:
-            is_dir = entry.is_dir()
-            if not _hidden(entry.name, is_dir):
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                try:
+                    is_dir = entry.is_dir()  # follows a link
+                    if _hidden(entry.name, is_dir):
+                        continue
+                    if entry.is_symlink() and not os.path.exists(entry.path):
+                        raise DatasetError(f"{name}: {entry.path!r} is a link to {os.readlink(entry.path)!r}, which "
+                                           f"cannot be reached (storage not mounted on this node?); mount it, or "
+                                           f"remove the link")
+                except OSError as e:
+                    raise _unreadable(name, entry.path, e) from None
                 (dirs if is_dir else files).append(entry.name)
+    except OSError as e:
+        raise _unreadable(name, folder, e) from None
     return sorted(dirs), sorted(files)
 
 
@@ -44,9 +64,10 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def class_images(class_dir: str) -> list[str]:
+def class_images(class_dir: str, name: str = "folder") -> list[str]:
     """Paths of every image file under ``class_dir`` at any depth (hidden entries skipped), in ``ImageFolder``'s
-    order: folders sorted by path, the files of each folder sorted by name."""
+    order: folders sorted by path, the files of each folder sorted by name. Raises DatasetError (starting with
+    ``name``) for a folder or link that cannot be read."""
     found: dict[str, list[str]] = {}
     seen: set[str] = set()
     stack = [class_dir]
@@ -56,7 +77,7 @@ def class_images(class_dir: str) -> list[str]:
         if real in seen:  # a link back up the tree, or two links to one folder: read once
             continue
         seen.add(real)
-        dirs, files = _listing(folder)
+        dirs, files = _listing(folder, name)
         found[folder] = [f for f in files if _is_image(f)]
         stack.extend(os.path.join(folder, d) for d in dirs)
     return [os.path.join(folder, f) for folder in sorted(found) for f in found[folder]]
@@ -81,12 +102,13 @@ class SplitScan:
         return sum(len(files[:max_per_class]) for files in self.classes.values())
 
 
-def scan_split(split_dir: str) -> SplitScan:
-    """The classes and images of ``split_dir`` (module docstring)."""
-    dirs, files = _listing(split_dir)
+def scan_split(split_dir: str, name: str = "folder") -> SplitScan:
+    """The classes and images of ``split_dir`` (module docstring). Raises DatasetError (starting with ``name``)
+    for a folder or link under it that cannot be read."""
+    dirs, files = _listing(split_dir, name)
     classes, skipped = {}, []
     for d in dirs:
-        images = class_images(os.path.join(split_dir, d))
+        images = class_images(os.path.join(split_dir, d), name)
         if images:
             classes[d] = images
         else:
@@ -101,11 +123,16 @@ def folder_classes(split_dir: str) -> tuple[list[str], list[str]]:
     return list(scan.classes), scan.skipped
 
 
-def split_folder(root: str, split: str) -> str | None:
-    """The folder of ``split`` under ``root`` (``test`` falls back to ``val``), or None when there is none."""
-    for name in ((split, "val") if split == "test" else (split,)):
-        if os.path.isdir(os.path.join(root, name)):
-            return os.path.join(root, name)
+def split_folder(root: str, split: str, name: str = "folder") -> str | None:
+    """The folder of ``split`` under ``root`` (``test`` falls back to ``val``), or None when there is none.
+    Raises DatasetError when it is a link whose target cannot be reached."""
+    for sub in ((split, "val") if split == "test" else (split,)):
+        path = os.path.join(root, sub)
+        if os.path.isdir(path):
+            return path
+        if os.path.islink(path):  # a link, to nothing this node can reach
+            raise DatasetError(f"{name}: {path!r} is a link to {os.readlink(path)!r}, which cannot be reached "
+                               f"(storage not mounted on this node?); mount it, or remove the link")
     return None
 
 
@@ -136,14 +163,15 @@ def load_folder(root: str, split: str, image_size: int | None = None, name: str 
         an :class:`ImageSet`: images (N, 3, H, W) uint8, labels (N,) int64 in [0, len(classes)).
 
     Raises:
-        DatasetError: no such split folder, no class folders, an unknown class, an image that cannot become
-            8-bit RGB (named), or images of different sizes without ``image_size``.
+        DatasetError: no such split folder, a folder or link under it that cannot be read, no class folders,
+            an unknown class, an image that cannot become 8-bit RGB (named), or images of different sizes
+            without ``image_size``.
     """
-    split_dir = split_folder(root, split)
+    split_dir = split_folder(root, split, name)
     if split_dir is None:
         raise DatasetError(f"{name}: expected class folders under {os.path.join(root, split)!r}"
                            f"{' (or val/)' if split == 'test' else ''}, found no such folder")
-    scan = scan_split(split_dir)
+    scan = scan_split(split_dir, name)
     _say_left_out(name, split_dir, scan)
     found = list(scan.classes)
     if not found:
@@ -177,16 +205,16 @@ def check_test_split(name: str, root: str, train_classes: list[str], max_per_cla
     stderr when ``say``).
 
     Raises:
-        DatasetError: the test split has no class folder, or one the training split (``train_classes``)
-            lacks — now, not after an epoch.
+        DatasetError: the test split has a folder or link that cannot be read, no class folder, or one the
+            training split (``train_classes``) lacks — now, not after an epoch.
     """
-    test_dir = split_folder(root, "test")
+    test_dir = split_folder(root, "test", name)
     if test_dir is None:
         if say:
             print(f"fastebm: warning: {name}: no test/ or val/ folder under {root!r}: no test evaluation (eval rows "
                   f"stay empty)", file=sys.stderr)
         return None
-    scan = scan_split(test_dir)
+    scan = scan_split(test_dir, name)
     if not scan.classes:
         raise DatasetError(f"{name}: expected class folders holding images ({', '.join(IMAGE_EXTENSIONS)}) under "
                            f"{test_dir!r}, found none")

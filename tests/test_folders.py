@@ -251,3 +251,63 @@ def test_a_resume_refuses_data_whose_class_names_changed(tmp_path, capsys):
     for split in ("train", "test"):  # the names back: the run goes on
         os.rename(tmp_path / "data" / split / "plane", tmp_path / "data" / split / "airplane")
     assert main(argv + ["--resume", "auto"]) == 0
+
+
+def _unreadable(path, monkeypatch):
+    """Make the folder ``path`` unreadable: chmod 000, or where that does not stop a reader (root, as on CI)
+    the kernel's answer to one it stops, EACCES from os.scandir for that folder."""
+    import errno
+
+    os.chmod(path, 0)
+    try:
+        os.listdir(path)
+    except PermissionError:
+        return
+    real = os.scandir
+
+    def scandir(p="."):
+        if not isinstance(p, int) and os.path.abspath(os.fspath(p)) == os.path.abspath(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(p))
+        return real(p)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.parametrize("where", ["train/dog", "train/dog/2019", "test/owl", "train"])
+def test_a_folder_that_cannot_be_read_stops_the_run_in_one_line_naming_it(tmp_path, monkeypatch, capsys, where):
+    """Permissions: a class folder, a folder inside one, a class folder of the test split (found at start, not
+    after an epoch), the split folder itself."""
+    from fastebm.train import main
+
+    _layout(tmp_path / "data")
+    _png(str(tmp_path / "data" / "train" / "dog" / "2019" / "0.png"), color=(RED["dog"], 0, 0))
+    path = str(tmp_path / "data" / where)
+    try:
+        _unreadable(path, monkeypatch)
+        with pytest.raises(SystemExit) as e:
+            main(["--dataset", "folder", "--data-root", str(tmp_path / "data"), "--depth", "10", "--width", "1",
+                  "--buffer-size", "8", "--batch-size", "2", "--cls-batch-size", "2", "--epochs", "1",
+                  "--iters-per-epoch", "1", "--out", str(tmp_path / "run")])
+    finally:
+        os.chmod(path, 0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    assert f"error: folder: cannot read {path!r} (Permission denied)" in err[0], err
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_link_to_storage_that_is_not_mounted_is_named_not_skipped(tmp_path):
+    _layout(tmp_path)
+    gone = "/mnt/fastebm-not-mounted-here/cifar"
+    os.symlink(gone + "/train/emu", tmp_path / "train" / "emu")  # one class on another disk
+    with pytest.raises(DatasetError, match=f"'{tmp_path}/train/emu' is a link to '{gone}/train/emu', which "
+                                           "cannot be reached \\(storage not mounted on this node\\?\\)"):
+        load_dataset("folder", str(tmp_path), "train")
+    os.remove(tmp_path / "train" / "emu")
+    os.symlink(gone + "/cat/a.png", tmp_path / "train" / "cat" / "a.png")  # one image
+    with pytest.raises(DatasetError, match="cat/a.png' is a link to"):
+        load_dataset("folder", str(tmp_path), "train")
+    os.rename(tmp_path / "test", tmp_path / "test-local")
+    os.symlink(gone + "/test", tmp_path / "test")  # the whole split
+    with pytest.raises(DatasetError, match=f"'{tmp_path}/test' is a link to '{gone}/test', which cannot be reached"):
+        load_dataset("folder", str(tmp_path), "test", classes=["cat", "dog", "owl"])
