@@ -25,13 +25,16 @@ class ImageSet:
         labels: (N,) int64, values 0..n_classes−1.
         n_classes: number of classes.
         name: dataset name, for messages and caches.
+        classes: class names (folder layouts), label i is classes[i]; None where the classes are numbers.
+        files: SHA-1 of the names of the files the images came from, in load order (folder layouts), or None.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     n_classes: int
     name: str
-    classes: list[str] | None = None  # class names (folder layouts), label i is classes[i]
+    classes: list[str] | None = None
+    files: str | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -46,7 +49,17 @@ class ImageSet:
         if n is None or n >= len(self):
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        return ImageSet(self.images[idx], self.labels[idx], self.n_classes, self.name, self.classes)
+        return ImageSet(self.images[idx], self.labels[idx], self.n_classes, self.name, self.classes, self.files)
+
+    def fingerprint(self) -> dict:
+        """What identifies this set cheaply, for processes that must hold the same data (DDP ranks): the class
+        names (or count), the image count and shape, the images per class, and the SHA-1 of the file names
+        (:attr:`files`) or, where there is none, a checksum of every ~N/997-th image. Plain values only."""
+        step = max(1, len(self) // 997)
+        return {"classes": list(self.classes) if self.classes is not None else self.n_classes,
+                "images": len(self), "shape": list(self.images.shape[1:]),
+                "per_class": torch.bincount(self.labels, minlength=self.n_classes).tolist(),
+                "files": self.files or f"checksum {int(self.images[::step].sum())}"}
 
 
 def to_float(images_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

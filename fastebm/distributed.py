@@ -47,6 +47,10 @@ Design:
 - **Only rank 0 writes** config.json, metrics.jsonl, sample grids, p0.pt and checkpoints. Logged
   training metrics are averaged over ranks every iteration (one small all-reduce), so every rank
   takes the same divergence decision.
+- **Data.** Every rank loads the data itself (node-local copies of ``--data-root`` are common); before the
+  first iteration the ranks compare what they loaded (:meth:`DistContext.same_data`: classes, image counts
+  and shape, a hash of the file names; one ``all_gather_object``) and stop together in one line naming the
+  ranks and what differs, or the error of a rank that could not load its copy.
 - **RNG and resume.** Checkpoints also store every rank's RNG state; a resume on the same number of
   ranks restores each rank's stream (exact resume), on another number rank 0 takes the stored
   rank-0 state and the other ranks reseed from (seed, rank, iteration).
@@ -66,6 +70,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .checkpoint import set_rng_state
+from .data import DatasetError
 
 RANK_SEED_STRIDE = 1_000_003
 
@@ -147,6 +152,60 @@ class DDPEnergyModel:
 
 
 
+class DataMismatch(DatasetError):
+    """The ranks of a run loaded different data (or one could not load it); raised on every rank alike, with the
+    same message (the training CLI prints it once, on rank 0)."""
+
+
+def data_difference(fingerprints: list[dict]) -> str | None:
+    """What differs between the ranks' data, in one line, or None when every rank loaded the same.
+
+    ``fingerprints[r]``: rank r's :meth:`ImageSet.fingerprint <fastebm.data.ImageSet.fingerprint>` plus
+    ``"test images"`` (int or None), or ``{"error": message}`` when its load failed."""
+    failed = [r for r, f in enumerate(fingerprints) if "error" in f]
+    if failed:
+        errors = {fingerprints[r]["error"] for r in failed}
+        if len(failed) == len(fingerprints) and len(errors) == 1:  # the same error everywhere: as one process
+            return errors.pop()
+        also = f" (and rank(s) {', '.join(map(str, failed[1:]))})" if len(failed) > 1 else ""
+        return f"rank {failed[0]}{also} could not load the data: {fingerprints[failed[0]]['error']}"
+    odd = [r for r, f in enumerate(fingerprints) if f != fingerprints[0]]
+    if not odd:
+        return None
+    also = f" (and rank(s) {', '.join(map(str, odd[1:]))})" if len(odd) > 1 else ""
+    return (f"the ranks loaded different data: rank {odd[0]}{also} differs from rank 0: "
+            f"{_differences(fingerprints[0], fingerprints[odd[0]], odd[0])}; every rank must read the same data "
+            f"(a partial node-local copy of --data-root?)")
+
+
+def _differences(a: dict, b: dict, r: int) -> str:
+    def names(cs):
+        return ", ".join(map(repr, cs[:3])) + (" ..." if len(cs) > 3 else "")
+
+    parts = []
+    if a["classes"] != b["classes"] and isinstance(a["classes"], list) and isinstance(b["classes"], list):
+        lacks, extra = ([c for c in x if c not in y] for x, y in ((a["classes"], b["classes"]),
+                                                                 (b["classes"], a["classes"])))
+        parts += [f"rank {r} lacks class(es) {names(lacks)}"] if lacks else []
+        parts += [f"rank {r} has class(es) {names(extra)} that rank 0 lacks"] if extra else []
+    elif a["classes"] != b["classes"]:
+        parts.append(f"{a['classes']} classes on rank 0, {b['classes']} on rank {r}")
+    if a["images"] != b["images"] or a["per_class"] != b["per_class"]:
+        which = ""
+        if a["classes"] == b["classes"]:  # the first class whose count differs
+            k = next(i for i, (x, y) in enumerate(zip(a["per_class"], b["per_class"])) if x != y)
+            label = a["classes"][k] if isinstance(a["classes"], list) else k
+            which = f" (class {label!r}: {a['per_class'][k]} vs {b['per_class'][k]})"
+        parts.append(f"{a['images']} training images on rank 0, {b['images']} on rank {r}{which}")
+    if a["shape"] != b["shape"]:
+        parts.append(f"images of shape {a['shape']} on rank 0, {b['shape']} on rank {r}")
+    if not parts and a["files"] != b["files"]:
+        parts.append("the same counts, but other files (names or contents)")
+    if a["test images"] != b["test images"]:
+        parts.append(f"test split: {a['test images']} images on rank 0, {b['test images']} on rank {r}")
+    return "; ".join(parts)
+
+
 class DistContext:
     """Rank, world size and the distributed hooks of a run (all no-ops when ``enabled`` is False)."""
 
@@ -222,6 +281,30 @@ class DistContext:
         obj = [build().state_dict() if self.is_main else None]
         dist.broadcast_object_list(obj, src=0, device=self._comm_device())
         return p0_from_state_dict(obj[0]).to(self.device)
+
+    def same_data(self, load):
+        """``load()`` → ``(data, has_test, n_test)`` (the training :class:`~fastebm.data.ImageSet`, whether there is
+        a test split, its image count or None), run on this rank; under DDP the ranks then compare what they
+        loaded (:meth:`~fastebm.data.ImageSet.fingerprint` and the test split's size, or the error of a rank whose
+        load failed) in one ``all_gather_object``, before the first iteration, and stop together when it differs.
+
+        Raises:
+            DataMismatch: under DDP, on every rank alike, one line naming the ranks and what differs
+                (:func:`data_difference`). In one process: what ``load`` raises.
+        """
+        if not self.enabled:
+            return load()
+        try:
+            out = load()
+            mine = {**out[0].fingerprint(), "test images": out[2]}
+        except (ValueError, OSError) as e:  # DatasetError and the like: the other ranks must hear of it
+            out, mine = None, {"error": " ".join(str(e).split())}
+        every: list = [None] * self.world_size
+        dist.all_gather_object(every, mine)
+        problem = data_difference(every)
+        if problem:
+            raise DataMismatch(problem)
+        return out
 
     # ---------------------------------------------------------------- per step
     def average_metrics(self, m: dict) -> dict:

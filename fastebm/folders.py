@@ -17,6 +17,7 @@ files are a split's images, of which class, in which order, and what is refused.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -195,7 +196,8 @@ def load_folder(root: str, split: str, image_size: int | None = None, name: str 
     if len(sizes) > 1:
         raise DatasetError(f"{name}: images under {split_dir!r} have different sizes {sorted(sizes)[:3]}...; "
                            f"pass --image-size N to resize them all to N×N")
-    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), len(classes), name, classes)
+    names = hashlib.sha1("".join(f"{os.path.relpath(p, split_dir)}\0{y}\n" for p, y in files).encode()).hexdigest()
+    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), len(classes), name, classes, names)
 
 
 def check_test_split(name: str, root: str, train_classes: list[str], max_per_class: int | None = None,

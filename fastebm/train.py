@@ -40,7 +40,7 @@ from . import __version__, paper
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import DEVICE_FIELDS, NONE, Config, OneLineParser, resolve
 from .data import DatasetError
-from .distributed import env_world_size, exit_process, init_from_env, shutdown
+from .distributed import DataMismatch, env_world_size, exit_process, init_from_env, shutdown
 from .fastpath import FastPathError
 from .limits import CHOICES
 from .recovery import finite
@@ -274,7 +274,8 @@ def _main(argv, locks: list) -> int:
             for lock in locks:
                 lock.release()
             shutil.rmtree(cfg.out, ignore_errors=True)
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
+        said = not isinstance(e, DataMismatch) or os.environ.get("RANK", "0") == "0"  # every rank has it: once
+        parser.exit(2, f"{parser.prog}: error: {e}\n" if said else None)
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted before training started; nothing was written", file=sys.stderr)
         return 130

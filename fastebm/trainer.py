@@ -78,14 +78,15 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
-        if train_data is None:
-            train_data = load_dataset(cfg.dataset, cfg.data_root, "train", cfg.download, cfg.max_per_class,
-                                      cfg.image_size)
+        def data():  # on every rank; under DDP the ranks then agree on what they loaded (one collective)
+            train = train_data if train_data is not None else load_dataset(
+                cfg.dataset, cfg.data_root, "train", cfg.download, cfg.max_per_class, cfg.image_size)
+            return train, *((True, len(test_data)) if test_data is not None else test_split(
+                cfg.dataset, cfg.data_root, train.classes, cfg.max_per_class, self.dist.is_main))
+
+        train_data, has_test, self.test_size = self.dist.same_data(data)
         self.train_data = train_data.subset(cfg.train_subset, cfg.seed)
-        self.test_data = test_data
-        has_test, self.test_size = (True, len(test_data)) if test_data is not None else test_split(
-            cfg.dataset, cfg.data_root, self.train_data.classes, cfg.max_per_class, self.dist.is_main)
-        self._no_test_split = not has_test
+        self.test_data, self._no_test_split = test_data, not has_test
         fid_explicit = cfg.fid_every is not None
         cfg = for_device(cfg, self.device.type, self.dist.world_size)
         cfg = dataclasses.replace(
