@@ -24,9 +24,10 @@ def fid_epoch(cfg: Config, epoch: int) -> bool:
 
 
 def fid_cadence(cfg: Config, explicit: bool) -> int:
-    """``fid_every`` after checking that FID can run (pytorch-fid installed, the Inception weights file there):
-    an explicit ``--fid-every`` that cannot is a ValueError saying what to do; the device default (5 on CUDA)
-    is turned off with a warning."""
+    """``fid_every`` after checking that FID can run (pytorch-fid installed, the Inception weights file there
+    and right: :func:`fastebm.inception.check_inception_weights`): an explicit ``--fid-every`` (or a weights
+    file named by ``--inception-weights``) that cannot is a ValueError saying what to do; the device default
+    (5 on CUDA) is turned off with a warning."""
     from . import metrics
 
     if not cfg.fid_every:
@@ -36,8 +37,14 @@ def fid_cadence(cfg: Config, explicit: bool) -> int:
     if missing:
         msg = (f"--fid-every: FID needs {' and '.join(missing)}, not installed: {metrics.METRICS_EXTRA}, or "
                f"--fid-every 0")
-    elif cfg.random_inception or os.path.isfile(path):
+    elif cfg.random_inception:
         return cfg.fid_every
+    elif os.path.isfile(path):
+        try:  # read whole at start, not at the end of the first epoch
+            metrics.check_inception_weights(cfg.inception_weights)
+            return cfg.fid_every
+        except metrics.InceptionWeightsError as e:  # a file given by name is refused even at the default cadence
+            msg, explicit = f"{e}; or --fid-every 0", explicit or bool(cfg.inception_weights)
     else:
         msg = (f"--fid-every: the FID Inception weights are not at {path!r}; pass --inception-weights "
                f"PATH ({metrics.FID_WEIGHTS_URL}) or --fid-every 0")

@@ -6,7 +6,7 @@ Generic parts come from well-kept libraries; each function names its reference:
 
 * Inception network: pytorch-fid's ``InceptionV3`` with the FID weights
   (``pt_inception-2015-12-05-6726825d.pth``, TensorFlow's 2015-12-05 graph), read from a local file —
-  nothing is ever downloaded.
+  nothing is ever downloaded (:mod:`fastebm.inception`, whose names are also here).
 * FID: ``pytorch_fid.fid_score.calculate_frechet_distance`` on pool3 statistics (Heusel et al. 2017).
 * IS: softmax of the *unbiased* logits pool3 · Wᵀ (no fc bias), as the reference code
   (openai/improved-gan ``inception_score.py``, the MatMul before the bias add) and torch-fidelity
@@ -23,12 +23,22 @@ import warnings
 
 import numpy as np
 import torch
-from torch import nn
 
-from .progress import Progress
+from .inception import (  # noqa: F401 - the Inception of FID / IS, where the callers of the metrics find it
+    FID_WEIGHTS_FILENAME,
+    FID_WEIGHTS_URL,
+    METRICS_EXTRA,
+    RANDOM_INCEPTION_NOTE,
+    InceptionOutputs,
+    InceptionWeightsError,
+    check_inception_weights,
+    default_inception_weights_path,
+    inception_outputs,
+    load_inception,
+    missing_packages,
+    random_inception_state_dict,
+)
 
-FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
-FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILENAME
 PLOTS_HINT = "figures need matplotlib: pip install 'fastebm[plots]' (or pip install matplotlib)"
 
 
@@ -46,165 +56,6 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-# ------------------------------------------------------------------------------------- Inception
-class InceptionOutputs(nn.Module):
-    """pytorch-fid's FID ``InceptionV3`` (pool3 block) plus the FID Inception's ``fc`` weights.
-
-    ``forward(x)``: x (B, 3, H, W) float in **[0, 1]** (pytorch-fid's convention; it resizes to
-    299 × 299 and maps to [-1, 1] itself) → ``(pool (B, 2048), logits (B, 1008))`` where
-    ``logits = pool @ fc.weight.T`` **without the bias** (improved-gan / torch-fidelity ``logits_unbiased``).
-    """
-
-    def __init__(self, inception: nn.Module, fc: nn.Linear):
-        super().__init__()
-        self.inception, self.fc = inception, fc
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pool = self.inception(x)[0].flatten(1)
-        return pool, pool @ self.fc.weight.T
-
-
-def default_inception_weights_path() -> str:
-    """pytorch-fid's download cache: ``torch.hub.get_dir()/checkpoints/pt_inception-2015-12-05-6726825d.pth``."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints", FID_WEIGHTS_FILENAME)
-
-
-def random_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights for the FID Inception architecture (tests and smoke runs; numbers meaningless).
-
-    Same names and shapes as the FID weights file (torchvision's ``inception_v3(num_classes=1008,
-    aux_logits=False)``); He-normal convs keep activations O(1); fc weight N(0, 1/2048), fc bias
-    N(0, 1) (non-zero, so a test can tell biased from unbiased logits). The global RNG is untouched.
-    """
-    import torchvision
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
-        for mod in net.modules():
-            if isinstance(mod, nn.Conv2d):
-                nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
-            elif isinstance(mod, nn.Linear):
-                nn.init.normal_(mod.weight, std=mod.in_features ** -0.5)
-                nn.init.normal_(mod.bias)
-    return net.state_dict()
-
-
-_BUILD_LOCK = threading.Lock()
-
-
-METRICS_EXTRA = "pip install 'fastebm[metrics]'"
-RANDOM_INCEPTION_NOTE = "random Inception weights: these FID / IS numbers are meaningless (a smoke test only)"
-
-
-def missing_packages() -> list[str]:
-    """The packages FID / IS need that are not installed (an optional extra: they pull in torchvision, whose
-    newest release would replace a torch already installed; README "Install")."""
-    import importlib.util
-
-    return [name for name in ("pytorch_fid", "torchvision") if importlib.util.find_spec(name) is None]
-
-
-def load_inception(weights_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                   random_init: bool = False, seed: int = 0) -> InceptionOutputs:
-    """pytorch-fid's FID InceptionV3 with weights from a local file (never downloads).
-
-    pytorch-fid fetches its weights with ``load_state_dict_from_url``; that call is answered from the
-    local file while the model is built (under a lock), so its architecture patches and strict
-    ``load_state_dict`` still run.
-
-    Args:
-        weights_path: ``pt_inception-2015-12-05-6726825d.pth``; None: :func:`default_inception_weights_path`.
-        device: where to put the model.
-        random_init: random weights (:func:`random_inception_state_dict`) instead of a file.
-        seed: seed of the random weights.
-
-    Returns:
-        :class:`InceptionOutputs` in eval mode, no gradients.
-
-    Raises:
-        FileNotFoundError: the weights file is absent (the message names the path, the cache folder and the URL).
-        ValueError: ``random_init`` together with ``weights_path``.
-    """
-    missing = missing_packages()
-    if missing:
-        raise ImportError(f"FID / IS need {' and '.join(missing)}, which are not installed: {METRICS_EXTRA}")
-    import pytorch_fid.inception as pfi
-
-    if random_init and weights_path is not None:
-        raise ValueError("load_inception: expected either weights_path or random_init=True, got both")
-    if random_init:
-        state = random_inception_state_dict(seed)
-    else:
-        path = os.fspath(weights_path) if weights_path is not None else default_inception_weights_path()
-        if not os.path.isfile(path):
-            if weights_path is not None:
-                raise FileNotFoundError(f"Inception weights file {path!r} not found (expected "
-                                        f"{FID_WEIGHTS_FILENAME}, from {FID_WEIGHTS_URL})")
-            raise FileNotFoundError(
-                f"FID Inception weights not found at {path!r}. Nothing is downloaded at run time: put "
-                f"{FID_WEIGHTS_FILENAME} (from {FID_WEIGHTS_URL}) there")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    built: list[nn.Module] = []
-    with _BUILD_LOCK:
-        orig_loader, orig_builder = pfi.load_state_dict_from_url, pfi.fid_inception_v3
-        pfi.load_state_dict_from_url = lambda *a, **k: state
-        pfi.fid_inception_v3 = lambda *a, **k: built.append(orig_builder(*a, **k)) or built[-1]
-        try:
-            inception = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True,
-                                        normalize_input=True, requires_grad=False, use_fid_inception=True)
-        finally:
-            pfi.load_state_dict_from_url, pfi.fid_inception_v3 = orig_loader, orig_builder
-    fc = built[0].fc.requires_grad_(False)
-    return InceptionOutputs(inception, fc).to(device).eval()
-
-
-def inception_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 50,
-                      device: str | torch.device | None = None,
-                      desc: str = "fastebm: Inception features") -> tuple[np.ndarray, np.ndarray]:
-    """Pool3 features and unbiased logits of images in [-1, 1].
-
-    Args:
-        model: :class:`InceptionOutputs` (run in eval mode, without gradients; its mode is restored).
-        images: (N, 3, H, W) float tensor in [-1, 1] (1e-3 tolerance, then clamped), any device.
-        batch_size: images per forward pass (>= 1).
-        device: where batches go; default the model's.
-        desc: what the progress report on stderr calls this pass (:mod:`fastebm.progress`).
-
-    Returns:
-        ``(pool (N, 2048), logits (N, 1008))`` float64 NumPy.
-
-    Raises:
-        ValueError: not (N, 3, H, W) with N >= 1, not float, non-finite or outside [-1, 1], batch_size < 1.
-    """
-    x = images
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or x.shape[0] == 0:
-        raise ValueError(f"images: expected a tensor of shape (N, 3, H, W), N >= 1, got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if not torch.is_floating_point(x):
-        raise ValueError(f"images: expected float values in [-1, 1], got dtype {x.dtype} (uint8? use x / 127.5 - 1)")
-    lo, hi = float(x.min()), float(x.max())
-    if not (-1.001 <= lo and hi <= 1.001):
-        raise ValueError(f"images: expected finite values in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]")
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size}")
-    device = device or next(model.parameters()).device
-    pools, logits = [], []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), Progress(len(x), desc, unit="images") as bar:
-            for i in range(0, len(x), batch_size):
-                xb = ((x[i:i + batch_size].to(device, torch.float32) + 1) / 2).clamp_(0, 1)
-                pool, lg = model(xb)
-                pools.append(pool.double().cpu())
-                logits.append(lg.double().cpu())
-                bar.update(len(xb))
-    finally:
-        model.train(was_training)
-    return torch.cat(pools).numpy(), torch.cat(logits).numpy()
 
 
 # ------------------------------------------------------------------------------------- IS and FID

@@ -115,6 +115,14 @@ def check_task(run: Run, opts: EvalOptions, task: str) -> None:
                         + ("; use source 'chains'" if task in ("fid", "is") else ""))
     if needs_p0 and run.p0 is None:
         raise EvalError(f"task {task!r} needs p0, and {run.ckpt!r} holds none")
+    if task in ("fid", "is") and not opts.random_inception:  # the weights file, before any work
+        from ..inception import check_inception_weights
+
+        try:
+            check_inception_weights(opts.inception_weights)
+        except FileNotFoundError as e:
+            raise EvalError(str(e) + ("" if opts.inception_weights else ", or give its path"),
+                            "inception_weights") from None
 
 
 def load_split(run: Run, split: str, subset: int | None, seed: int = 0) -> ImageSet:
