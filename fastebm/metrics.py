@@ -173,14 +173,25 @@ def save_stats(path: str, mu, sigma) -> str:
 
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(mu, sigma)`` from an .npz of :func:`save_stats` or pytorch-fid.
-    Raises FileNotFoundError (no file) or ValueError (no ``mu`` / ``sigma`` arrays)."""
+    """``(mu (F,), sigma (F, F))`` float64 from an .npz of :func:`save_stats` or pytorch-fid.
+
+    Raises:
+        FileNotFoundError: no file.
+        ValueError: a damaged file (not a readable .npz: cut short, a bad checksum, pickled objects) or one
+            without finite ``mu`` (F,) and ``sigma`` (F, F) arrays; the message names the file.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"FID statistics file not found: {path!r}")
-    with np.load(path) as data:
-        if "mu" not in data.files or "sigma" not in data.files:
-            raise ValueError(f"{path!r}: expected arrays 'mu' and 'sigma', got {sorted(data.files)}")
-        return data["mu"].copy(), data["sigma"].copy()
+    try:
+        with np.load(path) as data:  # allow_pickle=False: no object arrays
+            if "mu" not in data.files or "sigma" not in data.files:
+                raise ValueError(f"expected arrays 'mu' and 'sigma', got {sorted(data.files)}")
+            mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+    except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, EOFError, ValueError...: a damaged file
+        raise ValueError(f"{path!r}: not readable FID statistics ({type(e).__name__}: {e})") from None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{path!r}: expected finite mu (F,) and sigma (F, F), got shapes {mu.shape} and {sigma.shape}")
+    return mu, sigma
 
 
 # ------------------------------------------------------------------------------------- calibration, OOD

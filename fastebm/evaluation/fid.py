@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -145,9 +146,9 @@ def real_statistics(run: Run, opts: EvalOptions, inception, inception_id: str) -
     tag = "_random-inception" if opts.random_inception else ""
     cache = os.path.join(folder, f"fid_stats_{cfg.dataset}_{split}_{opts.n_real or 'all'}{tag}_"
                                  f"{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz")
-    if os.path.isfile(cache) and os.path.isfile(cache + ".json"):  # real images not even loaded
-        with open(cache + ".json") as f:
-            return metrics.load_stats(cache), int(json.load(f)["n_real"]), cache, True
+    cached = read_cached_statistics(cache)
+    if cached is not None:  # real images not even loaded
+        return cached[0], cached[1], cache, True
     parts = [load_dataset(cfg.dataset, cfg.data_root, part, False, cfg.max_per_class, cfg.image_size)
              for part in split.split("+")]  # train+test: the period's reference, e.g. CIFAR-10's 60,000 images
     real = ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
@@ -156,10 +157,31 @@ def real_statistics(run: Run, opts: EvalOptions, inception, inception_id: str) -
                                         desc=f"{LOG}: fid: Inception features (real, {split})")
     stats = metrics.activation_statistics(pool)
     metrics.save_stats(cache, *stats)
-    with open(cache + ".json", "w") as f:
+    tmp = f"{cache}.json.tmp-{os.getpid()}"  # written whole, then renamed: never half a file
+    with open(tmp, "w") as f:
         json.dump({"n_real": len(real), "dataset": cfg.dataset, "data_root": cfg.data_root, "split": split,
                    "inception": inception_id}, f, indent=2)
+    os.replace(tmp, cache + ".json")
     return stats, len(real), cache, False
+
+
+def read_cached_statistics(cache: str) -> tuple[tuple, int] | None:
+    """((mu, sigma), n_real) of the FID statistics cache entry ``cache`` (its .npz and .json), None when there
+    is none. A damaged entry (either file cut short or unreadable, arrays of wrong shapes or non-finite) is
+    said on stderr, naming the file and why, and None is returned: the caller computes it again and rewrites it."""
+    from .. import metrics
+
+    if not (os.path.isfile(cache) and os.path.isfile(cache + ".json")):
+        return None
+    try:
+        with open(cache + ".json") as f:
+            n_real = int(json.load(f)["n_real"])
+        return metrics.load_stats(cache), n_real
+    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        where = "" if str(cache) in str(e) else f" ({cache + '.json'!r})"
+        print(f"{LOG}: FID statistics cache entry {cache} cannot be read{where}: {' '.join(str(e).split())[:300]}; "
+              f"computing it again", file=sys.stderr)
+        return None
 
 
 def fid_and_is(run: Run, opts: EvalOptions, tasks: tuple[str, ...] = ("fid", "is")) -> dict[str, dict]:
