@@ -63,9 +63,14 @@ def atomic_save(obj, path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(e, (OSError, RuntimeError)):  # e.g. a full disk: torch says "[enforce fail at ...]"
-            raise CheckpointError(f"cannot write {path!r}: {_cause(e)}, {_free(folder)} free there; the "
-                                  f"previous file is unchanged") from None
+            raise CheckpointError(f"{write_failure(path, e)}; the previous file is unchanged") from None
         raise
+
+
+def write_failure(path: str, e: BaseException) -> str:
+    """The one line of a file of the run that could not be written: ``cannot write '<path>': <cause>, <N> MiB
+    free there`` (the same for a checkpoint and for the run log)."""
+    return f"cannot write {path!r}: {_cause(e)}, {_free(os.path.dirname(os.path.abspath(path)))} free there"
 
 
 def _cause(e: BaseException) -> str:

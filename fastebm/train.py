@@ -288,6 +288,9 @@ def _main(argv, locks: list) -> int:
             trainer.check_fast_path()
     except FastPathError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except CheckpointError as e:  # its row in metrics.jsonl could not be written (a full disk)
+        print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
+        return 1
     if say:
         print(f"fastebm: {trainer.fast.summary()}", file=sys.stderr)
     try:
@@ -300,7 +303,9 @@ def _main(argv, locks: list) -> int:
             print(json.dumps({**run_summary(trainer, {}), "stopped": signal.Signals(e.signum).name}))
         return e.status
     except (DivergenceError, CheckpointError) as e:
-        print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
+        last = (f"; the last checkpoint {trainer.last_checkpoint} holds iteration {trainer.last_checkpoint_iteration}"
+                if isinstance(e, CheckpointError) and trainer.last_checkpoint else "")
+        print(f"{parser.prog}: stopped: {e}{last}", file=sys.stderr)
         if say and isinstance(e, DivergenceError):
             print(json.dumps({**run_summary(trainer, {}, diverged=True), "diverged": str(e)}))
         return 1

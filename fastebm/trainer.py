@@ -206,12 +206,11 @@ class Trainer:
                 starting state itself is non-finite; a diagnostic grid is saved and the last good
                 checkpoint is left as it was.
             Stopped: after a signal, once ckpt.pt holds the last iteration.
-            CheckpointError: a checkpoint could not be written (e.g. a full disk); the previous one stays.
+            CheckpointError: a checkpoint, or a file of the run log (:class:`~fastebm.runlog.RunLogError`), could
+                not be written (e.g. a full disk); the previous checkpoint stays, and every row logged before.
         """
         cfg = self.cfg
-        if self.dist.is_main:                                       # only rank 0 writes
-            with open(os.path.join(self.out, "config.json"), "w") as f:
-                f.write(cfg.to_json())
+        self.runlog.write_text("config.json", cfg.to_json())       # only rank 0 writes
         eval_every = cfg.eval_every or cfg.iters_per_epoch
         sample_every = cfg.sample_every or cfg.iters_per_epoch
         ckpt_every = cfg.ckpt_every or cfg.iters_per_epoch
@@ -330,7 +329,8 @@ class Trainer:
         if self.iteration == 0:
             from .plots import save_p0_pictures
 
-            save_p0_pictures(self.p0, os.path.join(self.out, "samples"), device=self.device)
+            with self.runlog.guard(os.path.join(self.out, "samples")):
+                save_p0_pictures(self.p0, os.path.join(self.out, "samples"), device=self.device)
 
     def on_epoch_end(self, epoch: int) -> None:
         """Every ``fid_every`` epochs: FID / IS of the whole replay buffer (logged as a ``fid`` record,

@@ -1,5 +1,6 @@
 """Runs on clusters: a signal writes the checkpoint and exits, a requeued command resumes, one run per folder,
-a failed save loses nothing."""
+a failed save loses nothing, nor does a full disk between checkpoints."""
+import errno
 import json
 import os
 import signal
@@ -188,3 +189,108 @@ def test_a_resume_says_where_it_goes_on_and_what_changed(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "options changed from the checkpoint's: --lr 0.05 -> 0.01" in err
     assert f"resuming {os.path.join(out, 'ckpt.pt')} at iteration 3 of 6" in err
+
+
+class _FillingDisk:
+    """metrics.jsonl on a disk that fills up while the row of iteration ``at`` is written: half of it lands, then
+    ENOSPC, and every later write fails too."""
+
+    def __init__(self, f, at):
+        self.f, self.at, self.full = f, f'"kind": "train", "iter": {at},'.encode(), False
+
+    def write(self, data):
+        data = bytes(data)
+        if self.full or self.at in data:
+            if not self.full:
+                self.f.write(data[:len(data) // 2])
+                self.full = True
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def _last_line_is_the_full_disk(err, out, path, kept=""):
+    """The one line of a full disk during a save: the file, the cause, the free space, the checkpoint intact."""
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    lines = [line for line in err.strip().splitlines() if "stopped" in line]
+    assert len(lines) == 1 and lines[0] == err.strip().splitlines()[-1], err
+    start = f"python -m fastebm.train: stopped: cannot write {path!r}: No space left on device, "
+    end = f" MiB free there{kept}; the last checkpoint {os.path.join(out, 'ckpt.pt')} holds iteration 3"
+    assert lines[0].startswith(start) and lines[0].endswith(end), err
+    assert lines[0][len(start):-len(end)].isdigit(), err
+
+
+def test_a_full_disk_between_checkpoints_is_one_line_and_loses_no_row(tmp_path, monkeypatch, capsys):
+    """ENOSPC in metrics.jsonl at iteration 5, between the checkpoints of iterations 3 and 6: the one line of a
+    full disk during a save (the file, the cause, the free space), exit 1, ckpt.pt of iteration 3 intact, every row
+    before whole (the half row taken back), and the same command goes on once there is room."""
+    import fastebm.runlog as runlog_mod
+
+    out = str(tmp_path / "run")
+    real_open = open
+
+    def on_a_filling_disk(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return _FillingDisk(f, 5) if str(path).endswith("metrics.jsonl") and "a" in mode else f
+
+    monkeypatch.setattr(runlog_mod, "open", on_a_filling_disk, raising=False)
+    assert main(TINY_CLI + ["--out", out, "--ckpt-every", "3"]) == 1
+    err = capsys.readouterr().err
+    _last_line_is_the_full_disk(err, out, os.path.join(out, "metrics.jsonl"), "; the rows logged before it are kept")
+    assert [r["iter"] for r in _rows(out, "train")] == [1, 2, 3, 4]  # every line whole JSON: no half row
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iteration"] == 3
+    monkeypatch.undo()  # room again: the requeued command goes on
+    assert main(TINY_CLI + ["--out", out, "--ckpt-every", "3", "--resume", "auto"]) == 0
+    assert [r["iter"] for r in _rows(out, "train")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_full_disk_under_tensorboard_is_the_same_one_line(tmp_path, monkeypatch, capsys):
+    """ENOSPC in TensorBoard's writer thread (its event file) at iteration 5: no thread traceback, no second error
+    at close, the same one line naming the event file; metrics.jsonl keeps every row written, ckpt.pt iteration 3."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    out, full = str(tmp_path / "run"), []
+    real_write, real_step = RecordWriter.write, trainer_mod.Trainer.train_step
+
+    def write(self, data):
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, data)
+
+    def step(self, it):
+        if it == 4:
+            full.append(it)
+        return real_step(self, it)
+
+    monkeypatch.setattr(RecordWriter, "write", write)
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", step)
+    assert main(TINY_CLI + ["--out", out, "--ckpt-every", "3"]) == 1
+    err = capsys.readouterr().err
+    [events] = [f for f in os.listdir(out) if f.startswith("events.out.tfevents.")]
+    _last_line_is_the_full_disk(err, out, os.path.join(out, events))
+    assert [r["iter"] for r in _rows(out, "train")] == [1, 2, 3, 4, 5]  # row 5 was written before TensorBoard's
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iteration"] == 3
+
+
+def test_a_full_disk_when_a_resume_rewrites_the_log_leaves_it_unchanged(tmp_path, monkeypatch):
+    from fastebm.runlog import RunLog, RunLogError
+
+    log = RunLog(str(tmp_path))
+    for it in (1, 2, 3):
+        log({"kind": "train", "iter": it})
+    log.close()
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    real_open = open
+
+    def full(path, mode="r", *a, **k):
+        if ".tmp-" in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr("fastebm.runlog.open", full, raising=False)
+    with pytest.raises(RunLogError, match="cannot write .*metrics.jsonl': No space left on device, .* MiB free "
+                                          "there; it is unchanged"):
+        log.drop_rows_after(1)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before and os.listdir(tmp_path) == ["metrics.jsonl"]
