@@ -208,7 +208,7 @@ def _flags_in_error_messages():
 
 def test_every_flag_named_in_an_error_message_exists():
     found = _flags_in_error_messages()
-    assert ("datasets.py", "--image-size") in found and ("train.py", "--resume") in found  # the scan sees them
+    assert ("folders.py", "--image-size") in found and ("train.py", "--resume") in found  # the scan sees them
     options = _all_options()
     missing = sorted({(f, m) for f, m in found if m not in options})
     assert not missing, f"error messages name options that neither parser has: {missing}"
