@@ -47,6 +47,8 @@ def read_image(path: str) -> torch.Tensor:
 def _orientation(img) -> int:
     """The EXIF Orientation tag (274) of ``img``, 1 (as stored) when absent or unreadable: the pixels are whole
     either way, and an EXIF block that cannot be parsed is no reason to refuse them."""
+    if "exif" not in img.info and img.format != "TIFF":  # no EXIF block (TIFF keeps the tag among its own)
+        return 1
     try:
         return int(img.getexif().get(274, 1))
     except Exception:  # noqa: BLE001 - a malformed EXIF block: the image as stored

@@ -220,6 +220,17 @@ def test_phone_photos_load_as_a_viewer_shows_them(tmp_path, orientation, turns):
         assert torch.equal(read_image(str(tmp_path / "plain.jpg")), torch.from_numpy(np.array(img)).permute(2, 0, 1))
 
 
+@pytest.mark.parametrize("ext", ["png", "webp", "tif"])
+def test_the_orientation_tag_of_lossless_formats_is_applied_too(tmp_path, ext):
+    stored = np.zeros((4, 6, 3), np.uint8)
+    stored[0, 0] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[274] = 6
+    path = str(tmp_path / f"o6.{ext}")
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), **({"lossless": True} if ext == "webp" else {}))
+    assert torch.equal(read_image(path), torch.from_numpy(np.ascontiguousarray(np.rot90(stored, -1))).permute(2, 0, 1))
+
+
 def test_a_resume_refuses_data_whose_class_names_changed(tmp_path, capsys):
     """airplane renamed plane in train/ and test/: 8 of 10 classes would get other label numbers under the trained
     classifier. --resume PATH and --resume auto both stop in one line naming the change; the checkpoint stays."""
