@@ -38,11 +38,12 @@ first epoch, every ``--fid-every`` and the last, as the authors' loop) and 90 % 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["PaperRow", "rows", "row", "match", "beside", "DATASET_NAMES"]
+__all__ = ["PaperRow", "rows", "row", "match", "nearest", "differences", "beside", "DATASET_NAMES"]
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet32": "ImageNet 32x32",
                  "celebahq128": "CelebA-HQ 128"}
@@ -424,6 +425,54 @@ def match(cfg) -> PaperRow | None:
     return top[0]
 
 
+_IDENTITY = ("model", "dataset", "k")  # what a run aims at: a row with other values is another experiment
+
+
+def _get(cfg, name: str):
+    try:
+        return _value(cfg, name)
+    except (KeyError, AttributeError):
+        return None
+
+
+def differences(r: PaperRow, cfg) -> dict[str, tuple]:
+    """The settings of row ``r`` that ``cfg`` does not hold: Config field → (this run's value, the row's).
+
+    Args:
+        r: a runnable row. cfg: a resolved :class:`fastebm.config.Config` or a mapping of its fields.
+
+    Returns:
+        an empty dict when ``cfg`` holds every setting of the row (then :func:`match` finds it).
+    """
+    return {name: (_get(cfg, name), want) for name, want in (r.settings or {}).items() if _get(cfg, name) != want}
+
+
+def nearest(cfg) -> PaperRow | None:
+    """The row a run aims at: :func:`match` when every setting holds, else the runnable row with the same model,
+    dataset and K (where the row states K) whose settings differ least (:func:`differences`; ties: the row with
+    more settings), so that a smaller run of a paper command (``--depth 10 --width 1``) is still set beside its
+    row, with what differs named. None when no row has that model, dataset and K."""
+    exact = match(cfg)
+    if exact is not None:
+        return exact
+    same = [r for r in _ROWS if r.runnable and all(_get(cfg, n) == r.settings[n] for n in _IDENTITY
+                                                    if n in r.settings)]
+    return min(same, key=lambda r: (len(differences(r, cfg)), -len(r.settings)), default=None)
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "(none)"
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _flags(diff: Mapping, whose: str) -> str:
+    return ", ".join(f"--{k.replace('_', '-')} {_shown(ours)} ({whose} {_shown(want)})"
+                     for k, (ours, want) in diff.items())
+
+
 # measured-dict names accepted by beside(), first the canonical one (fastebm's record names after it)
 _METRICS = (("acc", ("acc", "accuracy", "test_acc"), ".3f"),
             ("IS", ("inception_score", "is_mean", "is"), ".2f"),
@@ -432,23 +481,43 @@ _METRICS = (("acc", ("acc", "accuracy", "test_acc"), ".3f"),
 _PAPER_ATTR = {"acc": "acc", "IS": "inception_score", "FID": "fid", "min/epoch": "minutes_per_epoch"}
 
 
-def beside(r: PaperRow, measured: Mapping) -> str:
+def beside(r: PaperRow, measured: Mapping, cfg=None, before: Mapping | None = None) -> str:
     """One line setting a run's numbers beside the paper's, e.g.
     ``paper Table 3 M-JEM CIFAR-10 K=5: acc 0.931 (ours 0.925), IS 8.71 (ours 8.40), FID 12.1 (ours 13.02)``.
 
     Args:
-        r: the paper row (:func:`match`, :func:`row`).
+        r: the paper row (:func:`match`, :func:`nearest`, :func:`row`).
         measured: the run's numbers: ``acc`` (also ``accuracy``, ``test_acc``; a fraction in [0, 1]),
             ``inception_score`` (also ``is_mean``, ``is``), ``fid``, ``minutes_per_epoch``. A side that lacks
             a metric is left out of it (``FID 27.2`` alone, or ``acc (ours 0.500)``); a metric neither side has
             is not shown; Table 6's minutes per epoch only when ``measured`` has a time.
+        cfg: the run's configuration (Config or mapping); when given, the line ends with every setting of the
+            row that it does not hold (``; differs from the row: --depth 10 (row 28)``, :func:`differences`).
+        before: the run's best before its first divergence (``iter``, ``test_acc``, ``fid``; the summary's
+            ``best_before_divergence``), set beside the paper's numbers too: the paper reports the best before
+            diverging for the rows its footnotes mark.
 
     Raises:
         ValueError: an accuracy outside [0, 1] (a percentage passed by mistake).
     """
+    line = f"{_head(r)}: {_numbers(r, measured)}"
+    if before:
+        line += f"; best before divergence (iteration {before.get('iter')}): {_numbers(r, before)}"
+    if cfg is not None:
+        diff = differences(r, cfg)
+        if diff:
+            line += "; differs from the row: " + _flags(diff, "row")
+    return line
+
+
+def _head(r: PaperRow) -> str:
+    return f"ours, not in the paper: {r.label}" if r.ours else f"paper {r.label}"
+
+
+def _numbers(r: PaperRow, measured: Mapping) -> str:
     parts = []
     for name, keys, fmt in _METRICS:
-        ours = next((measured[k] for k in keys if measured.get(k) is not None), None)
+        ours = next((measured[k] for k in keys if measured.get(k) is not None and math.isfinite(measured[k])), None)
         paper = getattr(r, _PAPER_ATTR[name])
         if name == "acc" and ours is not None and not 0 <= ours <= 1:
             raise ValueError(f"beside: accuracy is a fraction in [0, 1], got {ours}")
@@ -456,5 +525,4 @@ def beside(r: PaperRow, measured: Mapping) -> str:
             continue  # Table 6's minutes (a Titan GPU) only beside a measured time
         text = name if paper is None else f"{name} {paper:g}"
         parts.append(text if ours is None else f"{text} (ours {ours:{fmt}})")
-    head = f"ours, not in the paper: {r.label}" if r.ours else f"paper {r.label}"
-    return f"{head}: " + (", ".join(parts) if parts else "no numbers on either side")
+    return ", ".join(parts) if parts else "no numbers on either side"

@@ -348,19 +348,21 @@ def decay_warning(cfg: Config, requested: dict) -> str | None:
 def run_summary(trainer: Trainer, last: dict, diverged: bool = False) -> dict:
     """The end-of-run summary printed on stdout: iterations, run folder, checkpoint, the last training row,
     the best test accuracy / FID, the best before the first divergence (the paper's "best before diverging":
-    at the first rollback, or everything of a run that stopped at its divergence), and the paper row the
-    configuration reproduces with both sides' numbers."""
+    at the first rollback, or everything of a run that stopped at its divergence), and the paper row the run
+    aims at (:func:`fastebm.paper.nearest`) with both sides' numbers and every setting that differs from it."""
     best = finite(trainer.best)
     out = {"iteration": trainer.iteration, "run_folder": trainer.out, "checkpoint": trainer.last_checkpoint,
            "last": last, "best": best}
     before = trainer.best_before_divergence or ({"iter": trainer.iteration, **best} if diverged else None)
     if before is not None:
         out["best_before_divergence"] = before
-    row = paper.match(trainer.cfg)
+    row = paper.nearest(trainer.cfg)
     if row is not None:
         measured = {"acc": best.get("test_acc"), "fid": best.get("fid")}
+        differs = paper.differences(row, trainer.cfg)
         out["paper"] = {"row": row.key, "acc": row.acc, "inception_score": row.inception_score, "fid": row.fid,
-                        "beside": paper.beside(row, measured)}
+                        "differs": {k: {"ours": a, "row": b} for k, (a, b) in differs.items()},
+                        "beside": paper.beside(row, measured, trainer.cfg, before)}
     return out
 
 

@@ -143,6 +143,8 @@ def test_compatible_rows_nest():
     (["--dataset", "cifar10", "--model", "lse-jem", "--k", "5"], None),
     (["--dataset", "cifar10", "--model", "jem", "--k", "10"], None),
     (["--dataset", "imagenet32", "--model", "mjem", "--k", "5"], None),
+    (["--dataset", "imagenet32", "--k", "2"], "t2-mebm-imagenet32-k2"),  # the headline: the preset's model is mebm
+    (["--dataset", "imagenet32", "--k", "5"], "t2-mebm-imagenet32-k5"),
     (["--dataset", "digits", "--model", "mjem", "--k", "5"], None),
 ])
 def test_match_other_command_lines(argv, key):
@@ -165,6 +167,28 @@ def test_beside():
         "paper Fig. 2(b) LSE-JEM CIFAR-100 (K not stated): no numbers on either side")
     with pytest.raises(ValueError, match="fraction"):
         paper.beside(r, {"acc": 93.1})
+
+
+def test_nearest_row_and_what_differs():
+    """A smaller run of a row's command is set beside that row with what differs; other models, data or K are
+    no row; an exact match differs in nothing."""
+    small = resolve_cli(["--dataset", "cifar10", "--model", "mebm", "--k", "5", "--depth", "10", "--width", "1",
+                         "--l2", "0.3"])
+    assert paper.match(small) is None
+    r = paper.nearest(small)
+    assert r.key == "t1-mebm-cifar10-k5"  # not Fig. 4(b)'s no-L2 run: one more setting differs there
+    assert paper.differences(r, small) == {"depth": (10, 28), "width": (1, 10)}
+    assert paper.beside(r, {"fid": 30.0}, small) == (
+        "paper Table 1 M-EBM CIFAR-10 K=5: IS 7.14, FID 22.7 (ours 30.00); differs from the row: --depth 10 (row 28), "
+        "--width 1 (row 10)")
+    exact = resolve_cli(["--dataset", "cifar10", "--model", "mebm", "--k", "5"])
+    assert paper.nearest(exact) is paper.match(exact) and paper.differences(paper.match(exact), exact) == {}
+    assert paper.nearest(resolve_cli(["--dataset", "cifar10", "--model", "mebm", "--k", "3"])) is None
+    assert paper.nearest(resolve_cli(["--dataset", "digits"])) is None
+    before = {"iter": 1200, "fid": 40.0, "test_acc": -float("inf")}
+    assert paper.beside(paper.row("t1-mebm-cifar10-k1"), {"fid": 50.0}, before=before) == (
+        "paper Table 1 M-EBM CIFAR-10 K=1: IS 6.02, FID 35.7 (ours 50.00); best before divergence (iteration 1200): "
+        "IS 6.02, FID 35.7 (ours 40.00)")
 
 
 def test_recipes_mention_every_row():
