@@ -48,6 +48,21 @@ def fid_cadence(cfg: Config, explicit: bool) -> int:
 
 
 
+def confident_subsets(model, fake: torch.Tensor, cfg: Config, device) -> tuple[np.ndarray, np.ndarray]:
+    """(FID indices, IS indices) into ``fake`` (N, 3, H, W) in [-1, 1]: the authors' ``cond_is_fid`` (mebm
+    ``Task/eval_buffer.py``): each image goes to its predicted class argmax p(y|x) of ``model``'s classifier (in
+    eval mode), and within each class the ``cfg.fid_keep_ratio`` / ``cfg.is_keep_ratio`` most confident by
+    max_y p(y|x) = max softmax probability (``prob = Softmax(logits).max(1)[0]``, not the raw logit) are kept
+    (:func:`fastebm.evaluation.filter_by_confidence`). A subset of fewer than 2 images falls back to the whole
+    buffer (FID) or the FID subset (IS). Sorted int64 arrays."""
+    from .evaluation.fid import filter_by_confidence
+
+    probs = torch.softmax(model_outputs(model, fake, 256, device)[1].double(), 1)
+    keep_fid, keep_is = (filter_by_confidence(probs, r) for r in (cfg.fid_keep_ratio, cfg.is_keep_ratio))
+    keep_fid = keep_fid if len(keep_fid) >= 2 else np.arange(len(fake))  # too few to score: the whole buffer
+    return keep_fid, keep_is if len(keep_is) >= 2 else keep_fid
+
+
 class BufferScore:
     """FID (pytorch-fid) and Inception Score (unbiased logits) of replay-buffer samples against the training
     data's Inception statistics; the Inception network and those statistics are made at the first call.
@@ -70,14 +85,7 @@ class BufferScore:
         cfg, device = self.cfg, self.device
         fake, n_buffer = samples.clamp(-1, 1), len(samples)
         ranked = model.has_classifier and (cfg.fid_keep_ratio, cfg.is_keep_ratio) != (1, 1)
-        keep_fid = keep_is = np.arange(n_buffer)
-        if ranked:  # the authors' cond_is_fid: the most confident images of each predicted class
-            from .evaluation.fid import filter_by_confidence
-
-            logits = model_outputs(model, fake, 256, device)[1]
-            f, i = (filter_by_confidence(logits, r) for r in (cfg.fid_keep_ratio, cfg.is_keep_ratio))
-            keep_fid = f if len(f) >= 2 else keep_fid                # too few to score: the whole buffer
-            keep_is = i if len(i) >= 2 else keep_fid
+        keep_fid, keep_is = confident_subsets(model, fake, cfg, device) if ranked else (np.arange(n_buffer),) * 2
         scored = np.union1d(keep_fid, keep_is)                      # one Inception pass serves both
         if self.inception is None:
             self.inception = metrics.load_inception(None if cfg.random_inception else cfg.inception_weights,
