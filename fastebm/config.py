@@ -10,7 +10,8 @@ How a run's configuration is resolved (:func:`resolve`)::
 
     Config defaults (the M-EBM / M-JEM recipe of the mebm code)
       ← dataset preset (fastebm.datasets)  ← model preset (MODEL_PRESETS: jem, lse-jem)
-      ← K rule (λ, σ)  ← what the user set  ← iterations per epoch from the dataset size
+      ← paper row (--paper KEY: the row's settings and its authors' code, fastebm.paper)
+      ← what the user set  ← K rule (λ, σ, where still unset)  ← iterations per epoch from the dataset size
 
 K rule (mebm ``scripts/maebm_cifar10.sh`` at da79aff, its closing comment: "K=2 ... l2_coeff 0.1 and
 sgld_std 0; K>=5, l2_coeff=0.5, sgld_std=0.001"): λ = 0.1 and σ = 0 for K ≤ 2; λ = 0.5 and σ = 0.001 for
@@ -29,6 +30,7 @@ import torch
 
 from .datasets import DATASETS
 from .limits import validate
+from .paper import pinned_by
 
 
 class _NoneGiven:
@@ -54,6 +56,10 @@ class Config:
     comments); :func:`resolve` applies the dataset, model and K presets on top. Each field's ``metadata``
     holds its ``help`` line (and ``group``), from which ``python -m fastebm.train`` builds its flags."""
 
+    # a row of the paper (fastebm.paper, docs/recipes.md): its settings and its authors' code, under what is given
+    paper: str | None = _f(None, "reproduce this row of the paper (a key of docs/recipes.md, e.g. t2-mebm-imagenet32-"
+                                 "k2): its settings and the authors' code of the commit it names (L2 form, BatchNorm, "
+                                 "fp32); options given still win, and the run names each that differs", "paper row")
     # data
     dataset: str = _f("digits", "dataset (digits: the embedded demo, no download)", "data")
     data_root: str | None = _f(None, "folder holding the dataset's files (not needed for digits)", "data")
@@ -327,11 +333,11 @@ def derive_iters_per_epoch(cfg: Config, n_train: int) -> int:
 
 
 def resolve(overrides: dict) -> Config:
-    """Config = defaults ← dataset preset ← model preset ← K rule ← explicit overrides ← epoch length.
+    """Config = defaults ← dataset preset ← model preset ← paper row ← explicit overrides ← K rule ← epoch length.
 
     Args:
         overrides: field → value for what the user set (``None`` values are ignored; :data:`NONE` sets
-            the field to None whatever the presets say).
+            the field to None whatever the presets say). ``paper``: a row key (:func:`fastebm.paper.pinned_by`).
 
     JEM (``model="jem"``): ``cls_batch_size`` follows ``batch_size`` unless given (JEM's two loaders share
     ``--batch_size``).
@@ -342,18 +348,21 @@ def resolve(overrides: dict) -> Config:
         (:func:`derive_iters_per_epoch`, called by the trainer).
 
     Raises:
-        ValueError: unknown field, a value outside its choices, K < 1, or an inconsistent setting.
+        ValueError: unknown field, a value outside its choices, K < 1, an unknown ``paper`` row or one whose
+            dataset, model or K differ from those given, or an inconsistent setting.
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     names = {f.name for f in dataclasses.fields(Config)}
     unknown = set(given) - names
     if unknown:
         raise ValueError(f"unknown config field(s) {sorted(unknown)}; expected fields of Config")
-    dataset = given.get("dataset", Config.dataset)
+    pinned = pinned_by(None if given.get("paper") is NONE else given.get("paper"), given)
+    dataset = given.get("dataset", pinned.get("dataset", Config.dataset))
     values: dict = {}
     values.update(PRESETS.get(dataset, {}))
-    model = given.get("model", values.get("model", "mjem"))
+    model = given.get("model", pinned.get("model", values.get("model", "mjem")))
     values.update(MODEL_PRESETS.get(model, {}))
+    values.update(pinned)
     values.update(given)
     values = {k: (None if v is NONE else v) for k, v in values.items()}
     explicit_none = {k for k, v in given.items() if v is NONE}

@@ -23,6 +23,12 @@ out, so either choice matches the row. A row with ``settings=None`` is another m
 comparison; ``needs`` says what fastebm would need to train it. ``ours=True`` marks a row that fastebm's
 documentation offers but the paper does not have: it carries no paper numbers.
 
+A runnable row also holds ``code``: the settings the paper does not state that the authors' code of a named
+commit (``code_source``) fixes: the L2 form, BatchNorm momentum and mode, precision. :func:`match` ignores them
+(fastebm's defaults differ there on purpose, docs/recipes.md); ``python -m fastebm.train --paper KEY`` sets them
+with the row's settings (:func:`pinned_by`), and :func:`differences` / :func:`beside` name each one a run does not
+hold, so that a run of a row's command is told which of its settings are not the authors'.
+
 Accuracy is stored as a fraction in [0, 1] (the paper prints percent); IS and FID as printed; a value the
 text does not give ("-" in a table, or not readable from the flattened text) is None, and the row's
 ``footnote`` says which.
@@ -43,7 +49,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["PaperRow", "rows", "row", "match", "nearest", "differences", "beside", "DATASET_NAMES"]
+__all__ = ["PaperRow", "rows", "row", "match", "nearest", "differences", "beside", "what_differs", "pinned_by",
+           "DATASET_NAMES"]
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet32": "ImageNet 32x32",
                  "celebahq128": "CelebA-HQ 128"}
@@ -69,6 +76,10 @@ class PaperRow:
         figures: other places the same run appears (``"Fig. 4(a)"``).
         needs: what fastebm lacks to reproduce the row exactly ("" when nothing).
         ours: True for a fastebm-only row (no paper numbers).
+        code: Config fields that the paper does not state and the authors' code fixes (the L2 form, BatchNorm,
+            precision), as the code of ``code_source`` runs them (read-only mapping; None: not runnable).
+            ``--paper KEY`` sets them with ``settings``; a run without it is told which of them differ.
+        code_source: the authors' files and commit that ``code`` comes from.
     """
 
     key: str
@@ -87,6 +98,8 @@ class PaperRow:
     figures: tuple[str, ...] = ()
     needs: str = ""
     ours: bool = False
+    code: Mapping | None = field(default=None, hash=False)
+    code_source: str = ""
 
     @property
     def runnable(self) -> bool:
@@ -150,6 +163,27 @@ def _settings(model: str, dataset: str, k: int | None, **extra) -> MappingProxyT
     return MappingProxyType(s)
 
 
+# --- the settings of the authors' code that the paper does not state --------------------------------------
+# mebm train_maebm.py @20bbf21 (2022-03-10, its last version before f7ae2f1 changed the L2 form and the FID tool):
+# l2_coeff * (fp ** 2 + fq ** 2) of the batch means ("reference"); sample_q keeps f in train mode ("# f.eval()"),
+# so every forward updates the BatchNorm running statistics ("update"); models/norms.py @ab600eb get_norm:
+# BatchNorm2d(n, momentum=0.9); no autocast anywhere (fp32). train_maebm_celeba.py @32f98f9 alike.
+_MEBM_CODE = MappingProxyType(dict(reg_form="reference", bn_momentum=0.9, sgld_bn="update", amp="off",
+                                   sgld_amp="off"))
+_MEBM_SOURCE = "sndnyang/mebm train_maebm.py @20bbf21, models/norms.py @ab600eb"
+_CELEBA_SOURCE = "sndnyang/mebm train_maebm_celeba.py @32f98f9, models/norms.py @ab600eb"
+# JEM train_wrn_ebm.py @3d01161 (README command: --norm None): no BatchNorm, fp32
+_JEM_CODE = MappingProxyType(dict(amp="off", sgld_amp="off"))
+_JEM_SOURCE = "wgrathwohl/JEM train_wrn_ebm.py @3d01161"
+
+
+def _code(model: str, dataset: str) -> tuple[MappingProxyType, str]:
+    """(code, code_source) of a runnable row: see :data:`_MEBM_CODE` and :data:`_JEM_CODE`."""
+    if model == "JEM":
+        return _JEM_CODE, _JEM_SOURCE
+    return _MEBM_CODE, _CELEBA_SOURCE if dataset == "celebahq128" else _MEBM_SOURCE
+
+
 def _argv(model: str, dataset: str, k: int | None, *more: str) -> tuple[str, ...]:
     ks = () if k is None else ("--k", str(k))
     return ("--dataset", dataset, "--model", _MODEL_FLAG[model], *ks, *more)
@@ -157,8 +191,9 @@ def _argv(model: str, dataset: str, k: int | None, *more: str) -> tuple[str, ...
 
 def _run(key, table, model, dataset, k, *, more=(), extra=None, **kw) -> PaperRow:
     """A row fastebm can train: settings and command line from model, dataset, K (+ ``extra`` fields)."""
+    code, source = _code(model, dataset)
     return PaperRow(key, table, model, dataset, k, settings=_settings(model, dataset, k, **(extra or {})),
-                    argv=_argv(model, dataset, k, *more), **kw)
+                    argv=_argv(model, dataset, k, *more), code=code, code_source=source, **kw)
 
 
 def _ref(key, table, model, dataset, k, needs, **kw) -> PaperRow:
@@ -284,11 +319,13 @@ _ROWS: tuple[PaperRow, ...] = (
     # ---- fastebm's own rows (not in the paper) ----
     PaperRow("ours-mebm-imagenet32-k10", "ours", "M-EBM", "imagenet32", 10,
              settings=_settings("M-EBM", "imagenet32", 10), argv=_argv("M-EBM", "imagenet32", 10), ours=True,
+             code=_MEBM_CODE, code_source=_MEBM_SOURCE,
              footnote="not in the paper: Table 2 has ImageNet 32x32 at K = 2 and 5 only",
              source="fastebm docs/recipes.md (earlier versions)"),
     PaperRow("ours-mebm-cifar10-k5-mixture", "ours", "M-EBM", "cifar10", 5,
              settings=_settings("M-EBM", "cifar10", 5, p0="gaussian-mixture"),
-             argv=_argv("M-EBM", "cifar10", 5, "--p0", "gaussian-mixture"), ours=True,
+             argv=_argv("M-EBM", "cifar10", 5, "--p0", "gaussian-mixture"), ours=True, code=_MEBM_CODE,
+             code_source=_MEBM_SOURCE,
              footnote="not in the paper: t1-mebm-cifar10-k5 with JEM++'s p0, one Gaussian per class drawn uniformly "
                       "(JEMPP train_jempp.py @0fd76f0), for Section 3.1's claim that one Gaussian is 'comparable' "
                       "to it",
@@ -425,6 +462,28 @@ def match(cfg) -> PaperRow | None:
     return top[0]
 
 
+def pinned_by(key: str | None, given: Mapping) -> dict:
+    """``--paper KEY`` (:func:`fastebm.config.resolve`): the Config fields the row of ``key`` pins, its ``settings``
+    and its authors' ``code``; {} when ``key`` is None. ``given``: the options given beside it.
+
+    Raises:
+        ValueError: no runnable row has that key, or ``given`` names another dataset, model or K than the row's.
+    """
+    if key is None:
+        return {}
+    runnable = [r.key for r in _ROWS if r.runnable]
+    if key not in runnable:
+        raise ValueError(f"--paper: expected a row fastebm trains (docs/recipes.md), one of {', '.join(runnable)}; "
+                         f"got {key!r}")
+    r = _BY_KEY[key]
+    other = [f"--{k} {given[k]}" for k in ("dataset", "model", "k") if k in given and k in r.settings
+             and given[k] != r.settings[k]]
+    if other:
+        raise ValueError(f"--paper {key} is {' '.join(r.argv)}; got {', '.join(other)} (drop it, or give the key of "
+                         f"that experiment's row)")
+    return {**r.settings, **r.code}
+
+
 _IDENTITY = ("model", "dataset", "k")  # what a run aims at: a row with other values is another experiment
 
 
@@ -435,29 +494,35 @@ def _get(cfg, name: str):
         return None
 
 
-def differences(r: PaperRow, cfg) -> dict[str, tuple]:
-    """The settings of row ``r`` that ``cfg`` does not hold: Config field → (this run's value, the row's).
+def differences(r: PaperRow, cfg, code: bool = True) -> dict[str, tuple]:
+    """The settings of row ``r`` that ``cfg`` does not hold: Config field → (this run's value, the row's), first
+    those the paper states (``r.settings``), then, with ``code``, those of the authors' code (``r.code``: L2 form,
+    BatchNorm, precision; compare a configuration resolved for its device, where ``amp`` is no longer ``auto``).
 
     Args:
         r: a runnable row. cfg: a resolved :class:`fastebm.config.Config` or a mapping of its fields.
 
     Returns:
-        an empty dict when ``cfg`` holds every setting of the row (then :func:`match` finds it).
+        an empty dict when ``cfg`` holds every setting of the row and of the authors' code (``--paper KEY``).
     """
-    return {name: (_get(cfg, name), want) for name, want in (r.settings or {}).items() if _get(cfg, name) != want}
+    wanted = {**(r.settings or {}), **((r.code or {}) if code else {})}
+    return {name: (_get(cfg, name), want) for name, want in wanted.items() if _get(cfg, name) != want}
 
 
 def nearest(cfg) -> PaperRow | None:
-    """The row a run aims at: :func:`match` when every setting holds, else the runnable row with the same model,
-    dataset and K (where the row states K) whose settings differ least (:func:`differences`; ties: the row with
-    more settings), so that a smaller run of a paper command (``--depth 10 --width 1``) is still set beside its
-    row, with what differs named. None when no row has that model, dataset and K."""
+    """The row a run aims at: the row of its ``paper`` field (``--paper KEY``), else :func:`match` when every
+    setting holds, else the runnable row with the same model, dataset and K (where the row states K) whose settings
+    differ least (:func:`differences`; ties: the row with more settings), so that a smaller run of a paper command
+    (``--depth 10 --width 1``) is still set beside its row, with what differs named. None when no row has that
+    model, dataset and K."""
+    if _get(cfg, "paper"):
+        return row(_get(cfg, "paper"))
     exact = match(cfg)
     if exact is not None:
         return exact
     same = [r for r in _ROWS if r.runnable and all(_get(cfg, n) == r.settings[n] for n in _IDENTITY
                                                     if n in r.settings)]
-    return min(same, key=lambda r: (len(differences(r, cfg)), -len(r.settings)), default=None)
+    return min(same, key=lambda r: (len(differences(r, cfg, code=False)), -len(r.settings)), default=None)
 
 
 def _shown(value) -> str:
@@ -491,8 +556,10 @@ def beside(r: PaperRow, measured: Mapping, cfg=None, before: Mapping | None = No
             ``inception_score`` (also ``is_mean``, ``is``), ``fid``, ``minutes_per_epoch``. A side that lacks
             a metric is left out of it (``FID 27.2`` alone, or ``acc (ours 0.500)``); a metric neither side has
             is not shown; Table 6's minutes per epoch only when ``measured`` has a time.
-        cfg: the run's configuration (Config or mapping); when given, the line ends with every setting of the
-            row that it does not hold (``; differs from the row: --depth 10 (row 28)``, :func:`differences`).
+        cfg: the run's configuration (Config or mapping, resolved for its device); when given, the line ends with
+            every setting of the row that it does not hold (``; differs from the row: --depth 10 (row 28)``) and
+            every setting of the authors' code (``; differs from the authors' code (...): --reg-form eq8 (theirs
+            reference)``), :func:`differences`.
         before: the run's best before its first divergence (``iter``, ``test_acc``, ``fid``; the summary's
             ``best_before_divergence``), set beside the paper's numbers too: the paper reports the best before
             diverging for the rows its footnotes mark.
@@ -503,11 +570,20 @@ def beside(r: PaperRow, measured: Mapping, cfg=None, before: Mapping | None = No
     line = f"{_head(r)}: {_numbers(r, measured)}"
     if before:
         line += f"; best before divergence (iteration {before.get('iter')}): {_numbers(r, before)}"
-    if cfg is not None:
-        diff = differences(r, cfg)
-        if diff:
-            line += "; differs from the row: " + _flags(diff, "row")
-    return line
+    what = "" if cfg is None else what_differs(r, cfg)
+    return line + (f"; {what}" if what else "")
+
+
+def what_differs(r: PaperRow, cfg) -> str:
+    """:func:`differences` in words, e.g. ``differs from the row: --depth 10 (row 28); differs from the authors'
+    code (<code_source>): --reg-form eq8 (theirs reference)``; "" when nothing differs."""
+    diff = differences(r, cfg)
+    stated = {k: v for k, v in diff.items() if k in r.settings}
+    code = {k: v for k, v in diff.items() if k not in r.settings}
+    parts = [f"differs from the row: {_flags(stated, 'row')}"] if stated else []
+    if code:
+        parts.append(f"differs from the authors' code ({r.code_source}): {_flags(code, 'theirs')}")
+    return "; ".join(parts)
 
 
 def _head(r: PaperRow) -> str:

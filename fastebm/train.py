@@ -91,7 +91,7 @@ def _shown(value) -> str:
 def _preset_view(argv) -> Config | None:
     """The Config that the --dataset / --model / --k of ``argv`` resolve to (for the help's defaults)."""
     pre = argparse.ArgumentParser(add_help=False)
-    for name in ("dataset", "model", "k"):
+    for name in ("dataset", "model", "k", "paper"):
         pre.add_argument(_flag(name))
     known, _ = pre.parse_known_args(argv)
     given = {k: v for k, v in vars(known).items() if v is not None}
@@ -256,7 +256,8 @@ def _main(argv, locks: list) -> int:
         def stage(tr: Trainer, what: str) -> None:  # "checked" comes after every check: errors stay one line
             if not tr.dist.is_main:
                 return
-            lines = [banner(tr, threads), decay_warning(tr.cfg, requested)] if what == "checked" else [
+            lines = [banner(tr, threads), paper_notice(tr.cfg), decay_warning(tr.cfg, requested)] if (
+                what == "checked") else [
                 f"fastebm: WRN-{tr.cfg.depth}-{tr.cfg.width} and optimizer built; p0 (Eq. 6, --p0 {tr.cfg.p0}) next"]
             for line in filter(None, lines):
                 print(line, file=sys.stderr, flush=True)
@@ -329,6 +330,21 @@ def banner(trainer: Trainer, threads: str) -> str:
             f"{cfg.n_classes} classes), WRN-{cfg.depth}-{cfg.width}, K={cfg.k}, {cfg.total_iters} iterations "
             f"({cfg.epochs} epoch(s) of {cfg.iters_per_epoch}), device {trainer.device}, {threads}, "
             f"{trainer.dist.world_size} process(es), run folder {trainer.out}; building the model and p0")
+
+
+def paper_notice(cfg: Config) -> str | None:
+    """The run's second line when it aims at a row of the paper (:func:`fastebm.paper.nearest`): which row, and
+    every setting that differs from the row and from its authors' code (``cfg`` resolved for its device, so that
+    ``--amp`` says the precision), with the ``--paper`` option that sets them all; None for no row."""
+    row = paper.nearest(cfg)
+    if row is None:
+        return None
+    what = paper.what_differs(row, cfg)
+    head = (f"fastebm: --paper {row.key}: {row.label} as the authors' code runs it" if cfg.paper
+            else f"fastebm: this is {row.label} ({row.key})")
+    if not what:
+        return head + ("" if cfg.paper else f", with the authors' code settings ({row.code_source})")
+    return f"{head}; {what}" + ("" if cfg.paper else f"; --paper {row.key} sets the row's and the authors' values")
 
 
 def decay_warning(cfg: Config, requested: dict) -> str | None:

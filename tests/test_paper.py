@@ -39,6 +39,50 @@ def test_print_config_matches_its_row(r, capsys):
     assert paper.match(printed) is r
 
 
+def _for_cuda(cfg):
+    from fastebm.config import for_device
+
+    return for_device(cfg, "cuda")  # where --amp auto means bf16: the precision the authors' fp32 is compared with
+
+
+@pytest.mark.parametrize("r", RUNNABLE, ids=lambda r: r.key)
+def test_paper_option_sets_the_row_and_its_authors_code(r, capsys):
+    """``--paper KEY`` resolves to every setting of the row and of the authors' code it names (L2 form, BatchNorm
+    momentum and mode, fp32), on any device; the row's own command keeps fastebm's choices and its run names
+    each of them beside the row."""
+    assert r.code and r.code_source and set(r.code) >= {"amp", "sgld_amp"}
+    cfg = _for_cuda(resolve_cli(["--paper", r.key]))
+    assert paper.differences(r, cfg) == {} and paper.nearest(cfg) is r and paper.match(cfg) is not None
+    assert (cfg.amp, cfg.sgld_amp) == ("off", "off")  # fp32, as every authors' code
+    if r.model != "JEM":  # the mebm code: batch means squared (@20bbf21), BatchNorm momentum 0.9 updated by SGLD
+        assert (cfg.reg_form, cfg.bn_momentum, cfg.sgld_bn) == ("reference", 0.9, "update")
+    assert main(["--paper", r.key, "--print-config"]) == 0
+    assert paper.differences(r, json.loads(capsys.readouterr().out), code=False) == {}
+    plain = _for_cuda(resolve_cli(r.argv))
+    diff = paper.differences(r, plain)
+    assert set(diff) == {k for k, v in r.code.items() if getattr(plain, k) != v}
+    assert {"amp"} | ({"reg_form", "bn_momentum", "sgld_bn"} if r.model != "JEM" else set()) <= set(diff)
+    line = paper.beside(r, {}, plain)
+    assert f"differs from the authors' code ({r.code_source}):" in line and "--amp bf16 (theirs off)" in line
+    if r.model != "JEM":
+        assert all(s in line for s in ("--reg-form eq8 (theirs reference)", "--bn-momentum 0.1 (theirs 0.9)",
+                                       "--sgld-bn batch (theirs update)"))
+
+
+def test_paper_option_refuses_another_experiment_and_unknown_keys():
+    with pytest.raises(ValueError, match=r"--paper t2-mebm-imagenet32-k2 is --dataset imagenet32 --model mebm --k 2; "
+                                         r"got --k 5"):
+        resolve_cli(["--paper", "t2-mebm-imagenet32-k2", "--k", "5"])
+    with pytest.raises(ValueError, match="--paper: expected a row fastebm trains .*got 't9-none'"):
+        resolve_cli(["--paper", "t9-none"])
+    with pytest.raises(ValueError, match="--paper"):
+        resolve_cli(["--paper", "t1-ref-ddpm"])  # another method's row: nothing to train
+    small = resolve_cli(["--paper", "t1-mebm-cifar10-k5", "--l2", "0", "--depth", "10"])  # given options still win
+    assert (small.l2, small.depth, small.reg_form) == (0.0, 10, "reference")
+    assert paper.nearest(small).key == "t1-mebm-cifar10-k5"  # its row, not Fig. 4(b)'s no-L2 run
+    assert paper.differences(paper.row("t1-mebm-cifar10-k5"), small) == {"depth": (10, 28)}
+
+
 def test_keys_unique_and_lookup():
     keys = [r.key for r in paper.rows()]
     assert len(keys) == len(set(keys))
@@ -177,12 +221,14 @@ def test_nearest_row_and_what_differs():
     assert paper.match(small) is None
     r = paper.nearest(small)
     assert r.key == "t1-mebm-cifar10-k5"  # not Fig. 4(b)'s no-L2 run: one more setting differs there
-    assert paper.differences(r, small) == {"depth": (10, 28), "width": (1, 10)}
-    assert paper.beside(r, {"fid": 30.0}, small) == (
+    assert paper.differences(r, small, code=False) == {"depth": (10, 28), "width": (1, 10)}
+    assert paper.beside(r, {"fid": 30.0}, _for_cuda(small)) == (
         "paper Table 1 M-EBM CIFAR-10 K=5: IS 7.14, FID 22.7 (ours 30.00); differs from the row: --depth 10 (row 28), "
-        "--width 1 (row 10)")
+        "--width 1 (row 10); differs from the authors' code (sndnyang/mebm train_maebm.py @20bbf21, models/norms.py "
+        "@ab600eb): --reg-form eq8 (theirs reference), --bn-momentum 0.1 (theirs 0.9), --sgld-bn batch (theirs "
+        "update), --amp bf16 (theirs off)")
     exact = resolve_cli(["--dataset", "cifar10", "--model", "mebm", "--k", "5"])
-    assert paper.nearest(exact) is paper.match(exact) and paper.differences(paper.match(exact), exact) == {}
+    assert paper.nearest(exact) is paper.match(exact) and paper.differences(paper.match(exact), exact, False) == {}
     assert paper.nearest(resolve_cli(["--dataset", "cifar10", "--model", "mebm", "--k", "3"])) is None
     assert paper.nearest(resolve_cli(["--dataset", "digits"])) is None
     before = {"iter": 1200, "fid": 40.0, "test_acc": -float("inf")}

@@ -50,4 +50,6 @@ def test_the_headline_command_is_the_table2_imagenet_row_and_its_run_says_so(tmp
             "batch_size": {"ours": 8, "row": 64}}.items() <= row["differs"].items()
     line = next(s for s in err.splitlines() if s.startswith("fastebm: paper Table 2 M-EBM ImageNet 32x32 K=2"))
     assert "FID 54.52" in line and "--depth 10 (row 28)" in line and "--width 1 (row 2)" in line
+    assert "differs from the authors' code" in line and "--bn-momentum 0.1 (theirs 0.9)" in line  # fastebm's choices
+    assert any(s.startswith("fastebm: this is Table 2 M-EBM ImageNet 32x32 K=2") for s in err.splitlines())
     assert json.load(open(tmp_path / "run" / "config.json"))["model"] == "mebm"
