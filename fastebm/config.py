@@ -191,6 +191,8 @@ class Config:
     is_keep_ratio: float | None = _f(None, "in-training Inception Score: the same for IS (none: 0.1 for classifier "
                                            "models, mebm train_maebm.py 'ratio = 0.1 if arg.pyx'; at most "
                                            "--fid-keep-ratio)", "evaluation during training")
+    fid_split: str = _f("auto", "in-training FID reference: auto (the authors': CIFAR-10 train + test, ImageNet "
+                                "32x32 val, else train), train, test, train+test", "evaluation during training")
     keep_every: int = _f(0, "keep ckpt_eNNN.pt every N epochs (0: off)", "evaluation during training")
     inception_weights: str | None = _f(None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (none: "
                                              "torch.hub.get_dir()/checkpoints)", "evaluation during training")

@@ -20,7 +20,8 @@ CHOICES = {"dataset": tuple(DATASETS), "model": MODEL_KINDS, "norm": NORMS, "p0"
            "optimizer": ("sgd", "adam"), "device": None,
            "compile": ("auto", "off", "default", "max-autotune", "aot_eager"), "amp": ("auto", "bf16", "fp16", "off"),
            "sgld_amp": ("auto", "bf16", "fp16", "off"),
-           "on_divergence": ("rollback", "stop"), "fast_path": ("auto", "strict", "off")}
+           "on_divergence": ("rollback", "stop"), "fast_path": ("auto", "strict", "off"),
+           "fid_split": ("auto", "train", "test", "train+test")}
 
 # the allowed range of every numeric option, (low, high, low included, high included);
 # None = unbounded. tests/test_inputs.py checks that every float field of Config has an entry.

@@ -148,7 +148,7 @@ class Trainer:
         self.last_checkpoint_iteration = 0                          # the iteration that checkpoint holds
         self.watch = DivergenceWatch(cfg.max_loss)                   # device-side note of a divergence
         self.runlog = RunLog(self.out, write=self.dist.is_main)     # metrics.jsonl, TensorBoard, grids
-        self.scorer = BufferScore(cfg, self.device)                  # in-training FID / IS
+        self.scorer = BufferScore(cfg, self.device, not self._no_test_split)  # in-training FID / IS
         self.best = {"fid": float("inf"), "test_acc": -float("inf")}
         self.best_before_divergence: dict | None = None             # {"iter", "fid", "test_acc"} at the first rollback
 

@@ -65,6 +65,9 @@ def test_in_training_fid_follows_the_authors_cadence_and_filter(tmp_path, fast_f
     assert [r["epoch"] for r in fid] == [1, 3, 4]
     assert all(r["keep_ratio"] == 0.9 and r["is_keep_ratio"] == 0.1 and r["n_buffer"] == 200 for r in fid), fid
     assert all(170 <= r["n_fake"] < 200 and 2 <= r["n_is"] <= 20 for r in fid), fid
+    # Task/eval_buffer.py @20bbf21: IS over max(1, N // 5000) splits; digits' reference: its training images
+    assert all(r["is_splits"] == 1 and r["real_split"] == "train" and r["n_real"] == 40 for r in fid), fid
+    assert all(r["protocol"] == "mebm train_maebm.py, Task/eval_buffer.py @20bbf21" for r in fid)
 
 
 def test_in_training_filter_ranks_by_probability_not_by_logit(monkeypatch):
