@@ -9,7 +9,8 @@ each value below was read off its table row and checked against the row's neighb
 - Table 3: accuracy / IS / FID of M-JEM on CIFAR-10 (K = 1, 2, 5, 10, 20) and other hybrid models.
 - Table 4: the same on CIFAR-100 (M-JEM K = 1, 2, 5, 10; JEM K = 20, 30; ...).
 - Table 6 (Appendix B): minutes per epoch on CIFAR-10, "on a single Titan GPU" (the exact Titan model is
-  not named), one epoch = 390 iterations for every model (the JEM baseline included), p(x) batch 64.
+  not named), one epoch = 390 iterations for every model (the JEM baseline included), p(x) batch 64; and its
+  "Other" block, the training cost of five other methods as printed (``compute``).
 - Fig. 2(b) (M-JEM against LSE-JEM on CIFAR-100) and Fig. 4(a) / 4(b) (t-SNE of CIFAR-10 models): the
   runs behind them. Their numbers are only in the plots, which the text does not carry: None here.
 
@@ -71,6 +72,7 @@ class PaperRow:
         argv: the ``python -m fastebm.train`` arguments that resolve to ``settings`` (no ``--data-root``).
         acc: test accuracy as a fraction in [0, 1]; IS: Inception Score; fid: Fréchet Inception Distance.
         minutes_per_epoch: Table 6, minutes per 390-iteration epoch on CIFAR-10 on one Titan GPU.
+        compute: Table 6's "Other" block: another method's training cost as the paper prints it ("" elsewhere).
         footnote: the table's footnote for this row (its marker and text), and what the text leaves out.
         source: where the numbers and the settings come from.
         figures: other places the same run appears (``"Fig. 4(a)"``).
@@ -93,6 +95,7 @@ class PaperRow:
     inception_score: float | None = None
     fid: float | None = None
     minutes_per_epoch: float | None = None
+    compute: str = ""
     footnote: str = ""
     source: str = ""
     figures: tuple[str, ...] = ()
@@ -255,8 +258,9 @@ _ROWS: tuple[PaperRow, ...] = (
     _run("t2-mebm-celebahq128-k5", "Table 2", "M-EBM", "celebahq128", 5, fid=57.76, footnote=_T2_STAR,
          needs=_CELEBA, source="paper Table 2 (FID), Appendix A (WRN-28-5, lr 0.02, 2 GPUs)"),
     _run("t2-mebm-celebahq128-k10", "Table 2", "M-EBM", "celebahq128", 10, fid=39.87, needs=_CELEBA,
-         footnote="the authors' script for it (mebm scripts/maebm_celeba.sh) uses WRN-28-2 and λ = 0, the paper "
-                  "WRN-28-5 (Appendix A)",
+         footnote="the authors' script for it (mebm scripts/maebm_celeba.sh) uses WRN-28-2, λ = 0 and σ = 0, the "
+                  "paper WRN-28-5 (Appendix A); its energy is the log-sum-exp of 10 logits no cross-entropy trains "
+                  "(no --uncond: models/jem_models.py CCF), which fastebm's mebm (one energy head) does not reproduce",
          source="paper Table 2 (FID), Appendix A (WRN-28-5, lr 0.02, 2 GPUs)"),
     _run("t2-mebm-imagenet32-k2", "Table 2", "M-EBM", "imagenet32", 2, fid=54.52, needs=_FID_E,
          footnote="Section 5.1: 'incredibly stable and achieves FID 54.52 within 30 epochs'; " + _SMALL_K,
@@ -411,6 +415,19 @@ _ROWS: tuple[PaperRow, ...] = (
          source="paper Table 6"),
     _ref("t6-ref-vera", "Table 6", "VERA", "cifar10", None, _OTHER, minutes_per_epoch=9.6,
          footnote="Table 6 †: VERA reports a 2.8x speedup; the authors ran the official code", source="paper Table 6"),
+    # Table 6's "Other" block: training costs as printed, no minutes per epoch
+    _ref("t6-ref-igebm", "Table 6", "IGEBM", "cifar10", None, _OTHER, compute="1 GPU for 2 days",
+         source="paper Table 6 ('Other')"),
+    _ref("t6-ref-klebm", "Table 6", "KL-EBM", "cifar10", None, _OTHER, compute="1 GPU for 1 days",
+         source="paper Table 6 ('Other')"),
+    _ref("t6-ref-ddpm", "Table 6", "DDPM", "cifar10", None, _OTHER, compute="800k iter, 8 TPUs, 10.6 hours",
+         source="paper Table 6 ('Other')"),
+    _ref("t6-ref-diffurecov", "Table 6", "DiffuRecov", "cifar10", None, _OTHER,
+         compute="240k iterations, 8 TPUs, 40+ hours", source="paper Table 6 ('Other')"),
+    _ref("t6-ref-vaebm", "Table 6", "VAEBM", "cifar10", None, _OTHER, compute="400 epochs, 8 GPUs, 55 hours",
+         footnote="Table 6 +: 'The runtime is for pretraining NVAE only. For VAEBM, they report the training takes "
+                  "around 25,000 iterations (or 16 epochs) on CIFAR-10 using one 32-GB V100 GPU'",
+         source="paper Table 6 ('Other')"),
 )
 
 _BY_KEY = {r.key: r for r in _ROWS}

@@ -121,6 +121,9 @@ def test_numbers_appear_in_the_paper_text():
         for v in (None if r.acc is None else round(r.acc * 100, 4), r.inception_score, r.fid, r.minutes_per_epoch):
             if v is not None:
                 assert f"{v:g}" in text, f"{r.key}: {v:g} is not in the paper text"
+        assert r.compute.replace("40+", "$40+$") in text, f"{r.key}: {r.compute!r} is not in the paper text"
+    assert {r.key for r in paper.rows() if r.compute} == {f"t6-ref-{m}" for m in ("igebm", "klebm", "ddpm",
+                                                                                 "diffurecov", "vaebm")}
 
 
 # the rows the issue listed as missing, pinned against the paper (table row as printed)
