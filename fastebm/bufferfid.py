@@ -33,6 +33,11 @@ def fid_cadence(cfg: Config, explicit: bool) -> int:
     is turned off with a warning."""
     from . import metrics
 
+    if cfg.px_weight == 0 and cfg.fid_every:  # a classifier only: no samples (mebm train_maebm.py: "if arg.px > 0")
+        if explicit:
+            raise ValueError("--fid-every: a classifier-only run (--px-weight 0) draws no samples to score; pass "
+                             "--fid-every 0")
+        return 0
     if not cfg.fid_every:
         return cfg.fid_every
     missing = metrics.missing_packages()

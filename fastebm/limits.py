@@ -29,7 +29,8 @@ RANGES: dict[str, tuple] = {
     "data_noise": (0, None, True, False), "dropout": (0, 1, True, False), "reinit_freq": (0, 1, True, True),
     "bn_momentum": (0, 1, False, True),  # 0 would leave the running statistics at their initial 0 / 1 for ever
     "step_size": (0, None, False, False), "noise": (0, None, True, False), "grad_clip": (0, None, False, False),
-    "l2": (0, None, True, False), "cls_weight": (0, None, True, False), "lr": (0, None, False, False),
+    "l2": (0, None, True, False), "cls_weight": (0, None, True, False), "px_weight": (0, None, True, False),
+    "sgld_inner_steps": (1, 1000, True, True), "lr": (0, None, False, False),
     "momentum": (0, 1, True, False), "weight_decay": (0, None, True, False),
     "decay_rate": (0, None, False, False), "max_loss": (0, None, False, False),
     "epochs": (1, None, True, False), "iters_per_epoch": (1, None, True, False),
@@ -83,6 +84,9 @@ def validate(cfg) -> None:
                                  f"got {value}")
     if cfg.depth < 4 or (cfg.depth - 4) % 6:
         raise ValueError(f"--depth: a Wide-ResNet has depth 6n + 4 (10, 16, 22, 28, ...), got {cfg.depth}")
+    if cfg.px_weight == 0 and (cfg.model == "mebm" or cfg.cls_weight == 0):
+        raise ValueError(f"--px-weight 0: a classifier-only run needs a classifier model and --cls-weight > 0; got "
+                         f"--model {cfg.model} --cls-weight {cfg.cls_weight}")
     if int(cfg.k) != cfg.k or cfg.k < 1:  # K (int field) has no RANGES entry: this message says what K is
         raise ValueError(f"--k: SGLD steps K must be an integer >= 1, got {cfg.k}")
     for e in cfg.decay_epochs:

@@ -122,7 +122,7 @@ class PaperRow:
     def label(self) -> str:
         """``"Table 1 M-EBM CIFAR-10 K=5"``: where (not for ``ours`` rows), what, on which data, with which K."""
         k = "" if self.k is None else f" K={self.k}"
-        if self.k is None and self.settings is not None and "k" not in self.settings:
+        if self.k is None and self.settings is not None and "k" not in self.settings and self.settings["px_weight"]:
             k = " (K not stated)"
         where = "" if self.ours else f"{self.table} "
         return f"{where}{self.model} {DATASET_NAMES.get(self.dataset, self.dataset)}{k}"
@@ -138,7 +138,9 @@ def _pct(percent: float) -> float:
 # lr 0.1 on CIFAR-10, 0.02 on CIFAR-100, CelebA-HQ and ImageNet 32x32.
 _NET = {"cifar10": dict(depth=28, width=10, lr=0.1), "cifar100": dict(depth=28, width=10, lr=0.02),
         "imagenet32": dict(depth=28, width=2, lr=0.02), "celebahq128": dict(depth=28, width=5, lr=0.02)}
-_MODEL_FLAG = {"M-EBM": "mebm", "M-JEM": "mjem", "LSE-JEM": "lse-jem", "JEM": "jem"}
+_MODEL_FLAG = {"M-EBM": "mebm", "M-JEM": "mjem", "LSE-JEM": "lse-jem", "JEM": "jem", "JEM++": "jempp",
+               "softmax": "mjem", "Softmax": "mjem"}
+_CLASSIFIER = ("softmax", "Softmax")  # the classifier-only rows (Tables 3, 4, 6): M-JEM's network, --px-weight 0
 # Eq. 6 as the authors fitted it for the tables: at 32 px and repeated ×4 on CelebA-HQ 128 (mebm one_center.py
 # @23b0813, train_maebm_celeba.py @32f98f9), on the images themselves elsewhere (train_maebm.py)
 _P0 = {"celebahq128": dict(p0="gaussian-downsampled", p0_size=32)}
@@ -151,13 +153,19 @@ def _settings(model: str, dataset: str, k: int | None, **extra) -> MappingProxyT
     CelebA-HQ: the authors' 32-px form, :data:`_P0`),
     no noise added to data (Sections 3.2, 4.1); with a classifier also the augmented p(y|x) batch of 128
     (Section 5) and the unaugmented p(x) batch (Section 4.1, Fig. 2a). JEM rows: JEM's K and uniform p0
-    (Section 2, Eq. 3; github wgrathwohl/JEM), the rest is JEM's recipe (fastebm.config MODEL_PRESETS).
+    (Section 2, Eq. 3; github wgrathwohl/JEM), the rest is JEM's recipe (:mod:`fastebm.recipes`); JEM++ rows: K
+    and the per-class Gaussian p0, the rest JEM++'s recipe; classifier rows: M-JEM's network, lr and augmented
+    batch of 128 without the p(x) term (``px_weight`` 0). Every row states ``px_weight``: 1 (both terms) or 0.
     """
-    s: dict = {"model": _MODEL_FLAG[model], "dataset": dataset}
+    s: dict = {"model": _MODEL_FLAG[model], "dataset": dataset, "px_weight": 0.0 if model in _CLASSIFIER else 1.0}
     if k is not None:
         s["k"] = k
     if model == "JEM":
         s.update(p0="uniform")
+    elif model == "JEM++":  # the informative p0 of JEM++: one Gaussian per class (paper Sections 2, 3.1)
+        s.update(p0="gaussian-mixture")
+    elif model in _CLASSIFIER:
+        s.update(_NET[dataset], cls_batch_size=128, data_noise=0.0)
     else:
         s.update(_NET[dataset], batch_size=64, data_noise=0.0, **_P0.get(dataset, dict(p0="gaussian")))
         if model != "M-EBM":
@@ -180,16 +188,30 @@ _JEM_CODE = MappingProxyType(dict(amp="off", sgld_amp="off"))
 _JEM_SOURCE = "wgrathwohl/JEM train_wrn_ebm.py @3d01161"
 
 
+# JEMPP train_jempp.py @fba6ba5: sample_q '# f.eval()' (BatchNorm in train mode for every forward), models/norms.py
+# @fba6ba5 get_norm: BatchNorm2d(n, momentum=0.9); fp32. No L2 term, so no L2 form.
+_JEMPP_CODE = MappingProxyType(dict(bn_momentum=0.9, sgld_bn="update", amp="off", sgld_amp="off"))
+_JEMPP_SOURCE = "sndnyang/JEMPP train_jempp.py @fba6ba5, models/norms.py @fba6ba5"
+# the classifier of --px 0: no SGLD and no L2 term; BatchNorm momentum 0.9, fp32
+_CLASSIFIER_CODE = MappingProxyType(dict(bn_momentum=0.9, amp="off", sgld_amp="off"))
+
+
 def _code(model: str, dataset: str) -> tuple[MappingProxyType, str]:
-    """(code, code_source) of a runnable row: see :data:`_MEBM_CODE` and :data:`_JEM_CODE`."""
+    """(code, code_source) of a runnable row: see :data:`_MEBM_CODE`, :data:`_JEM_CODE`, :data:`_JEMPP_CODE`,
+    :data:`_CLASSIFIER_CODE`."""
     if model == "JEM":
         return _JEM_CODE, _JEM_SOURCE
+    if model == "JEM++":
+        return _JEMPP_CODE, _JEMPP_SOURCE
+    if model in _CLASSIFIER:
+        return _CLASSIFIER_CODE, _MEBM_SOURCE
     return _MEBM_CODE, _CELEBA_SOURCE if dataset == "celebahq128" else _MEBM_SOURCE
 
 
 def _argv(model: str, dataset: str, k: int | None, *more: str) -> tuple[str, ...]:
     ks = () if k is None else ("--k", str(k))
-    return ("--dataset", dataset, "--model", _MODEL_FLAG[model], *ks, *more)
+    px = ("--px-weight", "0") if model in _CLASSIFIER else ()
+    return ("--dataset", dataset, "--model", _MODEL_FLAG[model], *ks, *px, *more)
 
 
 def _run(key, table, model, dataset, k, *, more=(), extra=None, **kw) -> PaperRow:
@@ -220,8 +242,14 @@ _SMALL_K = ("fastebm resolves σ = 0, λ = 0.1 at K <= 2 (mebm scripts/maebm_cif
             "σ = 0.001 (--noise 0.001); both match this row")
 _PLOT = "numbers only in the figure's plot, not in the text"
 _OTHER = "another method, not trained by fastebm"
-_JEMPP = "JEM++ (Yang & Ji 2021, github sndnyang/JEMPP): not in fastebm"
-_SOFTMAX = "a classifier-only run (no p(x) term; mebm train_maebm.py --px 0): fastebm has no such switch"
+_JEMPP = ("JEM++'s code (github sndnyang/JEMPP train_jempp.py @fba6ba5, scripts/jempp_cifar10.sh; fastebm.recipes "
+          "'jempp', the paper's M and K being its --n_steps) differs in three places: it holds out 5,000 training "
+          "images (--n_valid 5000; fastebm trains on all and keeps the 703-iteration epoch), fills the buffer with "
+          "10,000 // C draws of each class (fastebm: classes drawn uniformly, as its restarts) and reads the class "
+          "means and covariances from files (fastebm fits them on the training images)")
+_T6_EPOCH = "Table 6 times every model over 390 iterations (fastebm's JEM++ epoch, as JEM++'s, is 703)"
+_SOFTMAX = ("a classifier only: the M-JEM network and recipe without the p(x) term (mebm train_maebm.py --px 0, "
+            "no SGLD); the paper gives no recipe for this row")
 _FID_E = ("the authors' FID filter: top 90 % per class as predicted by the untrained classifier head of their "
           "M-EBM (mebm train_maebm.py 'ratio = 0.1 if arg.pyx else 0.9'); fastebm's mebm has no classifier head, "
           "its FID uses the whole buffer")
@@ -287,6 +315,18 @@ _ROWS: tuple[PaperRow, ...] = (
          minutes_per_epoch=15.1, footnote=_T3_PLUS + "; " + _T6_JEM + "; Table 6 times JEM over 390 iterations "
          "(fastebm's JEM epoch is 703)",
          source="paper Table 3 (citing JEM [7]), Table 6 (minutes); recipe: github wgrathwohl/JEM README"),
+    _run("t3-jempp-cifar10-k5", "Table 3", "JEM++", "cifar10", 5, acc=_pct(91.1), inception_score=7.81, fid=37.9,
+         minutes_per_epoch=6.3, footnote="printed 'JEM++(M=5)+ [21]'; " + _T3_PLUS + "; " + _T6_EPOCH,
+         needs=_JEMPP, source="paper Table 3 (citing JEM++ [21]), Table 6 (minutes); recipe: github sndnyang/JEMPP"),
+    _run("t3-jempp-cifar10-k10", "Table 3", "JEM++", "cifar10", 10, acc=_pct(93.5), inception_score=8.29,
+         fid=37.1, minutes_per_epoch=10.2, footnote="printed 'JEM++(M=10)'; " + _T6_EPOCH, needs=_JEMPP,
+         source="paper Table 3, Table 6 (minutes); recipe: github sndnyang/JEMPP"),
+    _run("t3-jempp-cifar10-k20", "Table 3", "JEM++", "cifar10", 20, acc=_pct(94.1), inception_score=8.11,
+         fid=38.0, footnote="printed 'JEM++(M=20)'", needs=_JEMPP,
+         source="paper Table 3; recipe: github sndnyang/JEMPP"),
+    _run("t3-classifier-cifar10", "Table 3", "softmax", "cifar10", None, acc=_pct(95.8), minutes_per_epoch=0.77,
+         footnote="IS, FID '-' in the table; Table 6 'Classifier' 0.77 min per 390 iterations", needs=_SOFTMAX,
+         source="paper Table 3 (accuracy), Table 6 (minutes); --px 0: mebm train_maebm.py @20bbf21"),
     # ---- Table 4: M-JEM on CIFAR-100; the JEM baselines ----
     _run("t4-mjem-cifar100-k1", "Table 4", "M-JEM", "cifar100", 1, acc=_pct(46.5), inception_score=8.71, fid=26.2,
          footnote=_T4_PLUS + "; " + _SMALL_K, source="paper Table 4, Appendix A (settings)"),
@@ -304,6 +344,17 @@ _ROWS: tuple[PaperRow, ...] = (
          footnote=_T4_STAR + "; the paper does not give the JEM recipe it ran on CIFAR-100 (fastebm: JEM's "
                              "CIFAR-10 recipe on CIFAR-100)",
          source="paper Table 4; recipe: github wgrathwohl/JEM README"),
+    _run("t4-jempp-cifar100-k5", "Table 4", "JEM++", "cifar100", 5, acc=_pct(72.0), inception_score=8.19, fid=37.7,
+         footnote=_T4_STAR + "; the name reads 'JEM+(K=5)' in the extracted text; the paper does not give the "
+                             "JEM++ recipe it ran on CIFAR-100 (fastebm: JEM++'s CIFAR-10 recipe)", needs=_JEMPP,
+         source="paper Table 4; recipe: github sndnyang/JEMPP"),
+    _run("t4-jempp-cifar100-k10", "Table 4", "JEM++", "cifar100", 10, acc=_pct(74.5), inception_score=10.23,
+         fid=32.9, footnote=_T4_STAR + "; the paper does not give the JEM++ recipe it ran on CIFAR-100 (fastebm: "
+                                       "JEM++'s CIFAR-10 recipe)", needs=_JEMPP,
+         source="paper Table 4; recipe: github sndnyang/JEMPP"),
+    _run("t4-classifier-cifar100", "Table 4", "Softmax", "cifar100", None, acc=_pct(78.9),
+         footnote="IS, FID '-' in the table", needs=_SOFTMAX,
+         source="paper Table 4; --px 0: mebm train_maebm.py @20bbf21"),
     # ---- the runs behind the figures ----
     _run("fig2b-lsejem-cifar100", "Fig. 2(b)", "LSE-JEM", "cifar100", None,
          footnote=_PLOT + "; K is not stated (the command uses fastebm's default K = 5); Section 5.3: M-JEM has "
@@ -375,44 +426,23 @@ _ROWS: tuple[PaperRow, ...] = (
          inception_score=3.60, fid=46.4, source="paper Table 3"),
     _ref("t3-ref-igebm-k60", "Table 3", "IGEBM [4]", "cifar10", 60, _OTHER, acc=_pct(49.1), inception_score=8.30,
          fid=37.9, source="paper Table 3"),
-    _ref("t3-ref-jempp-m5", "Table 3", "JEM++(M=5) [21]", "cifar10", None, _JEMPP, acc=_pct(91.1),
-         inception_score=7.81, fid=37.9, footnote=_T3_PLUS, source="paper Table 3"),
-    _ref("t3-ref-jempp-m10", "Table 3", "JEM++(M=10)", "cifar10", None, _JEMPP, acc=_pct(93.5),
-         inception_score=8.29, fid=37.1, source="paper Table 3"),
-    _ref("t3-ref-jempp-m20", "Table 3", "JEM++(M=20)", "cifar10", None, _JEMPP, acc=_pct(94.1),
-         inception_score=8.11, fid=38.0, source="paper Table 3"),
     _ref("t3-ref-jeat", "Table 3", "JEAT [25]", "cifar10", None, _OTHER, acc=_pct(85.2), inception_score=8.80,
          fid=38.2, source="paper Table 3"),
     _ref("t3-ref-vera-a100", "Table 3", "VERA(α=100)", "cifar10", None, _OTHER, acc=_pct(93.2),
          inception_score=8.11, fid=30.5, source="paper Table 3"),
     _ref("t3-ref-vera-a1", "Table 3", "VERA(α=1) [6]", "cifar10", None, _OTHER, acc=_pct(76.1),
          inception_score=8.00, fid=27.5, source="paper Table 3"),
-    _ref("t3-ref-softmax", "Table 3", "softmax", "cifar10", None, _SOFTMAX, acc=_pct(95.8),
-         footnote="IS, FID '-' in the table", source="paper Table 3"),
     # ---- other methods, Table 4 (CIFAR-100) ----
-    _ref("t4-ref-softmax", "Table 4", "Softmax", "cifar100", None, _SOFTMAX, acc=_pct(78.9),
-         footnote="IS, FID '-' in the table", source="paper Table 4"),
     _ref("t4-ref-unnamed", "Table 4", "(name not readable)", "cifar100", None, _OTHER, inception_score=9.30,
          fid=15.6, footnote="the model's name is lost in the extracted text (the row between Softmax and "
                             "BigGAN(Cond)); accuracy '-'", source="paper Table 4"),
     _ref("t4-ref-biggan-cond", "Table 4", "BigGAN(Cond)", "cifar100", None, _OTHER, inception_score=11.0,
          fid=11.73, footnote="accuracy '-' in the table", source="paper Table 4"),
-    _ref("t4-ref-jempp-k5", "Table 4", "JEM++(K=5)", "cifar100", 5, _JEMPP, acc=_pct(72.0), inception_score=8.19,
-         fid=37.7, footnote=_T4_STAR + "; the name reads 'JEM+(K=5)' in the extracted text",
-         source="paper Table 4"),
-    _ref("t4-ref-jempp-k10", "Table 4", "JEM++(K=10)", "cifar100", 10, _JEMPP, acc=_pct(74.5),
-         inception_score=10.23, fid=32.9, footnote=_T4_STAR, source="paper Table 4"),
     _ref("t4-ref-vera-a100", "Table 4", "VERA(α=100)", "cifar100", None, _OTHER, acc=_pct(69.3),
          inception_score=8.14, fid=28.2, footnote=_T4_STAR, source="paper Table 4"),
     _ref("t4-ref-vera-a1", "Table 4", "VERA(α=1)", "cifar100", None, _OTHER, acc=_pct(48.7), inception_score=7.97,
          fid=26.6, footnote=_T4_STAR, source="paper Table 4"),
     # ---- other methods, Table 6 (CIFAR-10, minutes per epoch) ----
-    _ref("t6-ref-classifier", "Table 6", "Classifier", "cifar10", None, _SOFTMAX, minutes_per_epoch=0.77,
-         source="paper Table 6"),
-    _ref("t6-ref-jempp-k5", "Table 6", "JEM++(K=5)", "cifar10", 5, _JEMPP, minutes_per_epoch=6.3,
-         source="paper Table 6"),
-    _ref("t6-ref-jempp-k10", "Table 6", "JEM++(K=10)", "cifar10", 10, _JEMPP, minutes_per_epoch=10.2,
-         source="paper Table 6"),
     _ref("t6-ref-vera", "Table 6", "VERA", "cifar10", None, _OTHER, minutes_per_epoch=9.6,
          footnote="Table 6 †: VERA reports a 2.8x speedup; the authors ran the official code", source="paper Table 6"),
     # Table 6's "Other" block: training costs as printed, no minutes per epoch
@@ -501,7 +531,7 @@ def pinned_by(key: str | None, given: Mapping) -> dict:
     return {**r.settings, **r.code}
 
 
-_IDENTITY = ("model", "dataset", "k")  # what a run aims at: a row with other values is another experiment
+_IDENTITY = ("model", "dataset", "k", "px_weight")  # what a run aims at: a row with other values is another experiment
 
 
 def _get(cfg, name: str):

@@ -54,19 +54,27 @@ def test_paper_option_sets_the_row_and_its_authors_code(r, capsys):
     cfg = _for_cuda(resolve_cli(["--paper", r.key]))
     assert paper.differences(r, cfg) == {} and paper.nearest(cfg) is r and paper.match(cfg) is not None
     assert (cfg.amp, cfg.sgld_amp) == ("off", "off")  # fp32, as every authors' code
-    if r.model != "JEM":  # the mebm code: batch means squared (@20bbf21), BatchNorm momentum 0.9 updated by SGLD
-        assert (cfg.reg_form, cfg.bn_momentum, cfg.sgld_bn) == ("reference", 0.9, "update")
+    # the L2 form, BatchNorm and SGLD's BatchNorm mode of each code (the networks without BatchNorm: JEM's)
+    code = CODE[cfg.model if cfg.px_weight else "classifier"]
+    assert {k: getattr(cfg, k) for k in code} == code and set(r.code) == set(code) | {"amp", "sgld_amp"}
     assert main(["--paper", r.key, "--print-config"]) == 0
     assert paper.differences(r, json.loads(capsys.readouterr().out), code=False) == {}
     plain = _for_cuda(resolve_cli(r.argv))
     diff = paper.differences(r, plain)
-    assert set(diff) == {k for k, v in r.code.items() if getattr(plain, k) != v}
-    assert {"amp"} | ({"reg_form", "bn_momentum", "sgld_bn"} if r.model != "JEM" else set()) <= set(diff)
+    assert set(diff) == {k for k, v in r.code.items() if getattr(plain, k) != v} == set(code) | {"amp"}
     line = paper.beside(r, {}, plain)
     assert f"differs from the authors' code ({r.code_source}):" in line and "--amp bf16 (theirs off)" in line
-    if r.model != "JEM":
-        assert all(s in line for s in ("--reg-form eq8 (theirs reference)", "--bn-momentum 0.1 (theirs 0.9)",
-                                       "--sgld-bn batch (theirs update)"))
+    shown = {"reg_form": "--reg-form eq8 (theirs reference)", "bn_momentum": "--bn-momentum 0.1 (theirs 0.9)",
+             "sgld_bn": "--sgld-bn batch (theirs update)"}
+    assert all(shown[k] in line for k in code)
+
+
+# each authors' code beside fastebm's defaults: mebm train_maebm.py @20bbf21 (batch means squared; BatchNorm
+# momentum 0.9, every forward in train mode), its --px 0 classifier, JEMPP train_jempp.py @fba6ba5 (no L2 term),
+# JEM (no BatchNorm): what --paper sets beyond fp32
+_MEBM = dict(reg_form="reference", bn_momentum=0.9, sgld_bn="update")
+CODE = {"mebm": _MEBM, "mjem": _MEBM, "lse-jem": _MEBM, "jempp": dict(bn_momentum=0.9, sgld_bn="update"),
+        "classifier": dict(bn_momentum=0.9), "jem": {}}
 
 
 def test_paper_option_refuses_another_experiment_and_unknown_keys():
@@ -153,13 +161,13 @@ def test_table6_minutes_agree_with_its_speedups():
     """Table 6 prints a speedup over JEM(K=20) (15.1 min/epoch) beside each time: they must agree."""
     speedups = {"t1-mebm-cifar10-k1": 6.29, "t1-mebm-cifar10-k2": 4.87, "t1-mebm-cifar10-k5": 2.79,
                 "t1-mebm-cifar10-k10": 1.67, "t3-mjem-cifar10-k1": 3.97, "t3-mjem-cifar10-k2": 3.28,
-                "t3-mjem-cifar10-k5": 2.22, "t3-mjem-cifar10-k10": 1.43, "t6-ref-jempp-k5": 2.39,
-                "t6-ref-jempp-k10": 1.48}
+                "t3-mjem-cifar10-k5": 2.22, "t3-mjem-cifar10-k10": 1.43, "t3-jempp-cifar10-k5": 2.39,
+                "t3-jempp-cifar10-k10": 1.48}
     jem = paper.row("t3-jem-cifar10-k20").minutes_per_epoch
     for key, s in speedups.items():
         assert jem / paper.row(key).minutes_per_epoch == pytest.approx(s, abs=0.015), key
     timed = {r.key for r in paper.rows() if r.minutes_per_epoch is not None}
-    assert timed == set(speedups) | {"t3-jem-cifar10-k20", "t6-ref-classifier", "t6-ref-vera"}
+    assert timed == set(speedups) | {"t3-jem-cifar10-k20", "t3-classifier-cifar10", "t6-ref-vera"}
 
 
 def test_compatible_rows_nest():
