@@ -141,7 +141,8 @@ def check_fits(cfg, n_train: int, device, world_size: int = 1, available: int | 
             images); each rank holds a ⌈|B|/N⌉ shard of the replay buffer on its own device.
 
     Raises:
-        ValueError: a classifier model on data with fewer than 2 classes; fewer than 2 training images; a WRN
+        ValueError: ``--px-weight 0 --model mjem`` on several processes (an unused head under DDP); a classifier
+        model on data with fewer than 2 classes; fewer than 2 training images; a WRN
         whose weights, gradients and optimizer state (16 bytes a weight) exceed the free memory
         (``--depth`` / ``--width``); ``--batch-size`` / ``--cls-batch-size``
         (models with a p(y|x) batch) larger than the training set, a replay
@@ -149,6 +150,9 @@ def check_fits(cfg, n_train: int, device, world_size: int = 1, available: int | 
         covariances of ``--p0 gaussian-mixture`` larger than the free memory of the device; a ``--p0-size``
         that does not divide the image side. The message names the option and the limit.
     """
+    if cfg.px_weight == 0 and cfg.model == "mjem" and world_size > 1:  # DDP (find_unused_parameters=False)
+        raise ValueError("--px-weight 0 --model mjem under torchrun: DDP refuses the energy head a classifier-only "
+                         "run leaves unused; pass --model lse-jem (the same classifier without that head)")
     if cfg.model != "mebm" and cfg.n_classes < 2:
         raise ValueError(f"--model {cfg.model}: a p(y|x) model needs at least 2 classes; --dataset {cfg.dataset} "
                          f"has {cfg.n_classes} (use --model mebm for unlabelled images)")

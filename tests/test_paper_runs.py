@@ -107,6 +107,12 @@ def test_the_classifier_only_baseline_trains_the_cross_entropy_alone(tmp_path, c
     with pytest.raises(SystemExit):
         main(["--dataset", "digits", "--model", "mebm", "--px-weight", "0", "--print-config"])
     assert "--px-weight 0: a classifier-only run needs a classifier model" in capsys.readouterr().err
+    from fastebm.limits import check_fits
+
+    cfg = resolve(dict(json.load(open(out / "config.json")), out=None))
+    with pytest.raises(ValueError, match="under torchrun: DDP refuses the energy head"):
+        check_fits(cfg, 100, "cpu", world_size=2)  # the unused head would stop DDP at its second iteration
+    check_fits(resolve(dict(cfg.to_dict(), model="lse-jem")), 100, "cpu", world_size=2)
 
 
 def test_jempp_trains_with_pyld_and_the_class_mixture_p0(tmp_path, capsys):
