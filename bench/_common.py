@@ -190,7 +190,7 @@ def make_trainer(model: str, k: int, flags: dict | None = None, **extra):
     over = dict(dataset="folder", model=model, k=k, device=DEVICE, out=_RUN_DIR, progress=False,
                 depth=SIZES["depth"], width=SIZES["width"], batch_size=SIZES["batch_size"],
                 buffer_size=SIZES["buffer_size"])
-    if model != "jem":  # JEM's labelled batch is its p(x) batch size (config.resolve)
+    if model not in ("jem", "jempp"):  # JEM's and JEM++'s labelled batch is their p(x) batch (config.resolve)
         over["cls_batch_size"] = SIZES["cls_batch_size"]
     over.update(plain_flags() if flags is None else flags)
     over.update(extra)
@@ -221,22 +221,6 @@ class TrainStep:
 
     def finite(self) -> bool:
         return self.last is None or bool(torch.isfinite(self.last["loss"]))
-
-
-class ClassifierStep(TrainStep):
-    """The plain-classifier floor: cross-entropy on one augmented batch of ``cls_batch_size`` through the
-    same network (M-JEM's backbone + classifier head), SGD step; no SGLD, no generative term."""
-
-    def step(self, it: int) -> dict:
-        import torch.nn.functional as F
-
-        tr = self.trainer
-        x, y = tr.cls_batches.get(it)
-        loss = F.cross_entropy(tr.model.logits(x), y)
-        tr.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        tr.opt.step()
-        return {"loss": loss.detach()}
 
 
 # ---------------------------------------------------------------------------------------------- memory

@@ -1,4 +1,5 @@
-"""Training speed per epoch: M-EBM / M-JEM at K = 1, 2, 5, 10 against the JEM baseline (paper Table 6).
+"""Training speed per epoch: M-EBM / M-JEM at K = 1, 2, 5, 10 and JEM++ at K = 5, 10 against the JEM baseline,
+and the classifier alone (paper Table 6).
 
 What is timed: one full training iteration, :meth:`fastebm.trainer.Trainer.train_step` (data batch,
 replay-buffer draw with ρ-reinitialization from p0, K SGLD steps, the losses, backward, optimizer step),
@@ -6,9 +7,14 @@ CUDA synchronized. Minutes per epoch = median iteration time × 390 / 60 (the pa
 
 The JEM baseline is JEM's own setting run by the same engine: K = 20, uniform p0, energy
 −logsumexp(logits), two separate augmented batches of 64, one for p(x) and one for p(y|x) (no BatchNorm,
-Adam, as the JEM code: ``train_wrn_ebm.py`` draws ``dload_train`` and ``dload_train_labeled``). The floor is the
-plain classifier: cross-entropy only on an augmented batch of 128 through the same network (0.77 min/epoch
-in the paper on their GPU).
+Adam, as the JEM code: ``train_wrn_ebm.py`` draws ``dload_train`` and ``dload_train_labeled``). JEM++ is its recipe
+(``--model jempp``: BatchNorm, two augmented batches of 64, K PYLD steps of 5 inner updates each, the per-class
+Gaussian p0; on the CPU its covariances are low-rank, rank 100, so that drawing p0 stays a small share of the
+small network's iteration, as the full ones are of WRN-28-10's). The floor is the classifier alone, the training
+iteration of ``--px-weight 0`` (the authors' ``--px 0``): cross-entropy on the augmented batch of 128 through the
+same network (0.77 min/epoch in the paper on their GPU).
+
+``-k`` selects configurations: only the selected ones are built and timed, with the baseline (speedups need it).
 
 All configurations are measured in the same process, interleaved round by round (see ``bench._common``),
 the baseline included, *before* any speedup is computed (session fixture ``epoch_runs``); then every
@@ -35,7 +41,8 @@ B, BC = C.SIZES["batch_size"], C.SIZES["cls_batch_size"]
 
 # Paper Table 6: speedup over JEM (K = 20) of the epoch time.
 PAPER_CLAIM = {("mebm", 1): 6.29, ("mebm", 2): 4.87, ("mebm", 5): 2.79, ("mebm", 10): 1.67,
-               ("mjem", 1): 3.97, ("mjem", 2): 3.28, ("mjem", 5): 2.22, ("mjem", 10): 1.43}
+               ("mjem", 1): 3.97, ("mjem", 2): 3.28, ("mjem", 5): 2.22, ("mjem", 10): 1.43,
+               ("jempp", 5): 2.39, ("jempp", 10): 1.48}
 PAPER_CLASSIFIER_MIN_PER_EPOCH = 0.77
 
 CUDA_FACTOR = 0.9
@@ -44,7 +51,7 @@ FACTOR = CUDA_FACTOR if C.CUDA else CPU_FACTOR
 
 # (label, model, K); the baseline comes first, the classifier floor last.
 CONFIGS = [("jem-k20", "jem", 20)] + [(f"{m}-k{k}", m, k) for m in ("mebm", "mjem") for k in (1, 2, 5, 10)] \
-    + [("classifier", "classifier", 0)]
+    + [("jempp-k5", "jempp", 5), ("jempp-k10", "jempp", 10), ("classifier", "classifier", 0)]
 
 ROUNDS, WARMUP = (10, 3) if C.CUDA else (5, 1)  # interleaved rounds (after one FLOP-counted iteration)
 PEDANTIC_ROUNDS, PEDANTIC_WARMUP = (5, 1) if C.CUDA else (2, 0)
@@ -66,6 +73,8 @@ def flop_units(model: str, k: int, b: int = 64, bc: int = 128) -> int:
     M-JEM:   M-EBM         + bc·3 (cross-entropy on the separate augmented batch)       = 128K + 768
     JEM:     20·b·2 (SGLD) + 2b·3 (E(x+), E(x−)) + b·3 (cross-entropy on JEM's second
              batch of b)                                                                = 2560 + 576 = 3136
+    JEM++:   K·b·2 (PYLD: one input gradient per step; its inner updates are elementwise, the
+             authors' Hamiltonian passes through the first layer only) + 2b·3 + b·3     = 128K + 576
     classifier: bc·3                                                                     = 384
     (numbers for b = 64, bc = 128.)
 
@@ -75,7 +84,7 @@ def flop_units(model: str, k: int, b: int = 64, bc: int = 128) -> int:
     """
     if model == "classifier":
         return bc * 3
-    if model == "jem":
+    if model in ("jem", "jempp"):
         return k * b * 2 + 2 * b * 3 + b * 3
     units = k * b * 2 + 2 * b * 3
     return units + bc * 3 if model == "mjem" else units
@@ -92,18 +101,30 @@ def _flags():
     return fast_flags(C.DEVICE) if os.environ.get("FASTEBM_BENCH_FLAGS") == "fast" else plain_flags()
 
 
+def _selected(session) -> set:
+    """The labels of this module's tests that the session runs (``-k``), and the baseline."""
+    labels = {item.callspec.params.get("label") for item in session.items
+              if item.module.__name__ == __name__ and hasattr(item, "callspec")}
+    return labels | {"jem-k20"}
+
+
 @pytest.fixture(scope="session")
-def epoch_runs():
-    """Build every configuration, count the FLOPs of one iteration each (FlopCounterMode; also the first
-    warm-up), then time them all interleaved. Returns label → dict(step, times, flops, fwd_flops)."""
+def epoch_runs(request):
+    """Build every selected configuration (:func:`_selected`), count the FLOPs of one iteration each
+    (FlopCounterMode; also the first warm-up), then time them all interleaved. Returns label → dict(step, times,
+    flops, fwd_flops)."""
     runs = {}
+    chosen = _selected(request.session)
     for label, model, k in CONFIGS:
-        if model == "classifier":
-            tr = C.make_trainer("mjem", 1, _flags())
-            step = C.ClassifierStep(tr)
+        if label not in chosen:
+            continue
+        if model == "classifier":  # the training iteration of --px-weight 0: cross-entropy alone
+            tr = C.make_trainer("mjem", 1, _flags(), px_weight=0.0)
+        elif model == "jempp" and not C.FULL:  # CPU: low-rank class covariances (module docstring)
+            tr = C.make_trainer(model, k, _flags(), cov="lowrank")
         else:
             tr = C.make_trainer(model, k, _flags())
-            step = C.TrainStep(tr)
+        step = C.TrainStep(tr)
         flops = C.count_flops(step)
         fwd = C.forward_flops_per_image(tr.model, tr.cfg.image_size, tr.device)
         runs[label] = dict(step=step, flops=flops, fwd_flops=fwd, model=model, k=k)
@@ -200,6 +221,11 @@ def test_epoch_speed(benchmark, epoch_runs, label):
     _pedantic(benchmark, epoch_runs, label)
     info = _report(benchmark, epoch_runs, label)
     model = info["model"]
+    if model == "jempp":  # the recipe: PYLD, 5 inner updates per step (JEMPP scripts/jempp_cifar10.sh --in_steps=5)
+        cfg = epoch_runs[label]["step"].trainer.cfg
+        assert (cfg.sgld_inner_steps, cfg.step_size, cfg.p0) == (5, 0.2, "gaussian-mixture")
+    if model == "classifier":  # no SGLD: the negatives of an iteration are the buffer's own samples, untouched
+        assert epoch_runs[label]["step"].trainer.cfg.px_weight == 0
     # The FLOP model of flop_units against FlopCounterMode over one real iteration. On CPU (small
     # network) the p0 sample of the buffer draw (a 3072x3072 GEMM per batch) adds a few % of FLOPs.
     assert info["flop_units_counted"] == pytest.approx(info["flop_units"], rel=0.12), (

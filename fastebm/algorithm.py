@@ -47,6 +47,8 @@ class Algorithm1:
         channels_last: feed the network channels-last tensors.
         sgld_bn: the ``--sgld-bn`` mode (:data:`~fastebm.sampler.BN_MODES`); ``"update"``: the negatives' pass
             updates the BatchNorm running statistics too, as every forward of the authors' code.
+        px_weight: weight of the generative term (Eq. 8; the authors' ``--px``). 0: a classifier only (mebm
+            ``train_maebm.py --px 0``): no buffer draw, no SGLD, no energies; the cross-entropy alone is trained.
     """
 
     model: torch.nn.Module
@@ -62,6 +64,7 @@ class Algorithm1:
     amp: torch.dtype | None = None
     channels_last: bool = False
     sgld_bn: str = "batch"
+    px_weight: float = 1.0
 
     def __post_init__(self):
         self.has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in self.model.modules())
@@ -98,7 +101,11 @@ class Algorithm1:
         return x_pos, x_cls, y
 
     def negatives(self, n: int):
-        """x0 from B (ρ of them from p0), K SGLD steps, x_K written back to B. Returns (x0, x_K, written)."""
+        """x0 from B (ρ of them from p0), K SGLD steps, x_K written back to B. Returns (x0, x_K, written).
+        A classifier only (``px_weight`` 0) draws nothing: the first n buffer samples, as they are, all "written"."""
+        if self.px_weight == 0:
+            x = self.buffer.samples[:n]
+            return x, x, torch.ones(n, dtype=torch.bool, device=x.device)
         with nvtx_range("p0"):
             x0, buf_idx = self.buffer.sample(n)
         x_neg = self.sampler(x0)
@@ -109,9 +116,13 @@ class Algorithm1:
         """Eq. 8 (+ cross-entropy on the p(y|x) batch), backward, optimizer step (lines 5–6)."""
         dtype = self.amp
         with torch.autocast(x_pos.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            e_pos, e_neg = self.energies(x_pos, x_neg)
-            loss_gen = generative_loss(e_pos, e_neg, self.l2, self.reg_form)
-            loss, zero = loss_gen, torch.zeros_like(loss_gen)
+            if self.px_weight == 0:  # a classifier only: no energies (mebm train_maebm.py: "if arg.px > 0")
+                e_pos = e_neg = torch.zeros(len(x_pos), device=x_pos.device)
+                loss_gen = e_pos.sum()
+            else:
+                e_pos, e_neg = self.energies(x_pos, x_neg)
+                loss_gen = generative_loss(e_pos, e_neg, self.l2, self.reg_form)
+            loss, zero = self.px_weight * loss_gen, torch.zeros_like(loss_gen)
             loss_cls, acc, logits = zero, zero, None
             if x_cls is not None:                                    # − log p(y|x) on its own batch
                 with nvtx_range("classify"):

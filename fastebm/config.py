@@ -9,8 +9,9 @@ the paper and the authors' code disagree (the choice made, and the flag to the o
 How a run's configuration is resolved (:func:`resolve`)::
 
     Config defaults (the M-EBM / M-JEM recipe of the mebm code)
-      ← dataset preset (fastebm.datasets)  ← model preset (MODEL_PRESETS: jem, lse-jem)
-      ← K rule (λ, σ)  ← what the user set  ← iterations per epoch from the dataset size
+      ← dataset preset (fastebm.datasets)  ← model preset (fastebm.recipes: jem, jempp, lse-jem)
+      ← paper row (--paper KEY: the row's settings and its authors' code, fastebm.paper)
+      ← what the user set  ← K rule (λ, σ, where still unset)  ← iterations per epoch from the dataset size
 
 K rule (mebm ``scripts/maebm_cifar10.sh`` at da79aff, its closing comment: "K=2 ... l2_coeff 0.1 and
 sgld_std 0; K>=5, l2_coeff=0.5, sgld_std=0.001"): λ = 0.1 and σ = 0 for K ≤ 2; λ = 0.5 and σ = 0.001 for
@@ -29,6 +30,8 @@ import torch
 
 from .datasets import DATASETS
 from .limits import validate
+from .paper import pinned_by
+from .recipes import RECIPES, SHARED_BATCH
 
 
 class _NoneGiven:
@@ -54,6 +57,10 @@ class Config:
     comments); :func:`resolve` applies the dataset, model and K presets on top. Each field's ``metadata``
     holds its ``help`` line (and ``group``), from which ``python -m fastebm.train`` builds its flags."""
 
+    # a row of the paper (fastebm.paper, docs/recipes.md): its settings and its authors' code, under what is given
+    paper: str | None = _f(None, "reproduce this row of the paper (a key of docs/recipes.md, e.g. t2-mebm-imagenet32-"
+                                 "k2): its settings and the authors' code of the commit it names (L2 form, BatchNorm, "
+                                 "fp32); options given still win, and the run names each that differs", "paper row")
     # data
     dataset: str = _f("digits", "dataset (digits: the embedded demo, no download)", "data")
     data_root: str | None = _f(None, "folder holding the dataset's files (not needed for digits)", "data")
@@ -72,7 +79,7 @@ class Config:
     augment_px: bool = _f(False, "augment the p(x) batch too (reflect-pad 4, crop, flip)", "data")
     augment_cls: bool = _f(True, "augment the p(y|x) batch (reflect-pad 4, crop, flip)", "data")
     # model
-    model: str = _f("mjem", "mebm, mjem, lse-jem or the jem baseline", "model")
+    model: str = _f("mjem", "mebm, mjem, lse-jem, or the baselines jem and jempp (JEM++)", "model")
     depth: int = _f(28, "WRN depth 6n+4", "model")  # mebm scripts --depth 28
     width: int = _f(10, "WRN widening factor", "model")  # mebm scripts --width 10
     norm: str = _f("batch", "normalization layers of the WRN", "model")  # mebm scripts --norm batch
@@ -96,6 +103,9 @@ class Config:
                             "p0 and replay buffer")  # mebm train_maebm.py --reinit_freq 0.05
     # SGLD
     k: int = _f(5, "SGLD steps K per iteration", "SGLD")  # mebm scripts/majem_cifar10.sh --n_steps 5
+    # JEMPP train_jempp.py @fba6ba5 sample_q (PYLD): --in_steps updates of --pyld_lr from each step's gradient
+    sgld_inner_steps: int = _f(1, "updates of --step-size per SGLD step from its one input gradient (JEM++'s PYLD "
+                                  "inner steps; 1: SGLD, Eq. 3)", "SGLD")
     step_size: float = _f(1.0, "SGLD step size α", "SGLD")  # mebm scripts --sgld_lr 1
     noise: float | None = _f(None, "SGLD noise σ (none: by the K rule)", "SGLD")  # K rule, see module docstring
     grad_clip: float | None = _f(1.0, "clamp ∂E/∂x to [-c, c] at every SGLD step (none: no clamp)",
@@ -113,6 +123,8 @@ class Config:
                               "20bbf21: squared batch means) or reference-f7ae2f1 (the latest: data per sample, "
                               "negatives' mean)", "loss")
     cls_weight: float = _f(1.0, "weight of the cross-entropy term", "loss")  # mebm scripts --pyx 1.0
+    px_weight: float = _f(1.0, "weight of the p(x) term; 0: a classifier only, no SGLD (the authors' --px 0)",
+                          "loss")  # mebm train_maebm.py --px 1.
     batch_size: int = _f(64, "p(x) batch (positives and SGLD chains)", "loss")  # mebm train_maebm.py --batch_size 64
     cls_batch_size: int = _f(128, "p(y|x) batch, augmented; one pass of it is an epoch (celebahq128: of --batch-size)",
                              "loss")  # mebm utils.get_data: label_bs = 128
@@ -185,6 +197,8 @@ class Config:
     is_keep_ratio: float | None = _f(None, "in-training Inception Score: the same for IS (none: 0.1 for classifier "
                                            "models, mebm train_maebm.py 'ratio = 0.1 if arg.pyx'; at most "
                                            "--fid-keep-ratio)", "evaluation during training")
+    fid_split: str = _f("auto", "in-training FID reference: auto (the authors': CIFAR-10 train + test, ImageNet "
+                                "32x32 val, else train), train, test, train+test", "evaluation during training")
     keep_every: int = _f(0, "keep ckpt_eNNN.pt every N epochs (0: off)", "evaluation during training")
     inception_weights: str | None = _f(None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (none: "
                                              "torch.hub.get_dir()/checkpoints)", "evaluation during training")
@@ -213,34 +227,8 @@ class Config:
 # Per-dataset presets on top of the Config defaults: each dataset's entry in fastebm.datasets, with its sources.
 PRESETS: dict[str, dict] = {name: dict(d.preset) for name, d in DATASETS.items()}
 
-# Per-model presets, applied after the dataset preset.
-MODEL_PRESETS: dict[str, dict] = {
-    "jem": dict(  # the JEM baseline as JEM's code (train_wrn_ebm.py defaults + its README's CIFAR-10 command)
-        k=20,  # JEM train_wrn_ebm.py --n_steps 20
-        p0="uniform",  # JEM init_random: uniform(-1, 1)
-        l2=0.0,  # JEM: no L2 energy term
-        noise=0.01,  # JEM --sgld_std 1e-2
-        grad_clip=None,  # JEM sample_q: x += sgld_lr * f_prime + ... (no clamp)
-        clamp_x=False,  # JEM sample_q: x is never clamped
-        data_noise=0.03,  # JEM README --sigma .03 (transform_train adds it to both loaders)
-        augment_px=True,  # JEM get_data: dset_train and dset_train_labeled both use transform_train
-        norm="none",  # JEM --norm None
-        optimizer="adam",  # JEM README --optimizer adam
-        lr=1e-4,  # JEM README --lr .0001
-        weight_decay=0.0,  # JEM --weight_decay 0.0
-        decay_epochs=[160, 180],  # JEM --decay_epochs 160 180
-        decay_rate=0.3,  # JEM --decay_rate .3
-        max_loss=1e8,  # JEM: L.abs().item() > 1e8 stops the run
-        # cls_batch_size = batch_size (JEM get_data: the labelled loader uses the same --batch_size 64), set
-        # in resolve() unless given. Equal to the Config defaults, so not repeated (a dataset preset such as the
-        # digits demo keeps its own): step_size 1 (JEM --sgld_lr 1.0), batch_size 64 (--batch_size 64),
-        # warmup_iters 1000 (README --warmup_iters 1000), epochs 200 (--n_epochs 200), buffer_size 10,000 and
-        # reinit_freq 0.05 (--buffer_size 10000 --reinit_freq .05), depth 28, width 10 (README --depth 28 --width 10).
-    ),
-    "lse-jem": dict(  # paper Fig. 2b / 4a: the M-JEM recipe with E(x) = -logsumexp(logits)
-        l2=0.0,  # fastebm's choice: an L2 penalty on -logsumexp fights the classifier (docs/recipes.md, Section 4.2)
-    ),
-}
+# Per-model presets, applied after the dataset preset: fastebm.recipes (each value with its source).
+MODEL_PRESETS: dict[str, dict] = {name: dict(values) for name, values in RECIPES.items()}
 
 # Training-set sizes of the known datasets, for the iterations per epoch without loading the data.
 TRAIN_SIZES = {name: d.train_size for name, d in DATASETS.items() if d.train_size}
@@ -316,25 +304,25 @@ def derive_iters_per_epoch(cfg: Config, n_train: int) -> int:
     ``train_maebm.py`` iterates ``dload_train_labeled``, batch 128, drop_last, even for M-EBM; the p(x)
     loader of 64 is cycled beside it): 390 on CIFAR, 10,009 on ImageNet 32×32; CelebA-HQ 128 iterates the
     batch-64 loader (mebm ``train_maebm_celeba.py``), 468 on its 30,000 images (the dataset's ``epoch_batch``).
-    JEM: one pass of its p(x) loader over the images left after JEM's validation hold-out,
-    ``(n_train − 5,000) // batch_size`` when that leaves at least half the images (703 on CIFAR), else
-    ``n_train // batch_size``. At least 1.
+    JEM and JEM++ (``train_jempp.py --n_valid 5000``): one pass of the p(x) loader over the images left after
+    the validation hold-out, ``(n_train − 5,000) // batch_size`` when that leaves at least half the images (703
+    on CIFAR), else ``n_train // batch_size``. At least 1.
     """
-    if cfg.model == "jem":
+    if cfg.model in SHARED_BATCH:  # JEM, JEM++: one pass of the p(x) loader after the validation hold-out
         n = n_train - JEM_N_VALID if n_train - JEM_N_VALID >= n_train // 2 else n_train
         return max(1, n // cfg.batch_size)
     return max(1, n_train // getattr(cfg, DATASETS[cfg.dataset].epoch_batch))
 
 
 def resolve(overrides: dict) -> Config:
-    """Config = defaults ← dataset preset ← model preset ← K rule ← explicit overrides ← epoch length.
+    """Config = defaults ← dataset preset ← model preset ← paper row ← explicit overrides ← K rule ← epoch length.
 
     Args:
         overrides: field → value for what the user set (``None`` values are ignored; :data:`NONE` sets
-            the field to None whatever the presets say).
+            the field to None whatever the presets say). ``paper``: a row key (:func:`fastebm.paper.pinned_by`).
 
-    JEM (``model="jem"``): ``cls_batch_size`` follows ``batch_size`` unless given (JEM's two loaders share
-    ``--batch_size``).
+    JEM, JEM++ (:data:`fastebm.recipes.SHARED_BATCH`): ``cls_batch_size`` follows ``batch_size`` unless given (their
+    two loaders share ``--batch_size``).
 
     Returns:
         the resolved :class:`Config`; ``iters_per_epoch`` is filled in for the datasets of known size
@@ -342,18 +330,21 @@ def resolve(overrides: dict) -> Config:
         (:func:`derive_iters_per_epoch`, called by the trainer).
 
     Raises:
-        ValueError: unknown field, a value outside its choices, K < 1, or an inconsistent setting.
+        ValueError: unknown field, a value outside its choices, K < 1, an unknown ``paper`` row or one whose
+            dataset, model or K differ from those given, or an inconsistent setting.
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     names = {f.name for f in dataclasses.fields(Config)}
     unknown = set(given) - names
     if unknown:
         raise ValueError(f"unknown config field(s) {sorted(unknown)}; expected fields of Config")
-    dataset = given.get("dataset", Config.dataset)
+    pinned = pinned_by(None if given.get("paper") is NONE else given.get("paper"), given)
+    dataset = given.get("dataset", pinned.get("dataset", Config.dataset))
     values: dict = {}
     values.update(PRESETS.get(dataset, {}))
-    model = given.get("model", values.get("model", "mjem"))
+    model = given.get("model", pinned.get("model", values.get("model", "mjem")))
     values.update(MODEL_PRESETS.get(model, {}))
+    values.update(pinned)
     values.update(given)
     values = {k: (None if v is NONE else v) for k, v in values.items()}
     explicit_none = {k for k, v in given.items() if v is NONE}
@@ -363,8 +354,8 @@ def resolve(overrides: dict) -> Config:
         rules["fid_keep_ratio"] = 1.0 if cfg.model == "mebm" else 0.9
     if cfg.is_keep_ratio is None:  # mebm train_maebm.py: ratio = 0.1 if arg.pyx else 0.9; cond_is_fid(..., eval='is')
         rules["is_keep_ratio"] = 1.0 if cfg.model == "mebm" else 0.1
-    if cfg.model == "jem" and "cls_batch_size" not in given:
-        rules["cls_batch_size"] = cfg.batch_size  # JEM get_data: both loaders use --batch_size
+    if cfg.model in SHARED_BATCH and "cls_batch_size" not in given:
+        rules["cls_batch_size"] = cfg.batch_size  # JEM, JEMPP get_data: both loaders use --batch_size
     if cfg.l2 is None and "l2" not in explicit_none:
         rules["l2"] = 0.1 if cfg.k <= 2 else 0.5
     if cfg.noise is None and "noise" not in explicit_none:

@@ -293,6 +293,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
         lr=0.02,  # paper Appendix A: 0.02 for CIFAR-100, CelebA-HQ and ImageNet 32×32
     ), train_size=50_000, image_size=32),
     _entry("imagenet32", _imagenet32, dict(
+        model="mebm",  # paper Table 2, Section 5.1: ImageNet 32×32 only as unconditional M-EBM (K = 2, 5)
         n_classes=1000,  # the dataset
         lr=0.02,  # paper Appendix A
         width=2,  # paper Section 5 and Appendix A: "Wide-ResNet 28-2 for ImageNet 32x32"

@@ -20,7 +20,8 @@ CHOICES = {"dataset": tuple(DATASETS), "model": MODEL_KINDS, "norm": NORMS, "p0"
            "optimizer": ("sgd", "adam"), "device": None,
            "compile": ("auto", "off", "default", "max-autotune", "aot_eager"), "amp": ("auto", "bf16", "fp16", "off"),
            "sgld_amp": ("auto", "bf16", "fp16", "off"),
-           "on_divergence": ("rollback", "stop"), "fast_path": ("auto", "strict", "off")}
+           "on_divergence": ("rollback", "stop"), "fast_path": ("auto", "strict", "off"),
+           "fid_split": ("auto", "train", "test", "train+test")}
 
 # the allowed range of every numeric option, (low, high, low included, high included);
 # None = unbounded. tests/test_inputs.py checks that every float field of Config has an entry.
@@ -28,7 +29,8 @@ RANGES: dict[str, tuple] = {
     "data_noise": (0, None, True, False), "dropout": (0, 1, True, False), "reinit_freq": (0, 1, True, True),
     "bn_momentum": (0, 1, False, True),  # 0 would leave the running statistics at their initial 0 / 1 for ever
     "step_size": (0, None, False, False), "noise": (0, None, True, False), "grad_clip": (0, None, False, False),
-    "l2": (0, None, True, False), "cls_weight": (0, None, True, False), "lr": (0, None, False, False),
+    "l2": (0, None, True, False), "cls_weight": (0, None, True, False), "px_weight": (0, None, True, False),
+    "sgld_inner_steps": (1, 1000, True, True), "lr": (0, None, False, False),
     "momentum": (0, 1, True, False), "weight_decay": (0, None, True, False),
     "decay_rate": (0, None, False, False), "max_loss": (0, None, False, False),
     "epochs": (1, None, True, False), "iters_per_epoch": (1, None, True, False),
@@ -82,6 +84,9 @@ def validate(cfg) -> None:
                                  f"got {value}")
     if cfg.depth < 4 or (cfg.depth - 4) % 6:
         raise ValueError(f"--depth: a Wide-ResNet has depth 6n + 4 (10, 16, 22, 28, ...), got {cfg.depth}")
+    if cfg.px_weight == 0 and (cfg.model == "mebm" or cfg.cls_weight == 0):
+        raise ValueError(f"--px-weight 0: a classifier-only run needs a classifier model and --cls-weight > 0; got "
+                         f"--model {cfg.model} --cls-weight {cfg.cls_weight}")
     if int(cfg.k) != cfg.k or cfg.k < 1:  # K (int field) has no RANGES entry: this message says what K is
         raise ValueError(f"--k: SGLD steps K must be an integer >= 1, got {cfg.k}")
     for e in cfg.decay_epochs:
@@ -136,7 +141,8 @@ def check_fits(cfg, n_train: int, device, world_size: int = 1, available: int | 
             images); each rank holds a ⌈|B|/N⌉ shard of the replay buffer on its own device.
 
     Raises:
-        ValueError: a classifier model on data with fewer than 2 classes; fewer than 2 training images; a WRN
+        ValueError: ``--px-weight 0 --model mjem`` on several processes (an unused head under DDP); a classifier
+        model on data with fewer than 2 classes; fewer than 2 training images; a WRN
         whose weights, gradients and optimizer state (16 bytes a weight) exceed the free memory
         (``--depth`` / ``--width``); ``--batch-size`` / ``--cls-batch-size``
         (models with a p(y|x) batch) larger than the training set, a replay
@@ -144,6 +150,9 @@ def check_fits(cfg, n_train: int, device, world_size: int = 1, available: int | 
         covariances of ``--p0 gaussian-mixture`` larger than the free memory of the device; a ``--p0-size``
         that does not divide the image side. The message names the option and the limit.
     """
+    if cfg.px_weight == 0 and cfg.model == "mjem" and world_size > 1:  # DDP (find_unused_parameters=False)
+        raise ValueError("--px-weight 0 --model mjem under torchrun: DDP refuses the energy head a classifier-only "
+                         "run leaves unused; pass --model lse-jem (the same classifier without that head)")
     if cfg.model != "mebm" and cfg.n_classes < 2:
         raise ValueError(f"--model {cfg.model}: a p(y|x) model needs at least 2 classes; --dataset {cfg.dataset} "
                          f"has {cfg.n_classes} (use --model mebm for unlabelled images)")

@@ -8,7 +8,9 @@ p_θ(x) ∝ exp(−E_θ(x)).
   energy head, p(y|x) from the classifier head.
 - ``jem``:  E(x) = −logsumexp_y f(x)[y] (JEM, paper Eq. 4), the classifier's logits define the energy.
 - ``lse-jem``: the same network as ``jem`` (no energy head, E(x) = −logsumexp of the logits), trained with
-  the M-JEM recipe (paper Fig. 2b / 4a, the LSE-JEM ablation); the recipe lives in :mod:`fastebm.config`.
+  the M-JEM recipe (paper Fig. 2b / 4a, the LSE-JEM ablation); the recipes live in :mod:`fastebm.recipes`.
+- ``jempp``: the same network again, trained with JEM++'s recipe (github sndnyang/JEMPP ``models/jem_models.py``
+  ``CCF``: ``logits.logsumexp(1)``; the baseline of the paper's Tables 3, 4 and 6).
 
 The backbone follows the WRN of the JEM / JEM++ / M-EBM code lineage: pre-activation basic blocks,
 LeakyReLU(0.2), optional BatchNorm or no normalization, 3×3 convolutions with bias, and a fourth
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from .data import to_float
 from .progress import Progress
 
-MODEL_KINDS = ("mebm", "mjem", "jem", "lse-jem")
+MODEL_KINDS = ("mebm", "mjem", "jem", "lse-jem", "jempp")
 NORMS = ("batch", "none")
 
 
@@ -121,7 +123,7 @@ class EnergyModel(nn.Module):
     """E_θ(x) and, for classifier models, p_θ(y|x).
 
     Args:
-        kind: ``"mebm"``, ``"mjem"``, ``"jem"`` or ``"lse-jem"`` (see module docstring).
+        kind: ``"mebm"``, ``"mjem"``, ``"jem"``, ``"lse-jem"`` or ``"jempp"`` (see module docstring).
         n_classes: number of classes (needed for ``mjem`` and ``jem``).
         depth, width, norm, image_size, in_channels, dropout, bn_momentum: the WRN backbone
             (:class:`WideResNet`).
@@ -143,7 +145,7 @@ class EnergyModel(nn.Module):
 
     @property
     def has_classifier(self) -> bool:
-        """True for ``mjem``, ``jem`` and ``lse-jem``."""
+        """True for every kind but ``mebm``."""
         return self.class_head is not None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ each value below was read off its table row and checked against the row's neighb
 - Table 3: accuracy / IS / FID of M-JEM on CIFAR-10 (K = 1, 2, 5, 10, 20) and other hybrid models.
 - Table 4: the same on CIFAR-100 (M-JEM K = 1, 2, 5, 10; JEM K = 20, 30; ...).
 - Table 6 (Appendix B): minutes per epoch on CIFAR-10, "on a single Titan GPU" (the exact Titan model is
-  not named), one epoch = 390 iterations for every model (the JEM baseline included), p(x) batch 64.
+  not named), one epoch = 390 iterations for every model (the JEM baseline included), p(x) batch 64; and its
+  "Other" block, the training cost of five other methods as printed (``compute``).
 - Fig. 2(b) (M-JEM against LSE-JEM on CIFAR-100) and Fig. 4(a) / 4(b) (t-SNE of CIFAR-10 models): the
   runs behind them. Their numbers are only in the plots, which the text does not carry: None here.
 
@@ -22,6 +23,12 @@ authors' scripts differ; the number of epochs, 200 in Table 5 and "150 at most" 
 out, so either choice matches the row. A row with ``settings=None`` is another method's result, printed for
 comparison; ``needs`` says what fastebm would need to train it. ``ours=True`` marks a row that fastebm's
 documentation offers but the paper does not have: it carries no paper numbers.
+
+A runnable row also holds ``code``: the settings the paper does not state that the authors' code of a named
+commit (``code_source``) fixes: the L2 form, BatchNorm momentum and mode, precision. :func:`match` ignores them
+(fastebm's defaults differ there on purpose, docs/recipes.md); ``python -m fastebm.train --paper KEY`` sets them
+with the row's settings (:func:`pinned_by`), and :func:`differences` / :func:`beside` name each one a run does not
+hold, so that a run of a row's command is told which of its settings are not the authors'.
 
 Accuracy is stored as a fraction in [0, 1] (the paper prints percent); IS and FID as printed; a value the
 text does not give ("-" in a table, or not readable from the flattened text) is None, and the row's
@@ -38,11 +45,13 @@ first epoch, every ``--fid-every`` and the last, as the authors' loop) and 90 % 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["PaperRow", "rows", "row", "match", "beside", "DATASET_NAMES"]
+__all__ = ["PaperRow", "rows", "row", "match", "nearest", "differences", "beside", "what_differs", "pinned_by",
+           "DATASET_NAMES"]
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet32": "ImageNet 32x32",
                  "celebahq128": "CelebA-HQ 128"}
@@ -63,11 +72,16 @@ class PaperRow:
         argv: the ``python -m fastebm.train`` arguments that resolve to ``settings`` (no ``--data-root``).
         acc: test accuracy as a fraction in [0, 1]; IS: Inception Score; fid: Fréchet Inception Distance.
         minutes_per_epoch: Table 6, minutes per 390-iteration epoch on CIFAR-10 on one Titan GPU.
+        compute: Table 6's "Other" block: another method's training cost as the paper prints it ("" elsewhere).
         footnote: the table's footnote for this row (its marker and text), and what the text leaves out.
         source: where the numbers and the settings come from.
         figures: other places the same run appears (``"Fig. 4(a)"``).
         needs: what fastebm lacks to reproduce the row exactly ("" when nothing).
         ours: True for a fastebm-only row (no paper numbers).
+        code: Config fields that the paper does not state and the authors' code fixes (the L2 form, BatchNorm,
+            precision), as the code of ``code_source`` runs them (read-only mapping; None: not runnable).
+            ``--paper KEY`` sets them with ``settings``; a run without it is told which of them differ.
+        code_source: the authors' files and commit that ``code`` comes from.
     """
 
     key: str
@@ -81,11 +95,14 @@ class PaperRow:
     inception_score: float | None = None
     fid: float | None = None
     minutes_per_epoch: float | None = None
+    compute: str = ""
     footnote: str = ""
     source: str = ""
     figures: tuple[str, ...] = ()
     needs: str = ""
     ours: bool = False
+    code: Mapping | None = field(default=None, hash=False)
+    code_source: str = ""
 
     @property
     def runnable(self) -> bool:
@@ -105,7 +122,7 @@ class PaperRow:
     def label(self) -> str:
         """``"Table 1 M-EBM CIFAR-10 K=5"``: where (not for ``ours`` rows), what, on which data, with which K."""
         k = "" if self.k is None else f" K={self.k}"
-        if self.k is None and self.settings is not None and "k" not in self.settings:
+        if self.k is None and self.settings is not None and "k" not in self.settings and self.settings["px_weight"]:
             k = " (K not stated)"
         where = "" if self.ours else f"{self.table} "
         return f"{where}{self.model} {DATASET_NAMES.get(self.dataset, self.dataset)}{k}"
@@ -121,7 +138,9 @@ def _pct(percent: float) -> float:
 # lr 0.1 on CIFAR-10, 0.02 on CIFAR-100, CelebA-HQ and ImageNet 32x32.
 _NET = {"cifar10": dict(depth=28, width=10, lr=0.1), "cifar100": dict(depth=28, width=10, lr=0.02),
         "imagenet32": dict(depth=28, width=2, lr=0.02), "celebahq128": dict(depth=28, width=5, lr=0.02)}
-_MODEL_FLAG = {"M-EBM": "mebm", "M-JEM": "mjem", "LSE-JEM": "lse-jem", "JEM": "jem"}
+_MODEL_FLAG = {"M-EBM": "mebm", "M-JEM": "mjem", "LSE-JEM": "lse-jem", "JEM": "jem", "JEM++": "jempp",
+               "softmax": "mjem", "Softmax": "mjem"}
+_CLASSIFIER = ("softmax", "Softmax")  # the classifier-only rows (Tables 3, 4, 6): M-JEM's network, --px-weight 0
 # Eq. 6 as the authors fitted it for the tables: at 32 px and repeated ×4 on CelebA-HQ 128 (mebm one_center.py
 # @23b0813, train_maebm_celeba.py @32f98f9), on the images themselves elsewhere (train_maebm.py)
 _P0 = {"celebahq128": dict(p0="gaussian-downsampled", p0_size=32)}
@@ -134,13 +153,19 @@ def _settings(model: str, dataset: str, k: int | None, **extra) -> MappingProxyT
     CelebA-HQ: the authors' 32-px form, :data:`_P0`),
     no noise added to data (Sections 3.2, 4.1); with a classifier also the augmented p(y|x) batch of 128
     (Section 5) and the unaugmented p(x) batch (Section 4.1, Fig. 2a). JEM rows: JEM's K and uniform p0
-    (Section 2, Eq. 3; github wgrathwohl/JEM), the rest is JEM's recipe (fastebm.config MODEL_PRESETS).
+    (Section 2, Eq. 3; github wgrathwohl/JEM), the rest is JEM's recipe (:mod:`fastebm.recipes`); JEM++ rows: K
+    and the per-class Gaussian p0, the rest JEM++'s recipe; classifier rows: M-JEM's network, lr and augmented
+    batch of 128 without the p(x) term (``px_weight`` 0). Every row states ``px_weight``: 1 (both terms) or 0.
     """
-    s: dict = {"model": _MODEL_FLAG[model], "dataset": dataset}
+    s: dict = {"model": _MODEL_FLAG[model], "dataset": dataset, "px_weight": 0.0 if model in _CLASSIFIER else 1.0}
     if k is not None:
         s["k"] = k
     if model == "JEM":
         s.update(p0="uniform")
+    elif model == "JEM++":  # the informative p0 of JEM++: one Gaussian per class (paper Sections 2, 3.1)
+        s.update(p0="gaussian-mixture")
+    elif model in _CLASSIFIER:
+        s.update(_NET[dataset], cls_batch_size=128, data_noise=0.0)
     else:
         s.update(_NET[dataset], batch_size=64, data_noise=0.0, **_P0.get(dataset, dict(p0="gaussian")))
         if model != "M-EBM":
@@ -149,15 +174,51 @@ def _settings(model: str, dataset: str, k: int | None, **extra) -> MappingProxyT
     return MappingProxyType(s)
 
 
+# --- the settings of the authors' code that the paper does not state --------------------------------------
+# mebm train_maebm.py @20bbf21 (2022-03-10, its last version before f7ae2f1 changed the L2 form and the FID tool):
+# l2_coeff * (fp ** 2 + fq ** 2) of the batch means ("reference"); sample_q keeps f in train mode ("# f.eval()"),
+# so every forward updates the BatchNorm running statistics ("update"); models/norms.py @ab600eb get_norm:
+# BatchNorm2d(n, momentum=0.9); no autocast anywhere (fp32). train_maebm_celeba.py @32f98f9 alike.
+_MEBM_CODE = MappingProxyType(dict(reg_form="reference", bn_momentum=0.9, sgld_bn="update", amp="off",
+                                   sgld_amp="off"))
+_MEBM_SOURCE = "sndnyang/mebm train_maebm.py @20bbf21, models/norms.py @ab600eb"
+_CELEBA_SOURCE = "sndnyang/mebm train_maebm_celeba.py @32f98f9, models/norms.py @ab600eb"
+# JEM train_wrn_ebm.py @3d01161 (README command: --norm None): no BatchNorm, fp32
+_JEM_CODE = MappingProxyType(dict(amp="off", sgld_amp="off"))
+_JEM_SOURCE = "wgrathwohl/JEM train_wrn_ebm.py @3d01161"
+
+
+# JEMPP train_jempp.py @fba6ba5: sample_q '# f.eval()' (BatchNorm in train mode for every forward), models/norms.py
+# @fba6ba5 get_norm: BatchNorm2d(n, momentum=0.9); fp32. No L2 term, so no L2 form.
+_JEMPP_CODE = MappingProxyType(dict(bn_momentum=0.9, sgld_bn="update", amp="off", sgld_amp="off"))
+_JEMPP_SOURCE = "sndnyang/JEMPP train_jempp.py @fba6ba5, models/norms.py @fba6ba5"
+# the classifier of --px 0: no SGLD and no L2 term; BatchNorm momentum 0.9, fp32
+_CLASSIFIER_CODE = MappingProxyType(dict(bn_momentum=0.9, amp="off", sgld_amp="off"))
+
+
+def _code(model: str, dataset: str) -> tuple[MappingProxyType, str]:
+    """(code, code_source) of a runnable row: see :data:`_MEBM_CODE`, :data:`_JEM_CODE`, :data:`_JEMPP_CODE`,
+    :data:`_CLASSIFIER_CODE`."""
+    if model == "JEM":
+        return _JEM_CODE, _JEM_SOURCE
+    if model == "JEM++":
+        return _JEMPP_CODE, _JEMPP_SOURCE
+    if model in _CLASSIFIER:
+        return _CLASSIFIER_CODE, _MEBM_SOURCE
+    return _MEBM_CODE, _CELEBA_SOURCE if dataset == "celebahq128" else _MEBM_SOURCE
+
+
 def _argv(model: str, dataset: str, k: int | None, *more: str) -> tuple[str, ...]:
     ks = () if k is None else ("--k", str(k))
-    return ("--dataset", dataset, "--model", _MODEL_FLAG[model], *ks, *more)
+    px = ("--px-weight", "0") if model in _CLASSIFIER else ()
+    return ("--dataset", dataset, "--model", _MODEL_FLAG[model], *ks, *px, *more)
 
 
 def _run(key, table, model, dataset, k, *, more=(), extra=None, **kw) -> PaperRow:
     """A row fastebm can train: settings and command line from model, dataset, K (+ ``extra`` fields)."""
+    code, source = _code(model, dataset)
     return PaperRow(key, table, model, dataset, k, settings=_settings(model, dataset, k, **(extra or {})),
-                    argv=_argv(model, dataset, k, *more), **kw)
+                    argv=_argv(model, dataset, k, *more), code=code, code_source=source, **kw)
 
 
 def _ref(key, table, model, dataset, k, needs, **kw) -> PaperRow:
@@ -181,8 +242,14 @@ _SMALL_K = ("fastebm resolves σ = 0, λ = 0.1 at K <= 2 (mebm scripts/maebm_cif
             "σ = 0.001 (--noise 0.001); both match this row")
 _PLOT = "numbers only in the figure's plot, not in the text"
 _OTHER = "another method, not trained by fastebm"
-_JEMPP = "JEM++ (Yang & Ji 2021, github sndnyang/JEMPP): not in fastebm"
-_SOFTMAX = "a classifier-only run (no p(x) term; mebm train_maebm.py --px 0): fastebm has no such switch"
+_JEMPP = ("JEM++'s code (github sndnyang/JEMPP train_jempp.py @fba6ba5, scripts/jempp_cifar10.sh; fastebm.recipes "
+          "'jempp', the paper's M and K being its --n_steps) differs in three places: it holds out 5,000 training "
+          "images (--n_valid 5000; fastebm trains on all and keeps the 703-iteration epoch), fills the buffer with "
+          "10,000 // C draws of each class (fastebm: classes drawn uniformly, as its restarts) and reads the class "
+          "means and covariances from files (fastebm fits them on the training images)")
+_T6_EPOCH = "Table 6 times every model over 390 iterations (fastebm's JEM++ epoch, as JEM++'s, is 703)"
+_SOFTMAX = ("a classifier only: the M-JEM network and recipe without the p(x) term (mebm train_maebm.py --px 0, "
+            "no SGLD); the paper gives no recipe for this row")
 _FID_E = ("the authors' FID filter: top 90 % per class as predicted by the untrained classifier head of their "
           "M-EBM (mebm train_maebm.py 'ratio = 0.1 if arg.pyx else 0.9'); fastebm's mebm has no classifier head, "
           "its FID uses the whole buffer")
@@ -219,8 +286,9 @@ _ROWS: tuple[PaperRow, ...] = (
     _run("t2-mebm-celebahq128-k5", "Table 2", "M-EBM", "celebahq128", 5, fid=57.76, footnote=_T2_STAR,
          needs=_CELEBA, source="paper Table 2 (FID), Appendix A (WRN-28-5, lr 0.02, 2 GPUs)"),
     _run("t2-mebm-celebahq128-k10", "Table 2", "M-EBM", "celebahq128", 10, fid=39.87, needs=_CELEBA,
-         footnote="the authors' script for it (mebm scripts/maebm_celeba.sh) uses WRN-28-2 and λ = 0, the paper "
-                  "WRN-28-5 (Appendix A)",
+         footnote="the authors' script for it (mebm scripts/maebm_celeba.sh) uses WRN-28-2, λ = 0 and σ = 0, the "
+                  "paper WRN-28-5 (Appendix A); its energy is the log-sum-exp of 10 logits no cross-entropy trains "
+                  "(no --uncond: models/jem_models.py CCF), which fastebm's mebm (one energy head) does not reproduce",
          source="paper Table 2 (FID), Appendix A (WRN-28-5, lr 0.02, 2 GPUs)"),
     _run("t2-mebm-imagenet32-k2", "Table 2", "M-EBM", "imagenet32", 2, fid=54.52, needs=_FID_E,
          footnote="Section 5.1: 'incredibly stable and achieves FID 54.52 within 30 epochs'; " + _SMALL_K,
@@ -247,6 +315,18 @@ _ROWS: tuple[PaperRow, ...] = (
          minutes_per_epoch=15.1, footnote=_T3_PLUS + "; " + _T6_JEM + "; Table 6 times JEM over 390 iterations "
          "(fastebm's JEM epoch is 703)",
          source="paper Table 3 (citing JEM [7]), Table 6 (minutes); recipe: github wgrathwohl/JEM README"),
+    _run("t3-jempp-cifar10-k5", "Table 3", "JEM++", "cifar10", 5, acc=_pct(91.1), inception_score=7.81, fid=37.9,
+         minutes_per_epoch=6.3, footnote="printed 'JEM++(M=5)+ [21]'; " + _T3_PLUS + "; " + _T6_EPOCH,
+         needs=_JEMPP, source="paper Table 3 (citing JEM++ [21]), Table 6 (minutes); recipe: github sndnyang/JEMPP"),
+    _run("t3-jempp-cifar10-k10", "Table 3", "JEM++", "cifar10", 10, acc=_pct(93.5), inception_score=8.29,
+         fid=37.1, minutes_per_epoch=10.2, footnote="printed 'JEM++(M=10)'; " + _T6_EPOCH, needs=_JEMPP,
+         source="paper Table 3, Table 6 (minutes); recipe: github sndnyang/JEMPP"),
+    _run("t3-jempp-cifar10-k20", "Table 3", "JEM++", "cifar10", 20, acc=_pct(94.1), inception_score=8.11,
+         fid=38.0, footnote="printed 'JEM++(M=20)'", needs=_JEMPP,
+         source="paper Table 3; recipe: github sndnyang/JEMPP"),
+    _run("t3-classifier-cifar10", "Table 3", "softmax", "cifar10", None, acc=_pct(95.8), minutes_per_epoch=0.77,
+         footnote="IS, FID '-' in the table; Table 6 'Classifier' 0.77 min per 390 iterations", needs=_SOFTMAX,
+         source="paper Table 3 (accuracy), Table 6 (minutes); --px 0: mebm train_maebm.py @20bbf21"),
     # ---- Table 4: M-JEM on CIFAR-100; the JEM baselines ----
     _run("t4-mjem-cifar100-k1", "Table 4", "M-JEM", "cifar100", 1, acc=_pct(46.5), inception_score=8.71, fid=26.2,
          footnote=_T4_PLUS + "; " + _SMALL_K, source="paper Table 4, Appendix A (settings)"),
@@ -264,6 +344,17 @@ _ROWS: tuple[PaperRow, ...] = (
          footnote=_T4_STAR + "; the paper does not give the JEM recipe it ran on CIFAR-100 (fastebm: JEM's "
                              "CIFAR-10 recipe on CIFAR-100)",
          source="paper Table 4; recipe: github wgrathwohl/JEM README"),
+    _run("t4-jempp-cifar100-k5", "Table 4", "JEM++", "cifar100", 5, acc=_pct(72.0), inception_score=8.19, fid=37.7,
+         footnote=_T4_STAR + "; the name reads 'JEM+(K=5)' in the extracted text; the paper does not give the "
+                             "JEM++ recipe it ran on CIFAR-100 (fastebm: JEM++'s CIFAR-10 recipe)", needs=_JEMPP,
+         source="paper Table 4; recipe: github sndnyang/JEMPP"),
+    _run("t4-jempp-cifar100-k10", "Table 4", "JEM++", "cifar100", 10, acc=_pct(74.5), inception_score=10.23,
+         fid=32.9, footnote=_T4_STAR + "; the paper does not give the JEM++ recipe it ran on CIFAR-100 (fastebm: "
+                                       "JEM++'s CIFAR-10 recipe)", needs=_JEMPP,
+         source="paper Table 4; recipe: github sndnyang/JEMPP"),
+    _run("t4-classifier-cifar100", "Table 4", "Softmax", "cifar100", None, acc=_pct(78.9),
+         footnote="IS, FID '-' in the table", needs=_SOFTMAX,
+         source="paper Table 4; --px 0: mebm train_maebm.py @20bbf21"),
     # ---- the runs behind the figures ----
     _run("fig2b-lsejem-cifar100", "Fig. 2(b)", "LSE-JEM", "cifar100", None,
          footnote=_PLOT + "; K is not stated (the command uses fastebm's default K = 5); Section 5.3: M-JEM has "
@@ -283,11 +374,13 @@ _ROWS: tuple[PaperRow, ...] = (
     # ---- fastebm's own rows (not in the paper) ----
     PaperRow("ours-mebm-imagenet32-k10", "ours", "M-EBM", "imagenet32", 10,
              settings=_settings("M-EBM", "imagenet32", 10), argv=_argv("M-EBM", "imagenet32", 10), ours=True,
+             code=_MEBM_CODE, code_source=_MEBM_SOURCE,
              footnote="not in the paper: Table 2 has ImageNet 32x32 at K = 2 and 5 only",
              source="fastebm docs/recipes.md (earlier versions)"),
     PaperRow("ours-mebm-cifar10-k5-mixture", "ours", "M-EBM", "cifar10", 5,
              settings=_settings("M-EBM", "cifar10", 5, p0="gaussian-mixture"),
-             argv=_argv("M-EBM", "cifar10", 5, "--p0", "gaussian-mixture"), ours=True,
+             argv=_argv("M-EBM", "cifar10", 5, "--p0", "gaussian-mixture"), ours=True, code=_MEBM_CODE,
+             code_source=_MEBM_SOURCE,
              footnote="not in the paper: t1-mebm-cifar10-k5 with JEM++'s p0, one Gaussian per class drawn uniformly "
                       "(JEMPP train_jempp.py @0fd76f0), for Section 3.1's claim that one Gaussian is 'comparable' "
                       "to it",
@@ -333,46 +426,38 @@ _ROWS: tuple[PaperRow, ...] = (
          inception_score=3.60, fid=46.4, source="paper Table 3"),
     _ref("t3-ref-igebm-k60", "Table 3", "IGEBM [4]", "cifar10", 60, _OTHER, acc=_pct(49.1), inception_score=8.30,
          fid=37.9, source="paper Table 3"),
-    _ref("t3-ref-jempp-m5", "Table 3", "JEM++(M=5) [21]", "cifar10", None, _JEMPP, acc=_pct(91.1),
-         inception_score=7.81, fid=37.9, footnote=_T3_PLUS, source="paper Table 3"),
-    _ref("t3-ref-jempp-m10", "Table 3", "JEM++(M=10)", "cifar10", None, _JEMPP, acc=_pct(93.5),
-         inception_score=8.29, fid=37.1, source="paper Table 3"),
-    _ref("t3-ref-jempp-m20", "Table 3", "JEM++(M=20)", "cifar10", None, _JEMPP, acc=_pct(94.1),
-         inception_score=8.11, fid=38.0, source="paper Table 3"),
     _ref("t3-ref-jeat", "Table 3", "JEAT [25]", "cifar10", None, _OTHER, acc=_pct(85.2), inception_score=8.80,
          fid=38.2, source="paper Table 3"),
     _ref("t3-ref-vera-a100", "Table 3", "VERA(α=100)", "cifar10", None, _OTHER, acc=_pct(93.2),
          inception_score=8.11, fid=30.5, source="paper Table 3"),
     _ref("t3-ref-vera-a1", "Table 3", "VERA(α=1) [6]", "cifar10", None, _OTHER, acc=_pct(76.1),
          inception_score=8.00, fid=27.5, source="paper Table 3"),
-    _ref("t3-ref-softmax", "Table 3", "softmax", "cifar10", None, _SOFTMAX, acc=_pct(95.8),
-         footnote="IS, FID '-' in the table", source="paper Table 3"),
     # ---- other methods, Table 4 (CIFAR-100) ----
-    _ref("t4-ref-softmax", "Table 4", "Softmax", "cifar100", None, _SOFTMAX, acc=_pct(78.9),
-         footnote="IS, FID '-' in the table", source="paper Table 4"),
     _ref("t4-ref-unnamed", "Table 4", "(name not readable)", "cifar100", None, _OTHER, inception_score=9.30,
          fid=15.6, footnote="the model's name is lost in the extracted text (the row between Softmax and "
                             "BigGAN(Cond)); accuracy '-'", source="paper Table 4"),
     _ref("t4-ref-biggan-cond", "Table 4", "BigGAN(Cond)", "cifar100", None, _OTHER, inception_score=11.0,
          fid=11.73, footnote="accuracy '-' in the table", source="paper Table 4"),
-    _ref("t4-ref-jempp-k5", "Table 4", "JEM++(K=5)", "cifar100", 5, _JEMPP, acc=_pct(72.0), inception_score=8.19,
-         fid=37.7, footnote=_T4_STAR + "; the name reads 'JEM+(K=5)' in the extracted text",
-         source="paper Table 4"),
-    _ref("t4-ref-jempp-k10", "Table 4", "JEM++(K=10)", "cifar100", 10, _JEMPP, acc=_pct(74.5),
-         inception_score=10.23, fid=32.9, footnote=_T4_STAR, source="paper Table 4"),
     _ref("t4-ref-vera-a100", "Table 4", "VERA(α=100)", "cifar100", None, _OTHER, acc=_pct(69.3),
          inception_score=8.14, fid=28.2, footnote=_T4_STAR, source="paper Table 4"),
     _ref("t4-ref-vera-a1", "Table 4", "VERA(α=1)", "cifar100", None, _OTHER, acc=_pct(48.7), inception_score=7.97,
          fid=26.6, footnote=_T4_STAR, source="paper Table 4"),
     # ---- other methods, Table 6 (CIFAR-10, minutes per epoch) ----
-    _ref("t6-ref-classifier", "Table 6", "Classifier", "cifar10", None, _SOFTMAX, minutes_per_epoch=0.77,
-         source="paper Table 6"),
-    _ref("t6-ref-jempp-k5", "Table 6", "JEM++(K=5)", "cifar10", 5, _JEMPP, minutes_per_epoch=6.3,
-         source="paper Table 6"),
-    _ref("t6-ref-jempp-k10", "Table 6", "JEM++(K=10)", "cifar10", 10, _JEMPP, minutes_per_epoch=10.2,
-         source="paper Table 6"),
     _ref("t6-ref-vera", "Table 6", "VERA", "cifar10", None, _OTHER, minutes_per_epoch=9.6,
          footnote="Table 6 †: VERA reports a 2.8x speedup; the authors ran the official code", source="paper Table 6"),
+    # Table 6's "Other" block: training costs as printed, no minutes per epoch
+    _ref("t6-ref-igebm", "Table 6", "IGEBM", "cifar10", None, _OTHER, compute="1 GPU for 2 days",
+         source="paper Table 6 ('Other')"),
+    _ref("t6-ref-klebm", "Table 6", "KL-EBM", "cifar10", None, _OTHER, compute="1 GPU for 1 days",
+         source="paper Table 6 ('Other')"),
+    _ref("t6-ref-ddpm", "Table 6", "DDPM", "cifar10", None, _OTHER, compute="800k iter, 8 TPUs, 10.6 hours",
+         source="paper Table 6 ('Other')"),
+    _ref("t6-ref-diffurecov", "Table 6", "DiffuRecov", "cifar10", None, _OTHER,
+         compute="240k iterations, 8 TPUs, 40+ hours", source="paper Table 6 ('Other')"),
+    _ref("t6-ref-vaebm", "Table 6", "VAEBM", "cifar10", None, _OTHER, compute="400 epochs, 8 GPUs, 55 hours",
+         footnote="Table 6 +: 'The runtime is for pretraining NVAE only. For VAEBM, they report the training takes "
+                  "around 25,000 iterations (or 16 epochs) on CIFAR-10 using one 32-GB V100 GPU'",
+         source="paper Table 6 ('Other')"),
 )
 
 _BY_KEY = {r.key: r for r in _ROWS}
@@ -424,6 +509,82 @@ def match(cfg) -> PaperRow | None:
     return top[0]
 
 
+def pinned_by(key: str | None, given: Mapping) -> dict:
+    """``--paper KEY`` (:func:`fastebm.config.resolve`): the Config fields the row of ``key`` pins, its ``settings``
+    and its authors' ``code``; {} when ``key`` is None. ``given``: the options given beside it.
+
+    Raises:
+        ValueError: no runnable row has that key, or ``given`` names another dataset, model or K than the row's.
+    """
+    if key is None:
+        return {}
+    runnable = [r.key for r in _ROWS if r.runnable]
+    if key not in runnable:
+        raise ValueError(f"--paper: expected a row fastebm trains (docs/recipes.md), one of {', '.join(runnable)}; "
+                         f"got {key!r}")
+    r = _BY_KEY[key]
+    other = [f"--{k} {given[k]}" for k in ("dataset", "model", "k") if k in given and k in r.settings
+             and given[k] != r.settings[k]]
+    if other:
+        raise ValueError(f"--paper {key} is {' '.join(r.argv)}; got {', '.join(other)} (drop it, or give the key of "
+                         f"that experiment's row)")
+    return {**r.settings, **r.code}
+
+
+_IDENTITY = ("model", "dataset", "k", "px_weight")  # what a run aims at: a row with other values is another experiment
+
+
+def _get(cfg, name: str):
+    try:
+        return _value(cfg, name)
+    except (KeyError, AttributeError):
+        return None
+
+
+def differences(r: PaperRow, cfg, code: bool = True) -> dict[str, tuple]:
+    """The settings of row ``r`` that ``cfg`` does not hold: Config field → (this run's value, the row's), first
+    those the paper states (``r.settings``), then, with ``code``, those of the authors' code (``r.code``: L2 form,
+    BatchNorm, precision; compare a configuration resolved for its device, where ``amp`` is no longer ``auto``).
+
+    Args:
+        r: a runnable row. cfg: a resolved :class:`fastebm.config.Config` or a mapping of its fields.
+
+    Returns:
+        an empty dict when ``cfg`` holds every setting of the row and of the authors' code (``--paper KEY``).
+    """
+    wanted = {**(r.settings or {}), **((r.code or {}) if code else {})}
+    return {name: (_get(cfg, name), want) for name, want in wanted.items() if _get(cfg, name) != want}
+
+
+def nearest(cfg) -> PaperRow | None:
+    """The row a run aims at: the row of its ``paper`` field (``--paper KEY``), else :func:`match` when every
+    setting holds, else the runnable row with the same model, dataset and K (where the row states K) whose settings
+    differ least (:func:`differences`; ties: the row with more settings), so that a smaller run of a paper command
+    (``--depth 10 --width 1``) is still set beside its row, with what differs named. None when no row has that
+    model, dataset and K."""
+    if _get(cfg, "paper"):
+        return row(_get(cfg, "paper"))
+    exact = match(cfg)
+    if exact is not None:
+        return exact
+    same = [r for r in _ROWS if r.runnable and all(_get(cfg, n) == r.settings[n] for n in _IDENTITY
+                                                    if n in r.settings)]
+    return min(same, key=lambda r: (len(differences(r, cfg, code=False)), -len(r.settings)), default=None)
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "(none)"
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _flags(diff: Mapping, whose: str) -> str:
+    return ", ".join(f"--{k.replace('_', '-')} {_shown(ours)} ({whose} {_shown(want)})"
+                     for k, (ours, want) in diff.items())
+
+
 # measured-dict names accepted by beside(), first the canonical one (fastebm's record names after it)
 _METRICS = (("acc", ("acc", "accuracy", "test_acc"), ".3f"),
             ("IS", ("inception_score", "is_mean", "is"), ".2f"),
@@ -432,23 +593,54 @@ _METRICS = (("acc", ("acc", "accuracy", "test_acc"), ".3f"),
 _PAPER_ATTR = {"acc": "acc", "IS": "inception_score", "FID": "fid", "min/epoch": "minutes_per_epoch"}
 
 
-def beside(r: PaperRow, measured: Mapping) -> str:
+def beside(r: PaperRow, measured: Mapping, cfg=None, before: Mapping | None = None) -> str:
     """One line setting a run's numbers beside the paper's, e.g.
     ``paper Table 3 M-JEM CIFAR-10 K=5: acc 0.931 (ours 0.925), IS 8.71 (ours 8.40), FID 12.1 (ours 13.02)``.
 
     Args:
-        r: the paper row (:func:`match`, :func:`row`).
+        r: the paper row (:func:`match`, :func:`nearest`, :func:`row`).
         measured: the run's numbers: ``acc`` (also ``accuracy``, ``test_acc``; a fraction in [0, 1]),
             ``inception_score`` (also ``is_mean``, ``is``), ``fid``, ``minutes_per_epoch``. A side that lacks
             a metric is left out of it (``FID 27.2`` alone, or ``acc (ours 0.500)``); a metric neither side has
             is not shown; Table 6's minutes per epoch only when ``measured`` has a time.
+        cfg: the run's configuration (Config or mapping, resolved for its device); when given, the line ends with
+            every setting of the row that it does not hold (``; differs from the row: --depth 10 (row 28)``) and
+            every setting of the authors' code (``; differs from the authors' code (...): --reg-form eq8 (theirs
+            reference)``), :func:`differences`.
+        before: the run's best before its first divergence (``iter``, ``test_acc``, ``fid``; the summary's
+            ``best_before_divergence``), set beside the paper's numbers too: the paper reports the best before
+            diverging for the rows its footnotes mark.
 
     Raises:
         ValueError: an accuracy outside [0, 1] (a percentage passed by mistake).
     """
+    line = f"{_head(r)}: {_numbers(r, measured)}"
+    if before:
+        line += f"; best before divergence (iteration {before.get('iter')}): {_numbers(r, before)}"
+    what = "" if cfg is None else what_differs(r, cfg)
+    return line + (f"; {what}" if what else "")
+
+
+def what_differs(r: PaperRow, cfg) -> str:
+    """:func:`differences` in words, e.g. ``differs from the row: --depth 10 (row 28); differs from the authors'
+    code (<code_source>): --reg-form eq8 (theirs reference)``; "" when nothing differs."""
+    diff = differences(r, cfg)
+    stated = {k: v for k, v in diff.items() if k in r.settings}
+    code = {k: v for k, v in diff.items() if k not in r.settings}
+    parts = [f"differs from the row: {_flags(stated, 'row')}"] if stated else []
+    if code:
+        parts.append(f"differs from the authors' code ({r.code_source}): {_flags(code, 'theirs')}")
+    return "; ".join(parts)
+
+
+def _head(r: PaperRow) -> str:
+    return f"ours, not in the paper: {r.label}" if r.ours else f"paper {r.label}"
+
+
+def _numbers(r: PaperRow, measured: Mapping) -> str:
     parts = []
     for name, keys, fmt in _METRICS:
-        ours = next((measured[k] for k in keys if measured.get(k) is not None), None)
+        ours = next((measured[k] for k in keys if measured.get(k) is not None and math.isfinite(measured[k])), None)
         paper = getattr(r, _PAPER_ATTR[name])
         if name == "acc" and ours is not None and not 0 <= ours <= 1:
             raise ValueError(f"beside: accuracy is a fraction in [0, 1], got {ours}")
@@ -456,5 +648,4 @@ def beside(r: PaperRow, measured: Mapping) -> str:
             continue  # Table 6's minutes (a Titan GPU) only beside a measured time
         text = name if paper is None else f"{name} {paper:g}"
         parts.append(text if ours is None else f"{text} (ours {ours:{fmt}})")
-    head = f"ours, not in the paper: {r.label}" if r.ours else f"paper {r.label}"
-    return f"{head}: " + (", ".join(parts) if parts else "no numbers on either side")
+    return ", ".join(parts) if parts else "no numbers on either side"

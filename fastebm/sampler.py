@@ -43,6 +43,11 @@ class SGLDConfig:
         clamp_x: clamp x to [−1, 1] after each step.
         bn_mode: ``"batch"`` (batch statistics, running stats restored), ``"eval"`` (running statistics) or
             ``"update"`` (batch statistics, running stats updated by each step's forward, not restored).
+        inner_steps: updates per step from one input gradient (≥ 1): JEM++'s proximal YOPO-based Langevin
+            dynamics, PYLD (github sndnyang/JEMPP ``train_jempp.py`` @fba6ba5 ``sample_q``: ``in_steps`` updates
+            ``clamp(x + pyld_lr·clamp(η, −eps, eps), −1, 1)`` with η the gradient of the first layer's Hamiltonian,
+            which for that linear layer is the step's own input gradient); the noise enters the last update only
+            (theirs adds it after the clamp; its recipe has σ = 0). 1: plain SGLD (Eq. 3).
     """
 
     n_steps: int = 5
@@ -51,6 +56,7 @@ class SGLDConfig:
     grad_clip: float | None = None
     clamp_x: bool = True
     bn_mode: str = "batch"
+    inner_steps: int = 1
 
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -192,6 +198,11 @@ def langevin_update(x: torch.Tensor, grad: torch.Tensor, cfg: SGLDConfig, noise:
                               (-1.0, 1.0) if cfg.clamp_x else None)
 
 
+def quiet_update(x: torch.Tensor, grad: torch.Tensor, cfg: SGLDConfig) -> torch.Tensor:
+    """:func:`langevin_update` without noise: a PYLD inner update (``cfg.inner_steps``)."""
+    return langevin_reference(x, grad, cfg.step_size, 0.0, None, cfg.grad_clip, (-1.0, 1.0) if cfg.clamp_x else None)
+
+
 def chain_state(x0: torch.Tensor) -> torch.Tensor:
     """x0 detached, in at least float32 (float64 stays float64: the fast path's reference run)."""
     x0 = x0.detach()
@@ -216,6 +227,8 @@ def sgld(model: nn.Module, x0: torch.Tensor, cfg: SGLDConfig, energy_fn=None, no
     with sampling_mode(model, cfg.bn_mode):
         for k in range(cfg.n_steps):
             g = energy_grad(energy_fn, x)
+            for _ in range(cfg.inner_steps - 1):  # PYLD: the same gradient again, without noise
+                x = quiet_update(x, g, cfg)
             x = langevin_update(x, g, cfg, None if noise is None else noise[k])
     return x.detach()
 
@@ -279,10 +292,13 @@ class Sampler:
             return self.net(x)[0]
 
     def step(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """One SGLD update of the fp32 chain state x; returns the new state."""
+        """One SGLD step of the fp32 chain state x (``inner_steps`` updates from its gradient, the noise in the
+        last); returns the new state."""
         g = energy_grad(self._energy, x)
         x = x.detach()
         if not self.triton:
+            for _ in range(self.cfg.inner_steps - 1):  # PYLD: the same gradient again, without noise
+                x = quiet_update(x, g, self.cfg)
             return langevin_update(x, g, self.cfg, noise)
         from fastebm.kernels.langevin import langevin_step
 
@@ -291,8 +307,11 @@ class Sampler:
         if self.rng_state is None:
             self.rng_state = _rng_state_from_torch(x.device)
         clamp = (-1.0, 1.0) if self.cfg.clamp_x else None
-        return langevin_step(x, g, self.cfg.step_size, self.cfg.noise, self.rng_state,
-                             grad_clip=self.cfg.grad_clip, clamp=clamp)
+        for j in range(self.cfg.inner_steps):  # σ = 0 draws nothing: only the last update advances the Philox state
+            sigma = self.cfg.noise if j == self.cfg.inner_steps - 1 else 0.0
+            x = langevin_step(x, g, self.cfg.step_size, sigma, self.rng_state, grad_clip=self.cfg.grad_clip,
+                              clamp=clamp)
+        return x
 
     def _loop(self, x0: torch.Tensor, noise=None) -> torch.Tensor:
         x = chain_state(x0)

@@ -91,7 +91,7 @@ def _shown(value) -> str:
 def _preset_view(argv) -> Config | None:
     """The Config that the --dataset / --model / --k of ``argv`` resolve to (for the help's defaults)."""
     pre = argparse.ArgumentParser(add_help=False)
-    for name in ("dataset", "model", "k"):
+    for name in ("dataset", "model", "k", "paper"):
         pre.add_argument(_flag(name))
     known, _ = pre.parse_known_args(argv)
     given = {k: v for k, v in vars(known).items() if v is not None}
@@ -256,7 +256,8 @@ def _main(argv, locks: list) -> int:
         def stage(tr: Trainer, what: str) -> None:  # "checked" comes after every check: errors stay one line
             if not tr.dist.is_main:
                 return
-            lines = [banner(tr, threads), decay_warning(tr.cfg, requested)] if what == "checked" else [
+            lines = [banner(tr, threads), paper_notice(tr.cfg), decay_warning(tr.cfg, requested)] if (
+                what == "checked") else [
                 f"fastebm: WRN-{tr.cfg.depth}-{tr.cfg.width} and optimizer built; p0 (Eq. 6, --p0 {tr.cfg.p0}) next"]
             for line in filter(None, lines):
                 print(line, file=sys.stderr, flush=True)
@@ -341,6 +342,21 @@ def banner(trainer: Trainer, threads: str) -> str:
             f"{trainer.dist.world_size} process(es), run folder {trainer.out}; building the model and p0")
 
 
+def paper_notice(cfg: Config) -> str | None:
+    """The run's second line when it aims at a row of the paper (:func:`fastebm.paper.nearest`): which row, and
+    every setting that differs from the row and from its authors' code (``cfg`` resolved for its device, so that
+    ``--amp`` says the precision), with the ``--paper`` option that sets them all; None for no row."""
+    row = paper.nearest(cfg)
+    if row is None:
+        return None
+    what = paper.what_differs(row, cfg)
+    head = (f"fastebm: --paper {row.key}: {row.label} as the authors' code runs it" if cfg.paper
+            else f"fastebm: this is {row.label} ({row.key})")
+    if not what:
+        return head + ("" if cfg.paper else f", with the authors' code settings ({row.code_source})")
+    return f"{head}; {what}" + ("" if cfg.paper else f"; --paper {row.key} sets the row's and the authors' values")
+
+
 def decay_warning(cfg: Config, requested: dict) -> str | None:
     """The warning line for learning-rate decays that never happen: the ``--decay-epochs`` at or after the
     run's last epoch (:func:`fastebm.schedule.decays_after_end`), with where they came from (the options given or
@@ -358,19 +374,21 @@ def decay_warning(cfg: Config, requested: dict) -> str | None:
 def run_summary(trainer: Trainer, last: dict, diverged: bool = False) -> dict:
     """The end-of-run summary printed on stdout: iterations, run folder, checkpoint, the last training row,
     the best test accuracy / FID, the best before the first divergence (the paper's "best before diverging":
-    at the first rollback, or everything of a run that stopped at its divergence), and the paper row the
-    configuration reproduces with both sides' numbers."""
+    at the first rollback, or everything of a run that stopped at its divergence), and the paper row the run
+    aims at (:func:`fastebm.paper.nearest`) with both sides' numbers and every setting that differs from it."""
     best = finite(trainer.best)
     out = {"iteration": trainer.iteration, "run_folder": trainer.out, "checkpoint": trainer.last_checkpoint,
            "last": last, "best": best}
     before = trainer.best_before_divergence or ({"iter": trainer.iteration, **best} if diverged else None)
     if before is not None:
         out["best_before_divergence"] = before
-    row = paper.match(trainer.cfg)
+    row = paper.nearest(trainer.cfg)
     if row is not None:
         measured = {"acc": best.get("test_acc"), "fid": best.get("fid")}
+        differs = paper.differences(row, trainer.cfg)
         out["paper"] = {"row": row.key, "acc": row.acc, "inception_score": row.inception_score, "fid": row.fid,
-                        "beside": paper.beside(row, measured)}
+                        "differs": {k: {"ours": a, "row": b} for k, (a, b) in differs.items()},
+                        "beside": paper.beside(row, measured, trainer.cfg, before)}
     return out
 
 

@@ -127,11 +127,12 @@ class Trainer:
                                         capturable=bool(cfg.compile_step) and self.device.type == "cuda")
         init_optimizer_state(self.opt)                              # static shapes from the first step
         say(self, "p0")
-        p0 = self.dist.from_rank0(lambda: load_or_fit_p0(  # --cov auto: decided at the side p0 is fitted at
-            self.train_data, cfg.p0, cfg.cov, cfg.rank, os.path.join(self.out, "p0.pt"), self.device,
-            size=cfg.p0_size))
+        p0 = self.dist.from_rank0(lambda: load_or_fit_p0(  # --cov auto: decided at the side p0 is fitted at; a
+            self.train_data, cfg.p0 if cfg.px_weight else "uniform",  # classifier only: the authors' uniform buffer
+            cfg.cov, cfg.rank, os.path.join(self.out, "p0.pt"), self.device, size=cfg.p0_size))
         self.buffer = ReplayBuffer(self.dist.buffer_size(cfg.buffer_size), p0, cfg.reinit_freq, self.device)
-        sgld = SGLDConfig(cfg.k, cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, cfg.sgld_bn)
+        sgld = SGLDConfig(cfg.k, cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, cfg.sgld_bn,
+                          cfg.sgld_inner_steps)
         # x+ for p(x): unaugmented (M-EBM / M-JEM: mebm utils.get_data transform_px) or augmented (JEM).
         self.gen_batches = Batches(self.train_data, cfg.batch_size, self.device, cfg.seed, stream=0,
                                    augment=cfg.augment_px, data_noise=cfg.data_noise, shard=self.dist.shard)
@@ -141,7 +142,7 @@ class Trainer:
                                        augment=cfg.augment_cls, data_noise=cfg.data_noise, shard=self.dist.shard)
         plain = Algorithm1(self.model, self.dist.wrap(self.model) if self.dist.world_size > 1 else self.model,
                            Sampler(self.model, sgld), self.buffer, self.opt, self.gen_batches, self.cls_batches,
-                           cfg.l2, cfg.reg_form, cfg.cls_weight, sgld_bn=cfg.sgld_bn)
+                           cfg.l2, cfg.reg_form, cfg.cls_weight, sgld_bn=cfg.sgld_bn, px_weight=cfg.px_weight)
         self.fast = FastPath(cfg, plain, self.device, self.dist.world_size, self.dist.is_main)
         self.iteration = 0
         self.lr_scale, self.rollbacks = 1.0, 0                     # persistent lr scale, rollbacks so far
@@ -150,7 +151,7 @@ class Trainer:
         self.last_checkpoint_iteration = 0                          # the iteration that checkpoint holds
         self.watch = DivergenceWatch(cfg.max_loss)                   # device-side note of a divergence
         self.runlog = RunLog(self.out, write=self.dist.is_main)     # metrics.jsonl, TensorBoard, grids
-        self.scorer = BufferScore(cfg, self.device)                  # in-training FID / IS
+        self.scorer = BufferScore(cfg, self.device, not self._no_test_split)  # in-training FID / IS
         self.best = {"fid": float("inf"), "test_acc": -float("inf")}
         self.best_before_divergence: dict | None = None             # {"iter", "fid", "test_acc"} at the first rollback
 

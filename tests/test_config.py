@@ -57,6 +57,8 @@ TABLE = [
     (dict(dataset="cifar100"), "n_classes", 100, "the dataset"),
     (dict(dataset="cifar100"), "iters_per_epoch", 390, "50,000 // 128"),
     # imagenet32
+    (dict(dataset="imagenet32"), "model", "mebm", "paper Table 2: ImageNet 32x32 only as unconditional M-EBM"),
+    (dict(dataset="imagenet32", model="mjem"), "model", "mjem", "an explicit --model wins"),
     (dict(dataset="imagenet32"), "lr", 0.02, "paper Appendix A"),
     (dict(dataset="imagenet32"), "width", 2, "fastebm's earlier preset"),
     (dict(dataset="imagenet32"), "epochs", 50, "paper Section 5"),
@@ -88,6 +90,16 @@ TABLE = [
         decay_rate=0.3, max_loss=1e8, step_size=1.0, batch_size=64, warmup_iters=1000, epochs=200,
         buffer_size=10_000, reinit_freq=0.05, depth=28, width=10,
         iters_per_epoch=703).items()],  # (50,000 − 5,000) // 64
+    # JEM++ baseline (JEMPP train_jempp.py @fba6ba5 defaults, scripts/jempp_cifar10.sh)
+    *[(dict(dataset="cifar10", model="jempp"), name, value, "JEM++") for name, value in dict(
+        k=10, sgld_inner_steps=5, step_size=0.2, noise=0.0, l2=0.0, p0="gaussian-mixture", data_noise=0.03,
+        augment_px=True, lr=0.1, weight_decay=4e-4, epochs=150, decay_epochs=[50, 100, 125], max_loss=1e8,
+        grad_clip=1.0, clamp_x=True, optimizer="sgd", momentum=0.9, decay_rate=0.2, warmup_iters=1000,
+        batch_size=64, cls_batch_size=64, buffer_size=10_000, reinit_freq=0.05, depth=28, width=10, norm="batch",
+        iters_per_epoch=703).items()],  # (50,000 − 5,000) // 64: --n_valid 5000, the p(x) loader of 64
+    (dict(dataset="cifar100", model="jempp"), "lr", 0.1, "JEM++'s script (the paper gives no CIFAR-100 recipe)"),
+    (CIFAR10_MJEM, "px_weight", 1.0, "mebm train_maebm.py --px 1."),
+    (CIFAR10_MJEM, "sgld_inner_steps", 1, "SGLD, Eq. 3"),
     # LSE-JEM: the M-JEM recipe, λ = 0
     (dict(dataset="cifar10", model="lse-jem", k=5), "l2", 0.0, "fastebm's choice"),
     (dict(dataset="cifar10", model="lse-jem", k=5), "noise", 0.001, "K rule"),
@@ -108,7 +120,7 @@ def test_every_preset_value_is_pinned():
         for name in values:
             assert any(d == ds and n == name for d, _, n in pinned), (ds, name)
     for model, values in MODEL_PRESETS.items():
-        for name in list(values) + (["cls_batch_size"] if model == "jem" else []):
+        for name in list(values) + (["cls_batch_size"] if model in ("jem", "jempp") else []):
             assert any(m == model and n == name for _, m, n in pinned), (model, name)
 
 
@@ -301,3 +313,4 @@ def test_an_epoch_is_the_authors_loader_pass():
     assert derive_iters_per_epoch(resolve(dict(dataset="cifar10")), 50_000) == 390  # labelled loader, 128
     assert derive_iters_per_epoch(resolve(dict(dataset="celebahq128")), 30_000) == 468  # train_maebm_celeba.py, 64
     assert derive_iters_per_epoch(resolve(dict(dataset="cifar10", model="jem")), 50_000) == 703  # JEM's p(x) loader
+    assert derive_iters_per_epoch(resolve(dict(dataset="cifar10", model="jempp")), 50_000) == 703  # JEM++'s too

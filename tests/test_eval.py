@@ -367,6 +367,8 @@ def test_filter_by_confidence_keeps_top_ratio_per_predicted_class():
     assert filter_by_confidence(probs, 2).tolist() == [0, 2, 4, 5, 6]  # > 1: a count per class
     with pytest.raises(ValueError, match="keep_ratio"):
         filter_by_confidence(probs, 0.0)
+    with pytest.raises(ValueError, match="softmax"):  # logits rank differently: refused
+        filter_by_confidence(np.log(probs) + 3.0, 0.5)
 
 
 def _folder_fid(ckpt, data, tmp_path, *extra) -> list[str]:

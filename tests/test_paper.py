@@ -39,6 +39,58 @@ def test_print_config_matches_its_row(r, capsys):
     assert paper.match(printed) is r
 
 
+def _for_cuda(cfg):
+    from fastebm.config import for_device
+
+    return for_device(cfg, "cuda")  # where --amp auto means bf16: the precision the authors' fp32 is compared with
+
+
+@pytest.mark.parametrize("r", RUNNABLE, ids=lambda r: r.key)
+def test_paper_option_sets_the_row_and_its_authors_code(r, capsys):
+    """``--paper KEY`` resolves to every setting of the row and of the authors' code it names (L2 form, BatchNorm
+    momentum and mode, fp32), on any device; the row's own command keeps fastebm's choices and its run names
+    each of them beside the row."""
+    assert r.code and r.code_source and set(r.code) >= {"amp", "sgld_amp"}
+    cfg = _for_cuda(resolve_cli(["--paper", r.key]))
+    assert paper.differences(r, cfg) == {} and paper.nearest(cfg) is r and paper.match(cfg) is not None
+    assert (cfg.amp, cfg.sgld_amp) == ("off", "off")  # fp32, as every authors' code
+    # the L2 form, BatchNorm and SGLD's BatchNorm mode of each code (the networks without BatchNorm: JEM's)
+    code = CODE[cfg.model if cfg.px_weight else "classifier"]
+    assert {k: getattr(cfg, k) for k in code} == code and set(r.code) == set(code) | {"amp", "sgld_amp"}
+    assert main(["--paper", r.key, "--print-config"]) == 0
+    assert paper.differences(r, json.loads(capsys.readouterr().out), code=False) == {}
+    plain = _for_cuda(resolve_cli(r.argv))
+    diff = paper.differences(r, plain)
+    assert set(diff) == {k for k, v in r.code.items() if getattr(plain, k) != v} == set(code) | {"amp"}
+    line = paper.beside(r, {}, plain)
+    assert f"differs from the authors' code ({r.code_source}):" in line and "--amp bf16 (theirs off)" in line
+    shown = {"reg_form": "--reg-form eq8 (theirs reference)", "bn_momentum": "--bn-momentum 0.1 (theirs 0.9)",
+             "sgld_bn": "--sgld-bn batch (theirs update)"}
+    assert all(shown[k] in line for k in code)
+
+
+# each authors' code beside fastebm's defaults: mebm train_maebm.py @20bbf21 (batch means squared; BatchNorm
+# momentum 0.9, every forward in train mode), its --px 0 classifier, JEMPP train_jempp.py @fba6ba5 (no L2 term),
+# JEM (no BatchNorm): what --paper sets beyond fp32
+_MEBM = dict(reg_form="reference", bn_momentum=0.9, sgld_bn="update")
+CODE = {"mebm": _MEBM, "mjem": _MEBM, "lse-jem": _MEBM, "jempp": dict(bn_momentum=0.9, sgld_bn="update"),
+        "classifier": dict(bn_momentum=0.9), "jem": {}}
+
+
+def test_paper_option_refuses_another_experiment_and_unknown_keys():
+    with pytest.raises(ValueError, match=r"--paper t2-mebm-imagenet32-k2 is --dataset imagenet32 --model mebm --k 2; "
+                                         r"got --k 5"):
+        resolve_cli(["--paper", "t2-mebm-imagenet32-k2", "--k", "5"])
+    with pytest.raises(ValueError, match="--paper: expected a row fastebm trains .*got 't9-none'"):
+        resolve_cli(["--paper", "t9-none"])
+    with pytest.raises(ValueError, match="--paper"):
+        resolve_cli(["--paper", "t1-ref-ddpm"])  # another method's row: nothing to train
+    small = resolve_cli(["--paper", "t1-mebm-cifar10-k5", "--l2", "0", "--depth", "10"])  # given options still win
+    assert (small.l2, small.depth, small.reg_form) == (0.0, 10, "reference")
+    assert paper.nearest(small).key == "t1-mebm-cifar10-k5"  # its row, not Fig. 4(b)'s no-L2 run
+    assert paper.differences(paper.row("t1-mebm-cifar10-k5"), small) == {"depth": (10, 28)}
+
+
 def test_keys_unique_and_lookup():
     keys = [r.key for r in paper.rows()]
     assert len(keys) == len(set(keys))
@@ -77,6 +129,9 @@ def test_numbers_appear_in_the_paper_text():
         for v in (None if r.acc is None else round(r.acc * 100, 4), r.inception_score, r.fid, r.minutes_per_epoch):
             if v is not None:
                 assert f"{v:g}" in text, f"{r.key}: {v:g} is not in the paper text"
+        assert r.compute.replace("40+", "$40+$") in text, f"{r.key}: {r.compute!r} is not in the paper text"
+    assert {r.key for r in paper.rows() if r.compute} == {f"t6-ref-{m}" for m in ("igebm", "klebm", "ddpm",
+                                                                                 "diffurecov", "vaebm")}
 
 
 # the rows the issue listed as missing, pinned against the paper (table row as printed)
@@ -106,13 +161,13 @@ def test_table6_minutes_agree_with_its_speedups():
     """Table 6 prints a speedup over JEM(K=20) (15.1 min/epoch) beside each time: they must agree."""
     speedups = {"t1-mebm-cifar10-k1": 6.29, "t1-mebm-cifar10-k2": 4.87, "t1-mebm-cifar10-k5": 2.79,
                 "t1-mebm-cifar10-k10": 1.67, "t3-mjem-cifar10-k1": 3.97, "t3-mjem-cifar10-k2": 3.28,
-                "t3-mjem-cifar10-k5": 2.22, "t3-mjem-cifar10-k10": 1.43, "t6-ref-jempp-k5": 2.39,
-                "t6-ref-jempp-k10": 1.48}
+                "t3-mjem-cifar10-k5": 2.22, "t3-mjem-cifar10-k10": 1.43, "t3-jempp-cifar10-k5": 2.39,
+                "t3-jempp-cifar10-k10": 1.48}
     jem = paper.row("t3-jem-cifar10-k20").minutes_per_epoch
     for key, s in speedups.items():
         assert jem / paper.row(key).minutes_per_epoch == pytest.approx(s, abs=0.015), key
     timed = {r.key for r in paper.rows() if r.minutes_per_epoch is not None}
-    assert timed == set(speedups) | {"t3-jem-cifar10-k20", "t6-ref-classifier", "t6-ref-vera"}
+    assert timed == set(speedups) | {"t3-jem-cifar10-k20", "t3-classifier-cifar10", "t6-ref-vera"}
 
 
 def test_compatible_rows_nest():
@@ -143,6 +198,8 @@ def test_compatible_rows_nest():
     (["--dataset", "cifar10", "--model", "lse-jem", "--k", "5"], None),
     (["--dataset", "cifar10", "--model", "jem", "--k", "10"], None),
     (["--dataset", "imagenet32", "--model", "mjem", "--k", "5"], None),
+    (["--dataset", "imagenet32", "--k", "2"], "t2-mebm-imagenet32-k2"),  # the headline: the preset's model is mebm
+    (["--dataset", "imagenet32", "--k", "5"], "t2-mebm-imagenet32-k5"),
     (["--dataset", "digits", "--model", "mjem", "--k", "5"], None),
 ])
 def test_match_other_command_lines(argv, key):
@@ -165,6 +222,30 @@ def test_beside():
         "paper Fig. 2(b) LSE-JEM CIFAR-100 (K not stated): no numbers on either side")
     with pytest.raises(ValueError, match="fraction"):
         paper.beside(r, {"acc": 93.1})
+
+
+def test_nearest_row_and_what_differs():
+    """A smaller run of a row's command is set beside that row with what differs; other models, data or K are
+    no row; an exact match differs in nothing."""
+    small = resolve_cli(["--dataset", "cifar10", "--model", "mebm", "--k", "5", "--depth", "10", "--width", "1",
+                         "--l2", "0.3"])
+    assert paper.match(small) is None
+    r = paper.nearest(small)
+    assert r.key == "t1-mebm-cifar10-k5"  # not Fig. 4(b)'s no-L2 run: one more setting differs there
+    assert paper.differences(r, small, code=False) == {"depth": (10, 28), "width": (1, 10)}
+    assert paper.beside(r, {"fid": 30.0}, _for_cuda(small)) == (
+        "paper Table 1 M-EBM CIFAR-10 K=5: IS 7.14, FID 22.7 (ours 30.00); differs from the row: --depth 10 (row 28), "
+        "--width 1 (row 10); differs from the authors' code (sndnyang/mebm train_maebm.py @20bbf21, models/norms.py "
+        "@ab600eb): --reg-form eq8 (theirs reference), --bn-momentum 0.1 (theirs 0.9), --sgld-bn batch (theirs "
+        "update), --amp bf16 (theirs off)")
+    exact = resolve_cli(["--dataset", "cifar10", "--model", "mebm", "--k", "5"])
+    assert paper.nearest(exact) is paper.match(exact) and paper.differences(paper.match(exact), exact, False) == {}
+    assert paper.nearest(resolve_cli(["--dataset", "cifar10", "--model", "mebm", "--k", "3"])) is None
+    assert paper.nearest(resolve_cli(["--dataset", "digits"])) is None
+    before = {"iter": 1200, "fid": 40.0, "test_acc": -float("inf")}
+    assert paper.beside(paper.row("t1-mebm-cifar10-k1"), {"fid": 50.0}, before=before) == (
+        "paper Table 1 M-EBM CIFAR-10 K=1: IS 6.02, FID 35.7 (ours 50.00); best before divergence (iteration 1200): "
+        "IS 6.02, FID 35.7 (ours 40.00)")
 
 
 def test_recipes_mention_every_row():

@@ -293,15 +293,23 @@ def test_the_end_of_run_summary_is_json_on_stdout(tmp_path, capsys):
 def test_a_paper_configuration_gets_its_row_beside_its_numbers():
     import types
 
+    from fastebm.config import for_device
     from fastebm.train import run_summary
 
-    cfg = resolve(dict(dataset="cifar10", model="mjem", k=5))
+    cfg = for_device(resolve(dict(dataset="cifar10", model="mjem", k=5)), "cpu")  # a trainer's cfg: for its device
     trainer = types.SimpleNamespace(iteration=7, out="o", last_checkpoint="o/ckpt.pt", cfg=cfg,
                                     best={"fid": float("inf"), "test_acc": 0.5}, best_before_divergence=None)
     summary = run_summary(trainer, {})
     assert summary["best"] == {"test_acc": 0.5} and "best_before_divergence" not in summary
     assert summary["paper"]["row"] == "t3-mjem-cifar10-k5" and summary["paper"]["fid"] == 12.1
-    assert summary["paper"]["beside"] == "paper Table 3 M-JEM CIFAR-10 K=5: acc 0.931 (ours 0.500), IS 8.71, FID 12.1"
+    assert summary["paper"]["beside"] == (
+        "paper Table 3 M-JEM CIFAR-10 K=5: acc 0.931 (ours 0.500), IS 8.71, FID 12.1; differs from the authors' code "
+        "(sndnyang/mebm train_maebm.py @20bbf21, models/norms.py @ab600eb): --reg-form eq8 (theirs reference), "
+        "--bn-momentum 0.1 (theirs 0.9), --sgld-bn batch (theirs update)")  # fp32 on the CPU, as theirs
+    assert set(summary["paper"]["differs"]) == {"reg_form", "bn_momentum", "sgld_bn"}
+    trainer.best_before_divergence = {"iter": 5, "test_acc": 0.4, "fid": float("inf")}
+    assert "; best before divergence (iteration 5): acc 0.931 (ours 0.400), IS 8.71, FID 12.1;" in (
+        run_summary(trainer, {})["paper"]["beside"])
 
 
 def test_training_progress_in_a_redirected_log_is_plain_lines(tmp_path, capsys, monkeypatch):

@@ -65,6 +65,24 @@ def test_in_training_fid_follows_the_authors_cadence_and_filter(tmp_path, fast_f
     assert [r["epoch"] for r in fid] == [1, 3, 4]
     assert all(r["keep_ratio"] == 0.9 and r["is_keep_ratio"] == 0.1 and r["n_buffer"] == 200 for r in fid), fid
     assert all(170 <= r["n_fake"] < 200 and 2 <= r["n_is"] <= 20 for r in fid), fid
+    # Task/eval_buffer.py @20bbf21: IS over max(1, N // 5000) splits; digits' reference: its training images
+    assert all(r["is_splits"] == 1 and r["real_split"] == "train" and r["n_real"] == 40 for r in fid), fid
+    assert all(r["protocol"] == "mebm train_maebm.py, Task/eval_buffer.py @20bbf21" for r in fid)
+
+
+def test_in_training_filter_ranks_by_probability_not_by_logit(monkeypatch):
+    """mebm Task/eval_buffer.py ranks each predicted class by the largest softmax probability: of two images of a
+    class, the one with the larger top logit but a close second class is less confident than the one whose smaller
+    top logit stands far above the rest, and the filter keeps the latter."""
+    from fastebm import bufferfid
+    from fastebm.config import resolve
+
+    logits = torch.tensor([[5.0, 4.9, 0.0], [3.0, -10.0, -10.0],  # class 0: top logit 5 > 3, probability .52 < 1.00
+                           [0.0, 2.0, 1.9], [-5.0, 1.0, -5.0]])   # class 1: top logit 2 > 1, probability .49 < .997
+    monkeypatch.setattr(bufferfid, "model_outputs", lambda model, x, batch, device: (torch.zeros(len(x)), logits))
+    cfg = resolve(dict(dataset="digits", fid_keep_ratio=0.5, is_keep_ratio=0.5))
+    keep_fid, keep_is = bufferfid.confident_subsets(None, torch.zeros(4, 3, 8, 8), cfg, "cpu")
+    assert keep_fid.tolist() == keep_is.tolist() == [1, 3]  # ranked by the raw logits it would be [0, 2]
 
 
 def test_fid_every_without_inception_weights_is_a_one_line_error(tmp_path, capsys, monkeypatch):

@@ -27,7 +27,8 @@ EVAL_KEEP_RATIO = 0.9  # the authors' final FID / IS of a classifier model: mebm
 
 
 def filter_by_confidence(probs, keep_ratio: float) -> np.ndarray:
-    """Indices of the most confident samples per predicted class (JEM++ / M-EBM ``cond_is_fid``).
+    """Indices of the most confident samples per predicted class (JEM++ / M-EBM ``cond_is_fid``, mebm
+    ``Task/eval_buffer.py``: ``prob = Softmax(logits).max(1)[0]``).
 
     Each sample is assigned its predicted class ``argmax_y p(y|x)``; within each predicted class the
     samples are ranked by confidence ``max_y p(y|x)`` (ties: lower index first) and the top
@@ -35,18 +36,23 @@ def filter_by_confidence(probs, keep_ratio: float) -> np.ndarray:
     ``int(keep_ratio)`` when ``keep_ratio > 1`` (a count per class, as the reference's ``--ratio``).
 
     Args:
-        probs: (N, C) class probabilities (tensor or array; logits also work, only the order matters).
+        probs: (N, C) class probabilities p(y|x), rows summing to 1 (tensor or array). Not logits: the largest
+            logit ranks differently from the largest probability, which also depends on the other logits
+            (softmax first).
         keep_ratio: > 0, finite.
 
     Returns:
         sorted int64 indices (M,) into the N samples.
 
     Raises:
-        EvalError: ``keep_ratio`` <= 0 or not finite, probs not 2-D.
+        EvalError: ``keep_ratio`` <= 0 or not finite, probs not 2-D or not rows of probabilities.
     """
     p = probs.detach().cpu().double().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs, float)
     if p.ndim != 2:
         raise EvalError(f"filter_by_confidence: expected (N, C) probabilities, got shape {p.shape}")
+    if len(p) and (not np.isfinite(p).all() or p.min() < 0 or np.abs(p.sum(1) - 1).max() > 1e-3):
+        raise EvalError("filter_by_confidence: expected rows of probabilities summing to 1 (logits? apply softmax "
+                        "first)")
     check_keep_ratio(keep_ratio)
     pred, conf = p.argmax(1), p.max(1)
     keep = []
