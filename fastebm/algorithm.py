@@ -130,8 +130,8 @@ class Algorithm1:
                     loss_cls = classification_loss(logits, y)
                 loss = loss + self.cls_weight * loss_cls
                 acc = (logits.argmax(1) == y).float().mean()
-        for p in self.model.parameters():
-            p.grad = None
+        if not torch.compiler.is_compiling():  # compiled: cleared before the graph runs (zero_grad says why)
+            self.zero_grad()
         with nvtx_range("backward"):
             loss.backward()
         with nvtx_range("optimizer"):
@@ -142,6 +142,16 @@ class Algorithm1:
         if logits is not None:  # no None outputs: a compiled graph returned a (1,) tensor for one (torch 2.14)
             out["_logits"] = logits.detach()
         return out
+
+    def zero_grad(self) -> None:
+        """θ's gradients ← None, so that line 6's backward writes ∇θ L afresh (no accumulation across
+        iterations). :meth:`update` calls it when eager; a compiled step (:func:`fastebm.step.compile_step`)
+        calls it eagerly before each run of its graph, which must not assign ``p.grad = None`` itself: on
+        torch 2.14 that, followed by the traced ``backward()``, makes Dynamo write the attribute's source onto
+        its process-wide None constant, and every function compiled later in the process then returns that
+        attribute of its own ``self`` for a plain ``None`` (AttributeError; pytorch/pytorch#193725)."""
+        for p in self.model.parameters():
+            p.grad = None
 
     def energies(self, x_pos: torch.Tensor, x_neg: torch.Tensor):
         """E(x+) (N,) and E(x−) (N,), at least float32.

@@ -137,30 +137,35 @@ def compile_step(step, mode: str, device_type: str, static: list | None = None):
         static: tensors whose storage is reused every step (replay buffer, optimizer state, lr); on CUDA
             they are marked static addresses so the CUDA graphs read and update them in place.
 
-    Returns a callable with ``step``'s signature; compilation happens at its first call.
+    Returns a callable with ``step``'s signature; compilation happens at its first call. Each call sets
+    θ's gradients to None eagerly (:meth:`~fastebm.algorithm.Algorithm1.zero_grad`), then runs the graph.
     """
     if device_type == "cuda":
         for t in static or []:
             torch._dynamo.mark_static_address(t)
-    return _TraceAutograd(torch.compile(step, **step_compile_kwargs(mode, device_type)))
+    return _TraceAutograd(torch.compile(step, **step_compile_kwargs(mode, device_type)), step.__self__.zero_grad)
 
 
 class _TraceAutograd:
-    """Calls a compiled function with ``trace_autograd_ops`` on (SGLD's ``autograd.grad`` and
+    """Calls a compiled step with ``trace_autograd_ops`` on (SGLD's ``autograd.grad`` and
     ``loss.backward()`` traced into the graph), scoped to these calls: other compiled functions of the
-    process (the per-piece compiled network) keep torch's default."""
+    process (the per-piece compiled network) keep torch's default. ``zero_grad`` runs first, outside the
+    graph (why: :meth:`~fastebm.algorithm.Algorithm1.zero_grad`); the graph guards on gradients being None."""
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, fn, zero_grad):
+        self.fn, self.zero_grad = fn, zero_grad
 
     def __call__(self, *args):
+        self.zero_grad()
         with torch._dynamo.config.patch(trace_autograd_ops=True):
             return self.fn(*args)
 
 
 def graph_breaks(step, *args) -> tuple[int, list[str]]:
-    """Graph breaks of ``step(*args)`` according to ``torch._dynamo.explain`` (runs the step once, eager
-    backend): (count, the reason of each break)."""
+    """Graph breaks of ``step(*args)`` (an :class:`~fastebm.algorithm.Algorithm1`'s ``__call__``) according
+    to ``torch._dynamo.explain`` (runs the step once, eager backend, as :func:`compile_step`'s calls do):
+    (count, the reason of each break)."""
+    step.__self__.zero_grad()
     with torch._dynamo.config.patch(trace_autograd_ops=True):
         out = torch._dynamo.explain(step)(*args)
     return out.graph_break_count, [str(b.reason) for b in out.break_reasons]

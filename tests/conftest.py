@@ -74,13 +74,3 @@ def fast_fid(monkeypatch):
 
     monkeypatch.setattr(metrics, "frechet_distance", fid_eigh)
 
-
-# Tests that compile a whole training step (--compile-step) run last. Known issue (torch 2.14, CPU): after a
-# Trainer.step was compiled, a later torch.compile of another EnergyModel in the same process can fail a Dynamo
-# guard with "'EnergyModel' object has no attribute 'sampler'" (torch._dynamo.reset() does not clear it). In a
-# run the fast-path self-check turns the failing component off; here the order keeps unrelated tests clean.
-_COMPILED_STEP_MODULES = ("test_step.py", "test_selfcheck.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name in _COMPILED_STEP_MODULES)  # stable: the rest keep their order

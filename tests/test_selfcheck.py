@@ -144,15 +144,19 @@ def test_raising_compiled_step_is_switched_off_and_the_run_is_the_plain_run(tmp_
     assert _rows(t)[0]["compile_step"].startswith("off:")
 
 
-def _wrong_step(scale_update=1.0, drift=1.0):
-    """A compiled step that runs the eager iteration and then gets the weights (``scale_update``) or the
-    negatives it wrote to the buffer (``drift``: chains moved that much further) slightly wrong."""
+def _wrong_step(scale_update=1.0, drift=1.0, compiled=False):
+    """A compiled step that runs the eager iteration (``compiled``: the real compiled step) and then gets the
+    weights (``scale_update``) or the negatives it wrote to the buffer (``drift``: chains moved that much
+    further) slightly wrong."""
+    real_compile_step = fastpath_mod.compile_step
+
     def make(step, mode, device_type, static=None):
         alg = step.__self__
+        inner = real_compile_step(step, mode, device_type, static) if compiled else step
 
         def run(idx, idx_cls, lr):
             before = [p.detach().clone() for p in alg.model.parameters()]
-            out = step(idx, idx_cls, lr)
+            out = inner(idx, idx_cls, lr)
             with torch.no_grad():
                 for p, b in zip(alg.model.parameters(), before):
                     p.copy_(b + scale_update * (p - b))
@@ -178,6 +182,20 @@ def test_compiled_step_a_few_per_cent_off_is_caught(tmp_path, monkeypatch, plain
     bad = [part for part in t.fast.report["compile_step"][5:].split("; ") if part.startswith(what)]
     assert bad and float(bad[0].split(" err ")[1].split()[0]) > float(bad[0].split("= ")[1].rstrip(")"))
     _assert_same_run(got, plain_run)
+
+
+def test_compiled_network_checked_after_a_failed_compiled_step_stays_on(tmp_path, monkeypatch):
+    """The real compiled step (its graph traced and run) fails its check, 2 % off; the per-piece compiled
+    network, compiled next in the same process, passes its check and stays on. Before the grads were
+    cleared outside the step's graph (Algorithm1.zero_grad) it raised "'EnergyModel' object has no attribute
+    'sampler'" here on torch 2.14 and was switched off too. M-EBM: its forward returns a plain None."""
+    monkeypatch.setattr(fastpath_mod, "compile_step", _wrong_step(scale_update=1.02, compiled=True))
+    t = _trainer(tmp_path, model="mebm", compile="aot_eager", compile_step=True)
+    report = t.check_fast_path(0)
+    assert report["compile_step"].startswith("off: ") and report["compile"].startswith("ok: "), report
+    assert t.fast.active()["compile"] and t.fast.net is not t.model and t.fast.step.net is t.fast.net
+    e, logits = t.fast.net(torch.zeros(2, 3, 16, 16))
+    assert e.shape == (2,) and logits is None
 
 
 @pytest.mark.parametrize("policy", ["auto", "strict"])

@@ -106,6 +106,54 @@ def test_functional_optimizer_step_equals_optimizer_step(opt):
     assert ours.state_dict()["state"].keys() == ref.state_dict()["state"].keys()
 
 
+_GRADS_CLEARED = """
+import sys, torch
+class Step:  # Algorithm1's shape: grads cleared, backward, all in one fullgraph compile
+    def __init__(self, model):
+        self.model = model
+    def __call__(self, x):
+        if sys.argv[1] == "in-graph":
+            for p in self.model.parameters():
+                p.grad = None
+        self.model(x)[0].sum().backward()
+        return x + 1
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 1)
+    def forward(self, x):
+        return self.lin(x), None
+net = Net()
+with torch._dynamo.config.patch(trace_autograd_ops=True):
+    torch.compile(Step(net).__call__, backend="eager", fullgraph=True)(torch.ones(3, 2))
+torch._dynamo.reset()
+try:
+    print(torch.compile(net, backend="eager")(torch.ones(3, 2))[1])
+except AttributeError as e:
+    print(e)
+"""
+
+
+def test_grads_are_cleared_outside_the_graph_because_torch_needs_it():
+    """Why Algorithm1.zero_grad runs before the compiled step's graph instead of inside it: on torch 2.14 a
+    ``p.grad = None`` traced before ``backward()`` writes the attribute's source onto Dynamo's process-wide
+    None constant (pytorch/pytorch#193725), and a module compiled later then returns ``self.model...grad``
+    for its plain None (even after ``torch._dynamo.reset()``). Fresh processes: the bug poisons the one it
+    runs in. Fails once a torch fixes it: then the grads can be cleared in the graph again."""
+    import subprocess
+    import sys
+
+    def run(where):
+        res = subprocess.run([sys.executable, "-c", _GRADS_CLEARED, where], capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res.stdout.strip().splitlines()[-1]
+
+    assert run("outside") == "None"  # fastebm's way: the later compiled module is right
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 14):
+        assert run("in-graph") == "'Net' object has no attribute 'model'"
+
+
 def test_compile_step_flags_and_cpu_default(tmp_path):
     t = _trainer(tmp_path, "mebm", compiled=False, compile_step=None)
     assert t.cfg.compile_step is False  # auto: off on CPU
