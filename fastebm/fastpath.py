@@ -63,7 +63,8 @@ class FastPath:
         step: the callable ``(idx, idx_cls, lr) -> dict`` to run (:meth:`step`).
         lr: the 0-dim learning-rate tensor the step reads (filled by the trainer every iteration).
         rng: the Triton kernels' Philox state ([seed, offset] int64 on the device), or None.
-        report: component → ``"ok: ..."``, ``"off: ..."`` or ``"unused (compiled step)"`` after :meth:`check`.
+        report: component → ``"ok (margin Mx): ..."``, ``"off: ..."`` or ``"unused (compiled step)"`` after
+            :meth:`check` (M: the limit over the error of the tightest statistic, :class:`~fastebm.selfcheck.Outcome`).
     """
 
     def __init__(self, cfg, alg: Algorithm1, device: torch.device, world_size: int = 1, is_main: bool = True):
@@ -232,14 +233,14 @@ class FastPath:
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        ok, detail = CHECKS[name](self, it)
+                        ok, detail, margin = CHECKS[name](self, it)
                 except Exception as e:  # noqa: BLE001 - any failure of a fast component is what is checked
                     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    ok, detail = False, f"raised {type(e).__name__}: {msg}"
+                    ok, detail, margin = False, f"raised {type(e).__name__}: {msg}", 0.0
                 finally:
                     self.restore(snap)
                 if ok:
-                    report[name] = f"ok: {detail}"
+                    report[name] = f"ok (margin {margin:.3g}x): {detail}"
                     continue
                 if self.cfg.fast_path == "strict":
                     raise FastPathError(f"--fast-path strict: fast component {name} failed its self-check: {detail}")

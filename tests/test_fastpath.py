@@ -30,8 +30,8 @@ def _model64(model):
 
 
 def _assert_agree(*args, **kw):
-    result = agree(*args, **kw)
-    assert result.ok, str(result)
+    results = agree(*args, **kw)
+    assert all(r.ok for r in results), "; ".join(map(str, results))
 
 
 def _compiled(model):
@@ -63,13 +63,13 @@ def test_compiled_energy_gradient_and_chain_match_eager(tiny_model, phase):
         with torch.no_grad():
             _assert_agree("energy", net(x)[0][:, None], model.energy(x)[:, None],
                           model64.energy(x.double())[:, None], per_sample=True)
-    _assert_agree("input gradient", gc, ge, g64, "kinked", per_sample=True)
+    _assert_agree("input gradient", gc, ge, g64, per_sample=True)
     cfg = SGLDConfig(n_steps=4, noise=0.005, clamp_x=False)
     noise = [torch.randn_like(x) for _ in range(4)]
     eager = Sampler(model, cfg)(x, noise)
     compiled = Sampler(model, cfg, net=net)(x, noise)
     ref = Sampler(model64, cfg)(x.double(), [n.double() for n in noise])
-    _assert_agree("chain", compiled, eager, ref, "kinked", scale=ref - x.double(), per_sample=True)
+    _assert_agree("chain", compiled, eager, ref, scale=ref - x.double(), per_sample=True)
     assert all(p.requires_grad for p in model.parameters())  # freeze / unfreeze restored
 
 
@@ -103,7 +103,7 @@ def test_triton_update_matches_plain_update(tiny_model):
     plain = Sampler(model, cfg)(x)
     fused = Sampler(model, cfg, triton=True, rng_state=make_rng_state(0))(x)
     ref = Sampler(_model64(model), cfg)(x.double())
-    _assert_agree("chain", fused, plain, ref, "kinked", scale=ref - x.double(), per_sample=True)
+    _assert_agree("chain", fused, plain, ref, scale=ref - x.double(), per_sample=True)
     noisy = SGLDConfig(n_steps=2, noise=0.01)
     state = make_rng_state(123)
     s = Sampler(model, noisy, triton=True, rng_state=state)
@@ -123,10 +123,10 @@ def test_channels_last_matches_contiguous(tiny_model):
     plain, ref = Sampler(model, cfg)(x), Sampler(model64, cfg)(x.double())
     model_cl = tiny_model("mjem").train().to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    _assert_agree("input gradient", _input_grad(model_cl.energy, x_cl), g, g64, "kinked", per_sample=True)
+    _assert_agree("input gradient", _input_grad(model_cl.energy, x_cl), g, g64, per_sample=True)
     out = Sampler(model_cl, cfg, channels_last=True)(x)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    _assert_agree("chain", out, plain, ref, "kinked", scale=ref - x.double(), per_sample=True)
+    _assert_agree("chain", out, plain, ref, scale=ref - x.double(), per_sample=True)
 
 
 def test_bf16_sgld_keeps_an_fp32_chain(tiny_model):
@@ -209,7 +209,7 @@ def test_graph_replay_equals_eager_sgld_with_the_same_noise():
     state.copy_(make_rng_state(7, "cuda"))
     eager = Sampler(model, cfg, triton=True, rng_state=state)(x0)
     ref = Sampler(_model64(model), cfg)(x0.double(), [n.double() for n in noise])
-    _assert_agree("chain", replay, eager, ref, "kinked", scale=ref - x0.double(), per_sample=True)
+    _assert_agree("chain", replay, eager, ref, scale=ref - x0.double(), per_sample=True)
     assert not torch.equal(graphed(x0), replay)  # later replays draw fresh noise
 
 
@@ -308,4 +308,4 @@ def test_rollback_keeps_the_captured_sgld_graph_valid(tmp_path):
         eager = t.fast.sampler._loop(x0).detach()
     assert torch.isfinite(replay).all()
     ref = Sampler(_model64(t.model).to(memory_format=torch.contiguous_format), t.fast.sgld)(x0.double())
-    _assert_agree("chain", replay, eager, ref, "kinked", scale=ref - x0.double(), per_sample=True)
+    _assert_agree("chain", replay, eager, ref, scale=ref - x0.double(), per_sample=True)

@@ -252,13 +252,13 @@ def test_lowrank_equals_torch_formula_on_kernel_noise(device, D, r, n, blocks):
     assert rs.tolist() == [11, n * (D + r)]
     f64 = [t.double() for t in (mean, U, dsq, z, eps)]
     # the kernel's GEMM sums in its own order: judged against float64, relative to torch's fp32 GEMM
-    result = agree("p0 samples", x, lowrank_gaussian_reference(mean, U, dsq, z, eps),
+    result, = agree("p0 samples", x, lowrank_gaussian_reference(mean, U, dsq, z, eps),
                    lowrank_gaussian_reference(*f64))
     assert result.ok, str(result)
     # unclamped too, and the debug outputs do not change the sample
     rs.copy_(make_rng_state(11, device))
     x2 = lowrank_gaussian_sample(mean, U, dsq, n, rs, clamp=None, block_m=blocks[0], block_n=blocks[1])
-    result = agree("p0 samples", x2, lowrank_gaussian_reference(mean, U, dsq, z, eps, clamp=None),
+    result, = agree("p0 samples", x2, lowrank_gaussian_reference(mean, U, dsq, z, eps, clamp=None),
                    lowrank_gaussian_reference(*f64, clamp=None))
     assert result.ok, str(result)
     assert torch.equal(x2.clamp(-1, 1), x)
@@ -421,7 +421,7 @@ def test_lowrank_cuda_graph_capture_and_tf32(_):
     xt = lowrank_gaussian_sample(mean, U, dsq, n, rs, clamp=None, input_precision="tf32")
     torch.testing.assert_close(xt, x32, rtol=0, atol=1e-2)
     f64 = [t.double() for t in (mean, U, dsq, z, eps)]
-    result = agree("p0 samples", x32, lowrank_gaussian_reference(mean, U, dsq, z, eps, clamp=None),
+    result, = agree("p0 samples", x32, lowrank_gaussian_reference(mean, U, dsq, z, eps, clamp=None),
                    lowrank_gaussian_reference(*f64, clamp=None))
     assert result.ok, str(result)
 

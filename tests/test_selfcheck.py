@@ -85,7 +85,7 @@ def test_check_passes_for_the_compiled_step_is_logged_and_leaves_no_trace(tmp_pa
     assert checked.fast.pending
     last = checked.fit()  # the check runs before the first iteration
     row = _rows(checked)[0]
-    assert row["compile_step"].startswith("ok:") and row["compile"] == "unused (compiled step)", row
+    assert row["compile_step"].startswith("ok (margin ") and row["compile"] == "unused (compiled step)", row
     assert row["policy"] == "auto" and row["iter"] == 0 and row["active"]["compile_step"] is True
     assert checked.cfg.compile_step and last["iter"] == 3
     torch._dynamo.reset()
@@ -99,7 +99,7 @@ def test_check_passes_for_the_compiled_step_is_logged_and_leaves_no_trace(tmp_pa
 def test_per_piece_compile_check_on_cpu(tmp_path, bn):
     t = _trainer(tmp_path, compile="aot_eager", compile_step=False, **bn)
     report = t.check_fast_path(0)
-    assert list(report) == ["compile"] and report["compile"].startswith("ok:"), report
+    assert list(report) == ["compile"] and report["compile"].startswith("ok (margin "), report
     assert "energy err" in report["compile"] and "input gradient err" in report["compile"]
     assert t.fast.net is not t.model and t.fast.step.net is t.fast.net
 
@@ -107,7 +107,7 @@ def test_per_piece_compile_check_on_cpu(tmp_path, bn):
 def test_amp_of_the_loss_pass_passes_on_cpu_and_a_broken_one_is_switched_off(tmp_path, monkeypatch):
     t = _trainer(tmp_path, amp="bf16", norm="none")
     report = t.check_fast_path(0)
-    assert report["amp"].startswith("ok: weight-gradient error"), report
+    assert report["amp"].startswith("ok (margin ") and "weight-gradient error" in report["amp"], report
     assert t.fast.active()["amp"] == "bf16" and t.fast.step.amp == torch.bfloat16
     monkeypatch.setattr(selfcheck, "NOISE_SHARE", 0.0)  # no perturbation allowed: bf16 must be switched off
     t.request_fast_path_check()
@@ -192,7 +192,7 @@ def test_compiled_network_checked_after_a_failed_compiled_step_stays_on(tmp_path
     monkeypatch.setattr(fastpath_mod, "compile_step", _wrong_step(scale_update=1.02, compiled=True))
     t = _trainer(tmp_path, model="mebm", compile="aot_eager", compile_step=True)
     report = t.check_fast_path(0)
-    assert report["compile_step"].startswith("off: ") and report["compile"].startswith("ok: "), report
+    assert report["compile_step"].startswith("off: ") and report["compile"].startswith("ok (margin "), report
     assert t.fast.active()["compile"] and t.fast.net is not t.model and t.fast.step.net is t.fast.net
     e, logits = t.fast.net(torch.zeros(2, 3, 16, 16))
     assert e.shape == (2,) and logits is None
@@ -227,23 +227,23 @@ def test_triton_checks_in_the_interpreter(tmp_path, monkeypatch):
     monkeypatch.setattr(selfcheck, "P0_SAMPLES", 1024)  # the interpreter is slow; the z-tests scale with n
     t = _trainer(tmp_path, noise=0.01)
     t.fast.rng = kernels.make_rng_state(7, "cpu")
-    ok, detail = selfcheck.check_triton_langevin(t.fast, 0)
+    ok, detail, _ = selfcheck.check_triton_langevin(t.fast, 0)
     assert ok, detail
-    ok, detail = selfcheck.check_triton_p0(t.fast, 0)
+    ok, detail, _ = selfcheck.check_triton_p0(t.fast, 0)
     assert ok, detail
     # a kernel that forgets the noise / shifts the mean / updates 2 % too far fails its check
     import fastebm.kernels.langevin as lv
     real = lv.langevin_step
     monkeypatch.setattr(lv, "langevin_step", lambda x, g, a, s, rng, **kw: (x - a * g).clamp(-1, 1))
-    ok, detail = selfcheck.check_triton_langevin(t.fast, 0)
+    ok, detail, _ = selfcheck.check_triton_langevin(t.fast, 0)
     assert not ok and "noise" in detail
     monkeypatch.setattr(lv, "langevin_step", lambda x, g, a, s, rng, **kw: real(x, 1.02 * g, a, s, rng, **kw))
-    ok, detail = selfcheck.check_triton_langevin(t.fast, 0)
+    ok, detail, _ = selfcheck.check_triton_langevin(t.fast, 0)
     assert not ok and detail.startswith("update at sigma 0 err"), detail
     import fastebm.kernels.lowrank_gaussian as lg
     monkeypatch.setattr(lg, "lowrank_gaussian_sample",
                         lambda mean, u, d, n, rng: (mean + 0.2 + torch.randn(n, mean.numel()) @ u.T).clamp(-1, 1))
-    ok, detail = selfcheck.check_triton_p0(t.fast, 0)
+    ok, detail, _ = selfcheck.check_triton_p0(t.fast, 0)
     assert not ok and "pixel means" in detail
 
 

@@ -60,7 +60,7 @@ def _checked_run(t, n):
         for g in t.opt.param_groups:
             g["lr"] = float(t.fast.lr)
         snap = t.fast.snapshot()
-        ok, detail = check_compile_step(t.fast, it)
+        ok, detail, _ = check_compile_step(t.fast, it)
         t.fast.restore(snap)
         assert ok, f"iteration {it}: {detail}"
         details.append(detail)
