@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -115,8 +116,14 @@ def measure_cell(model: str, k: int, seed: int, variant: str) -> list[dict]:
             fp.model.train()
             for component, gather, compare in (("compile_step", gather_compile_step, compare_compile_step),
                                                ("compile", gather_compile, compare_compile)):
+                t0 = time.perf_counter()
                 g = gather(fp, 0)
+                if os.environ.get("FASTEBM_MARGINS_DUMP"):  # the gathered outputs, to study a criterion offline
+                    os.makedirs(os.environ["FASTEBM_MARGINS_DUMP"], exist_ok=True)
+                    torch.save(g, os.path.join(os.environ["FASTEBM_MARGINS_DUMP"],
+                                               f"{component}-{_cell_name(model, k, seed, variant)}.pt"))
                 honest = {(a.name, a.statistic): a.ratio for a in compare(g)}
+                seconds = time.perf_counter() - t0  # the check's cost (with a first compile for compile_step)
                 injected = {}
                 for how in INJECTED:
                     bad = _inject(g, how, component)
@@ -126,7 +133,7 @@ def measure_cell(model: str, k: int, seed: int, variant: str) -> list[dict]:
                             worst[a.name] = max(worst.get(a.name, 0.0), a.ratio)
                         injected[how] = worst
                 for (name, stat), ratio in honest.items():
-                    row = dict(component=component, output=name, statistic=stat, honest=ratio)
+                    row = dict(component=component, output=name, statistic=stat, honest=ratio, seconds=seconds)
                     for how, worst in injected.items():
                         if name in TARGET[how] and name in worst:
                             row[how] = worst[name]
@@ -142,14 +149,19 @@ def _cell_name(model, k, seed, variant) -> str:
     return f"{model}-k{k}-s{seed}-{variant}"
 
 
-def _aten_avx2_rows(model: str, k: int) -> dict:
-    """The ATen-AVX2 cells of one configuration in a subprocess (the capability is fixed at process start)."""
+def _cells_in_subprocess(model: str, k: int, variant: str) -> dict:
+    """The cells of one configuration and variant in a fresh process: ATen's capability is fixed at process
+    start, and Inductor's C++ kernels compiled at 2 threads after a first compile at 1 thread in the same
+    process came out wrong (every weight tensor's update 30x the error of a fresh process; torch 2.14.1) —
+    a run sets its thread count once, before anything is compiled, and so does each cell here."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-m", "bench.test_margins", model, str(k)], cwd=root, env=env,
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if variant == "aten_avx2":
+        env["ATEN_CPU_CAPABILITY"] = "avx2"
+    out = subprocess.run([sys.executable, "-m", "bench.test_margins", model, str(k), variant], cwd=root, env=env,
                          capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
-        raise RuntimeError(f"ATEN_CPU_CAPABILITY=avx2 subprocess failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{variant} cells of {model} failed in their subprocess:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -204,21 +216,11 @@ def test_margins(benchmark, model, k, variant):
     reason = _skip_reason(variant)
     if reason:
         pytest.skip(reason)
-    if variant == "aten_avx2":
-        cells = benchmark.pedantic(_aten_avx2_rows, args=(model, k), rounds=1, iterations=1)
-    else:
-        cells = {}
-
-        def run():
-            for seed in SEEDS:
-                cells[_cell_name(model, k, seed, variant)] = measure_cell(model, k, seed, variant)
-
-        benchmark.pedantic(run, rounds=1, iterations=1)
+    cells = benchmark.pedantic(_cells_in_subprocess, args=(model, k, variant), rounds=1, iterations=1)
     _record(benchmark, model, k, variant, cells)
     _assert_margins(cells)
 
 
-if __name__ == "__main__":  # one configuration's cells with this process's ATen kernels (see _aten_avx2_rows)
-    torch.set_num_threads(1)
-    m, kk = sys.argv[1], int(sys.argv[2])
-    print(json.dumps({_cell_name(m, kk, s, "aten_avx2"): measure_cell(m, kk, s, "aten_avx2") for s in SEEDS}))
+if __name__ == "__main__":  # one configuration's cells of one variant (see _cells_in_subprocess)
+    m, kk, var = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    print(json.dumps({_cell_name(m, kk, s, var): measure_cell(m, kk, s, var) for s in SEEDS}))

@@ -5,7 +5,7 @@ metrics.jsonl holds one JSON object per line, with a ``kind`` and the iteration 
     eval       {"test_acc", "test_loss", "test_energy"}
     fid        {"epoch", "fid", "is_mean", "is_std", "n_fake", "n_real"}
     rollback   {"from_iter", "lr", "lr_scale", "rollbacks", "reason"}     (:mod:`fastebm.recovery`)
-    fast_path  {"policy", <component>: "ok: ..." | "off: ..." | ..., "active"}   (:mod:`fastebm.fastpath`)
+    fast_path  {"policy", <component>: "ok (margin Mx): ..." | "off: ..." | ..., "active"}   (:mod:`fastebm.fastpath`)
     stop       {"signal", "checkpoint"}                                     (:mod:`fastebm.stopping`)
 Only rank 0 writes; the other ranks hold a RunLog that writes nothing.
 

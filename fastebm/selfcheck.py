@@ -123,12 +123,12 @@ def _energy(fn, x):
 
 
 def plain_variants(device) -> list[tuple[bool, int]]:
-    """The plain path's legitimate fp32 evaluations, (channels_last, threads): both memory layouts, each with
-    this run's CPU thread count and another (1, or 2 when the run has 1), since a split of a reduction over
-    threads sums in another order (an Inductor kernel on 2 threads was 17x the NCHW error on a weight tensor).
-    On CUDA the thread count does not enter the kernels and only the layouts vary."""
+    """The plain path's legitimate fp32 evaluations, (channels_last, threads): both memory layouts with this
+    run's CPU thread count and, when it has more than one, with one thread too, since a split of a reduction
+    over threads sums in another order (Inductor's weight update on 2 threads was 17x the NCHW error on one
+    tensor, within the single-thread channels-last one). On CUDA the thread count does not enter the kernels."""
     threads = torch.get_num_threads()
-    counts = (threads,) if torch.device(device).type == "cuda" else (threads, 1 if threads > 1 else 2)
+    counts = (threads, 1) if threads > 1 and torch.device(device).type != "cuda" else (threads,)
     return [(cl, n) for cl in LAYOUTS for n in counts]
 
 

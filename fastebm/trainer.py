@@ -183,7 +183,7 @@ class Trainer:
         """Check every fast component that is on against the plain path (:meth:`FastPath.check`), switch off
         the failing ones (``--fast-path auto``) or raise (``strict``), and log the outcome as a
         ``{"kind": "fast_path"}`` row of metrics.jsonl (with ``active``: what runs now). Leaves the run's
-        state as it was. Returns component → "ok: ..." / "off: ..." / "unused (compiled step)"."""
+        state as it was. Returns component → "ok (margin Mx): ..." / "off: ..." / "unused (compiled step)"."""
         it = self.iteration if it is None else it
         report = self.fast.check(it, self.cfg.lr * self.lr_scale)  # the peak lr: a warm-up lr of 0 moves nothing
         self.runlog({"kind": "fast_path", "iter": it, "policy": self.cfg.fast_path, **report,
