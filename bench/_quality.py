@@ -6,7 +6,7 @@ content is 8×8, so 16×16 keeps all of it at a quarter of 32×32's cost. WRN-10
 (p(x)) / 64 (p(y|x)) and learning rate 0.05, replay buffer 500 (so that in ``ITERS`` iterations every chain is
 continued ``ITERS·32/500`` times; the buffer size does not enter the iteration cost), one epoch of ``ITERS``
 iterations with the linear warm-up over its first fifth, no decay. Full: 240 iterations, seeds 1, 2, 3, 512 fresh
-chains; ``FASTEBM_BENCH_SIZE=small``: 80 iterations, seeds 1, 2, 256 fresh chains.
+chains; ``FASTEBM_BENCH_SIZE=small``: 60 iterations, seeds 1, 2, 256 fresh chains.
 
 Interleaving. Every run is built first; then round r runs iteration r of every run, the order rotated each round,
 so that the machine's load hits every configuration alike. Each run keeps its own torch RNG state (swapped in and
@@ -33,7 +33,7 @@ from bench import _common as C
 
 SMALL = os.environ.get("FASTEBM_BENCH_SIZE", "") == "small"
 IMAGE_SIZE = 16
-ITERS, SEEDS = (80, (1, 2)) if SMALL else (240, (1, 2, 3))
+ITERS, SEEDS = (60, (1, 2)) if SMALL else (240, (1, 2, 3))
 BUFFER = 500
 CURVE_POINTS = 6
 CHAINS = 256 if SMALL else 512  # fresh chains per run, in batches of the run's p(x) batch (its BatchNorm statistics)
