@@ -48,9 +48,10 @@ def test_real_images_score_near_zero_p0_samples_far_and_noise_farther(digits, sc
 
 
 def test_fd_is_the_frechet_distance_of_the_features(digits, score):
-    """FeatureScore.fd = FID's formula (fastebm.metrics.frechet_distance, pytorch-fid's algorithm: tests/test_metrics.py)
-    on np.mean / np.cov of the network's features, exactly; and the eigenvalue form of the same distance agrees in
-    float64 up to the matrix square root's conditioning (ReLU features: nearly singular covariances)."""
+    """FeatureScore.fd = FID's formula (fastebm.metrics.frechet_distance, pytorch-fid's algorithm, checked in
+    tests/test_metrics.py) on np.mean / np.cov of the network's features, exactly; and the eigenvalue form of the
+    same distance agrees in float64 up to the matrix square root's conditioning (ReLU features: nearly singular
+    covariances)."""
     train, test = digits
     feats = lambda x: FF.feature_outputs(score.net, x)[0].double().numpy()  # noqa: E731
     a, b = feats(train.images[:400]), feats(test.images)
