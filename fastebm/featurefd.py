@@ -65,6 +65,7 @@ class FeatureNet(nn.Module):
 
     @property
     def image_size(self) -> int:
+        """Side in pixels of the images the network was built for."""
         return self.config["image_size"]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
