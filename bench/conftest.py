@@ -27,7 +27,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.section(f"fastebm benchmark summary — {dev}, torch {torch.__version__}, "
                f"WRN-{_common.SIZES['depth']}-{_common.SIZES['width']}, batches "
                f"{_common.SIZES['batch_size']}/{_common.SIZES['cls_batch_size']}")
-    tr.write_line(f"training data: {_common.DATA_NAME}")
+    if _common.DATA_NAME != "not loaded":  # the quality benchmark reads its own data (its section says which)
+        tr.write_line(f"training data: {_common.DATA_NAME}")
     for title, sec in _common.SUMMARY.items():
         tr.write_line("")
         tr.write_line(title)

@@ -7,20 +7,21 @@ checkpoint). With several ``--ckpt``, ``tsne`` embeds them jointly and ``curves`
 other tasks run per checkpoint (into ``--out/<run folder name>`` or each checkpoint's own
 ``eval/<checkpoint stem>``).
 
-========  =========================================================================================
-fid       FID of generated images (pytorch-fid's InceptionV3 and ``calculate_frechet_distance``)
-is        Inception Score (softmax of the unbiased logits pool3 · Wᵀ, shuffled ``--splits``)
-gen       fresh SGLD samples from p0 (and class-conditional ones for mjem/jem): PNG grids and .npz
-acc       test accuracy and cross-entropy (classifier models)
-ece       expected calibration error and a reliability diagram (classifier models)
-ood       AUROC (scikit-learn) of the test set vs ``--ood-dataset`` for log p(x), max softmax, grad norm
-logpx     log p(x) = -E(x) histograms per class: test data by label, buffer by predicted class (Fig. 6)
-tsne      one joint t-SNE of penultimate features of x+, x0 ~ p0 and buffer x- of each checkpoint (Fig. 4)
-curves    test accuracy, FID and IS against epoch of each checkpoint's run, from its metrics.jsonl (Fig. 2(b))
-extremes  per class, buffer samples with the highest / lowest p(x) and p(y|x) (Figs. 5, 9-17)
-energy    distributions of E(x+), E(x0), E(x-) (violins and histograms)
-p0        μ of p0 and a grid of p0 samples (Fig. 7)
-========  =========================================================================================
+==========  =========================================================================================
+fid         FID of generated images (pytorch-fid's InceptionV3 and ``calculate_frechet_distance``)
+is          Inception Score (softmax of the unbiased logits pool3 · Wᵀ, shuffled ``--splits``)
+feature-fd  offline sample quality: Fréchet distance to the test split in a small CNN's feature space (not FID)
+gen         fresh SGLD samples from p0 (and class-conditional ones for mjem/jem): PNG grids and .npz
+acc         test accuracy and cross-entropy (classifier models)
+ece         expected calibration error and a reliability diagram (classifier models)
+ood         AUROC (scikit-learn) of the test set vs ``--ood-dataset`` for log p(x), max softmax, grad norm
+logpx       log p(x) = -E(x) histograms per class: test data by label, buffer by predicted class (Fig. 6)
+tsne        one joint t-SNE of penultimate features of x+, x0 ~ p0 and buffer x- of each checkpoint (Fig. 4)
+curves      test accuracy, FID and IS against epoch of each checkpoint's run, from its metrics.jsonl (Fig. 2(b))
+extremes    per class, buffer samples with the highest / lowest p(x) and p(y|x) (Figs. 5, 9-17)
+energy      distributions of E(x+), E(x0), E(x-) (violins and histograms)
+p0          μ of p0 and a grid of p0 samples (Fig. 7)
+==========  =========================================================================================
 
 Figures (every task but fid / is / acc / gen / p0) need matplotlib (``pip install 'fastebm[plots]'``).
 
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-real", type=int, help="real images for the statistics (default all)")
     g.add_argument("--stats-cache", help="folder of cached real statistics (default "
                    "$FASTEBM_CACHE/fid_stats or ~/.cache/fastebm/fid_stats)")
+    g = p.add_argument_group("feature-fd (no Inception weights needed; --source, --keep-ratio as fid)")
+    g.add_argument("--features", help="the feature network's file: read when it exists, else trained on the "
+                   "training split and written there; score every run with one file (default: one cached per "
+                   "training split beside --stats-cache's statistics)")
     g = p.add_argument_group("ece / ood / logpx / tsne / extremes / energy")
     g.add_argument("--ece-bins", type=int, default=d.ece_bins)
     g.add_argument("--ood-dataset", help=f"one of {', '.join(DATASETS)}")

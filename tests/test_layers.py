@@ -16,7 +16,7 @@ PKG = os.path.join(os.path.dirname(__file__), "..", "fastebm")
 HIGH = {"trainer", "train", "eval"}
 LOW = ("distributed", "checkpoint", "data", "folders", "model", "init", "init_variants", "p0", "buffer", "sampler",
        "loss", "config", "limits", "schedule", "recovery", "runstate", "profiling", "metrics", "inception", "paper",
-       "recipes", "fidstats")
+       "recipes", "fidstats", "featurefd")
 MODULES = sorted(f[:-3] for f in os.listdir(PKG) if f.endswith(".py") and f != "__init__.py")
 
 

@@ -10,10 +10,11 @@
 
 Modules: ``options`` (:class:`EvalOptions`, :class:`EvalError`, :data:`TASKS`), ``run`` (:class:`Run`,
 :func:`load_run`, what each task needs, the network passes and SGLD chains), ``fid`` (FID / IS and the cache of
-real statistics), ``tasks`` (every other task), ``records`` (the JSON and .npz files), ``runner`` (several tasks
-and checkpoints).
+real statistics), ``featurefd`` (the offline feature-FD, no Inception weights), ``tasks`` (every other task),
+``records`` (the JSON and .npz files), ``runner`` (several tasks and checkpoints).
 """
 from .curves import read_curves, task_curves
+from .featurefd import task_feature_fd
 from .fid import fid_and_is, filter_by_confidence, split_fingerprint, task_fid, task_is
 from .options import TASKS, EvalError, EvalOptions
 from .run import Run, check_task, load_run, sample_chains
@@ -22,5 +23,5 @@ from .tasks import task_acc, task_ece, task_energy, task_extremes, task_gen, tas
 
 __all__ = ["TASKS", "TASK_FUNCTIONS", "EvalError", "EvalOptions", "Run", "check_task", "evaluate", "fid_and_is",
            "filter_by_confidence", "load_run", "run_tasks", "sample_chains", "split_fingerprint", "task_acc",
-           "task_ece", "task_energy", "task_extremes", "task_fid", "task_gen", "task_is", "task_logpx", "task_ood",
-           "task_p0", "task_tsne", "task_curves", "read_curves"]
+           "task_ece", "task_energy", "task_extremes", "task_feature_fd", "task_fid", "task_gen", "task_is",
+           "task_logpx", "task_ood", "task_p0", "task_tsne", "task_curves", "read_curves"]

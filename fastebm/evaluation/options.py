@@ -7,7 +7,7 @@ import re
 
 from ..datasets import DATASETS
 
-TASKS = ("fid", "is", "gen", "acc", "ece", "ood", "logpx", "tsne", "extremes", "energy", "p0", "curves")
+TASKS = ("fid", "is", "feature-fd", "gen", "acc", "ece", "ood", "logpx", "tsne", "extremes", "energy", "p0", "curves")
 
 
 class EvalError(ValueError):
@@ -56,7 +56,7 @@ class EvalOptions:
         max_per_class: folder layouts: files read per class (>= 1).
         test_subset: test images used (>= 1; None: all).
 
-    fid / is:
+    fid / is / feature-fd:
         source: ``buffer`` (the replay buffer) or ``chains`` (fresh SGLD chains from p0).
         sgld_steps: SGLD steps of chains and of ``gen`` (>= 1); None: the training K.
         keep_ratio: ``source="buffer"`` of a classifier model only: keep the most confident buffer images per
@@ -68,8 +68,12 @@ class EvalOptions:
             least 1 (the authors' ``max(1, N // 5000)``, mebm ``Task/eval_buffer.py`` at 16473fc).
         fid_split: the real images of FID, ``train``, ``test`` or ``train+test`` (:data:`FID_SPLITS`).
         n_real: real images for the statistics (>= 1; None: all).
-        stats_cache: folder of cached real statistics; None: ``$FASTEBM_CACHE/fid_stats`` or
-            ``~/.cache/fastebm/fid_stats``.
+        stats_cache: folder of cached real statistics (and feature networks); None: ``$FASTEBM_CACHE/fid_stats``
+            or ``~/.cache/fastebm/fid_stats`` (``.../feature_nets`` for the networks).
+
+    feature-fd:
+        features: the feature network's file (:mod:`fastebm.featurefd`): read when it exists, trained on the
+            training split and written there when not; None: one cached per training split.
 
     ece / ood / logpx / tsne / extremes / energy:
         ece_bins: calibration bins (>= 1).
@@ -102,6 +106,7 @@ class EvalOptions:
     fid_split: str = "train"
     n_real: int | None = None
     stats_cache: str | None = None
+    features: str | None = None
     ece_bins: int = 15
     ood_dataset: str | None = None
     ood_root: str | None = None

@@ -98,11 +98,12 @@ def require_classifier(run: Run, what: str, option: str | None = None) -> None:
 def check_task(run: Run, opts: EvalOptions, task: str) -> None:
     """Raise EvalError when ``task`` cannot run on this checkpoint with these options: the one list of
     what each task needs, checked for every checkpoint before any work and again by the task itself."""
-    needs_buffer = task in ("tsne", "extremes", "energy") or (task in ("fid", "is") and opts.source == "buffer")
-    needs_p0 = task in ("gen", "tsne", "energy", "p0") or (task in ("fid", "is") and opts.source == "chains")
+    samples = ("fid", "is", "feature-fd")  # the tasks that score generated images of opts.source
+    needs_buffer = task in ("tsne", "extremes", "energy") or (task in samples and opts.source == "buffer")
+    needs_p0 = task in ("gen", "tsne", "energy", "p0") or (task in samples and opts.source == "chains")
     if task in ("acc", "ece"):
         require_classifier(run, f"task {task!r}")
-    if task in ("fid", "is") and opts.keep_ratio is not None:
+    if task in samples and opts.keep_ratio is not None:
         require_classifier(run, "per-class confidence filtering of the buffer", "keep_ratio")
     if task == "ood" and not opts.ood_dataset:
         raise EvalError("task 'ood' needs an out-of-distribution dataset (and its root unless it is 'digits')",
@@ -112,7 +113,7 @@ def check_task(run: Run, opts: EvalOptions, task: str) -> None:
                         "ood_root")
     if needs_buffer and run.buffer is None:
         raise EvalError(f"task {task!r} needs the replay buffer, and {run.ckpt!r} holds none"
-                        + ("; use source 'chains'" if task in ("fid", "is") else ""))
+                        + ("; use source 'chains'" if task in samples else ""))
     if needs_p0 and run.p0 is None:
         raise EvalError(f"task {task!r} needs p0, and {run.ckpt!r} holds none")
     if task in ("fid", "is") and not opts.random_inception:  # the weights file, before any work

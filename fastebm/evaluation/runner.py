@@ -5,14 +5,15 @@ import dataclasses
 import os
 
 from .curves import task_curves
+from .featurefd import task_feature_fd
 from .fid import fid_and_is, task_fid, task_is
 from .options import EvalOptions
 from .records import run_name
 from .run import Run, check_task
 from .tasks import task_acc, task_ece, task_energy, task_extremes, task_gen, task_logpx, task_ood, task_p0, task_tsne
 
-TASK_FUNCTIONS = {"fid": task_fid, "is": task_is, "gen": task_gen, "acc": task_acc, "ece": task_ece,
-                  "ood": task_ood, "logpx": task_logpx, "tsne": task_tsne, "extremes": task_extremes,
+TASK_FUNCTIONS = {"fid": task_fid, "is": task_is, "feature-fd": task_feature_fd, "gen": task_gen, "acc": task_acc,
+                  "ece": task_ece, "ood": task_ood, "logpx": task_logpx, "tsne": task_tsne, "extremes": task_extremes,
                   "energy": task_energy, "p0": task_p0, "curves": task_curves}
 JOINT = {"tsne": task_tsne, "curves": task_curves}  # one record for several checkpoints together
 
