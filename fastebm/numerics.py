@@ -46,6 +46,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 U32 = 2.0 ** -24  # unit roundoff of float32
 U64 = 2.0 ** -53  # unit roundoff of float64
+# unit roundoff of TF32, the operands of a tensor-core product (10 explicit mantissa bits: 2^-(10+1)); an fp32
+# operand passed on unconverted (its low 13 bits dropped, truncated) is off by < 2 U_TF32
+U_TF32 = 2.0 ** -11
 
 # limit = multiplier * yardstick + FLOOR. bench/test_margins.py, 2026-12-04, AVX-512 CPU, 30 cells (bench/RESULTS.md
 # "Margins"): honest rounding reached at most 1.9x its yardstick (the weight update, Inductor at 256-bit vectors)
