@@ -12,17 +12,20 @@
 # 4. runs the engine benchmark full size: plain vs per-piece fast path vs compiled step
 #    (bench/test_engine_speed.py; WRN-28-10, batches 64/128; torch.compile of the network and of the whole
 #    step for two configurations: most of this step's time is compilation);
-# 5. runs the other benchmarks full size: epoch speed vs JEM (Table 6), kernels, p0 fit, and what bf16 / fp16
+# 5. runs the self-check's margins on this GPU (bench/test_margins.py, cell gpu-fp32): honest rounding and the
+#    injected errors (energies 3 %, weight update 2 %, chains 2 %) against each output's limit, M-JEM K = 5 at
+#    WRN-28-10 (one compile of the whole step);
+# 6. runs the other benchmarks full size: epoch speed vs JEM (Table 6), kernels, p0 fit, and what bf16 / fp16
 #    do to SGLD chains and to the loss pass against float64 at WRN-28-10 (bench/test_precision.py);
-# 6. prints a short table last (the bench summaries of bench/conftest.py and the result lines).
+# 7. prints a short table last (the bench summaries of bench/conftest.py and the result lines).
 #
 # The per-piece fast path (compiled network, CUDA-graph SGLD loop, Triton kernels, bf16, channels-last) and
 # the compiled step are both wired into the trainer (fastebm.fastpath.FastPath); `auto` runs the compiled
 # step on CUDA after its check. None of it has run on a GPU before this script's first run.
 #
 # Logs, JUnit XML and the pytest-benchmark JSON go to $OUT when set (else /tmp/fastebm-gpu-check).
-# Time limits: 140 s GPU tests, 200 s engine benchmark, 110 s other benchmarks (under 8 minutes in all with
-# setup); a step that hits its limit is reported and the next one still runs.
+# Time limits: 130 s GPU tests, 160 s engine benchmark, 90 s margins, 70 s other benchmarks (under 8 minutes in
+# all with setup); a step that hits its limit is reported and the next one still runs.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -76,23 +79,26 @@ step() {
     return $rc
 }
 
-step gpu-tests 140 -m gpu tests/
+step gpu-tests 130 -m gpu tests/
 RC_TESTS=$?
-step bench-engine 200 bench/test_engine_speed.py --benchmark-only -rs --benchmark-json="$DEST/bench-engine.json"
+step bench-engine 160 bench/test_engine_speed.py --benchmark-only -rs --benchmark-json="$DEST/bench-engine.json"
 RC_ENGINE=$?
-step bench-other 110 bench/test_epoch_speed.py bench/test_kernels.py bench/test_precision.py --benchmark-only -rs \
+step bench-margins 90 bench/test_margins.py -k mjem-k5 --benchmark-only -rs --benchmark-json="$DEST/bench-margins.json"
+RC_MARGINS=$?
+step bench-other 70 bench/test_epoch_speed.py bench/test_kernels.py bench/test_precision.py --benchmark-only -rs \
     --benchmark-json="$DEST/bench-other.json"
 RC_BENCH=$?
 [ "$DRY" = 1 ] && { echo "dry run: nothing was run"; exit 0; }
 
 echo
 echo "================ fastebm GPU check: short table ================"
-for log in bench-engine bench-other; do
+for log in bench-engine bench-margins bench-other; do
     sed -n '/fastebm benchmark summary/,/^-\{20,\}.*benchmark/p' "$DEST/$log.log" | grep -v "benchmark '" | grep -v '^$'
 done
 echo
 echo "GPU tests   : rc=$RC_TESTS  $(grep -E '(passed|failed|error|skipped|deselected)' "$DEST/gpu-tests.log" | tail -n 1)"
 echo "engine bench: rc=$RC_ENGINE  $(grep -E '(passed|failed|error|skipped)' "$DEST/bench-engine.log" | tail -n 1)"
+echo "margins     : rc=$RC_MARGINS  $(grep -E '(passed|failed|error|skipped)' "$DEST/bench-margins.log" | tail -n 1)"
 echo "other bench : rc=$RC_BENCH  $(grep -E '(passed|failed|error|skipped)' "$DEST/bench-other.log" | tail -n 1)"
 echo "files in $DEST; total $(( $(date +%s) - T0 )) s"
-[ "$RC_TESTS" = 0 ] && [ "$RC_ENGINE" = 0 ] && [ "$RC_BENCH" = 0 ]
+[ "$RC_TESTS" = 0 ] && [ "$RC_ENGINE" = 0 ] && [ "$RC_MARGINS" = 0 ] && [ "$RC_BENCH" = 0 ]

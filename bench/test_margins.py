@@ -16,6 +16,8 @@ Inductor vector width, 1 thread, fp32) one change at a time: Inductor's 256-bit 
 512), 2 threads, TF32 rounding of every convolution and matmul simulated (bench/_tf32.py), and ATen's AVX2
 kernels with 256-bit vectors (a subprocess with ATEN_CPU_CAPABILITY=avx2, where the CPU has more). A cell this
 CPU cannot run is reported as skipped. ``FASTEBM_BENCH_SIZE=small``: WRN-10-1 at 16×16, batch 8, seed 1 only.
+On CUDA one cell per configuration instead, ``gpu-fp32``: the GPU's fast path with the compiled step in fp32
+(cuDNN's own algorithms, TF32 convolutions, Inductor's Triton kernels) at the paper's sizes, seed 1.
 
     python -m pytest bench/test_margins.py --benchmark-only
 """
@@ -25,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -34,7 +37,7 @@ from bench import _common as C
 
 CONFIGS = [("mebm", 2), ("mjem", 5)]
 SMALL = os.environ.get("FASTEBM_BENCH_SIZE", "") == "small"
-SEEDS = (1,) if SMALL else (1, 2, 3)
+SEEDS = (1,) if SMALL or C.CUDA else (1, 2, 3)  # CUDA: WRN-28-10, one seed inside bench/gpu_check.sh's time
 NATIVE = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", ...
 VARIANTS = {  # name → (Inductor vector width or None for the native one, threads, TF32 simulated)
     "base": (None, 1, False),
@@ -42,6 +45,7 @@ VARIANTS = {  # name → (Inductor vector width or None for the native one, thre
     "threads2": (None, 2, False),
     "tf32": (None, 1, True),
 }
+GPU_VARIANT = "gpu-fp32"  # CUDA: the GPU's own rounding (cuDNN's algorithms, TF32 convolutions, Triton reductions)
 INJECTED = {"energy 3 %": 1.03, "weight update 2 %": 1.02, "chains 2 %": 1.02}
 TARGET = {"energy 3 %": ("E(x+)", "E(x-)", "logits", "energy", "input gradient"),
           "weight update 2 %": ("weight update",), "chains 2 %": ("negatives",)}
@@ -49,8 +53,8 @@ HONEST_MAX, INJECTED_MIN = 1 / 3, 3.0
 
 
 def _skip_reason(variant: str) -> str | None:
-    if C.CUDA:
-        return "the margins matrix is a CPU one (bench/gpu_check.sh prints the GPU's)"
+    if C.CUDA != (variant == GPU_VARIANT):
+        return "a CUDA cell" if not C.CUDA else "a CPU cell (the GPU has its own: gpu-fp32)"
     if variant == "simd256" and NATIVE != "AVX512":
         return f"this CPU's native Inductor width is already 256 bits ({NATIVE})"
     if variant == "aten_avx2" and NATIVE != "AVX512":
@@ -59,9 +63,11 @@ def _skip_reason(variant: str) -> str | None:
 
 
 def _trainer(model: str, k: int, seed: int):
-    from fastebm.config import plain_flags
+    from fastebm.config import fast_flags, plain_flags
 
     flags = dict(plain_flags(), compile="default", compile_step=True, fast_path="off", seed=seed)
+    if C.CUDA:  # the GPU's fast path with the compiled step, in fp32: bf16 is judged by its noise budget
+        flags = dict(fast_flags("cuda"), compile_step=True, amp="off", fast_path="off", seed=seed)
     if not SMALL:
         return C.make_trainer(model, k, flags)
     from fastebm.config import resolve
@@ -100,7 +106,7 @@ def measure_cell(model: str, k: int, seed: int, variant: str) -> list[dict]:
     from bench._tf32 import tf32_emulation
     from fastebm.selfcheck import compare_compile, compare_compile_step, gather_compile, gather_compile_step
 
-    simdlen, threads, tf32 = VARIANTS.get(variant, (256, 1, False))
+    simdlen, threads, tf32 = VARIANTS.get(variant, (None, 1, False) if variant == GPU_VARIANT else (256, 1, False))
     torch._dynamo.reset()
     torch._inductor.config.cpp.simdlen = simdlen
     before = torch.get_num_threads()
@@ -158,6 +164,9 @@ def _cells_in_subprocess(model: str, k: int, variant: str) -> dict:
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if variant == "aten_avx2":
         env["ATEN_CPU_CAPABILITY"] = "avx2"
+    # Inductor's cache of one vector width must not serve another: torch 2.14.1 loaded code compiled under
+    # ATEN_CPU_CAPABILITY=avx2 into a native AVX-512 process, which then corrupted its heap
+    env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"fastebm-margins-inductor-{variant}")
     out = subprocess.run([sys.executable, "-m", "bench.test_margins", model, str(k), variant], cwd=root, env=env,
                          capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
@@ -207,7 +216,7 @@ def _assert_margins(cells: dict) -> None:
     assert not bad, "; ".join(bad)
 
 
-VARIANT_IDS = list(VARIANTS) + ["aten_avx2"]
+VARIANT_IDS = list(VARIANTS) + ["aten_avx2", GPU_VARIANT]
 
 
 @pytest.mark.parametrize("variant", VARIANT_IDS)
