@@ -31,8 +31,8 @@ def read_image(path: str) -> torch.Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:  # reads the header only; the bomb check happens here
-                img.load()
-                if _orientation(img) != 1:
+                img.load()  # Pillow's TIFF decoder applies the Orientation tag itself here (10.0 keeps the tag)
+                if img.format != "TIFF" and _orientation(img) != 1:
                     from PIL import ImageOps
 
                     img = ImageOps.exif_transpose(img)
@@ -47,7 +47,7 @@ def read_image(path: str) -> torch.Tensor:
 def _orientation(img) -> int:
     """The EXIF Orientation tag (274) of ``img``, 1 (as stored) when absent or unreadable: the pixels are whole
     either way, and an EXIF block that cannot be parsed is no reason to refuse them."""
-    if "exif" not in img.info and img.format != "TIFF":  # no EXIF block (TIFF keeps the tag among its own)
+    if "exif" not in img.info:  # no EXIF block
         return 1
     try:
         return int(img.getexif().get(274, 1))
