@@ -5,7 +5,10 @@
 #   bash bench/gpu_check.sh --dry-run    # any machine: prints the steps and collects their tests (no run)
 #
 # 1. installs carried wheels (.whl/*.whl, e.g. pytest-benchmark) into /tmp/site without network;
-# 2. puts the source checkout on PYTHONPATH (no pip install of the package is needed);
+# 2. installs this checkout in editable mode into $PYTHON's environment, without network or build isolation
+#    (`pip install --no-deps --no-build-isolation --no-index -e .`: the kernels/ folder becomes fastebm.kernels,
+#    which a PYTHONPATH cannot do; needs setuptools >= 68 there, else it stops and says so), unless
+#    fastebm.kernels already comes from this checkout; the checkout stays on PYTHONPATH for bench/;
 # 3. runs the GPU tests:  pytest -m gpu tests/  — the per-piece fast path (CUDA-graph SGLD, Triton kernels,
 #    bf16), the compiled training step (Inductor + CUDA graphs, its check against eager and float64 at five
 #    iterations, tests/test_step.py) and the run-time check of every fast component (tests/test_selfcheck.py);
@@ -41,6 +44,32 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$ROOT:${PYTHONPATH:-}
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+
+# fastebm.kernels is the top-level kernels/ folder mapped by pyproject.toml's package-dir: only an install
+# provides the mapping. Prints this checkout's kernels folder when fastebm.kernels resolves to it.
+kernels_here() {
+    (cd /tmp && "$PY" -c "import importlib.util as u, os, sys
+s = u.find_spec('fastebm.kernels')
+ok = s is not None and os.path.realpath(os.path.dirname(s.origin)) == os.path.realpath(sys.argv[1])
+print(sys.argv[1] if ok else '')" "$ROOT/kernels" 2>/dev/null)
+}
+if [ -z "$(kernels_here)" ]; then
+    if [ "$DRY" = 1 ]; then
+        echo "dry run: fastebm.kernels does not come from $ROOT/kernels; a real run installs this checkout (pip install -e .)"
+    else
+        echo "installing this checkout in editable mode (fastebm.kernels = $ROOT/kernels; log: $DEST/pip-fastebm.log)"
+        "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e "$ROOT" > "$DEST/pip-fastebm.log" 2>&1
+        if [ -z "$(kernels_here)" ]; then
+            echo "error: after pip install -e, fastebm.kernels still does not come from $ROOT/kernels (the install" \
+                 "needs setuptools >= 68 and a writable environment for $PY; a setuptools wheel can be carried in" \
+                 ".whl/); the end of $DEST/pip-fastebm.log:"
+            tail -n 5 "$DEST/pip-fastebm.log"
+            exit 2
+        fi
+    fi
+fi
 # The shared CIFAR-10 JPEGs: the bench looks in $FASTEBM_CIFAR_JPG, ../shared/data and ./shared/data
 # (and falls back to the bundled digits, saying so in its summary).
 if [ -z "${FASTEBM_CIFAR_JPG:-}" ]; then
@@ -52,17 +81,14 @@ fi
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
     "$PY" - <<'EOF'
-import sys, torch, triton, fastebm
+import os, sys, torch, triton, fastebm, fastebm.kernels
 print("python", sys.version.split()[0], "| torch", torch.__version__, "| triton", triton.__version__,
-      "| fastebm", fastebm.__file__)
+      "| fastebm", fastebm.__file__, "| fastebm.kernels", os.path.dirname(fastebm.kernels.__file__))
 print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "-")
 import pytest, pytest_benchmark
 print("pytest", pytest.__version__, "| pytest-benchmark", pytest_benchmark.__version__)
 EOF
 } 2>&1 | tee "$DEST/env.txt"
-
-DRY=0
-[ "${1:-}" = "--dry-run" ] && DRY=1
 
 # step NAME LIMIT_S PYTEST_ARGS...: one pytest run with a time limit, log in $DEST/NAME.log
 step() {

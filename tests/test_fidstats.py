@@ -64,7 +64,6 @@ def test_the_reference_is_the_authors_per_dataset():
 _PEAK = r"""
 import json, os, sys, threading, time, torch
 torch.set_num_threads(1)
-sys.path.insert(0, os.path.join(sys.argv[2], "tests"))
 from test_fidstats import StubInception
 from fastebm import metrics
 from fastebm.bufferfid import BufferScore, reference_images
@@ -109,8 +108,10 @@ def test_imagenet_reference_statistics_need_no_float_copy_of_the_images(tmp_path
 
         pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
                      "labels": [int(y) for y in rng.integers(1, 1001, n)]}, f, protocol=4)
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path), os.path.abspath(ROOT)], env=env,
+    # tests/ on the child's path for StubInception (fastebm comes from cwd and the editable install)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(os.path.abspath(ROOT), "tests"),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path)], env=env,
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])

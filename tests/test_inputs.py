@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import fastebm
+import fastebm.kernels
 from fastebm import eval as fastebm_eval
 from fastebm import train as fastebm_train
 from fastebm.checkpoint import atomic_save, remove_stale_temporaries
@@ -192,9 +193,10 @@ def test_classifier_on_a_one_class_folder_exits_2(mixed_folder, tmp_path, capsys
 # ---------------------------------------------------------------- every error names an existing option
 def _flags_in_error_messages():
     """(file, flag) for every ``--flag`` in a string literal inside a ``raise`` or an ``.error()`` /
-    ``.exit()`` call anywhere in the package (fastebm/ and fastebm/kernels/)."""
+    ``.exit()`` call anywhere in the package (fastebm/ and kernels/, installed as fastebm.kernels)."""
     found = []
-    files = sorted(Path(fastebm.__file__).parent.rglob("*.py"))
+    folders = (Path(fastebm.__file__).parent, Path(fastebm.kernels.__file__).parent)
+    files = sorted(f for folder in folders for f in folder.rglob("*.py"))
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             is_exit = (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)

@@ -1,55 +1,99 @@
-"""The package's layering: lower layers never import higher ones, and every module imports on
-its own (no import cycle hidden by import order).
+"""The package's layering and layout: lower layers never import higher ones, no module imports another in a
+circle, every module imports on its own (no import cycle hidden by import order), and every package folder
+(fastebm/, fastebm/evaluation/, the top-level kernels/ installed as fastebm.kernels) is scanned and installed.
 
 Layers, low to high: profiling, checkpoint → data, model, loss → init, init_variants, p0, buffer, sampler →
 limits, config, schedule → distributed → recovery, runstate → trainer → train, eval (the CLIs). ``metrics``
-sits beside the CLIs' helpers and never imports the trainer either.
+and the ``evaluation`` wing sit beside the CLIs' helpers and never import the trainer either; the kernels
+import no other fastebm module.
 """
 import ast
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-PKG = os.path.join(os.path.dirname(__file__), "..", "fastebm")
+ROOT = Path(__file__).resolve().parent.parent
+# Each installed package and its folder in the checkout (pyproject.toml's package-dir; checked below).
+FOLDERS = {"fastebm": ROOT / "fastebm", "fastebm.kernels": ROOT / "kernels"}
 HIGH = {"trainer", "train", "eval"}
 LOW = ("distributed", "checkpoint", "data", "folders", "model", "init", "init_variants", "p0", "buffer", "sampler",
        "loss", "config", "limits", "schedule", "recovery", "runstate", "profiling", "metrics", "inception", "paper",
        "recipes", "fidstats", "featurefd")
-MODULES = sorted(f[:-3] for f in os.listdir(PKG) if f.endswith(".py") and f != "__init__.py")
+
+
+def package_modules() -> dict:
+    """{name below ``fastebm`` (``"sampler"``, ``"evaluation.fid"``, ``"kernels"`` for a package's
+    ``__init__``): (file, is_package)} for every ``.py`` file of every package folder; fastebm's own
+    ``__init__`` is left out (it imports no fastebm module)."""
+    found = {}
+    for package, folder in FOLDERS.items():
+        prefix = package.split(".")[1:]
+        for path in sorted(folder.rglob("*.py")):
+            parts = prefix + list(path.relative_to(folder).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            name = ".".join(parts[:-1] if is_package else parts)
+            if name:
+                found[name] = (path, is_package)
+    return found
+
+
+MODULES = package_modules()
 
 
 def imported_fastebm_modules(name: str) -> set:
-    """Names of the fastebm modules that ``fastebm/<name>.py`` imports anywhere (top level or inside a
-    function), from its syntax tree."""
-    with open(os.path.join(PKG, f"{name}.py")) as f:
-        tree = ast.parse(f.read())
-    found = set()
-    for node in ast.walk(tree):
+    """Names (as in :func:`package_modules`) of the fastebm modules that module ``name`` imports anywhere
+    (top level or inside a function), from its syntax tree, with the packages that importing them runs (other
+    than its own)."""
+    path, is_package = MODULES[name]
+    here = name.split(".") if is_package else name.split(".")[:-1]  # the package a relative import starts in
+    targets = []
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            mod = node.module or ""
-            if node.level >= 1:  # from .x import y / from . import x
-                found.update([mod.split(".")[0]] if mod else [a.name for a in node.names])
-            elif mod.startswith("fastebm."):
-                found.add(mod.split(".")[1])
-            elif mod == "fastebm":
-                found.update(a.name for a in node.names)
+            if node.level >= 1:
+                base = here[:len(here) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+            elif node.module == "fastebm" or (node.module or "").startswith("fastebm."):
+                base = node.module.split(".")[1:]
+            else:
+                continue
+            targets += [base + [a.name] for a in node.names]  # `from pkg import mod` imports pkg.mod
+            targets.append(base)
         elif isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name.startswith("fastebm."):
-                    found.add(a.name.split(".")[1])
-    return found - {name}
+            targets += [a.name.split(".")[1:] for a in node.names if a.name.startswith("fastebm.")]
+    found = set()
+    for parts in targets:
+        for n in range(1, len(parts) + 1):  # the module and every package above it
+            if ".".join(parts[:n]) in MODULES:
+                found.add(".".join(parts[:n]))
+    parts = name.split(".")
+    return found - {".".join(parts[:n]) for n in range(1, len(parts) + 1)}  # its own packages have run already
 
 
-@pytest.mark.parametrize("name", [m for m in LOW if m in MODULES])
+def test_the_scan_sees_every_package_folder():
+    assert {"sampler", "evaluation", "evaluation.fid", "kernels", "kernels.langevin", "kernels.reference"} \
+        <= set(MODULES)
+    assert {"kernels.reference", "kernels"} <= imported_fastebm_modules("sampler")
+    assert {"evaluation", "evaluation.fid"} <= imported_fastebm_modules("bufferfid")
+    assert {"config", "evaluation.options"} <= imported_fastebm_modules("evaluation.fid")
+    assert "kernels._common" in imported_fastebm_modules("kernels.langevin")
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m in LOW or m.split(".")[0] == "evaluation"])
 def test_lower_layers_never_import_the_trainer_or_the_clis(name):
     bad = imported_fastebm_modules(name) & HIGH
-    assert not bad, f"fastebm/{name}.py imports {sorted(bad)}: a lower layer must not import a higher one"
+    assert not bad, f"fastebm.{name} imports {sorted(bad)}: a lower layer must not import a higher one"
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m.split(".")[0] == "kernels"])
+def test_the_kernels_import_no_other_fastebm_module(name):
+    bad = {m for m in imported_fastebm_modules(name) if m.split(".")[0] != "kernels"}
+    assert not bad, f"fastebm.{name} imports {sorted(bad)}: the kernels import only torch, triton and each other"
 
 
 def test_no_import_cycle_between_modules():
-    graph = {m: imported_fastebm_modules(m) & set(MODULES) for m in MODULES}
+    graph = {m: imported_fastebm_modules(m) for m in MODULES}
     state: dict = {}
 
     def visit(m, path):
@@ -69,6 +113,48 @@ def test_every_module_imports_in_isolation():
     """Each module in a fresh interpreter, alone: an import that works only after another one fails here."""
     code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module('fastebm.' + m)\n"
     for m in MODULES:
-        r = subprocess.run([sys.executable, "-c", code, m], cwd=os.path.join(PKG, ".."),
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-c", code, m], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, f"fastebm.{m} does not import on its own:\n{r.stderr[-2000:]}"
+
+
+def test_pyproject_installs_every_package_folder():
+    """setuptools finds no package by itself under a package-dir mapping: pyproject.toml lists them, and a
+    folder with an ``__init__.py`` missing from the list would be missing from the wheel."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        tool = tomllib.load(f)["tool"]["setuptools"]
+    assert tool["package-dir"] == {p: str(d.relative_to(ROOT)) for p, d in FOLDERS.items() if p != "fastebm"}
+    on_disk = {".".join([package] + list(init.parent.relative_to(folder).parts))
+               for package, folder in FOLDERS.items() for init in folder.rglob("__init__.py")}
+    assert sorted(tool["packages"]) == sorted(on_disk)
+
+
+def test_fastebm_kernels_come_from_this_checkout():
+    """The kernels/ folder reaches ``fastebm.kernels`` only through an install (the editable one maps it):
+    a checkout tested with another checkout's install would test the other one's kernels."""
+    import fastebm
+    import fastebm.kernels
+
+    got = {"fastebm": Path(fastebm.__file__).resolve().parent, "fastebm.kernels":
+           Path(fastebm.kernels.__file__).resolve().parent}
+    assert got == {p: d.resolve() for p, d in FOLDERS.items()}, (
+        f"{got} are not this checkout's folders: run `pip install -e .` in {ROOT}")
+
+
+def test_the_top_level_is_the_design_cards():
+    assert {"fastebm", "kernels", "bench", "tests", "setup.py", "README.md"} <= set(os.listdir(ROOT))
+
+
+def test_no_import_path_is_rewritten():
+    """Packages resolve through the install alone: no file of the project edits ``sys.path`` or a ``__path__``."""
+    files = sorted(ROOT.glob("*.py")) + [f for d in ("fastebm", "kernels", "tests", "bench")
+                                         for f in sorted((ROOT / d).rglob("*.py"))]
+    bad = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+                    and node.value.id == "sys":
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} sys.path")
+            if isinstance(node, (ast.Assign, ast.AugAssign)) and "__path__" in ast.unparse(node):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} __path__")
+    assert len(files) > 100 and not bad, bad

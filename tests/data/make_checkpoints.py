@@ -2,17 +2,17 @@
 
     python tests/data/make_checkpoints.py            # under each supported torch (CI's 2.14 and the GPU image's 2.11)
 
+with this checkout installed in editable mode (``pip install -e .``), as for the tests.
+
 It trains M-JEM on 64 digits for 2 iterations (WRN-10-1, 16 px, uniform p0, a buffer of 16), about 0.7 MB.
 """
 import os
 import shutil
-import sys
 import tempfile
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from fastebm.train import main  # noqa: E402
+from fastebm.train import main
 
 ARGS = ["--dataset", "digits", "--model", "mjem", "--p0", "uniform", "--depth", "10", "--width", "1",
         "--image-size", "16", "--buffer-size", "16", "--batch-size", "8", "--cls-batch-size", "8", "--epochs", "1",
