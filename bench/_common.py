@@ -143,7 +143,8 @@ def forward_flops_per_image(model, image_size: int, device) -> float:
 _DATA = {}
 
 
-def _cifar_root() -> str | None:
+def cifar_root() -> str | None:
+    """The CIFAR-10 JPEG folder the bench reads (with ``train/``), None where absent (digits instead)."""
     for root in (CIFAR_JPG, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                          "shared", "data", "cifar10-jpg")):
         if os.path.isdir(os.path.join(root, "train")):
@@ -162,7 +163,7 @@ def cifar_train():
     if "train" not in _DATA:
         from fastebm.datasets import load_dataset
 
-        root = _cifar_root()
+        root = cifar_root()
         if root is not None:
             _DATA["train"] = load_dataset("folder", root, "train", max_per_class=SIZES["max_per_class"])
             DATA_NAME = f"CIFAR-10 JPEGs ({len(_DATA['train'])} images from {root})"
