@@ -272,6 +272,7 @@ def test_jem_batch_noise_is_added_to_both_batches(tmp_path, digits):
     assert tr.gen_batches.data_noise == tr.cls_batches.data_noise == 0.03
 
 
+@pytest.mark.slow
 def test_lse_jem_trains_on_digits_with_finite_energies(tmp_path, digits):
     cfg = resolve(dict(TINY, model="lse-jem", k=2, iters_per_epoch=6, warmup_iters=2, batch_size=32,
                        cls_batch_size=64, out=str(tmp_path)))

@@ -262,6 +262,7 @@ def test_figure_tasks_without_matplotlib_say_what_to_install(ckpts, tmp_path, ca
            "pip install 'fastebm[plots]'")
 
 
+@pytest.mark.slow
 def test_fid_is_random_inception_buffer_filtered(ckpts, tmp_path, monkeypatch, fast_fid):
     cache = tmp_path / "cache"
     argv = ["--ckpt", ckpts["mjem"], "--task", "fid", "is", "--random-inception", "--keep-ratio", "0.5",
@@ -379,6 +380,7 @@ def _folder_fid(ckpt, data, tmp_path, *extra) -> list[str]:
             "--n-samples", "8", "--stats-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o"), *extra]
 
 
+@pytest.mark.slow
 def test_fid_stats_cache_is_keyed_by_content(ckpts, tmp_path, cifar_root, fast_fid):
     """The stale-cache case: a 2-class folder with 20 train images per class gives n_real 40; after 20
     more per class are copied in, the same command recomputes the statistics (n_real 80)."""
@@ -408,6 +410,7 @@ def test_fid_stats_cache_is_keyed_by_content(ckpts, tmp_path, cifar_root, fast_f
     assert second["n_real"] == 80 and second["real_stats_cached"] is False and second["fid"] != first["fid"]
 
 
+@pytest.mark.slow
 def test_fid_reference_of_train_and_test_together(ckpts, tmp_path, cifar_root, fast_fid, monkeypatch):
     """``--fid-split train+test`` (the 60k CIFAR-10 reference of the paper's period): the real statistics are
     those of the union of both splits' images, computed by hand here, and are cached apart from one split's."""

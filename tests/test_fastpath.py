@@ -162,6 +162,7 @@ def test_one_forward_without_batchnorm_equals_two_forwards(tmp_path):
                   per_sample=True)
 
 
+@pytest.mark.slow
 def test_compiled_training_does_not_recompile(tmp_path):
     from torch._dynamo.utils import counters
 

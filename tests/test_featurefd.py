@@ -90,6 +90,7 @@ def _mebm(digits, tmp_path, broken: bool, iters: int = 150):
     return tr, start
 
 
+@pytest.mark.slow
 def test_a_buffer_never_written_back_scores_clearly_worse(digits, score, tmp_path):
     """The same M-EBM training with the write-back of Algorithm 1 line 7 removed: its buffer stays p0's samples and
     scores as p0 does; the working one's buffer moves towards the data (each of its 128 chains continued ~37 times).

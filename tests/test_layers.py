@@ -109,6 +109,7 @@ def test_no_import_cycle_between_modules():
         visit(m, [])
 
 
+@pytest.mark.slow
 def test_every_module_imports_in_isolation():
     """Each module in a fresh interpreter, alone: an import that works only after another one fails here."""
     code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module('fastebm.' + m)\n"

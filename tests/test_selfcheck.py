@@ -247,6 +247,7 @@ def test_triton_checks_in_the_interpreter(tmp_path, monkeypatch):
     assert not ok and "pixel means" in detail
 
 
+@pytest.mark.slow
 def test_cli_banner_names_the_checked_components(tmp_path):
     """A fresh process, as a user's run: the banner says which fast components run, metrics.jsonl logs it."""
     import os

@@ -25,6 +25,7 @@ def _iteration(path):
     return torch.load(path, weights_only=False)["iteration"]
 
 
+@pytest.mark.slow
 def test_fid_every_best_checkpoints_history_tensorboard_and_p0(tmp_path, fast_fid):
     out = str(tmp_path / "run")
     assert main([*RUN, "--out", out, "--fid-every", "1", "--random-inception", "--keep-every", "2",
@@ -57,6 +58,7 @@ def test_fid_every_best_checkpoints_history_tensorboard_and_p0(tmp_path, fast_fi
     assert "samples/iter" in tags["images"] and len(acc.Images("samples/iter")) == 3  # one grid per epoch
 
 
+@pytest.mark.slow
 def test_in_training_fid_follows_the_authors_cadence_and_filter(tmp_path, fast_fid):
     """First epoch, every fid_every-th after it, the last (mebm train_maebm.py); M-JEM's FID scores the most
     confident 90 % of each predicted class and its IS the most confident 10 % (cond_is_fid), at least 2 images."""
