@@ -16,7 +16,8 @@ Inductor vector width, 1 thread, fp32) one change at a time: Inductor's 256-bit 
 512), 2 threads, TF32 rounding of every convolution and matmul simulated (bench/_tf32.py), and ATen's AVX2
 kernels with 256-bit vectors (a subprocess with ATEN_CPU_CAPABILITY=avx2, where the CPU has more). A cell this
 CPU cannot run is reported as skipped. The data are the CIFAR-10 JPEGs (bench/_common.py); on the bundled digits
-that stand in where they are absent, an injected error caught inside the 3× margin is an expected failure. ``FASTEBM_BENCH_SIZE=small``: WRN-10-1 at 16×16, batch 8, seed 1 only.
+that stand in where they are absent, an injected error caught inside the 3× margin is an expected failure.
+``FASTEBM_BENCH_SIZE=small``: WRN-10-1 at 16×16, batch 8, seed 1 only.
 On CUDA one cell per configuration instead, ``gpu-fp32``: the GPU's fast path with the compiled step in fp32
 (cuDNN's own algorithms, TF32 convolutions, Inductor's Triton kernels) at the paper's sizes, seed 1.
 
