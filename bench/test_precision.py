@@ -1,4 +1,4 @@
-"""What reduced precision does to training, measured against float64 (README, "bf16 and SGLD").
+"""What reduced precision does to training, measured against float64 (docs/fastpath.md, "bf16 and SGLD").
 
 For each autocast precision (bf16; fp16 too on CUDA) and the two SGLD rules of the authors' scripts (K = 5
 with σ = 0.001, K = 2 with σ = 0), from an M-JEM trainer's own state at the bench sizes (CPU: WRN-10-1;

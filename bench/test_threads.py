@@ -6,7 +6,7 @@ threads wait for each other on busy cores), which is why ``fastebm.threads.choos
 cores minus the load. Timed interleaved (round r runs every thread count once), medians; the summary
 gives both ratios. CPU only.
 
-The same rows are the source of the README's demo rates: the iteration is the one ``python -m fastebm.train``
+These rows are the source of the demo's rates (RESULTS.md): the iteration is the one ``python -m fastebm.train``
 runs (digits preset: WRN-10-1, K = 5, batches 32 / 64, all 1,437 training images), so iterations per second
 here are the demo's training rate (its test evaluation, grids and checkpoints once per 100-iteration epoch,
 and its start-up, not included), and 300 of them the demo's training time. The summary states the 1-minute

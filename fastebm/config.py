@@ -153,7 +153,7 @@ class Config:
                                   "fast path")
     amp: str = _f("auto", "autocast precision of the loss pass: energies, classifier, weight gradients (auto: bf16 on "
                           "CUDA, off on CPU)", "fast path")
-    # bf16 SGLD moved chains by ~60 % of the injected SGLD noise (K = 5; WRN-10-1, README "bf16 and SGLD"),
+    # bf16 SGLD moved chains by ~60 % of the injected SGLD noise (K = 5; WRN-10-1, docs/fastpath.md "bf16 and SGLD"),
     # more than the self-check allows; the sampler therefore stays fp32 (TF32 convolutions on CUDA) by default
     sgld_amp: str = _f("auto", "autocast precision of the SGLD input gradients (auto: off, fp32)", "fast path")
     triton: bool | None = _f(None, "fused Triton kernels: Langevin update, p0 sampling (unset: on with CUDA)",

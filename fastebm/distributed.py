@@ -7,53 +7,11 @@ MASTER_ADDR / MASTER_PORT) with the ``nccl`` backend on CUDA (each rank on ``cud
 ``gloo`` on CPU, and the :class:`~fastebm.trainer.Trainer` picks it up through
 :meth:`DistContext.for_run`.
 
-Design:
-
-- **Data sharding.** The global batch of iteration ``it`` is exactly the single-process one (the
-  ``--batch-size`` / ``--cls-batch-size`` images that :class:`~fastebm.data.Batches` picks for
-  (seed, stream, it)); rank r takes the r-th contiguous slice of it (``Batches(shard=(r, N))``).
-  Both batch sizes must be divisible by N, so every rank holds B/N images, and DDP's gradient average
-  equals the gradient of the single-process loss over the global batch (every term of the loss is a
-  mean over the batch). Data noise and augmentation are drawn per rank from the rank's own RNG.
-- **Replay buffer.** Each rank keeps its own shard of the buffer, ``tensor_split`` of the configured
-  size (so the shards add up to ``--buffer-size``), initialized and updated with the rank's own RNG
-  stream (``seed + rank·1000003``), and draws its B/N chains from it. Checkpoints hold the
-  concatenation of every rank's shard (gathered to rank 0), in the single-process format, so a
-  checkpoint resumes on any number of ranks: the concatenated buffer is re-split on load.
-- **p0** is fitted (or read from the ``p0.pt`` cache) on rank 0 only and broadcast to the others.
-- **BatchNorm: per-rank statistics**, not SyncBatchNorm. Each rank normalizes with the statistics
-  of its local batch, as the single-GPU reference code does with its batch. SyncBatchNorm would
-  all-reduce statistics in every SGLD forward *and* backward (2·K collectives per BN layer per
-  iteration) and couple the ranks' chains, while SGLD is meant to stay local and communication-free.
-  DDP's per-forward buffer broadcast is off; the BN running statistics are tracked per rank and averaged
-  across ranks before each evaluation and checkpoint (:meth:`DistContext.average_buffers`), so the
-  evaluated and saved model is the same on every rank. Consequence: with BatchNorm, a run on N ranks
-  is not numerically the single-process run (each rank's BN sees B/N images); with ``--norm none``
-  it is, up to float reduction order (tested).
-- **Gradients.** The three loss forward passes (E(x+), E(x−), logits of x_cls) go through the DDP
-  module (:class:`DDPEnergyModel`, whose call is ``DDP.forward``, which returns (energy, logits) and so
-  uses every parameter), then one backward all-reduces every gradient once:
-  several forwards before one backward are fine for DDP as long as each parameter gets its gradient
-  once per backward, which holds because each parameter is used by at least one loss term
-  (energy head by E(x±), class head by the classification loss, JEM's class head by both).
-  Hence ``find_unused_parameters=False`` (an unused parameter would make DDP raise at the next
-  iteration, never silently skip a reduction) and no ``static_graph``. (DDP's reduction hooks sit on
-  the parameters' gradient accumulators, which fire once per backward with the gradient summed over
-  all forwards; a DDP forward is what arms the reducer for that backward. Routing all three passes
-  through DDP keeps this explicit and does not depend on which pass comes first.)
-- **SGLD never communicates.** The sampler runs the bare module (not the DDP wrapper) with every
-  parameter frozen (``requires_grad_(False)`` in ``sampling_mode``), so no parameter gradient and
-  hence no DDP gradient hook or all-reduce happens while sampling (tested with a counting comm hook).
-- **Only rank 0 writes** config.json, metrics.jsonl, sample grids, p0.pt and checkpoints. Logged
-  training metrics are averaged over ranks every iteration (one small all-reduce), so every rank
-  takes the same divergence decision.
-- **Data.** Every rank loads the data itself (node-local copies of ``--data-root`` are common); before the
-  first iteration the ranks compare what they loaded (:meth:`DistContext.same_data`: classes, image counts
-  and shape, a hash of the file names; one ``all_gather_object``) and stop together in one line naming the
-  ranks and what differs, or the error of a rank that could not load its copy.
-- **RNG and resume.** Checkpoints also store every rank's RNG state; a resume on the same number of
-  ranks restores each rank's stream (exact resume), on another number rank 0 takes the stored
-  rank-0 state and the other ranks reseed from (seed, rank, iteration).
+In short: rank r trains on the r-th slice of the single-process global batch, keeps its own replay-buffer
+shard and RNG stream, normalizes with per-rank BatchNorm statistics (averaged before each evaluation and
+checkpoint), all-reduces gradients once per iteration through :class:`DDPEnergyModel` and never communicates
+during SGLD; p0 comes from rank 0, only rank 0 writes, and a checkpoint resumes on any number of ranks. The
+design and its reasons: docs/clusters.md, "Multi-process data-parallel training (DDP)".
 """
 from __future__ import annotations
 

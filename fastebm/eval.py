@@ -1,55 +1,14 @@
 """Evaluation of trained checkpoints: ``python -m fastebm.eval --ckpt RUN/ckpt.pt [MORE.pt ...] --task ...``.
 
 Reproduces the measurements and figures of the M-EBM paper (Yang & Ji, "M-EBM: Towards Understanding the
-Manifolds of Energy-Based Models") from checkpoints written by :class:`fastebm.trainer.Trainer`. Each task
-writes ``<task>.json`` (its numbers) and PNG figures into ``--out`` (default: ``eval/`` next to the
-checkpoint). With several ``--ckpt``, ``tsne`` embeds them jointly and ``curves`` draws them together; the
-other tasks run per checkpoint (into ``--out/<run folder name>`` or each checkpoint's own
-``eval/<checkpoint stem>``).
+Manifolds of Energy-Based Models") from checkpoints written by :class:`fastebm.trainer.Trainer`: the tasks of
+:data:`fastebm.evaluation.TASKS` (fid, is, feature-fd, gen, acc, ece, ood, logpx, tsne, curves, extremes, energy,
+p0). Each task writes ``<task>.json`` and its figures into ``--out`` (default: ``eval/`` next to the checkpoint).
 
-==========  =========================================================================================
-fid         FID of generated images (pytorch-fid's InceptionV3 and ``calculate_frechet_distance``)
-is          Inception Score (softmax of the unbiased logits pool3 · Wᵀ, shuffled ``--splits``)
-feature-fd  offline sample quality: Fréchet distance to the test split in a small CNN's feature space (not FID)
-gen         fresh SGLD samples from p0 (and class-conditional ones for mjem/jem): PNG grids and .npz
-acc         test accuracy and cross-entropy (classifier models)
-ece         expected calibration error and a reliability diagram (classifier models)
-ood         AUROC (scikit-learn) of the test set vs ``--ood-dataset`` for log p(x), max softmax, grad norm
-logpx       log p(x) = -E(x) histograms per class: test data by label, buffer by predicted class (Fig. 6)
-tsne        one joint t-SNE of penultimate features of x+, x0 ~ p0 and buffer x- of each checkpoint (Fig. 4)
-curves      test accuracy, FID and IS against epoch of each checkpoint's run, from its metrics.jsonl (Fig. 2(b))
-extremes    per class, buffer samples with the highest / lowest p(x) and p(y|x) (Figs. 5, 9-17)
-energy      distributions of E(x+), E(x0), E(x-) (violins and histograms)
-p0          μ of p0 and a grid of p0 samples (Fig. 7)
-==========  =========================================================================================
-
-Figures (every task but fid / is / acc / gen / p0) need matplotlib (``pip install 'fastebm[plots]'``).
-
-Output: stdout is one JSON object, for ``| jq``: with one ``--ckpt``, task -> record (the content of
-``<task>.json``); with several, task -> checkpoint path -> record, and the joint ``tsne`` and ``curves`` as one
-record each.
-Everything else (progress, warnings, the folders written, errors) goes to stderr. Progress is a bar on a
-terminal and one line at most every 10 s otherwise (:mod:`fastebm.progress`).
-
-Conventions:
-
-* Images are float (N, 3, H, W) in [-1, 1]; E(x) low = likely, log p(x) = -E(x) + const.
-* Scoring runs the network in eval mode without gradients (model mode and flags restored afterwards).
-* SGLD (gen, ``--source chains``) runs the fast :class:`~fastebm.sampler.Sampler` (Triton update and CUDA
-  graph on CUDA, fp32 as in training; the plain path on CPU) with the checkpoint's SGLD settings;
-  ``--sgld-steps`` defaults to the training K.
-* FID real-data statistics are cached in ``--stats-cache`` (default ``$FASTEBM_CACHE/fid_stats``, else
-  ``~/.cache/fastebm/fid_stats``), keyed by the content of the data (every file's path, size and mtime
-  under the data root), the split, the image count and the Inception weights file: a folder that gains
-  images gets new statistics.
-* Buffer filtering (``--keep-ratio``, classifier models, ``--source buffer``), as the JEM++ / M-EBM reference
-  ``cond_is_fid``: per predicted class argmax p(y|x), keep the top ``floor(ratio * n_class)`` by confidence
-  (ratio in (0, 1]), or the top ``int(ratio)`` per class when ratio > 1.
-* OOD scores are oriented so that in-distribution inputs score higher: ``logpx`` = -E(x);
-  ``max_softmax`` = max_y p(y|x); ``grad_norm`` = -||dE/dx||_2 (JEM's sign).
-* ``--random-inception`` (hidden, tests and smoke runs): a randomly initialised Inception.
-
-The library behind it is :mod:`fastebm.evaluation` (typed options, one function per task).
+Output: stdout is one JSON object, for ``| jq``: with one ``--ckpt``, task -> record; with several, task ->
+checkpoint path -> record. Everything else (progress, warnings, the folders written, errors) goes to stderr.
+The library behind it is :mod:`fastebm.evaluation` (typed options, one function per task). Every task, its
+files, the metrics' references and the conventions: docs/evaluation.md.
 
 Exit status: 0 done, 2 bad input (one line ``python -m fastebm.eval: error: ...`` on stderr).
 """

@@ -1,7 +1,7 @@
 """NVTX ranges for Nsight Systems (``--nvtx``): the ``nvtx`` package, falling back to
 ``torch.cuda.nvtx``; no-ops unless enabled.
 
-Ranges (see README, "Profiling"): ``data`` (batch gather + augmentation), ``p0`` (buffer draw and
+Ranges (docs/fastpath.md, "Profiling"): ``data`` (batch gather + augmentation), ``p0`` (buffer draw and
 ρ-reinitialization), ``sgld`` (the K-step loop; ``sgld/step`` per step, or ``sgld/graph`` for a CUDA-
 graph replay), ``energy/pos`` and ``energy/neg`` (loss forwards), ``classify`` (p(y|x) forward),
 ``backward``, ``optimizer``.

@@ -133,8 +133,8 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", st
 class TrainingProgress:
     """The training loop's progress on stderr: a tqdm bar on a terminal (loss, energies, accuracy beside it); in a
     redirected log, a first line after 5 s, then one every 10 s for the first minute, then every minute (the
-    first comes early because the run's first checkpoint and TensorBoard precede the loop: the digits demo at
-    a load of 8 on 2 cores went 16 s without a line when the first was due at 10 s). ``update(n)`` takes the
+    first comes early because the run's first checkpoint and TensorBoard precede the loop; bench/RESULTS.md,
+    "The digits demo, whole runs"). ``update(n)`` takes the
     iteration reached (a rollback may go back); ``metrics(row)`` the last ``train`` row of metrics.jsonl."""
 
     def __init__(self, total: int, initial: int):

@@ -1,8 +1,8 @@
 """How many CPU threads a run's torch operations use.
 
 torch's default is one intra-op thread per physical core. On a machine that other jobs share, OpenMP
-threads that wait for each other on busy cores collapse: the digits demo ran 6.4× slower with two threads
-on two busy cores than with one (bench/test_threads.py measures it). So by default a run takes the cores it
+threads that wait for each other on busy cores collapse (bench/test_threads.py measures it; figures in
+bench/RESULTS.md, "CPU threads"). So by default a run takes the cores it
 may use that are free now, at least one; ``--threads N`` or ``OMP_NUM_THREADS`` decide instead. Under
 torchrun the cores are shared by the ranks.
 
@@ -10,9 +10,8 @@ torchrun the cores are shared by the ranks.
   ``--cpus``, Kubernetes CPU limits: cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``,
   rounded up, the smallest along the cgroup's path), as the Go runtime and the JVM read it.
 - Free now: those cores minus how many of them were busy over :data:`LOAD_WINDOW_S` seconds at start
-  (``/proc/stat``), not the 1-minute load average, which lags: just after ``pip install`` on an idle 2-core
-  machine it still said 1.3 and the demo took 1 thread where 2 ran 1.85× faster. Where ``/proc/stat`` cannot be
-  read (not Linux), the 1-minute load average.
+  (``/proc/stat``), not the 1-minute load average, which lags a core just freed (bench/RESULTS.md, "The digits
+  demo, whole runs"). Where ``/proc/stat`` cannot be read (not Linux), the 1-minute load average.
 """
 from __future__ import annotations
 
@@ -177,8 +176,8 @@ def choose_threads(requested: int | None, world_size: int = 1) -> tuple[int, str
 
 def fast_low_precision(dtype: str) -> bool:
     """Whether this CPU computes ``"bf16"`` / ``"fp16"`` in hardware (AVX-512 BF16 / FP16 or AMX flags in
-    /proc/cpuinfo); without them PyTorch emulates the type and autocast is many times slower than fp32 (a
-    bf16 convolution ran 28× slower on the 2-core AVX2 machine)."""
+    /proc/cpuinfo); without them PyTorch emulates the type and autocast is many times slower than fp32
+    (bench/RESULTS.md, "Reduced precision")."""
     flags = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}.get(dtype, ())
     try:
         with open("/proc/cpuinfo") as f:

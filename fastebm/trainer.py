@@ -61,9 +61,9 @@ class Trainer:
         on_stage: called as ``on_stage(trainer, stage)`` at the slow stages of the build, for a caller that
             reports them: ``"checked"`` once :attr:`cfg` is complete and every check of the options and the data
             has passed (sizes fit, run folder made: bad input has failed before it), before the model, optimizer
-            and p0 are built; ``"p0"`` once the model and optimizer are built, before p0 is read or fitted. On a
-            2-core CPU at a load of 4 the digits demo spent 7 s between the two (torch's first optimizer
-            imports torch._dynamo) and 5 s after (the full-covariance p0 fit); the CLI prints a line at each.
+            and p0 are built; ``"p0"`` once the model and optimizer are built, before p0 is read or fitted (torch's
+            first optimizer imports torch._dynamo, then the p0 fit: seconds each, bench/RESULTS.md "The digits
+            demo, whole runs"); the CLI prints a line at each.
 
     Raises:
         DatasetError: missing or malformed data. ValueError: bad configuration.

@@ -143,7 +143,7 @@ def test_warmup_is_lr_times_it_over_warmup():
 
 
 def test_a_short_run_reaches_its_learning_rate(tmp_path):
-    """The warm-up takes at most a fifth of the run: a 300-iteration run (the README's small CIFAR command)
+    """The warm-up takes at most a fifth of the run: a 300-iteration run (docs/training.md's small CIFAR command)
     warms up over 60 iterations instead of the recipe's 1,000; a paper-length run keeps 1,000."""
     from fastebm.data import ImageSet
     from fastebm.trainer import Trainer
@@ -301,7 +301,7 @@ def test_auto_leaves_the_compiled_step_off_under_ddp():
     for world, expected in ((1, True), (2, False)):
         cfg = for_device(resolve(dict(dataset="cifar10", data_root="x")), "cuda", world)
         assert cfg.compile_step is expected and cfg.triton and cfg.cuda_graphs and cfg.compile == "default"
-        assert cfg.amp == "bf16" and cfg.sgld_amp == "off"  # bf16 loss pass, fp32 SGLD (README: bf16 and SGLD)
+        assert cfg.amp == "bf16" and cfg.sgld_amp == "off"  # bf16 loss pass, fp32 SGLD (docs/fastpath.md)
     cfg = for_device(resolve(dict(dataset="cifar10", data_root="x", compile_step=True)), "cuda", 2)
     assert cfg.compile_step  # explicit: kept, and refused by the trainer with a one-line error
     base = resolve(dict(dataset="cifar10", data_root="x"))

@@ -1,6 +1,6 @@
 """The first seconds of a run: what the CLI says before the first iteration, in which order, and the warning
 about learning-rate decays that a run never reaches. Timings are not asserted here (bench/test_threads.py
-measures the demo's iteration rate; README "The first hour" figures)."""
+measures the demo's iteration rate; bench/RESULTS.md "The digits demo, whole runs" has the figures)."""
 from __future__ import annotations
 
 import os

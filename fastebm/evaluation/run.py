@@ -181,7 +181,7 @@ def sample_chains(run: Run, n: int, n_steps: int, batch_size: int, labels: torch
                   desc: str = "SGLD chains") -> torch.Tensor:
     """Fresh SGLD chains from p0 with the run's SGLD settings (paper Eq. 3), through the fast
     :class:`~fastebm.sampler.Sampler`: on CUDA the fused Triton update and (unconditional chains) a CUDA graph
-    per batch shape, in fp32 as in training (README, "bf16 and SGLD"); on the CPU the plain path (identical to
+    per batch shape, in fp32 as in training (docs/fastpath.md, "bf16 and SGLD"); on the CPU the plain path (identical to
     :func:`~fastebm.sampler.sgld`).
 
     Args:
