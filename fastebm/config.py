@@ -119,9 +119,9 @@ class Config:
                                "statistics, as the authors' code) or eval (running statistics)", "SGLD")
     # loss
     l2: float | None = _f(None, "λ, L2 energy regularization (none: by the K rule)", "loss")  # K rule
-    reg_form: str = _f("eq8", "L2 term: eq8 (paper Eq. 8, per sample), reference (mebm train_maebm.py to "
-                              "20bbf21: squared batch means) or reference-f7ae2f1 (the latest: data per sample, "
-                              "negatives' mean)", "loss")
+    reg_form: str = _f("eq8", "L2 term: eq8 (paper Eq. 8, per sample), squared-means (squared batch means: mebm "
+                              "train_maebm.py to 20bbf21) or data-per-sample (data per sample, the negatives' mean: "
+                              "train_maebm.py since f7ae2f1, the latest)", "loss")
     cls_weight: float = _f(1.0, "weight of the cross-entropy term", "loss")  # mebm scripts --pyx 1.0
     px_weight: float = _f(1.0, "weight of the p(x) term; 0: a classifier only, no SGLD (the authors' --px 0)",
                           "loss")  # mebm train_maebm.py --px 1.

@@ -79,8 +79,8 @@ class FastPath:
             raise ValueError("--compile-step: not supported with DDP (torchrun); pass --no-compile-step")
         self.rng = None
         if self.on.get("triton_langevin"):  # the fused kernels' Philox state: a device tensor
-            from .kernels import make_rng_state
-            self.rng = make_rng_state(int(torch.randint(0, 2 ** 62, (1,))), self.device)
+            from .kernels import rng_state_from_torch
+            self.rng = rng_state_from_torch(self.device)
         self.net = (torch.compile(self.model, **compile_mode(cfg.compile, bool(self.on.get("cuda_graphs"))))
                     if self.on.get("compile") else self.model)
         self.report: dict = {}
@@ -171,7 +171,8 @@ class FastPath:
         """New chain noise: torch's generators and the Triton Philox state."""
         torch.manual_seed(seed)
         if self.rng is not None:
-            self.rng.copy_(torch.tensor([seed, 0], dtype=torch.int64))
+            from .kernels import reseed_rng_state
+            reseed_rng_state(self.rng, seed)
 
     # ------------------------------------------------------------------ the check
     def batch(self, it: int):

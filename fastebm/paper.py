@@ -176,10 +176,10 @@ def _settings(model: str, dataset: str, k: int | None, **extra) -> MappingProxyT
 
 # --- the settings of the authors' code that the paper does not state --------------------------------------
 # mebm train_maebm.py @20bbf21 (2022-03-10, its last version before f7ae2f1 changed the L2 form and the FID tool):
-# l2_coeff * (fp ** 2 + fq ** 2) of the batch means ("reference"); sample_q keeps f in train mode ("# f.eval()"),
+# l2_coeff * (fp ** 2 + fq ** 2) of the batch means ("squared-means"); sample_q keeps f in train mode ("# f.eval()"),
 # so every forward updates the BatchNorm running statistics ("update"); models/norms.py @ab600eb get_norm:
 # BatchNorm2d(n, momentum=0.9); no autocast anywhere (fp32). train_maebm_celeba.py @32f98f9 alike.
-_MEBM_CODE = MappingProxyType(dict(reg_form="reference", bn_momentum=0.9, sgld_bn="update", amp="off",
+_MEBM_CODE = MappingProxyType(dict(reg_form="squared-means", bn_momentum=0.9, sgld_bn="update", amp="off",
                                    sgld_amp="off"))
 _MEBM_SOURCE = "sndnyang/mebm train_maebm.py @20bbf21, models/norms.py @ab600eb"
 _CELEBA_SOURCE = "sndnyang/mebm train_maebm_celeba.py @32f98f9, models/norms.py @ab600eb"
@@ -623,7 +623,7 @@ def beside(r: PaperRow, measured: Mapping, cfg=None, before: Mapping | None = No
 
 def what_differs(r: PaperRow, cfg) -> str:
     """:func:`differences` in words, e.g. ``differs from the row: --depth 10 (row 28); differs from the authors'
-    code (<code_source>): --reg-form eq8 (theirs reference)``; "" when nothing differs."""
+    code (<code_source>): --reg-form eq8 (theirs squared-means)``; "" when nothing differs."""
     diff = differences(r, cfg)
     stated = {k: v for k, v in diff.items() if k in r.settings}
     code = {k: v for k, v in diff.items() if k not in r.settings}

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .kernels import rng_state_from_torch
 from .kernels.reference import langevin_reference
 from .profiling import nvtx_range
 
@@ -305,7 +306,7 @@ class Sampler:
         if g.stride() != x.stride():  # the fused kernel walks x and g in one memory order
             g = torch.empty_like(x, dtype=g.dtype).copy_(g)
         if self.rng_state is None:
-            self.rng_state = _rng_state_from_torch(x.device)
+            self.rng_state = rng_state_from_torch(x.device)
         clamp = (-1.0, 1.0) if self.cfg.clamp_x else None
         for j in range(self.cfg.inner_steps):  # σ = 0 draws nothing: only the last update advances the Philox state
             sigma = self.cfg.noise if j == self.cfg.inner_steps - 1 else 0.0
@@ -343,7 +344,7 @@ class Sampler:
             raise ValueError("--cuda-graphs needs CUDA tensors (this chain is on "
                              f"{x0.device.type})")
         if self.triton and self.rng_state is None:
-            self.rng_state = _rng_state_from_torch(x0.device)
+            self.rng_state = rng_state_from_torch(x0.device)
         self._static_in = x0.detach().float().clone()
         snapshot = bn_snapshot(self.model)
         # Warm-up on a side stream (cuDNN / Triton autotuning, compile), as torch.cuda.graph requires.
@@ -384,11 +385,5 @@ class Sampler:
         """Reseed the chain noise: the torch generators and, for the Triton kernel, ``rng_state``."""
         torch.manual_seed(seed)
         if self.rng_state is not None:
-            self.rng_state.copy_(torch.tensor([seed, 0], dtype=torch.int64))
-
-
-def _rng_state_from_torch(device) -> torch.Tensor:
-    """A Triton Philox [seed, offset] state seeded from the global torch RNG (reproducible by seed)."""
-    from fastebm.kernels import make_rng_state
-
-    return make_rng_state(int(torch.randint(0, 2 ** 62, (1,))), device)
+            from fastebm.kernels import reseed_rng_state
+            reseed_rng_state(self.rng_state, seed)

@@ -11,6 +11,6 @@ This package imports only torch; importing a kernel module (``fastebm.kernels.la
 ``triton``: to run the kernels on CPU tensors, set ``TRITON_INTERPRET=1`` in the environment *before*
 that import.
 """
-from ._common import make_rng_state
+from ._common import make_rng_state, reseed_rng_state, rng_state_from_torch
 
-__all__ = ["make_rng_state"]
+__all__ = ["make_rng_state", "reseed_rng_state", "rng_state_from_torch"]

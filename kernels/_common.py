@@ -27,6 +27,8 @@ import torch
 
 __all__ = [
     "make_rng_state",
+    "rng_state_from_torch",
+    "reseed_rng_state",
     "assert_rng_state",
     "advance_rng_state",
     "is_dense",
@@ -50,6 +52,18 @@ def make_rng_state(seed: int, device=None) -> torch.Tensor:
     """
     assert 0 <= seed < 2**63, f"seed: an int in [0, 2**63), got {seed}"
     return torch.tensor([seed, 0], dtype=torch.int64, device=device)
+
+
+def rng_state_from_torch(device=None) -> torch.Tensor:
+    """A Philox state ``[seed, 0]`` whose seed is drawn from torch's global generator (reproducible by
+    ``torch.manual_seed``); int64 (2,) on ``device``."""
+    return make_rng_state(int(torch.randint(0, 2 ** 62, (1,))), device)
+
+
+def reseed_rng_state(rng_state: torch.Tensor, seed: int) -> None:
+    """Reset ``rng_state`` to ``[seed, 0]`` in place (a CUDA graph that captured it sees the new seed);
+    ``seed`` in ``[0, 2**63)``."""
+    rng_state.copy_(make_rng_state(seed))
 
 
 def assert_rng_state(rng_state: torch.Tensor, device: torch.device) -> None:

@@ -16,9 +16,9 @@ def test_eq8_and_reference_forms():
     torch.testing.assert_close(eq8, torch.tensor(-5 / 3 + 0.5 * (5.25 / 3 + 11.25 / 3)), **hand)
     # mebm train_maebm.py: l2_coeff * (fp ** 2 + fq ** 2), fp and fq the batch means (-1/6 and 1.5 here)
     ref = contrast + 0.5 * (torch.tensor(-0.5 / 3) ** 2 + torch.tensor(1.5) ** 2)
-    torch.testing.assert_close(generative_loss(e_pos, e_neg, 0.5, "reference"), ref, **hand)
+    torch.testing.assert_close(generative_loss(e_pos, e_neg, 0.5, "squared-means"), ref, **hand)
     # mebm train_maebm.py since f7ae2f1: data energies squared per sample (5.25 / 3), negatives' mean squared (1.5²)
-    latest = generative_loss(e_pos, e_neg, 0.5, "reference-f7ae2f1")
+    latest = generative_loss(e_pos, e_neg, 0.5, "data-per-sample")
     torch.testing.assert_close(latest, torch.tensor(-5 / 3 + 0.5 * (5.25 / 3 + 2.25)), **hand)
     assert torch.equal(generative_loss(e_pos, e_neg, 0.0), contrast)
 

@@ -64,7 +64,7 @@ def test_paper_option_sets_the_row_and_its_authors_code(r, capsys):
     assert set(diff) == {k for k, v in r.code.items() if getattr(plain, k) != v} == set(code) | {"amp"}
     line = paper.beside(r, {}, plain)
     assert f"differs from the authors' code ({r.code_source}):" in line and "--amp bf16 (theirs off)" in line
-    shown = {"reg_form": "--reg-form eq8 (theirs reference)", "bn_momentum": "--bn-momentum 0.1 (theirs 0.9)",
+    shown = {"reg_form": "--reg-form eq8 (theirs squared-means)", "bn_momentum": "--bn-momentum 0.1 (theirs 0.9)",
              "sgld_bn": "--sgld-bn batch (theirs update)"}
     assert all(shown[k] in line for k in code)
 
@@ -72,7 +72,7 @@ def test_paper_option_sets_the_row_and_its_authors_code(r, capsys):
 # each authors' code beside fastebm's defaults: mebm train_maebm.py @20bbf21 (batch means squared; BatchNorm
 # momentum 0.9, every forward in train mode), its --px 0 classifier, JEMPP train_jempp.py @fba6ba5 (no L2 term),
 # JEM (no BatchNorm): what --paper sets beyond fp32
-_MEBM = dict(reg_form="reference", bn_momentum=0.9, sgld_bn="update")
+_MEBM = dict(reg_form="squared-means", bn_momentum=0.9, sgld_bn="update")
 CODE = {"mebm": _MEBM, "mjem": _MEBM, "lse-jem": _MEBM, "jempp": dict(bn_momentum=0.9, sgld_bn="update"),
         "classifier": dict(bn_momentum=0.9), "jem": {}}
 
@@ -86,7 +86,7 @@ def test_paper_option_refuses_another_experiment_and_unknown_keys():
     with pytest.raises(ValueError, match="--paper"):
         resolve_cli(["--paper", "t1-ref-ddpm"])  # another method's row: nothing to train
     small = resolve_cli(["--paper", "t1-mebm-cifar10-k5", "--l2", "0", "--depth", "10"])  # given options still win
-    assert (small.l2, small.depth, small.reg_form) == (0.0, 10, "reference")
+    assert (small.l2, small.depth, small.reg_form) == (0.0, 10, "squared-means")
     assert paper.nearest(small).key == "t1-mebm-cifar10-k5"  # its row, not Fig. 4(b)'s no-L2 run
     assert paper.differences(paper.row("t1-mebm-cifar10-k5"), small) == {"depth": (10, 28)}
 
@@ -237,7 +237,7 @@ def test_nearest_row_and_what_differs():
     assert paper.beside(r, {"fid": 30.0}, _for_cuda(small)) == (
         "paper Table 1 M-EBM CIFAR-10 K=5: IS 7.14, FID 22.7 (ours 30.00); differs from the row: --depth 10 (row 28), "
         "--width 1 (row 10); differs from the authors' code (sndnyang/mebm train_maebm.py @20bbf21, models/norms.py "
-        "@ab600eb): --reg-form eq8 (theirs reference), --bn-momentum 0.1 (theirs 0.9), --sgld-bn batch (theirs "
+        "@ab600eb): --reg-form eq8 (theirs squared-means), --bn-momentum 0.1 (theirs 0.9), --sgld-bn batch (theirs "
         "update), --amp bf16 (theirs off)")
     exact = resolve_cli(["--dataset", "cifar10", "--model", "mebm", "--k", "5"])
     assert paper.nearest(exact) is paper.match(exact) and paper.differences(paper.match(exact), exact, False) == {}

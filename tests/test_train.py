@@ -304,7 +304,7 @@ def test_a_paper_configuration_gets_its_row_beside_its_numbers():
     assert summary["paper"]["row"] == "t3-mjem-cifar10-k5" and summary["paper"]["fid"] == 12.1
     assert summary["paper"]["beside"] == (
         "paper Table 3 M-JEM CIFAR-10 K=5: acc 0.931 (ours 0.500), IS 8.71, FID 12.1; differs from the authors' code "
-        "(sndnyang/mebm train_maebm.py @20bbf21, models/norms.py @ab600eb): --reg-form eq8 (theirs reference), "
+        "(sndnyang/mebm train_maebm.py @20bbf21, models/norms.py @ab600eb): --reg-form eq8 (theirs squared-means), "
         "--bn-momentum 0.1 (theirs 0.9), --sgld-bn batch (theirs update)")  # fp32 on the CPU, as theirs
     assert set(summary["paper"]["differs"]) == {"reg_form", "bn_momentum", "sgld_bn"}
     trainer.best_before_divergence = {"iter": 5, "test_acc": 0.4, "fid": float("inf")}
