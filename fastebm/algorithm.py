@@ -1,11 +1,15 @@
-"""Algorithm 1 of the paper (M-EBM / M-JEM training), one iteration, over a small state.
+"""Algorithm 1 of the paper (M-EBM / M-JEM training), one iteration, over a small state. The numbers are the
+paper's line numbers, which the other modules cite too:
 
-    1  x+ ~ p_data; for M-JEM (x, y) ~ p_data, augmented          batches()
-    2  x0 ~ B; with probability ρ, x0 ~ p0 (Eq. 6)                 negatives()
-    3  for k = 1..K: x_k = x_{k−1} − α ∂E(x_{k−1})/∂x + σ ε (Eq. 3)
-    4  B ← x_K
-    5  L = E(x+) − E(x−) + λ (E(x+)² + E(x−)²) (Eq. 8) [+ CE(p(y|x))]   update()
-    6  θ ← θ − η ∇θ L
+    2      x+ ~ p_data; for M-JEM (x, y) ~ p_data, augmented             batches()
+    3      x0 ~ B; with probability ρ, x0 ~ p0 (Eq. 6)                    negatives()
+    4–6    for t = 1..K: x_t = x_{t−1} − α ∂E(x_{t−1})/∂x + σ ε (Eq. 3)
+    7      x− = StopGrad(x_K)
+    12     B ← x−
+    8–10   L = E(x+) − E(x−) + λ (E(x+)² + E(x−)²) (Eq. 8) [+ CE(p(y|x))]   update()
+    11     θ ← θ − η ∇θ L
+
+(line 12, the buffer write, happens inside negatives(): it depends on x− alone.)
 
 :class:`Algorithm1` holds what one iteration reads and writes (network, sampler, replay buffer, optimizer,
 the two batch streams) and is a function of tensors: the dataset indices of the iteration and the learning
@@ -85,9 +89,9 @@ class Algorithm1:
         for checks and diagnostics, ``_x_pos``, ``_x0``, ``_x_neg`` (N, C, H, W), ``_e_pos``, ``_e_neg`` (N,),
         ``_logits`` (B_cls, C) with a p(y|x) batch.
         """
-        x_pos, x_cls, y = self.batches(idx, idx_cls)                # line 1
-        x0, x_neg, written = self.negatives(len(x_pos))              # lines 2–4
-        out = self.update(x_pos, x_neg, x_cls, y, lr)                # lines 5–6
+        x_pos, x_cls, y = self.batches(idx, idx_cls)                # line 2
+        x0, x_neg, written = self.negatives(len(x_pos))              # lines 3–7, 12
+        out = self.update(x_pos, x_neg, x_cls, y, lr)                # lines 8–11
         out.update(finite_negatives=written.float().mean(), _x0=x0)
         return out
 
@@ -113,7 +117,7 @@ class Algorithm1:
         return x0, x_neg, written
 
     def update(self, x_pos, x_neg, x_cls, y, lr) -> dict:
-        """Eq. 8 (+ cross-entropy on the p(y|x) batch), backward, optimizer step (lines 5–6)."""
+        """Eq. 8 (+ cross-entropy on the p(y|x) batch), backward, optimizer step (lines 8–11)."""
         dtype = self.amp
         with torch.autocast(x_pos.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             if self.px_weight == 0:  # a classifier only: no energies (mebm train_maebm.py: "if arg.px > 0")
@@ -144,7 +148,7 @@ class Algorithm1:
         return out
 
     def zero_grad(self) -> None:
-        """θ's gradients ← None, so that line 6's backward writes ∇θ L afresh (no accumulation across
+        """θ's gradients ← None, so that line 11's backward writes ∇θ L afresh (no accumulation across
         iterations). :meth:`update` calls it when eager; a compiled step (:func:`fastebm.step.compile_step`)
         calls it eagerly before each run of its graph, which must not assign ``p.grad = None`` itself: on
         torch 2.14 that, followed by the traced ``backward()``, makes Dynamo write the attribute's source onto

@@ -1,4 +1,4 @@
-"""Replay buffer B of SGLD samples (Algorithm 1, lines 2–3 and 7; JEM's persistent chains).
+"""Replay buffer B of SGLD samples (Algorithm 1, lines 3 and 12; JEM's persistent chains).
 
 B holds |B| images (10,000 in the paper) in float32 on the training device, filled from p0. Each draw
 picks a batch of indices uniformly with replacement, and replaces each drawn sample by a fresh p0
@@ -36,7 +36,7 @@ class ReplayBuffer:
         return self.samples.shape[0]
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw x0 for n chains (Algorithm 1 lines 2–3).
+        """Draw x0 for n chains (Algorithm 1 line 3).
 
         Returns:
             x0: (n, C, H, W) float32 — buffer samples, each replaced with probability ρ by a p0 sample.
@@ -48,7 +48,7 @@ class ReplayBuffer:
         return torch.where(reinit[:, None, None, None], fresh, self.samples[idx]), idx
 
     def update(self, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Write negatives back (Algorithm 1 line 7), detached; non-finite samples are not written.
+        """Write negatives back (Algorithm 1 line 12), detached; non-finite samples are not written.
 
         Args:
             idx: (n,) int64 from :meth:`sample`.

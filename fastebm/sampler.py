@@ -279,7 +279,8 @@ class Sampler:
                  cuda_graphs: bool = False, amp: str = "off", channels_last: bool = False,
                  rng_state: torch.Tensor | None = None):
         if amp not in AMP_DTYPES:
-            raise ValueError(f"--amp: expected one of {list(AMP_DTYPES)}, got {amp!r}")
+            raise ValueError(f"Sampler: amp (the SGLD precision, --sgld-amp) must be one of {list(AMP_DTYPES)}, "
+                             f"got {amp!r}")
         self.model, self.cfg, self.net = model, cfg, net if net is not None else model
         self.triton, self.cuda_graphs, self.amp, self.channels_last = triton, cuda_graphs, amp, channels_last
         self.rng_state = rng_state

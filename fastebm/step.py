@@ -62,7 +62,7 @@ def init_optimizer_state(opt: torch.optim.Optimizer) -> None:
 
 
 def optimizer_step(opt: torch.optim.Optimizer, lr: torch.Tensor) -> None:
-    """θ ← θ − η ∇θ L (Algorithm 1 line 8) with torch's functional SGD / Adam on ``opt``'s state.
+    """θ ← θ − η ∇θ L (Algorithm 1 line 11) with torch's functional SGD / Adam on ``opt``'s state.
 
     Args:
         opt: an SGD or Adam optimizer whose state :func:`init_optimizer_state` created.
