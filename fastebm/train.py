@@ -38,13 +38,14 @@ import typing
 
 from . import __version__, paper
 from .checkpoint import CheckpointError, load_checkpoint
+from .completion import run_folder
 from .config import DEVICE_FIELDS, NONE, Config, OneLineParser, resolve
 from .data import DatasetError
 from .distributed import DataMismatch, env_world_size, exit_process, init_from_env, shutdown
 from .fastpath import FastPathError
 from .limits import CHOICES
 from .recovery import finite
-from .runfolder import RunFolderBusy, RunLock, default_run_folder, run_folder_base
+from .runfolder import RunFolderBusy, RunLock, run_folder_base
 from .schedule import decays_after_end
 from .stopping import GracefulStop, Stopped
 from .threads import apply_threads
@@ -242,8 +243,7 @@ def _main(argv, locks: list) -> int:
                   f"({cfg.epochs} epochs); to train on, pass --resume {args.resume} --epochs N with N > "
                   f"{cfg.epochs}", file=sys.stderr)
             return 0
-        if not cfg.out:
-            cfg = dataclasses.replace(cfg, out=default_run_folder(cfg.dataset, cfg.model, cfg.k))
+        cfg = dataclasses.replace(cfg, out=run_folder(cfg))  # decided now: the folder is locked before the data
         if not args.resume and os.path.isfile(os.path.join(cfg.out, "ckpt.pt")):
             raise CheckpointError(f"run folder {cfg.out!r} already holds ckpt.pt: pass --resume "
                                   f"{os.path.join(cfg.out, 'ckpt.pt')} (or --resume auto) or choose another --out")
