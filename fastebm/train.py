@@ -104,6 +104,24 @@ def _preset_view(argv) -> Config | None:
         return None
 
 
+class _TrainParser(OneLineParser):
+    """The train CLI's parser: the help's defaults (:func:`_preset_view` of ``argv``) are resolved when the help is
+    formatted, so that a command that only parses resolves its Config once (in :func:`config_from_args`)."""
+
+    def __init__(self, argv, **kw):
+        super().__init__(**kw)
+        self.view_argv, self.shown_fields = argv, []  # [(argparse action, Config field)]
+
+    def format_help(self) -> str:
+        if self.view_argv is not None:
+            view, self.view_argv = _preset_view(self.view_argv), None
+            for action, name in self.shown_fields:
+                value = getattr(view, name, None)
+                if value is not None:
+                    action.help += f" (default: {_shown(value)})"
+        return super().format_help()
+
+
 def build_parser(argv=None) -> argparse.ArgumentParser:
     """The command line of ``python -m fastebm.train``, generated from the :class:`Config` fields.
 
@@ -112,13 +130,13 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     ``--x`` / ``--no-x``, list fields take several values, Optional fields also accept ``none``, and the
     choices come from :data:`fastebm.limits.CHOICES`. Every default is None (= not given: the preset
     decides); the help shows the value the presets resolve to for the ``--dataset`` / ``--model`` /
-    ``--k`` of ``argv`` (``sys.argv[1:]`` when None). CLI-only: ``--resume``, ``--print-config``.
+    ``--k`` of ``argv`` (``sys.argv[1:]`` when None), resolved when the help is formatted. CLI-only:
+    ``--resume``, ``--print-config``.
     """
     argv = sys.argv[1:] if argv is None else argv
-    view = _preset_view(argv)
-    p = OneLineParser(prog="python -m fastebm.train", description=__doc__.split("\n\n")[0],
-                      epilog="Defaults shown are the presets resolved for the --dataset / --model / "
-                             "--k given (fastebm/config.py; --print-config prints them all).")
+    p = _TrainParser(argv, prog="python -m fastebm.train", description=__doc__.split("\n\n")[0],
+                     epilog="Defaults shown are the presets resolved for the --dataset / --model / "
+                            "--k given (fastebm/config.py; --print-config prints them all).")
     p.add_argument("--version", action="version", version=f"fastebm {__version__}")
     p.add_argument("--resume", metavar="CKPT", help="continue the run stored in this checkpoint; auto: the run "
                    "folder's ckpt.pt if it exists and was written by these options, else start (requeued jobs)")
@@ -133,21 +151,17 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
         title = meta.get("group", "other options")
         g = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
         base, is_list, optional = _field_kind(hints[f.name])
-        help_ = meta.get("help", f.name.replace("_", " "))
-        value = getattr(view, f.name, None)
-        if value is not None:
-            help_ += f" (default: {_shown(value)})"
-        kw: dict = dict(dest=f.name, default=None, help=help_)
+        kw: dict = dict(dest=f.name, default=None, help=meta.get("help", f.name.replace("_", " ")))
         if base is bool:
-            g.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
-            continue
-        if is_list:
-            kw.update(nargs="*", metavar=f.name.upper())
-        if CHOICES.get(f.name):
-            kw["choices"] = CHOICES[f.name]
+            kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = _typed(base, optional)
-        g.add_argument(_flag(f.name), **kw)
+            if is_list:
+                kw.update(nargs="*", metavar=f.name.upper())
+            if CHOICES.get(f.name):
+                kw["choices"] = CHOICES[f.name]
+            else:
+                kw["type"] = _typed(base, optional)
+        p.shown_fields.append((g.add_argument(_flag(f.name), **kw), f.name))
     return p
 
 
@@ -163,9 +177,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
     """
     given = {k: v for k, v in vars(args).items() if k not in CLI_ONLY and v is not None}
     requested = {k: (None if v is NONE else v) for k, v in given.items()}
-    iteration = None
-    if args.resume == "auto":
-        args.resume = _auto_resume(given, requested)
+    iteration, cfg = None, None
+    if args.resume == "auto":  # a run that starts comes back resolved; one that goes on resolves below
+        args.resume, cfg = _auto_resume(given, requested)
     if args.resume:
         ckpt = load_checkpoint(args.resume)
         changed = [f"{_flag(k)} {ckpt['config'][k]} -> {v}" for k, v in given.items()
@@ -182,8 +196,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
         iteration = int(ckpt.get("iteration", 0))
         if not args.out:  # continue in the checkpoint's own run folder
             given["out"] = os.path.dirname(os.path.abspath(args.resume))
-    fields = {f.name for f in dataclasses.fields(Config)}
-    cfg = resolve({k: v for k, v in given.items() if k in fields})
+    if cfg is None:
+        fields = {f.name for f in dataclasses.fields(Config)}
+        cfg = resolve({k: v for k, v in given.items() if k in fields})
     if args.resume and ckpt.get("arch"):  # before anything else, even when done: another shape cannot go on
         stored, now = ckpt["arch"], cfg.arch()
         if any(now[k] is not None and stored.get(k) != now[k] for k in now):
@@ -191,9 +206,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
     return cfg, requested, iteration
 
 
-def _auto_resume(given: dict, requested: dict) -> str | None:
-    """``--resume auto``: the run folder's ckpt.pt when it exists and was written by the same options (then
-    the run goes on), None when there is none (then the run starts in that folder, ``given["out"]`` set).
+def _auto_resume(given: dict, requested: dict) -> tuple[str | None, Config | None]:
+    """``--resume auto``: ``(the run folder's ckpt.pt, None)`` when it exists and was written by the same options
+    (then the run goes on, its Config resolved with the checkpoint's), ``(None, the resolved Config)`` when there is
+    none (then the run starts in that folder: ``out`` set there and in ``given``).
 
     Raises:
         CheckpointError: the checkpoint there was written by other options (which ones differ).
@@ -204,7 +220,7 @@ def _auto_resume(given: dict, requested: dict) -> str | None:
     path = os.path.join(out, "ckpt.pt")
     if not os.path.isfile(path):
         given["out"] = out
-        return None
+        return None, dataclasses.replace(cfg, out=out)
     ckpt = load_checkpoint(path)
     before, stored = ckpt.get("requested"), ckpt["config"]
     differ = sorted(k for k in set(before or {}) | set(requested) if k != "out"
@@ -214,7 +230,7 @@ def _auto_resume(given: dict, requested: dict) -> str | None:
                          for k in differ[:4]) or "it does not record its options"
         raise CheckpointError(f"--resume auto: {path!r} holds a run with other options ({what}); pass "
                               f"--resume {path} to continue it with these, or another --out")
-    return path
+    return path, None
 
 
 def main(argv=None) -> int:

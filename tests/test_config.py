@@ -369,3 +369,16 @@ def test_complete_checks_the_options_against_the_ranks():
         with pytest.raises(ValueError) as e:
             _completed(dict(dataset="digits", image_size=16, out="o", **over), world)
         assert str(e.value) == message
+
+
+def test_a_command_resolves_its_config_once(tmp_path, monkeypatch, capsys):
+    """The help's preset view is resolved only for the help; --resume auto that starts reuses its resolution."""
+    import fastebm.train as T
+
+    calls = []
+    monkeypatch.setattr(T, "resolve", lambda over: calls.append(over) or resolve(over))
+    for extra in ([], ["--resume", "auto"]):
+        calls.clear()
+        assert main(["--dataset", "digits", "--out", str(tmp_path / "run"), "--print-config", *extra]) == 0
+        assert len(calls) == 1 and json.loads(capsys.readouterr().out)["out"] == str(tmp_path / "run")
+    assert "(default: 0.05)" in " ".join(T.build_parser(["--dataset", "digits"]).format_help().split())
