@@ -17,7 +17,8 @@ K rule (mebm ``scripts/maebm_cifar10.sh`` at da79aff, its closing comment: "K=2 
 sgld_std 0; K>=5, l2_coeff=0.5, sgld_std=0.001"): λ = 0.1 and σ = 0 for K ≤ 2; λ = 0.5 and σ = 0.001 for
 K ≥ 3. Table 5 gives σ = 0.001 for K = 2 as well: ``--noise 0.001 --l2 0.5``.
 
-What each option accepts, and whether a run fits its machine: :mod:`fastebm.limits`.
+What each option accepts: :mod:`fastebm.limits`; the Config completed for a device, ranks and data, and
+whether a run fits them: :mod:`fastebm.completion`.
 """
 from __future__ import annotations
 
