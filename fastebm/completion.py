@@ -5,7 +5,7 @@ option against them sits here, each error one line naming the option.
 
 What :func:`complete` fills in, in this order::
 
-    fast-path flags, host-check and FID cadence for the device   (fastebm.config.for_device)
+    fast-path flags, host-check and FID cadence for the device   (for_device)
     batches and buffer that split over the ranks                 (check_world_size)
     image side, classes and iterations per epoch from the data   (fastebm.config.derive_iters_per_epoch)
     warm-up at most a fifth of the run
@@ -24,10 +24,34 @@ import warnings
 import torch
 
 from .bufferfid import reference_split
-from .config import Config, derive_iters_per_epoch, for_device
+from .config import Config, derive_iters_per_epoch, fast_flags
 from .limits import check_p0_size, flag
 from .p0 import default_cov_form
 from .runfolder import default_run_folder
+
+# The fields whose "auto" / None depends on the device a run is on: a resume on another device resolves them
+# again unless the user gave them (see for_device).
+DEVICE_FIELDS = ("compile", "cuda_graphs", "amp", "sgld_amp", "triton", "channels_last", "compile_step",
+                 "check_every", "fid_every")
+
+
+def for_device(cfg: Config, device_type: str, world_size: int = 1) -> Config:
+    """``cfg`` with the device-dependent "auto" / None values decided for ``device_type`` (a new Config):
+    the fast-path flags (:func:`fast_flags`; in a multi-process DDP run ``auto`` leaves the compiled step off,
+    it is single-process), ``check_every`` (1 on the CPU, where a host sync costs nothing; ``log_every`` on
+    CUDA) and ``fid_every`` (5 epochs on CUDA, off on the CPU).
+
+    Raises ValueError when a CUDA-only flag (cuda_graphs, triton) is forced on without CUDA.
+    """
+    auto = dict(fast_flags(device_type), **({"compile_step": False} if world_size > 1 else {}))
+    auto.update(check_every=1 if device_type != "cuda" else cfg.log_every,
+                fid_every=5 if device_type == "cuda" else 0)
+    new = dataclasses.replace(cfg, **{k: v for k, v in auto.items() if getattr(cfg, k) in (None, "auto")})
+    if device_type != "cuda":
+        for name in ("cuda_graphs", "triton"):
+            if getattr(new, name):
+                raise ValueError(f"--{name.replace('_', '-')} needs a CUDA device (this run is on {device_type})")
+    return new
 
 
 def available_memory(device) -> int:
@@ -204,7 +228,7 @@ def complete(cfg: Config, device: torch.device | str, world_size: int, n_train: 
     has a test split), after every check of the options against them. Idempotent: completing the result again
     with the same arguments returns an equal Config.
 
-    Filled in: the device-dependent ``auto`` / None values (:func:`fastebm.config.for_device`: fast-path flags,
+    Filled in: the device-dependent ``auto`` / None values (:func:`for_device`: fast-path flags,
     ``check_every``, ``fid_every``); ``image_size`` and ``n_classes`` from the data; ``iters_per_epoch`` when
     unset (:func:`fastebm.config.derive_iters_per_epoch`); ``warmup_iters`` capped at a fifth of the run
     (``total_iters // 5``: a short run reaches its learning rate, paper-length runs of 78,000 iterations and more
@@ -213,7 +237,7 @@ def complete(cfg: Config, device: torch.device | str, world_size: int, n_train: 
 
     Raises:
         ValueError: a batch or buffer that does not split over the ranks, ``--compile-step`` under DDP
-            (:func:`check_world_size`); a CUDA-only flag without CUDA (:func:`~fastebm.config.for_device`); sizes
+            (:func:`check_world_size`); a CUDA-only flag without CUDA (:func:`for_device`); sizes
             that do not fit the data or the device (:func:`check_fits`); an explicit FID cadence
             that cannot run (:func:`fid_cadence`); an FID reference without its test split
             (:func:`check_fid_reference`). Each one line naming the option.

@@ -255,31 +255,6 @@ def fast_flags(device_type: str) -> dict:
                 compile_step=True)
 
 
-# The fields whose "auto" / None depends on the device a run is on: a resume on another device resolves them
-# again unless the user gave them (see for_device).
-DEVICE_FIELDS = ("compile", "cuda_graphs", "amp", "sgld_amp", "triton", "channels_last", "compile_step",
-                 "check_every", "fid_every")
-
-
-def for_device(cfg: Config, device_type: str, world_size: int = 1) -> Config:
-    """``cfg`` with the device-dependent "auto" / None values decided for ``device_type`` (a new Config):
-    the fast-path flags (:func:`fast_flags`; in a multi-process DDP run ``auto`` leaves the compiled step off,
-    it is single-process), ``check_every`` (1 on the CPU, where a host sync costs nothing; ``log_every`` on
-    CUDA) and ``fid_every`` (5 epochs on CUDA, off on the CPU).
-
-    Raises ValueError when a CUDA-only flag (cuda_graphs, triton) is forced on without CUDA.
-    """
-    auto = dict(fast_flags(device_type), **({"compile_step": False} if world_size > 1 else {}))
-    auto.update(check_every=1 if device_type != "cuda" else cfg.log_every,
-                fid_every=5 if device_type == "cuda" else 0)
-    new = dataclasses.replace(cfg, **{k: v for k, v in auto.items() if getattr(cfg, k) in (None, "auto")})
-    if device_type != "cuda":
-        for name in ("cuda_graphs", "triton"):
-            if getattr(new, name):
-                raise ValueError(f"--{name.replace('_', '-')} needs a CUDA device (this run is on {device_type})")
-    return new
-
-
 def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU; otherwise ``torch.device(name)``.
 

@@ -38,8 +38,8 @@ import typing
 
 from . import __version__, paper
 from .checkpoint import CheckpointError, load_checkpoint
-from .completion import run_folder
-from .config import DEVICE_FIELDS, NONE, Config, OneLineParser, resolve
+from .completion import DEVICE_FIELDS, run_folder
+from .config import NONE, Config, OneLineParser, resolve
 from .data import DatasetError
 from .distributed import DataMismatch, env_world_size, exit_process, init_from_env, shutdown
 from .fastpath import FastPathError
@@ -171,7 +171,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
     trainer stores in its checkpoints, and the iteration of the checkpoint resumed (None without --resume).
 
     A resumed run keeps the stored configuration, with the options given now on top, except the
-    device-dependent fields (:data:`fastebm.config.DEVICE_FIELDS`: fast-path flags, host-check and FID
+    device-dependent fields (:data:`fastebm.completion.DEVICE_FIELDS`: fast-path flags, host-check and FID
     cadence), which are resolved again for the device the run resumes on unless the original run or this
     command gave them: a GPU checkpoint resumes on a CPU, and a CPU checkpoint gets the fast path on a GPU.
     """

@@ -294,16 +294,18 @@ def test_lse_jem_trains_on_digits_with_finite_energies(tmp_path, digits):
 
 def test_auto_leaves_the_compiled_step_off_under_ddp():
     """On CUDA ``auto`` turns every fast component on, but the compiled step is single-process: under torchrun
-    ``auto`` must leave it off (the trainer refuses an explicit --compile-step there), or every default
+    ``auto`` must leave it off (completion.check_world_size refuses an explicit --compile-step there), or every default
     multi-GPU run would stop at start."""
-    from fastebm.config import for_device
+    from fastebm.completion import check_world_size, for_device
 
     for world, expected in ((1, True), (2, False)):
         cfg = for_device(resolve(dict(dataset="cifar10", data_root="x")), "cuda", world)
         assert cfg.compile_step is expected and cfg.triton and cfg.cuda_graphs and cfg.compile == "default"
         assert cfg.amp == "bf16" and cfg.sgld_amp == "off"  # bf16 loss pass, fp32 SGLD (docs/fastpath.md)
     cfg = for_device(resolve(dict(dataset="cifar10", data_root="x", compile_step=True)), "cuda", 2)
-    assert cfg.compile_step  # explicit: kept, and refused by the trainer with a one-line error
+    assert cfg.compile_step  # explicit: kept, and refused with a one-line error
+    with pytest.raises(ValueError, match="^--compile-step: not supported with DDP"):
+        check_world_size(cfg, 2)
     base = resolve(dict(dataset="cifar10", data_root="x"))
     assert for_device(base, "cpu") != base and base.compile == "auto"  # a new Config; the resolved one is kept
 
