@@ -8,9 +8,6 @@ streamed from the uint8 images.
 """
 from __future__ import annotations
 
-import os
-import warnings
-
 import numpy as np
 import torch
 
@@ -25,43 +22,6 @@ def fid_epoch(cfg: Config, epoch: int) -> bool:
     after it and the last (mebm train_maebm.py: ``epoch % 5 == 0 or epoch == n_epochs - 1``, 0-based)."""
     n = cfg.fid_every
     return bool(n) and ((epoch - 1) % n == 0 or epoch * cfg.iters_per_epoch >= cfg.total_iters)
-
-
-def fid_cadence(cfg: Config, explicit: bool) -> int:
-    """``fid_every`` after checking that FID can run (pytorch-fid installed, the Inception weights file there
-    and right: :func:`fastebm.inception.check_inception_weights`): an explicit ``--fid-every`` (or a weights
-    file named by ``--inception-weights``) that cannot is a ValueError saying what to do; the device default
-    (5 on CUDA) is turned off with a warning."""
-    from . import metrics
-
-    if cfg.px_weight == 0 and cfg.fid_every:  # a classifier only: no samples (mebm train_maebm.py: "if arg.px > 0")
-        if explicit:
-            raise ValueError("--fid-every: a classifier-only run (--px-weight 0) draws no samples to score; pass "
-                             "--fid-every 0")
-        return 0
-    if not cfg.fid_every:
-        return cfg.fid_every
-    missing = metrics.missing_packages()
-    path = cfg.inception_weights or metrics.default_inception_weights_path()
-    if missing:
-        msg = (f"--fid-every: FID needs {' and '.join(missing)}, not installed: {metrics.METRICS_EXTRA}, or "
-               f"--fid-every 0")
-    elif cfg.random_inception:
-        return cfg.fid_every
-    elif os.path.isfile(path):
-        try:  # read whole at start, not at the end of the first epoch
-            metrics.check_inception_weights(cfg.inception_weights)
-            return cfg.fid_every
-        except metrics.InceptionWeightsError as e:  # a file given by name is refused even at the default cadence
-            msg, explicit = f"{e}; or --fid-every 0", explicit or bool(cfg.inception_weights)
-    else:
-        msg = (f"--fid-every: the FID Inception weights are not at {path!r}; pass --inception-weights "
-               f"PATH ({metrics.FID_WEIGHTS_URL}) or --fid-every 0")
-    if explicit:
-        raise ValueError(msg)
-    warnings.warn(msg + "; in-training FID is off", UserWarning, stacklevel=3)
-    return 0
-
 
 
 def confident_subsets(model, fake: torch.Tensor, cfg: Config, device) -> tuple[np.ndarray, np.ndarray]:
@@ -113,17 +73,12 @@ class BufferScore:
     Args:
         cfg: the run's configuration (``fid_keep_ratio``, ``is_keep_ratio``, ``fid_split``, ``inception_weights``,
             ``random_inception``). device: where Inception and the model run.
-        has_test: whether the run's data has a test split; a ``--fid-split`` that needs one is a ValueError now,
-            not after the first epoch.
     """
 
-    def __init__(self, cfg: Config, device: torch.device, has_test: bool = True):
+    def __init__(self, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device
         self.inception = self.real_stats = None
         self.n_real = 0
-        if cfg.fid_every and not has_test and "test" in reference_split(cfg):
-            raise ValueError(f"--fid-split {cfg.fid_split}: the in-training FID reference {reference_split(cfg)} needs "
-                             f"a test split, and --dataset {cfg.dataset} here has none; pass --fid-split train")
 
     def reference_statistics(self, train_data: ImageSet) -> tuple:
         """(mu, sigma) of the reference images (:func:`reference_images`), made once (Inception loaded too)."""

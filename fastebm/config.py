@@ -17,7 +17,8 @@ K rule (mebm ``scripts/maebm_cifar10.sh`` at da79aff, its closing comment: "K=2 
 sgld_std 0; K>=5, l2_coeff=0.5, sgld_std=0.001"): λ = 0.1 and σ = 0 for K ≤ 2; λ = 0.5 and σ = 0.001 for
 K ≥ 3. Table 5 gives σ = 0.001 for K = 2 as well: ``--noise 0.001 --l2 0.5``.
 
-What each option accepts, and whether a run fits its machine: :mod:`fastebm.limits`.
+What each option accepts: :mod:`fastebm.limits`; the Config completed for a device, ranks and data, and
+whether a run fits them: :mod:`fastebm.completion`.
 """
 from __future__ import annotations
 
@@ -252,31 +253,6 @@ def fast_flags(device_type: str) -> dict:
         return plain_flags()
     return dict(compile="default", cuda_graphs=True, amp="bf16", sgld_amp="off", triton=True, channels_last=True,
                 compile_step=True)
-
-
-# The fields whose "auto" / None depends on the device a run is on: a resume on another device resolves them
-# again unless the user gave them (see for_device).
-DEVICE_FIELDS = ("compile", "cuda_graphs", "amp", "sgld_amp", "triton", "channels_last", "compile_step",
-                 "check_every", "fid_every")
-
-
-def for_device(cfg: Config, device_type: str, world_size: int = 1) -> Config:
-    """``cfg`` with the device-dependent "auto" / None values decided for ``device_type`` (a new Config):
-    the fast-path flags (:func:`fast_flags`; in a multi-process DDP run ``auto`` leaves the compiled step off,
-    it is single-process), ``check_every`` (1 on the CPU, where a host sync costs nothing; ``log_every`` on
-    CUDA) and ``fid_every`` (5 epochs on CUDA, off on the CPU).
-
-    Raises ValueError when a CUDA-only flag (cuda_graphs, triton) is forced on without CUDA.
-    """
-    auto = dict(fast_flags(device_type), **({"compile_step": False} if world_size > 1 else {}))
-    auto.update(check_every=1 if device_type != "cuda" else cfg.log_every,
-                fid_every=5 if device_type == "cuda" else 0)
-    new = dataclasses.replace(cfg, **{k: v for k, v in auto.items() if getattr(cfg, k) in (None, "auto")})
-    if device_type != "cuda":
-        for name in ("cuda_graphs", "triton"):
-            if getattr(new, name):
-                raise ValueError(f"--{name.replace('_', '-')} needs a CUDA device (this run is on {device_type})")
-    return new
 
 
 def resolve_device(name: str) -> torch.device:

@@ -174,23 +174,12 @@ class DistContext:
             self.device = torch.device("cuda", torch.cuda.current_device())
 
     @classmethod
-    def for_run(cls, cfg, device) -> DistContext:
-        """The context of a run: distributed iff a process group is initialized with world size > 1.
-
-        Raises:
-            ValueError: batch sizes not divisible by the world size, or a buffer smaller than it.
-        """
+    def for_run(cls, device) -> DistContext:
+        """The context of a run on ``device``: distributed iff a process group is initialized with world size > 1
+        (whether the options split over the ranks: :func:`fastebm.completion.check_world_size`)."""
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return cls(0, 1, device)
-        ctx = cls(dist.get_rank(), dist.get_world_size(), device)
-        n = ctx.world_size
-        for name in ("batch_size", "cls_batch_size"):
-            if getattr(cfg, name) % n:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: the global batch must be "
-                                 f"divisible by the number of ranks ({n})")
-        if cfg.buffer_size < n:
-            raise ValueError(f"--buffer-size {cfg.buffer_size}: expected at least one sample per rank ({n})")
-        return ctx
+        return cls(dist.get_rank(), dist.get_world_size(), device)
 
     @property
     def enabled(self) -> bool:

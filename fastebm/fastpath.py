@@ -56,7 +56,8 @@ class FastPath:
         cfg: the resolved :class:`~fastebm.config.Config` (read only).
         alg: the plain :class:`~fastebm.algorithm.Algorithm1` of the run (model, buffer, optimizer, batch
             streams; ``net`` may be the DDP wrapper of the model, ``sampler`` the plain SGLD loop).
-        device: the training device. world_size: data-parallel ranks (the compiled step is single-process).
+        device: the training device (the compiled step is single-process: the completed Config never asks for it
+            under DDP, :func:`fastebm.completion.check_world_size`).
         is_main: whether this process prints warnings (rank 0).
 
     Attributes:
@@ -67,7 +68,7 @@ class FastPath:
             :meth:`check` (M: the limit over the error of the tightest statistic, :class:`~fastebm.selfcheck.Outcome`).
     """
 
-    def __init__(self, cfg, alg: Algorithm1, device: torch.device, world_size: int = 1, is_main: bool = True):
+    def __init__(self, cfg, alg: Algorithm1, device: torch.device, is_main: bool = True):
         self.cfg, self.device, self.is_main = cfg, torch.device(device), is_main
         self.plain = alg
         self.model, self.buffer, self.opt, self.sgld = alg.model, alg.buffer, alg.opt, alg.sampler.cfg
@@ -75,8 +76,6 @@ class FastPath:
         self.lr = torch.zeros((), device=self.device)
         self.amp_dtype, self.sgld_amp = AMP_DTYPES[_precision(cfg.amp)], _precision(cfg.sgld_amp)
         self.on = {name: True for name in requested_components(cfg)}
-        if world_size > 1 and self.on.pop("compile_step", False):
-            raise ValueError("--compile-step: not supported with DDP (torchrun); pass --no-compile-step")
         self.rng = None
         if self.on.get("triton_langevin"):  # the fused kernels' Philox state: a device tensor
             from .kernels import rng_state_from_torch

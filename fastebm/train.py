@@ -38,13 +38,14 @@ import typing
 
 from . import __version__, paper
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import DEVICE_FIELDS, NONE, Config, OneLineParser, resolve
+from .completion import DEVICE_FIELDS, run_folder
+from .config import NONE, Config, OneLineParser, resolve
 from .data import DatasetError
 from .distributed import DataMismatch, env_world_size, exit_process, init_from_env, shutdown
 from .fastpath import FastPathError
 from .limits import CHOICES
 from .recovery import finite
-from .runfolder import RunFolderBusy, RunLock, default_run_folder, run_folder_base
+from .runfolder import RunFolderBusy, RunLock, run_folder_base
 from .schedule import decays_after_end
 from .stopping import GracefulStop, Stopped
 from .threads import apply_threads
@@ -103,6 +104,24 @@ def _preset_view(argv) -> Config | None:
         return None
 
 
+class _TrainParser(OneLineParser):
+    """The train CLI's parser: the help's defaults (:func:`_preset_view` of ``argv``) are resolved when the help is
+    formatted, so that a command that only parses resolves its Config once (in :func:`config_from_args`)."""
+
+    def __init__(self, argv, **kw):
+        super().__init__(**kw)
+        self.view_argv, self.shown_fields = argv, []  # [(argparse action, Config field)]
+
+    def format_help(self) -> str:
+        if self.view_argv is not None:
+            view, self.view_argv = _preset_view(self.view_argv), None
+            for action, name in self.shown_fields:
+                value = getattr(view, name, None)
+                if value is not None:
+                    action.help += f" (default: {_shown(value)})"
+        return super().format_help()
+
+
 def build_parser(argv=None) -> argparse.ArgumentParser:
     """The command line of ``python -m fastebm.train``, generated from the :class:`Config` fields.
 
@@ -111,13 +130,13 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     ``--x`` / ``--no-x``, list fields take several values, Optional fields also accept ``none``, and the
     choices come from :data:`fastebm.limits.CHOICES`. Every default is None (= not given: the preset
     decides); the help shows the value the presets resolve to for the ``--dataset`` / ``--model`` /
-    ``--k`` of ``argv`` (``sys.argv[1:]`` when None). CLI-only: ``--resume``, ``--print-config``.
+    ``--k`` of ``argv`` (``sys.argv[1:]`` when None), resolved when the help is formatted. CLI-only:
+    ``--resume``, ``--print-config``.
     """
     argv = sys.argv[1:] if argv is None else argv
-    view = _preset_view(argv)
-    p = OneLineParser(prog="python -m fastebm.train", description=__doc__.split("\n\n")[0],
-                      epilog="Defaults shown are the presets resolved for the --dataset / --model / "
-                             "--k given (fastebm/config.py; --print-config prints them all).")
+    p = _TrainParser(argv, prog="python -m fastebm.train", description=__doc__.split("\n\n")[0],
+                     epilog="Defaults shown are the presets resolved for the --dataset / --model / "
+                            "--k given (fastebm/config.py; --print-config prints them all).")
     p.add_argument("--version", action="version", version=f"fastebm {__version__}")
     p.add_argument("--resume", metavar="CKPT", help="continue the run stored in this checkpoint; auto: the run "
                    "folder's ckpt.pt if it exists and was written by these options, else start (requeued jobs)")
@@ -132,21 +151,17 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
         title = meta.get("group", "other options")
         g = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
         base, is_list, optional = _field_kind(hints[f.name])
-        help_ = meta.get("help", f.name.replace("_", " "))
-        value = getattr(view, f.name, None)
-        if value is not None:
-            help_ += f" (default: {_shown(value)})"
-        kw: dict = dict(dest=f.name, default=None, help=help_)
+        kw: dict = dict(dest=f.name, default=None, help=meta.get("help", f.name.replace("_", " ")))
         if base is bool:
-            g.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
-            continue
-        if is_list:
-            kw.update(nargs="*", metavar=f.name.upper())
-        if CHOICES.get(f.name):
-            kw["choices"] = CHOICES[f.name]
+            kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = _typed(base, optional)
-        g.add_argument(_flag(f.name), **kw)
+            if is_list:
+                kw.update(nargs="*", metavar=f.name.upper())
+            if CHOICES.get(f.name):
+                kw["choices"] = CHOICES[f.name]
+            else:
+                kw["type"] = _typed(base, optional)
+        p.shown_fields.append((g.add_argument(_flag(f.name), **kw), f.name))
     return p
 
 
@@ -156,15 +171,15 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
     trainer stores in its checkpoints, and the iteration of the checkpoint resumed (None without --resume).
 
     A resumed run keeps the stored configuration, with the options given now on top, except the
-    device-dependent fields (:data:`fastebm.config.DEVICE_FIELDS`: fast-path flags, host-check and FID
+    device-dependent fields (:data:`fastebm.completion.DEVICE_FIELDS`: fast-path flags, host-check and FID
     cadence), which are resolved again for the device the run resumes on unless the original run or this
     command gave them: a GPU checkpoint resumes on a CPU, and a CPU checkpoint gets the fast path on a GPU.
     """
     given = {k: v for k, v in vars(args).items() if k not in CLI_ONLY and v is not None}
     requested = {k: (None if v is NONE else v) for k, v in given.items()}
-    iteration = None
-    if args.resume == "auto":
-        args.resume = _auto_resume(given, requested)
+    iteration, cfg = None, None
+    if args.resume == "auto":  # a run that starts comes back resolved; one that goes on resolves below
+        args.resume, cfg = _auto_resume(given, requested)
     if args.resume:
         ckpt = load_checkpoint(args.resume)
         changed = [f"{_flag(k)} {ckpt['config'][k]} -> {v}" for k, v in given.items()
@@ -181,8 +196,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
         iteration = int(ckpt.get("iteration", 0))
         if not args.out:  # continue in the checkpoint's own run folder
             given["out"] = os.path.dirname(os.path.abspath(args.resume))
-    fields = {f.name for f in dataclasses.fields(Config)}
-    cfg = resolve({k: v for k, v in given.items() if k in fields})
+    if cfg is None:
+        fields = {f.name for f in dataclasses.fields(Config)}
+        cfg = resolve({k: v for k, v in given.items() if k in fields})
     if args.resume and ckpt.get("arch"):  # before anything else, even when done: another shape cannot go on
         stored, now = ckpt["arch"], cfg.arch()
         if any(now[k] is not None and stored.get(k) != now[k] for k in now):
@@ -190,9 +206,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
     return cfg, requested, iteration
 
 
-def _auto_resume(given: dict, requested: dict) -> str | None:
-    """``--resume auto``: the run folder's ckpt.pt when it exists and was written by the same options (then
-    the run goes on), None when there is none (then the run starts in that folder, ``given["out"]`` set).
+def _auto_resume(given: dict, requested: dict) -> tuple[str | None, Config | None]:
+    """``--resume auto``: ``(the run folder's ckpt.pt, None)`` when it exists and was written by the same options
+    (then the run goes on, its Config resolved with the checkpoint's), ``(None, the resolved Config)`` when there is
+    none (then the run starts in that folder: ``out`` set there and in ``given``).
 
     Raises:
         CheckpointError: the checkpoint there was written by other options (which ones differ).
@@ -203,7 +220,7 @@ def _auto_resume(given: dict, requested: dict) -> str | None:
     path = os.path.join(out, "ckpt.pt")
     if not os.path.isfile(path):
         given["out"] = out
-        return None
+        return None, dataclasses.replace(cfg, out=out)
     ckpt = load_checkpoint(path)
     before, stored = ckpt.get("requested"), ckpt["config"]
     differ = sorted(k for k in set(before or {}) | set(requested) if k != "out"
@@ -213,7 +230,7 @@ def _auto_resume(given: dict, requested: dict) -> str | None:
                          for k in differ[:4]) or "it does not record its options"
         raise CheckpointError(f"--resume auto: {path!r} holds a run with other options ({what}); pass "
                               f"--resume {path} to continue it with these, or another --out")
-    return path
+    return path, None
 
 
 def main(argv=None) -> int:
@@ -242,8 +259,7 @@ def _main(argv, locks: list) -> int:
                   f"({cfg.epochs} epochs); to train on, pass --resume {args.resume} --epochs N with N > "
                   f"{cfg.epochs}", file=sys.stderr)
             return 0
-        if not cfg.out:
-            cfg = dataclasses.replace(cfg, out=default_run_folder(cfg.dataset, cfg.model, cfg.k))
+        cfg = dataclasses.replace(cfg, out=run_folder(cfg))  # decided now: the folder is locked before the data
         if not args.resume and os.path.isfile(os.path.join(cfg.out, "ckpt.pt")):
             raise CheckpointError(f"run folder {cfg.out!r} already holds ckpt.pt: pass --resume "
                                   f"{os.path.join(cfg.out, 'ckpt.pt')} (or --resume auto) or choose another --out")

@@ -11,7 +11,6 @@ Around it, each in its own room: the run folder and its lock (:mod:`fastebm.runf
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import sys
@@ -23,21 +22,20 @@ import torch
 
 from .algorithm import Algorithm1
 from .buffer import ReplayBuffer
-from .bufferfid import BufferScore, fid_cadence, fid_epoch
+from .bufferfid import BufferScore, fid_epoch
 from .checkpoint import CheckpointError, remove_stale_temporaries
-from .config import Config, derive_iters_per_epoch, for_device, resolve_device
+from .completion import complete
+from .config import Config, resolve_device
 from .data import Batches, ImageSet, to_uint8
 from .datasets import load_dataset, test_split
 from .distributed import DistContext
 from .fastpath import FastPath
-from .limits import check_fits
 from .loss import classification_loss
 from .model import build_model, model_outputs
 from .p0 import load_or_fit_p0
 from .profiling import enable as enable_nvtx
 from .progress import TrainingProgress
 from .recovery import DivergenceError, DivergenceWatch, check, roll_back
-from .runfolder import default_run_folder
 from .runlog import RunLog
 from .runstate import restore_trainer, save_trainer, trainer_state
 from .sampler import Sampler, SGLDConfig
@@ -53,8 +51,9 @@ class Trainer:
     """Builds a run from a :class:`Config` and trains it.
 
     Args:
-        cfg: configuration from :func:`fastebm.config.resolve`; the trainer completes it for the device and
-            the data (:attr:`cfg`, never changed afterwards).
+        cfg: configuration from :func:`fastebm.config.resolve` (or already completed); the trainer completes it
+            once for its device, ranks and data (:func:`fastebm.completion.complete`) into :attr:`cfg`, never
+            changed afterwards.
         train_data, test_data: optional preloaded :class:`ImageSet` (else loaded from cfg).
         requested: the options the user gave explicitly (stored in checkpoints, so that a resume on another
             device resolves the device-dependent rest again); None when unknown.
@@ -72,7 +71,7 @@ class Trainer:
     def __init__(self, cfg: Config, train_data: ImageSet | None = None, test_data: ImageSet | None = None,
                  requested: dict | None = None, on_stage: Callable[[Trainer, str], None] | None = None):
         self.device = resolve_device(cfg.device)
-        self.dist = DistContext.for_run(cfg, self.device)           # no-op without a process group
+        self.dist = DistContext.for_run(self.device)                 # no-op without a process group
         self.requested = dict(requested) if requested is not None else None
         enable_nvtx(cfg.nvtx)
         torch.manual_seed(cfg.seed)
@@ -87,18 +86,9 @@ class Trainer:
         train_data, has_test, self.test_size = self.dist.same_data(data)
         self.train_data = train_data.subset(cfg.train_subset, cfg.seed)
         self.test_data, self._no_test_split = test_data, not has_test
-        fid_explicit = cfg.fid_every is not None
-        cfg = for_device(cfg, self.device.type, self.dist.world_size)
-        cfg = dataclasses.replace(
-            cfg, image_size=self.train_data.image_size, n_classes=self.train_data.n_classes,
-            iters_per_epoch=cfg.iters_per_epoch or derive_iters_per_epoch(cfg, len(self.train_data)))
-        # a short run reaches its learning rate: the warm-up takes at most a fifth of it (paper-length runs,
-        # 78,000 iterations and more, keep the 1,000 of the recipe)
-        cfg = dataclasses.replace(cfg, warmup_iters=min(cfg.warmup_iters, cfg.total_iters // 5))
-        # sizes that cannot fit the data or the device fail here, before the model, p0 or buffer
-        check_fits(cfg, len(self.train_data), self.device, self.dist.world_size)
-        cfg = dataclasses.replace(cfg, out=cfg.out or default_run_folder(cfg.dataset, cfg.model, cfg.k))
-        cfg = dataclasses.replace(cfg, fid_every=fid_cadence(cfg, fid_explicit))
+        # the one completion of the Config (device, ranks, data) and every check of the options against them
+        cfg = complete(cfg, self.device, self.dist.world_size, len(self.train_data), self.train_data.image_size,
+                       self.train_data.n_classes, has_test)
         self.cfg, self.out = cfg, cfg.out
         slow = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("amp", "sgld_amp")
                 if self.device.type == "cpu" and getattr(cfg, name) in ("bf16", "fp16")
@@ -143,7 +133,7 @@ class Trainer:
         plain = Algorithm1(self.model, self.dist.wrap(self.model) if self.dist.world_size > 1 else self.model,
                            Sampler(self.model, sgld), self.buffer, self.opt, self.gen_batches, self.cls_batches,
                            cfg.l2, cfg.reg_form, cfg.cls_weight, sgld_bn=cfg.sgld_bn, px_weight=cfg.px_weight)
-        self.fast = FastPath(cfg, plain, self.device, self.dist.world_size, self.dist.is_main)
+        self.fast = FastPath(cfg, plain, self.device, self.dist.is_main)
         self.iteration = 0
         self.lr_scale, self.rollbacks = 1.0, 0                     # persistent lr scale, rollbacks so far
         self.ckpt_path = os.path.join(self.out, "ckpt.pt")          # the checkpoint a rollback returns to
@@ -151,7 +141,7 @@ class Trainer:
         self.last_checkpoint_iteration = 0                          # the iteration that checkpoint holds
         self.watch = DivergenceWatch(cfg.max_loss)                   # device-side note of a divergence
         self.runlog = RunLog(self.out, write=self.dist.is_main)     # metrics.jsonl, TensorBoard, grids
-        self.scorer = BufferScore(cfg, self.device, not self._no_test_split)  # in-training FID / IS
+        self.scorer = BufferScore(cfg, self.device)  # in-training FID / IS
         self.best = {"fid": float("inf"), "test_acc": -float("inf")}
         self.best_before_divergence: dict | None = None             # {"iter", "fid", "test_acc"} at the first rollback
 

@@ -294,16 +294,18 @@ def test_lse_jem_trains_on_digits_with_finite_energies(tmp_path, digits):
 
 def test_auto_leaves_the_compiled_step_off_under_ddp():
     """On CUDA ``auto`` turns every fast component on, but the compiled step is single-process: under torchrun
-    ``auto`` must leave it off (the trainer refuses an explicit --compile-step there), or every default
+    ``auto`` must leave it off (completion.check_world_size refuses an explicit --compile-step there), or every default
     multi-GPU run would stop at start."""
-    from fastebm.config import for_device
+    from fastebm.completion import check_world_size, for_device
 
     for world, expected in ((1, True), (2, False)):
         cfg = for_device(resolve(dict(dataset="cifar10", data_root="x")), "cuda", world)
         assert cfg.compile_step is expected and cfg.triton and cfg.cuda_graphs and cfg.compile == "default"
         assert cfg.amp == "bf16" and cfg.sgld_amp == "off"  # bf16 loss pass, fp32 SGLD (docs/fastpath.md)
     cfg = for_device(resolve(dict(dataset="cifar10", data_root="x", compile_step=True)), "cuda", 2)
-    assert cfg.compile_step  # explicit: kept, and refused by the trainer with a one-line error
+    assert cfg.compile_step  # explicit: kept, and refused with a one-line error
+    with pytest.raises(ValueError, match="^--compile-step: not supported with DDP"):
+        check_world_size(cfg, 2)
     base = resolve(dict(dataset="cifar10", data_root="x"))
     assert for_device(base, "cpu") != base and base.compile == "auto"  # a new Config; the resolved one is kept
 
@@ -315,3 +317,70 @@ def test_an_epoch_is_the_authors_loader_pass():
     assert derive_iters_per_epoch(resolve(dict(dataset="celebahq128")), 30_000) == 468  # train_maebm_celeba.py, 64
     assert derive_iters_per_epoch(resolve(dict(dataset="cifar10", model="jem")), 50_000) == 703  # JEM's p(x) loader
     assert derive_iters_per_epoch(resolve(dict(dataset="cifar10", model="jempp")), 50_000) == 703  # JEM++'s too
+
+
+def _completed(over: dict, world_size: int = 1, n_train: int = 1000, image_size: int = 16):
+    """(resolved, completed) on the CPU for ``n_train`` images of ``image_size`` px and 10 classes."""
+    from fastebm.completion import complete
+
+    cfg = resolve(over)
+    return cfg, complete(cfg, "cpu", world_size, n_train, image_size, 10)
+
+
+@pytest.mark.parametrize("over, world_size", [
+    (dict(dataset="digits", model="mebm", image_size=16), 1),
+    (dict(dataset="digits", model="mjem", image_size=16, fid_every=1, random_inception=True), 1),
+    (dict(dataset="digits", model="mjem", image_size=16, iters_per_epoch=NONE), 2),  # DDP: 2 ranks
+])
+def test_a_completed_config_completed_again_is_unchanged(over, world_size, tmp_path, monkeypatch):
+    from fastebm.completion import complete
+
+    monkeypatch.chdir(tmp_path)  # the default run folder is looked for here
+    _, done = _completed(over, world_size)
+    assert done.out and done.iters_per_epoch and done.compile == "off" and done.check_every == 1
+    assert complete(done, "cpu", world_size, 1000, 16, 10) == done
+
+
+def test_complete_fills_in_what_the_device_and_the_data_decide(tmp_path, monkeypatch):
+    """Values computed here from the rules: on the CPU the fast path is off, the host check runs every
+    iteration and the FID is off; an M-EBM epoch is n // cls_batch_size (1000 // 64 = 15), the warm-up at most
+    a fifth of the run (min(50, 2 · 15 // 5 = 6)); the run folder runs/<dataset>-<model>-k<K>."""
+    monkeypatch.chdir(tmp_path)
+    cfg, done = _completed(dict(dataset="digits", model="mebm", image_size=16, iters_per_epoch=NONE, epochs=2))
+    assert (cfg.batch_size, cfg.cls_batch_size, cfg.warmup_iters, cfg.iters_per_epoch) == (32, 64, 50, None)
+    want = dict(compile="off", cuda_graphs=False, amp="off", sgld_amp="off", triton=False, channels_last=False,
+                compile_step=False, check_every=1, fid_every=0, iters_per_epoch=15, warmup_iters=6,
+                out=os.path.join("runs", "digits-mebm-k5"))
+    assert {k: v for k, v in done.to_dict().items() if cfg.to_dict()[k] != v} == want
+    assert (done.image_size, done.n_classes, done.total_iters) == (16, 10, 30)
+    # JEM on a folder of 10,000 images, 2 ranks: (10,000 − 5,000 held out) // 64 = 78 per epoch, 200 epochs, so the
+    # recipe's warm-up of 1,000 stays (78 · 200 // 5 = 3,120); an explicit FID cadence and run folder are kept
+    over = dict(dataset="folder", data_root="x", model="jem", fid_every=1, random_inception=True, out="o")
+    cfg, done = _completed(over, world_size=2, n_train=10_000, image_size=32)
+    want = dict(compile="off", cuda_graphs=False, amp="off", sgld_amp="off", triton=False, channels_last=False,
+                compile_step=False, check_every=1, image_size=32, iters_per_epoch=78)
+    assert {k: v for k, v in done.to_dict().items() if cfg.to_dict()[k] != v} == want
+    assert (done.warmup_iters, done.fid_every, done.out, done.n_classes) == (1000, 1, "o", 10)
+
+
+def test_complete_checks_the_options_against_the_ranks():
+    for over, world, message in (
+            (dict(batch_size=30), 4, "--batch-size 30: the global batch must be divisible by the number of ranks (4)"),
+            (dict(buffer_size=1), 2, "--buffer-size 1: expected at least one sample per rank (2)"),
+            (dict(compile_step=True), 2, "--compile-step: not supported with DDP (torchrun); pass --no-compile-step")):
+        with pytest.raises(ValueError) as e:
+            _completed(dict(dataset="digits", image_size=16, out="o", **over), world)
+        assert str(e.value) == message
+
+
+def test_a_command_resolves_its_config_once(tmp_path, monkeypatch, capsys):
+    """The help's preset view is resolved only for the help; --resume auto that starts reuses its resolution."""
+    import fastebm.train as T
+
+    calls = []
+    monkeypatch.setattr(T, "resolve", lambda over: calls.append(over) or resolve(over))
+    for extra in ([], ["--resume", "auto"]):
+        calls.clear()
+        assert main(["--dataset", "digits", "--out", str(tmp_path / "run"), "--print-config", *extra]) == 0
+        assert len(calls) == 1 and json.loads(capsys.readouterr().out)["out"] == str(tmp_path / "run")
+    assert "(default: 0.05)" in " ".join(T.build_parser(["--dataset", "digits"]).format_help().split())

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from fastebm import metrics
-from fastebm.bufferfid import BufferScore, reference_split
+from fastebm.bufferfid import reference_split
+from fastebm.completion import check_fid_reference
 from fastebm.config import resolve
 from fastebm.data import to_float
 from fastebm.fidstats import inception_statistics
@@ -58,7 +59,8 @@ def test_the_reference_is_the_authors_per_dataset():
         assert reference_split(resolve(dict(dataset=name))) == "train"
     assert reference_split(resolve(dict(dataset="cifar10", fid_split="train"))) == "train"
     with pytest.raises(ValueError, match="--fid-split test: .*needs a test split"):
-        BufferScore(resolve(dict(dataset="folder", fid_split="test", fid_every=1)), torch.device("cpu"), False)
+        check_fid_reference(resolve(dict(dataset="folder", fid_split="test", fid_every=1)), has_test=False)
+    check_fid_reference(resolve(dict(dataset="folder", fid_split="test", fid_every=0)), has_test=False)  # FID off
 
 
 _PEAK = r"""

@@ -94,7 +94,7 @@ def test_a_wrong_weights_file_stops_a_training_run_at_start(files, tmp_path, cap
 def test_the_default_file_damaged_turns_the_default_fid_off_with_a_warning(files, tmp_path, monkeypatch):
     """On CUDA FID is on by default; a damaged file in pytorch-fid's cache then turns it off (as a missing one),
     naming the file and --inception-weights; an explicit --fid-every refuses it."""
-    from fastebm.bufferfid import fid_cadence
+    from fastebm.completion import fid_cadence
 
     hub = tmp_path / "hub"
     (hub / "checkpoints").mkdir(parents=True)

@@ -18,10 +18,11 @@ import fastebm.kernels
 from fastebm import eval as fastebm_eval
 from fastebm import train as fastebm_train
 from fastebm.checkpoint import atomic_save, remove_stale_temporaries
+from fastebm.completion import check_fits
 from fastebm.config import Config, resolve
 from fastebm.data import DatasetError
 from fastebm.datasets import load_dataset
-from fastebm.limits import RANGES, check_fits, flag, validate
+from fastebm.limits import RANGES, flag, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CLI = ["--depth", "10", "--width", "1", "--buffer-size", "50", "--batch-size", "4", "--cls-batch-size", "4",

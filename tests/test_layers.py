@@ -3,9 +3,9 @@ circle, every module imports on its own (no import cycle hidden by import order)
 (fastebm/, fastebm/evaluation/, the top-level kernels/ installed as fastebm.kernels) is scanned and installed.
 
 Layers, low to high: profiling, checkpoint → data, model, loss → init, init_variants, p0, buffer, sampler →
-limits, config, schedule → distributed → recovery, runstate → trainer → train, eval (the CLIs). ``metrics``
-and the ``evaluation`` wing sit beside the CLIs' helpers and never import the trainer either; the kernels
-import no other fastebm module.
+limits, config, completion (with bufferfid, runfolder), schedule → distributed → recovery, runstate → trainer →
+train, eval (the CLIs). ``metrics`` and the ``evaluation`` wing sit beside the CLIs' helpers and never import the
+trainer either; the kernels import no other fastebm module.
 """
 import ast
 import os
@@ -21,7 +21,7 @@ FOLDERS = {"fastebm": ROOT / "fastebm", "fastebm.kernels": ROOT / "kernels"}
 HIGH = {"trainer", "train", "eval"}
 LOW = ("distributed", "checkpoint", "data", "folders", "model", "init", "init_variants", "p0", "buffer", "sampler",
        "loss", "config", "limits", "schedule", "recovery", "runstate", "profiling", "metrics", "inception", "paper",
-       "recipes", "fidstats", "featurefd")
+       "recipes", "fidstats", "featurefd", "completion", "bufferfid", "runfolder")
 
 
 def package_modules() -> dict:

@@ -62,10 +62,10 @@ def test_bad_kind_is_asserted():
 @pytest.mark.parametrize("depth,width,image_size,model", [(10, 1, 32, "mjem"), (28, 10, 32, "mebm"),
                                                          (16, 2, 64, "jem"), (4, 3, 32, "lse-jem")])
 def test_the_size_check_counts_the_models_weights(depth, width, image_size, model):
-    """limits.count_weights (the memory check before building, on the meta device) equals the built model's
+    """completion.count_weights (the memory check before building, on the meta device) equals the built model's
     parameter count."""
+    from fastebm.completion import count_weights
     from fastebm.config import resolve
-    from fastebm.limits import count_weights
     from fastebm.model import build_model
 
     cfg = resolve(dict(model=model, depth=depth, width=width, image_size=image_size, n_classes=10))

@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
+from fastebm.completion import check_fits
 from fastebm.config import resolve
 from fastebm.data import ImageSet
 from fastebm.fastpath import requested_components
 from fastebm.init_variants import DownsampledGaussianInit, GaussianMixtureInit
-from fastebm.limits import check_fits
 from fastebm.sampler import prepare_compiled_input_grad
 from fastebm.selfcheck import check_compile_step
 from fastebm.step import graph_breaks

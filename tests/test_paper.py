@@ -40,7 +40,7 @@ def test_print_config_matches_its_row(r, capsys):
 
 
 def _for_cuda(cfg):
-    from fastebm.config import for_device
+    from fastebm.completion import for_device
 
     return for_device(cfg, "cuda")  # where --amp auto means bf16: the precision the authors' fp32 is compared with
 

@@ -107,7 +107,7 @@ def test_the_classifier_only_baseline_trains_the_cross_entropy_alone(tmp_path, c
     with pytest.raises(SystemExit):
         main(["--dataset", "digits", "--model", "mebm", "--px-weight", "0", "--print-config"])
     assert "--px-weight 0: a classifier-only run needs a classifier model" in capsys.readouterr().err
-    from fastebm.limits import check_fits
+    from fastebm.completion import check_fits
 
     cfg = resolve(dict(json.load(open(out / "config.json")), out=None))
     with pytest.raises(ValueError, match="under torchrun: DDP refuses the energy head"):

@@ -172,9 +172,10 @@ def test_an_explicit_cuda_option_is_kept_on_resume(tmp_path):
 
 def test_a_cpu_checkpoint_gets_the_fast_path_on_cuda(tmp_path):
     """The reverse: a CPU smoke-test checkpoint's plain flags are not carried to a GPU (resolution checked
-    for CUDA without one: fastebm.config.for_device)."""
+    for CUDA without one: fastebm.completion.for_device)."""
     import fastebm.train as T
-    from fastebm.config import fast_flags, for_device
+    from fastebm.completion import for_device
+    from fastebm.config import fast_flags
 
     out = str(tmp_path / "run")
     assert main(TINY_CLI + ["--out", out, "--epochs", "1", "--iters-per-epoch", "2", "--k", "1"]) == 0
@@ -293,7 +294,7 @@ def test_the_end_of_run_summary_is_json_on_stdout(tmp_path, capsys):
 def test_a_paper_configuration_gets_its_row_beside_its_numbers():
     import types
 
-    from fastebm.config import for_device
+    from fastebm.completion import for_device
     from fastebm.train import run_summary
 
     cfg = for_device(resolve(dict(dataset="cifar10", model="mjem", k=5)), "cpu")  # a trainer's cfg: for its device
