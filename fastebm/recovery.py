@@ -10,12 +10,12 @@ buffer samples is refused too. Then, with ``--on-divergence``:
 
 - ``stop``: :class:`DivergenceError` (``python -m fastebm.train`` exits 1) with a diagnostic grid
   ``samples/diverged_iter_N.png``; ckpt.pt is left as it was.
-- ``rollback`` (default): the trainer restores ``ckpt.pt`` (model, optimizer, buffer, p0, RNG states,
-  iteration), multiplies a persistent learning-rate scale by ``--rollback-lr-factor`` (stored in later
-  checkpoints, so a resume keeps the lowered lr), draws new RNG streams from :func:`rollback_seed` so the
-  chains and augmentations differ from the diverged attempt (the data order is a function of the iteration
-  and repeats), rewrites ``ckpt.pt`` at once with them, logs a ``rollback`` row and goes on. After
-  ``--max-rollbacks`` rollbacks over the whole run the next divergence stops as with ``stop``.
+- ``rollback`` (default): :func:`fastebm.runstate.roll_back` restores ``ckpt.pt`` (model, optimizer, buffer,
+  p0, RNG states, iteration), multiplies a persistent learning-rate scale by ``--rollback-lr-factor`` (stored
+  in later checkpoints, so a resume keeps the lowered lr), draws new RNG streams from :func:`rollback_seed`
+  so the chains and augmentations differ from the diverged attempt (the data order is a function of the
+  iteration and repeats), rewrites ``ckpt.pt`` at once with them; the trainer logs a ``rollback`` row and
+  goes on. After ``--max-rollbacks`` rollbacks over the whole run the next divergence stops as with ``stop``.
 
 Nothing is re-captured by a rollback: parameters, BatchNorm buffers, the replay buffer and the Triton Philox
 state are copied in place, so CUDA graphs and compiled code that read those addresses stay valid.
@@ -28,8 +28,10 @@ import random
 import numpy as np
 import torch
 
-from .distributed import RANK_SEED_STRIDE
-from .schedule import lr_at
+from .data import to_uint8
+from .distributed import RANK_SEED_STRIDE, DistContext
+from .fastpath import FastPath
+from .runlog import RunLog
 
 ROLLBACK_SEED_STRIDE = 15_485_863  # a prime: rollback r of a run draws from its own RNG streams
 
@@ -91,57 +93,30 @@ def finite(best: dict) -> dict:
     return {k: v for k, v in best.items() if math.isfinite(v)}
 
 
-def check(tr, m: dict, it: int) -> None:
-    """Raise :class:`DivergenceError` if ``tr``'s watch noted a divergence on any rank (one host sync and,
-    under DDP, one all-reduce, so every rank decides alike), after saving a diagnostic grid of the last
-    positive and negative samples. Runs every ``check_every`` iterations and before any log row, evaluation,
-    sample grid or checkpoint of iteration ``it``.
+def check(watch: DivergenceWatch, dist: DistContext, m: dict, it: int, runlog: RunLog,
+          last_checkpoint: str | None) -> None:
+    """Raise :class:`DivergenceError` if ``watch`` noted a divergence on any rank (one host sync and, under DDP,
+    one all-reduce, so every rank decides alike), after saving a diagnostic grid of the last positive and
+    negative samples (``samples/diverged_iter_N.png`` through ``runlog``). Runs every ``check_every``
+    iterations and before any log row, evaluation, sample grid or checkpoint of iteration ``it``.
 
     Args:
         m: the iteration's metrics (device tensors ``loss``, ``e_pos``, ``e_neg``, ``_x_pos``, ``_x_neg``).
+        last_checkpoint: the last good checkpoint (named in the message), None before any.
     """
-    first = tr.watch.first()
-    if tr.dist.all_ranks(first == 0):
+    first = watch.first()
+    if dist.all_ranks(first == 0):
         return
-    vals = tr.watch.values() if first else torch.stack([m["loss"], m["e_pos"], m["e_neg"]]).float().cpu()
-    path = tr.save_samples(f"diverged_iter_{it:07d}", extra=(m["_x_pos"], m["_x_neg"]))
-    raise DivergenceError(tr.watch.describe(first or it, vals, it) + f"; diagnostic grid {path}; last good "
-                          f"checkpoint: {tr.last_checkpoint or 'none written yet'}")
+    vals = watch.values() if first else torch.stack([m["loss"], m["e_pos"], m["e_neg"]]).float().cpu()
+    path = runlog.grid(f"diverged_iter_{it:07d}", to_uint8(torch.cat([m["_x_pos"][:32], m["_x_neg"][:32]])), it)
+    raise DivergenceError(watch.describe(first or it, vals, it) + f"; diagnostic grid {path}; last good "
+                          f"checkpoint: {last_checkpoint or 'none written yet'}")
 
 
-def roll_back(tr, reason: str) -> None:
-    """Recover ``tr`` from a divergence: restore ``ckpt.pt`` (model, optimizer, buffer, p0, RNG states,
-    iteration), multiply ``lr_scale`` by ``--rollback-lr-factor``, count the rollback, draw new RNG streams
-    (:func:`reseed`), keep the best FID / accuracy so far (the files best_*.pt hold them) and, at the first
-    rollback, note them as ``best_before_divergence`` (the paper's "best before diverging" protocol, reported
-    in both ``--on-divergence`` modes), rewrite ``ckpt.pt`` with them (same model, so a process killed now
-    resumes with the lowered lr and the new streams, and a run stopped after ``max_rollbacks`` keeps its
-    count) and log a ``"rollback"`` row (module docstring). Every rank calls it together (it starts with a barrier).
-
-    Args:
-        reason: the divergence message (logged).
-    Raises:
-        CheckpointError: ckpt.pt is missing or unreadable.
-    """
-    cfg, at = tr.cfg, tr.iteration
-    scale, count = tr.lr_scale * cfg.rollback_lr_factor, tr.rollbacks + 1
-    best, before = dict(tr.best), tr.best_before_divergence or {"iter": at, **finite(tr.best)}
-    tr.dist.barrier()                                               # rank 0 has finished writing ckpt.pt
-    tr.load_checkpoint(tr.ckpt_path)
-    tr.lr_scale, tr.rollbacks = scale, count                        # not the checkpoint's older values
-    tr.best, tr.best_before_divergence = best, before               # best_*.pt on disk hold these, not the older
-    reseed(tr)
-    tr.watch.clear()
-    tr.save_checkpoint()                                            # the new lr scale, count and streams, at once
-    tr.log({"kind": "rollback", "iter": tr.iteration, "from_iter": at, "lr": lr_at(cfg, tr.iteration) * scale,
-            "lr_scale": scale, "rollbacks": count, "reason": reason})
-
-
-def reseed(tr) -> None:
+def reseed(fast: FastPath, seed: int) -> None:
     """New RNG streams for this rank after a rollback: torch (CPU and every CUDA device), numpy, Python and
-    the Triton Philox state, seeded from (seed, rank, iteration, rollback count) by :func:`rollback_seed`, so
-    the rolled-back run does not replay the diverged trajectory and is still reproducible."""
-    s = rollback_seed(tr.cfg.seed, tr.dist.rank, tr.iteration, tr.rollbacks)
-    tr.fast.reseed(s)                                               # torch.manual_seed + Philox [s, 0]
-    np.random.seed(s)
-    random.seed(s)
+    the Triton Philox state of ``fast``, all from ``seed`` (:func:`rollback_seed` of seed, rank, iteration and
+    rollback count), so the rolled-back run does not replay the diverged trajectory and is still reproducible."""
+    fast.reseed(seed)                                               # torch.manual_seed + Philox [seed, 0]
+    np.random.seed(seed)
+    random.seed(seed)

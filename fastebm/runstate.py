@@ -1,96 +1,190 @@
-"""What a training run holds, written to and restored from its checkpoint: model, optimizer, replay buffer,
-p0, RNG states, iteration, the rollback state and the best scores (files: :mod:`fastebm.checkpoint`).
-
-``tr`` below is a :class:`fastebm.trainer.Trainer` (read and written through its attributes).
+"""The state of a training run and its checkpoint: :class:`RunState` (the run's progress: iteration, the
+rollback state, the best scores, the last checkpoint), :class:`RunParts` (the objects a checkpoint is written from
+and restored into: model, optimizer, replay buffer, p0, RNG states), and what moves the run through its
+checkpoint: write (:func:`save_run`), exact resume (:func:`restore_run`) and the return to ckpt.pt after a
+divergence (:func:`roll_back`). Files: :mod:`fastebm.checkpoint`; noticing a divergence: :mod:`fastebm.recovery`.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import torch
 
+from .buffer import ReplayBuffer
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model_state, rng_state, set_rng_state
+from .config import Config
+from .distributed import DistContext
+from .fastpath import FastPath
 from .model import model_outputs
 from .p0 import p0_from_state_dict
-from .recovery import DivergenceError
+from .recovery import DivergenceError, DivergenceWatch, finite, reseed, rollback_seed
+from .schedule import lr_at
 
 
-def trainer_state(tr) -> dict:
-    """Everything a checkpoint of ``tr`` holds: model, optimizer, replay buffer, p0, RNG states (torch,
-    numpy, Python, the Triton Philox state), iteration and epoch, the rollback state (``lr_scale``,
-    ``rollbacks``), the best FID / accuracy so far (and before the first divergence), the config, the
-    options the user gave, the architecture a resume must match, the training classes and the fast
-    components that ran."""
-    return {"model": tr.model.state_dict(), "optimizer": tr.opt.state_dict(),
-            "buffer": tr.buffer.state_dict(), "p0": tr.p0.state_dict(), "rng": rng_state(),
-            "iteration": tr.iteration, "epoch": tr.iteration / tr.cfg.iters_per_epoch,
-            "lr_scale": tr.lr_scale, "rollbacks": tr.rollbacks,
-            "config": tr.cfg.to_dict(), "requested": tr.requested, "arch": tr.cfg.arch(),
-            "format": "fastebm-1", "fast_path": tr.fast.active(), "classes": tr.train_data.classes,
-            "triton_rng": None if tr.fast.rng is None else tr.fast.rng.cpu(), "best": dict(tr.best),
-            "best_before_divergence": tr.best_before_divergence}
+def _no_best() -> dict:
+    return {"fid": math.inf, "test_acc": -math.inf}
 
 
-def save_trainer(tr, path: str) -> str:
-    """Write :func:`trainer_state` of ``tr`` to ``path`` atomically (rank 0, every rank's buffer shard
-    gathered); never a model that a rollback or an evaluation could not use: non-finite parameters, BN
-    statistics or replay buffer, or finite weights whose energies / logits on a probe batch (the first B buffer
-    samples, eval mode) overflow — the optimizer step after the last loss check can leave such weights.
-    Collective under DDP. Returns ``path`` and records it as ``tr.last_checkpoint``.
+@dataclass
+class RunState:
+    """The run's progress: what the loop advances, a checkpoint stores and a resume or rollback restores.
+
+    Attributes:
+        iteration: iterations done (the next one is ``iteration``, 0-based).
+        lr_scale: the persistent learning-rate scale, ``--rollback-lr-factor`` ** rollbacks (1.0 before any).
+        rollbacks: rollbacks over the whole run so far.
+        best: the best FID (lower is better) and test accuracy (fraction) so far; inf / -inf before any.
+        best_before_divergence: ``{"iter", "fid", "test_acc"}`` (reached ones only) at the first rollback, else
+            None (the paper's "best before diverging").
+        last_checkpoint: path of the last ckpt.pt written or read, None before any.
+        last_checkpoint_iteration: the iteration that checkpoint holds.
+    """
+
+    iteration: int = 0
+    lr_scale: float = 1.0
+    rollbacks: int = 0
+    best: dict = field(default_factory=_no_best)
+    best_before_divergence: dict | None = None
+    last_checkpoint: str | None = None
+    last_checkpoint_iteration: int = 0
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """The objects a checkpoint is written from and restored into, in place (CUDA graphs stay valid).
+
+    Attributes:
+        cfg: the completed configuration (stored; its architecture must match on restore).
+        model, opt, buffer: the network, its optimizer and the replay buffer (this rank's shard; ``buffer.p0``
+            is the run's p0).
+        fast: the fast path (its Triton Philox state, its reload after a restore, its reseed).
+        dist: the process group context (buffer shards, per-rank RNG streams, collective checks).
+        classes: the training data's class names (label i is classes[i]), None for datasets without names.
+        requested: the options the user gave explicitly, None when unknown.
+        device: where the run's tensors live.
+    """
+
+    cfg: Config
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    buffer: ReplayBuffer
+    fast: FastPath
+    dist: DistContext
+    classes: list[str] | None
+    requested: dict | None
+    device: torch.device
+
+
+def run_state_dict(parts: RunParts, state: RunState) -> dict:
+    """Everything a checkpoint holds: model, optimizer, replay buffer, p0, RNG states (torch, numpy, Python,
+    the Triton Philox state), iteration and epoch, the rollback state (``lr_scale``, ``rollbacks``), the best
+    FID / accuracy so far (and before the first divergence), the config, the options the user gave, the
+    architecture a resume must match, the training classes and the fast components that ran."""
+    return {"model": parts.model.state_dict(), "optimizer": parts.opt.state_dict(),
+            "buffer": parts.buffer.state_dict(), "p0": parts.buffer.p0.state_dict(), "rng": rng_state(),
+            "iteration": state.iteration, "epoch": state.iteration / parts.cfg.iters_per_epoch,
+            "lr_scale": state.lr_scale, "rollbacks": state.rollbacks,
+            "config": parts.cfg.to_dict(), "requested": parts.requested, "arch": parts.cfg.arch(),
+            "format": "fastebm-1", "fast_path": parts.fast.active(), "classes": parts.classes,
+            "triton_rng": None if parts.fast.rng is None else parts.fast.rng.cpu(), "best": dict(state.best),
+            "best_before_divergence": state.best_before_divergence}
+
+
+def save_run(parts: RunParts, state: RunState, path: str) -> str:
+    """Write :func:`run_state_dict` to ``path`` atomically (rank 0, every rank's buffer shard gathered); never
+    a model that a rollback or an evaluation could not use: non-finite parameters, BN statistics or replay
+    buffer, or finite weights whose energies / logits on a probe batch (the first B buffer samples, eval mode)
+    overflow — the optimizer step after the last loss check can leave such weights. Collective under DDP.
+    Returns ``path`` and records it as ``state.last_checkpoint`` (of ``state.iteration``).
 
     Raises:
         DivergenceError: non-finite state (nothing written).
         CheckpointError: the write failed (the previous file stays).
     """
-    tr.dist.average_buffers(tr.model)                               # BN running stats: mean over ranks
-    tensors = [*tr.model.parameters(), *tr.model.buffers(), tr.buffer.samples]
-    finite = bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).all())  # 1 sync
-    if finite:
-        energy, logits = model_outputs(tr.model, tr.buffer.samples[: tr.cfg.batch_size], tr.cfg.batch_size)
-        finite = bool(torch.isfinite(energy).all()) and (logits is None or bool(torch.isfinite(logits).all()))
-    if not tr.dist.all_ranks(finite):
+    model, buffer, dist, batch = parts.model, parts.buffer, parts.dist, parts.cfg.batch_size
+    dist.average_buffers(model)                                     # BN running stats: mean over ranks
+    tensors = [*model.parameters(), *model.buffers(), buffer.samples]
+    finite_now = bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).all())
+    if finite_now:                                                  # 1 sync above, 1 here
+        energy, logits = model_outputs(model, buffer.samples[:batch], batch)
+        finite_now = bool(torch.isfinite(energy).all()) and (logits is None or bool(torch.isfinite(logits).all()))
+    if not dist.all_ranks(finite_now):
         raise DivergenceError(f"refusing to write a checkpoint with non-finite values (weights, buffer, or "
-                              f"the energies they give) at iteration {tr.iteration}; last good checkpoint: "
-                              f"{tr.last_checkpoint}")
-    state = tr.dist.gather_checkpoint(trainer_state(tr))            # every rank's buffer shard → rank 0
-    if state is not None:
-        atomic_save(state, path)
-    tr.last_checkpoint, tr.last_checkpoint_iteration = path, tr.iteration
+                              f"the energies they give) at iteration {state.iteration}; last good checkpoint: "
+                              f"{state.last_checkpoint}")
+    ckpt = dist.gather_checkpoint(run_state_dict(parts, state))     # every rank's buffer shard → rank 0
+    if ckpt is not None:
+        atomic_save(ckpt, path)
+    state.last_checkpoint, state.last_checkpoint_iteration = path, state.iteration
     return path
 
 
-def restore_trainer(tr, path: str) -> None:
-    """Restore model, optimizer, buffer, p0, RNG states, iteration, the rollback state and the best scores of
-    ``tr`` from ``path`` (an exact resume; also the restore of a rollback). Parameters, BN buffers, the replay
-    buffer and the Triton Philox state are copied into the existing tensors, so captured CUDA graphs stay valid.
+def restore_run(parts: RunParts, state: RunState, path: str) -> None:
+    """Restore model, optimizer, buffer, p0, RNG states from ``path`` and set ``state`` (iteration, the rollback
+    state, the best scores) from it (an exact resume; also the restore of a rollback). Parameters, BN buffers,
+    the replay buffer and the Triton Philox state are copied into the existing tensors, so captured CUDA graphs
+    stay valid.
 
     Raises:
         CheckpointError: missing/unreadable file, a checkpoint of another model/architecture, or of classes
             other than the training data's (:func:`class_change`).
     """
+    cfg, fast = parts.cfg, parts.fast
     ckpt = load_checkpoint(path, map_location="cpu")
-    changed = class_change(ckpt.get("classes"), tr.train_data.classes)
+    changed = class_change(ckpt.get("classes"), parts.classes)
     if changed:
         raise CheckpointError(f"checkpoint {path!r} was trained on other classes than the data's now ({changed}): "
                               f"its classifier's labels would change meaning; restore the class folders' names, "
                               f"or start a new run in another --out")
-    if ckpt.get("arch") != tr.cfg.arch():
-        raise CheckpointError(f"checkpoint {path!r} is for model {ckpt.get('arch')}, expected {tr.cfg.arch()}")
-    load_model_state(tr.model, ckpt, path)
+    if ckpt.get("arch") != cfg.arch():
+        raise CheckpointError(f"checkpoint {path!r} is for model {ckpt.get('arch')}, expected {cfg.arch()}")
+    load_model_state(parts.model, ckpt, path)
     try:
-        tr.opt.load_state_dict(ckpt["optimizer"])
-        tr.buffer.load_state_dict(tr.dist.buffer_shard(ckpt["buffer"]))  # re-split across ranks
+        parts.opt.load_state_dict(ckpt["optimizer"])
+        parts.buffer.load_state_dict(parts.dist.buffer_shard(ckpt["buffer"]))  # re-split across ranks
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint {path!r} does not fit this run: {e}") from None
-    tr.buffer.p0 = p0_from_state_dict(ckpt["p0"]).to(tr.device)
-    if tr.fast.rng is not None and ckpt.get("triton_rng") is not None:  # a CPU run's checkpoint has none
-        tr.fast.rng.copy_(ckpt["triton_rng"])
-    tr.fast.reload()                                                # new optimizer state and p0 objects
-    tr.best.update(ckpt.get("best", {}))                            # best FID / accuracy so far
-    tr.best_before_divergence = ckpt.get("best_before_divergence")
-    tr.iteration = int(ckpt["iteration"])
-    tr.lr_scale, tr.rollbacks = float(ckpt.get("lr_scale", 1.0)), int(ckpt.get("rollbacks", 0))
+    parts.buffer.p0 = p0_from_state_dict(ckpt["p0"]).to(parts.device)
+    if fast.rng is not None and ckpt.get("triton_rng") is not None:  # a CPU run's checkpoint has none
+        fast.rng.copy_(ckpt["triton_rng"])
+    fast.reload()                                                   # new optimizer state and p0 objects
+    state.best.update(ckpt.get("best", {}))                         # best FID / accuracy so far
+    state.best_before_divergence = ckpt.get("best_before_divergence")
+    state.iteration = int(ckpt["iteration"])
+    state.lr_scale, state.rollbacks = float(ckpt.get("lr_scale", 1.0)), int(ckpt.get("rollbacks", 0))
     set_rng_state(ckpt["rng"])
-    tr.dist.restore_rng(ckpt, tr.iteration, tr.cfg.seed)            # per-rank streams (no-op single process)
-    tr.last_checkpoint, tr.last_checkpoint_iteration = path, tr.iteration
+    parts.dist.restore_rng(ckpt, state.iteration, cfg.seed)         # per-rank streams (no-op single process)
+    state.last_checkpoint, state.last_checkpoint_iteration = path, state.iteration
+
+
+def roll_back(parts: RunParts, state: RunState, watch: DivergenceWatch, path: str, reason: str) -> dict:
+    """Recover from a divergence: restore ``path`` (ckpt.pt: model, optimizer, buffer, p0, RNG states,
+    iteration), multiply ``state.lr_scale`` by ``--rollback-lr-factor``, count the rollback, draw new RNG
+    streams (:func:`fastebm.recovery.reseed`), keep the best FID / accuracy so far (the files best_*.pt hold
+    them) and, at the first rollback, note them as ``best_before_divergence`` (the paper's "best before
+    diverging" protocol, reported in both ``--on-divergence`` modes), forget ``watch``'s note and rewrite
+    ``path`` with them (same model, so a process killed now resumes with the lowered lr and the new streams, and
+    a run stopped after ``max_rollbacks`` keeps its count). Every rank calls it together (it starts with a
+    barrier). Returns the ``"rollback"`` row for the run log (:mod:`fastebm.recovery`'s docstring).
+
+    Args:
+        reason: the divergence message (logged).
+    Raises:
+        CheckpointError: ``path`` is missing or unreadable.
+    """
+    cfg, at = parts.cfg, state.iteration
+    scale, count = state.lr_scale * cfg.rollback_lr_factor, state.rollbacks + 1
+    best, before = dict(state.best), state.best_before_divergence or {"iter": at, **finite(state.best)}
+    parts.dist.barrier()                                            # rank 0 has finished writing ckpt.pt
+    restore_run(parts, state, path)
+    state.lr_scale, state.rollbacks = scale, count                  # not the checkpoint's older values
+    state.best, state.best_before_divergence = best, before         # best_*.pt on disk hold these, not the older
+    reseed(parts.fast, rollback_seed(cfg.seed, parts.dist.rank, state.iteration, state.rollbacks))
+    watch.clear()
+    save_run(parts, state, path)                                    # the new lr scale, count and streams, at once
+    return {"kind": "rollback", "iter": state.iteration, "from_iter": at, "lr": lr_at(cfg, state.iteration) * scale,
+            "lr_scale": scale, "rollbacks": count, "reason": reason}
 
 
 def class_change(before: list[str] | None, now: list[str] | None) -> str | None:

@@ -282,9 +282,9 @@ def _main(argv, locks: list) -> int:
         cfg = trainer.cfg  # completed for the device and the data
         if args.resume:
             trainer.load_checkpoint(args.resume)
-            trainer.drop_rows_after(trainer.iteration)  # the iterations re-run are logged again
+            trainer.drop_rows_after(trainer.state.iteration)  # the iterations re-run are logged again
             if trainer.dist.is_main:
-                print(f"fastebm: resuming {args.resume} at iteration {trainer.iteration} of {cfg.total_iters}",
+                print(f"fastebm: resuming {args.resume} at iteration {trainer.state.iteration} of {cfg.total_iters}",
                       file=sys.stderr)
     except (ValueError, DatasetError, CheckpointError, RunFolderBusy) as e:
         if created:  # a run that never started leaves no folder behind
@@ -320,23 +320,24 @@ def _main(argv, locks: list) -> int:
             print(json.dumps({**run_summary(trainer, {}), "stopped": signal.Signals(e.signum).name}))
         return e.status
     except (DivergenceError, CheckpointError) as e:
-        last = (f"; the last checkpoint {trainer.last_checkpoint} holds iteration {trainer.last_checkpoint_iteration}"
-                if isinstance(e, CheckpointError) and trainer.last_checkpoint else "")
+        run = trainer.state
+        last = (f"; the last checkpoint {run.last_checkpoint} holds iteration {run.last_checkpoint_iteration}"
+                if isinstance(e, CheckpointError) and run.last_checkpoint else "")
         print(f"{parser.prog}: stopped: {e}{last}", file=sys.stderr)
         if say and isinstance(e, DivergenceError):
             print(json.dumps({**run_summary(trainer, {}, diverged=True), "diverged": str(e)}))
         return 1
     except KeyboardInterrupt:
-        last, at = trainer.last_checkpoint, trainer.last_checkpoint_iteration
-        print(f"{parser.prog}: interrupted at iteration {trainer.iteration}; "
+        last, at = trainer.state.last_checkpoint, trainer.state.last_checkpoint_iteration
+        print(f"{parser.prog}: interrupted at iteration {trainer.state.iteration}; "
               + (f"the last checkpoint {last} holds iteration {at}: --resume {last} re-runs "
-                 f"{trainer.iteration - at} iteration(s)" if last else "no checkpoint was written"),
+                 f"{trainer.state.iteration - at} iteration(s)" if last else "no checkpoint was written"),
               file=sys.stderr)
         return 130
     if say:
         summary = run_summary(trainer, last)
-        print(f"fastebm: done at iteration {trainer.iteration}; last metrics {last}; checkpoint "
-              f"{trainer.last_checkpoint}", file=sys.stderr)
+        print(f"fastebm: done at iteration {trainer.state.iteration}; last metrics {last}; checkpoint "
+              f"{trainer.state.last_checkpoint}", file=sys.stderr)
         if "paper" in summary:
             print(f"fastebm: {summary['paper']['beside']}", file=sys.stderr)
         print(json.dumps(summary))  # stdout: one JSON document (| jq)
@@ -392,10 +393,11 @@ def run_summary(trainer: Trainer, last: dict, diverged: bool = False) -> dict:
     the best test accuracy / FID, the best before the first divergence (the paper's "best before diverging":
     at the first rollback, or everything of a run that stopped at its divergence), and the paper row the run
     aims at (:func:`fastebm.paper.nearest`) with both sides' numbers and every setting that differs from it."""
-    best = finite(trainer.best)
-    out = {"iteration": trainer.iteration, "run_folder": trainer.out, "checkpoint": trainer.last_checkpoint,
+    state = trainer.state
+    best = finite(state.best)
+    out = {"iteration": state.iteration, "run_folder": trainer.out, "checkpoint": state.last_checkpoint,
            "last": last, "best": best}
-    before = trainer.best_before_divergence or ({"iter": trainer.iteration, **best} if diverged else None)
+    before = state.best_before_divergence or ({"iter": state.iteration, **best} if diverged else None)
     if before is not None:
         out["best_before_divergence"] = before
     row = paper.nearest(trainer.cfg)

@@ -35,9 +35,9 @@ from .model import build_model, model_outputs
 from .p0 import load_or_fit_p0
 from .profiling import enable as enable_nvtx
 from .progress import TrainingProgress
-from .recovery import DivergenceError, DivergenceWatch, check, roll_back
+from .recovery import DivergenceError, DivergenceWatch, check
 from .runlog import RunLog
-from .runstate import restore_trainer, save_trainer, trainer_state
+from .runstate import RunParts, RunState, restore_run, roll_back, run_state_dict, save_run
 from .sampler import Sampler, SGLDConfig
 from .schedule import lr_at
 from .step import init_optimizer_state
@@ -64,6 +64,9 @@ class Trainer:
             first optimizer imports torch._dynamo, then the p0 fit: seconds each, bench/RESULTS.md "The digits
             demo, whole runs"); the CLI prints a line at each.
 
+    Attributes:
+        state: the run's progress (:class:`~fastebm.runstate.RunState`: iteration, lr scale, rollbacks, best
+            scores, last checkpoint), which checkpoints store and a resume or rollback restores.
     Raises:
         DatasetError: missing or malformed data. ValueError: bad configuration.
     """
@@ -102,7 +105,7 @@ class Trainer:
             raise ValueError(f"--out {self.out}: cannot make the run folder there ({e.strerror})") from None
         if self.dist.is_main:  # the one writer removes what a killed save left
             remove_stale_temporaries(self.out)
-        say = on_stage or (lambda trainer, stage: None)
+        say = on_stage or (lambda *_: None)
         say(self, "checked")
 
         self.model = build_model(cfg).to(self.device)
@@ -134,21 +137,22 @@ class Trainer:
                            Sampler(self.model, sgld), self.buffer, self.opt, self.gen_batches, self.cls_batches,
                            cfg.l2, cfg.reg_form, cfg.cls_weight, sgld_bn=cfg.sgld_bn, px_weight=cfg.px_weight)
         self.fast = FastPath(cfg, plain, self.device, self.dist.is_main)
-        self.iteration = 0
-        self.lr_scale, self.rollbacks = 1.0, 0                     # persistent lr scale, rollbacks so far
+        self.state = RunState()                                     # iteration, lr scale, rollbacks, best, last ckpt
         self.ckpt_path = os.path.join(self.out, "ckpt.pt")          # the checkpoint a rollback returns to
-        self.last_checkpoint: str | None = None
-        self.last_checkpoint_iteration = 0                          # the iteration that checkpoint holds
         self.watch = DivergenceWatch(cfg.max_loss)                   # device-side note of a divergence
         self.runlog = RunLog(self.out, write=self.dist.is_main)     # metrics.jsonl, TensorBoard, grids
         self.scorer = BufferScore(cfg, self.device)  # in-training FID / IS
-        self.best = {"fid": float("inf"), "test_acc": -float("inf")}
-        self.best_before_divergence: dict | None = None             # {"iter", "fid", "test_acc"} at the first rollback
 
     @property
     def p0(self):
         """The informative initialization (Eq. 6) of the replay buffer's restarts."""
         return self.buffer.p0
+
+    @property
+    def parts(self) -> RunParts:
+        """The objects a checkpoint is written from and restored into (:class:`~fastebm.runstate.RunParts`)."""
+        return RunParts(self.cfg, self.model, self.opt, self.buffer, self.fast, self.dist, self.train_data.classes,
+                        self.requested, self.device)
 
     # ------------------------------------------------------------------ Algorithm 1
     def train_step(self, it: int) -> dict:
@@ -174,15 +178,15 @@ class Trainer:
         the failing ones (``--fast-path auto``) or raise (``strict``), and log the outcome as a
         ``{"kind": "fast_path"}`` row of metrics.jsonl (with ``active``: what runs now). Leaves the run's
         state as it was. Returns component → "ok (margin Mx): ..." / "off: ..." / "unused (compiled step)"."""
-        it = self.iteration if it is None else it
-        report = self.fast.check(it, self.cfg.lr * self.lr_scale)  # the peak lr: a warm-up lr of 0 moves nothing
+        it = self.state.iteration if it is None else it
+        report = self.fast.check(it, self.cfg.lr * self.state.lr_scale)  # peak lr: a warm-up lr of 0 moves nothing
         self.runlog({"kind": "fast_path", "iter": it, "policy": self.cfg.fast_path, **report,
                      "active": self.fast.active()})
         return report
 
     # ------------------------------------------------------------------ loop
     def fit(self, stop: GracefulStop | None = None) -> dict:
-        """Train from ``self.iteration`` to ``cfg.total_iters``; returns the last logged metrics.
+        """Train from ``self.state.iteration`` to ``cfg.total_iters``; returns the last logged metrics.
 
         A divergence rolls the run back to ``ckpt.pt`` (``cfg.on_divergence == "rollback"``, at most
         ``cfg.max_rollbacks`` times over the run) or stops it (:mod:`fastebm.recovery`).
@@ -205,21 +209,21 @@ class Trainer:
         eval_every = cfg.eval_every or cfg.iters_per_epoch
         sample_every = cfg.sample_every or cfg.iters_per_epoch
         ckpt_every = cfg.ckpt_every or cfg.iters_per_epoch
-        if cfg.on_divergence == "rollback" and not _same_file(self.last_checkpoint, self.ckpt_path):
+        if cfg.on_divergence == "rollback" and not _same_file(self.state.last_checkpoint, self.ckpt_path):
             self.save_checkpoint()                                  # a state to return to from the start
         self.on_fit_start()
-        bar = TrainingProgress(cfg.total_iters, self.iteration) if cfg.progress and self.dist.is_main else None
-        last, t0, it0 = {}, time.perf_counter(), self.iteration
+        bar = TrainingProgress(cfg.total_iters, self.state.iteration) if cfg.progress and self.dist.is_main else None
+        last, t0, it0 = {}, time.perf_counter(), self.state.iteration
         try:
-            while self.iteration < cfg.total_iters:
-                it = self.iteration
+            while self.state.iteration < cfg.total_iters:
+                it = self.state.iteration
                 try:
-                    lr = lr_at(cfg, it) * self.lr_scale                 # the schedule × the rollback scale
+                    lr = lr_at(cfg, it) * self.state.lr_scale           # the schedule × the rollback scale
                     for g in self.opt.param_groups:
                         g["lr"] = lr
                     self.model.train()
                     m = self.dist.average_metrics(self.train_step(it))  # mean over ranks (no-op single process)
-                    self.iteration = done = it + 1
+                    self.state.iteration = done = it + 1
                     self.watch.note(m, done)                            # device-side divergence note, no sync
                     log_now, eval_now, sample_now, ckpt_now = (
                         done % every == 0 or done == cfg.total_iters
@@ -251,16 +255,16 @@ class Trainer:
                 except DivergenceError as e:                            # agreed by every rank
                     if cfg.on_divergence == "stop":
                         raise
-                    if self.rollbacks >= cfg.max_rollbacks:
-                        raise DivergenceError(f"{e}; stopped after {self.rollbacks} rollback(s) "
+                    if self.state.rollbacks >= cfg.max_rollbacks:
+                        raise DivergenceError(f"{e}; stopped after {self.state.rollbacks} rollback(s) "
                                               f"(--max-rollbacks {cfg.max_rollbacks})") from None
                     try:
                         self.rollback(str(e))
                     except CheckpointError as ce:
                         raise DivergenceError(f"{e}; rollback failed: {ce}") from None
-                    t0, it0 = time.perf_counter(), self.iteration
+                    t0, it0 = time.perf_counter(), self.state.iteration
                 if bar is not None:
-                    bar.update(self.iteration)
+                    bar.update(self.state.iteration)
         finally:
             if bar is not None:
                 bar.close()
@@ -281,22 +285,22 @@ class Trainer:
         import signal
 
         if not saved:
-            self._check(m, self.iteration)                          # never a checkpoint of a diverged state
+            self._check(m, self.state.iteration)                    # never a checkpoint of a diverged state
             with stop.saving():
                 self.save_checkpoint()
-        self.log({"kind": "stop", "iter": self.iteration, "signal": signal.Signals(signum).name,
+        self.log({"kind": "stop", "iter": self.state.iteration, "signal": signal.Signals(signum).name,
                   "checkpoint": self.ckpt_path})
         self.dist.barrier()  # no rank exits before the stop row: a launcher ends the job when one rank exits
-        raise Stopped(signum, self.ckpt_path, self.iteration)
+        raise Stopped(signum, self.ckpt_path, self.state.iteration)
 
     def _check(self, m: dict, it: int) -> None:
         """Raise :class:`DivergenceError` if any rank noted a divergence (:func:`fastebm.recovery.check`)."""
-        check(self, m, it)
+        check(self.watch, self.dist, m, it, self.runlog, self.state.last_checkpoint)
 
     def rollback(self, reason: str) -> None:
-        """Return to ckpt.pt with a lower lr and new RNG streams (:func:`fastebm.recovery.roll_back`; every
+        """Return to ckpt.pt with a lower lr and new RNG streams (:func:`fastebm.runstate.roll_back`; every
         rank together). Raises CheckpointError when ckpt.pt is missing or unreadable."""
-        roll_back(self, reason)
+        self.log(roll_back(self.parts, self.state, self.watch, self.ckpt_path, reason))
 
     def drop_rows_after(self, iteration: int) -> int:
         """Remove metrics.jsonl rows of iterations after ``iteration`` (a resume logs them again); returns how
@@ -317,7 +321,7 @@ class Trainer:
             return
         if self.cfg.tensorboard:
             self.runlog.start_tensorboard()
-        if self.iteration == 0:
+        if self.state.iteration == 0:
             from .plots import save_p0_pictures
 
             with self.runlog.guard(os.path.join(self.out, "samples")):
@@ -330,9 +334,9 @@ class Trainer:
         cfg = self.cfg
         if fid_epoch(self.cfg, epoch):
             record = self.buffer_fid()
-            improved = self.dist.all_ranks(record is None or record["fid"] < self.best["fid"])
+            improved = self.dist.all_ranks(record is None or record["fid"] < self.state.best["fid"])
             if record is not None:
-                self.log({"kind": "fid", "iter": self.iteration, "epoch": epoch, **record})
+                self.log({"kind": "fid", "iter": self.state.iteration, "epoch": epoch, **record})
             if improved:
                 self._save_copy("best_fid.pt")
         if cfg.keep_every and epoch % cfg.keep_every == 0:
@@ -349,17 +353,17 @@ class Trainer:
     def keep_best(self, record: dict) -> None:
         """best_acc.pt when an ``eval`` record beats the best test accuracy so far; remembers the best FID
         (best_fid.pt itself is written by :meth:`on_epoch_end`, on every rank)."""
-        if record.get("kind") == "fid" and record["fid"] < self.best["fid"]:
-            self.best["fid"] = record["fid"]
-        if record.get("kind") == "eval" and "test_acc" in record and record["test_acc"] > self.best["test_acc"]:
-            self.best["test_acc"] = record["test_acc"]
+        if record.get("kind") == "fid" and record["fid"] < self.state.best["fid"]:
+            self.state.best["fid"] = record["fid"]
+        if record.get("kind") == "eval" and "test_acc" in record and record["test_acc"] > self.state.best["test_acc"]:
+            self.state.best["test_acc"] = record["test_acc"]
             self._save_copy("best_acc.pt")
 
     def _save_copy(self, name: str) -> None:
         """Atomic checkpoint ``name`` beside ckpt.pt (``last_checkpoint`` keeps pointing at ckpt.pt)."""
-        last = self.last_checkpoint, self.last_checkpoint_iteration
+        last = self.state.last_checkpoint, self.state.last_checkpoint_iteration
         self.save_checkpoint(os.path.join(self.out, name))
-        self.last_checkpoint, self.last_checkpoint_iteration = last
+        self.state.last_checkpoint, self.state.last_checkpoint_iteration = last
 
     # ------------------------------------------------------------------ evaluation and samples
     @torch.no_grad()
@@ -386,29 +390,29 @@ class Trainer:
     def save_samples(self, name: str, extra=None) -> str:
         """PNG grid of 64 replay-buffer samples (or of ``extra`` tensors) under samples/; returns the path."""
         imgs = torch.cat([t[:32] for t in extra]) if extra is not None else self.buffer.samples[:64]
-        return self.runlog.grid(name, to_uint8(imgs), self.iteration)
+        return self.runlog.grid(name, to_uint8(imgs), self.state.iteration)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """Everything a checkpoint holds (:func:`~fastebm.runstate.trainer_state`)."""
-        return trainer_state(self)
+        """Everything a checkpoint holds (:func:`~fastebm.runstate.run_state_dict`)."""
+        return run_state_dict(self.parts, self.state)
 
     def save_checkpoint(self, path: str | None = None) -> str:
-        """Write ckpt.pt (or ``path``) atomically; returns the path (:func:`~fastebm.runstate.save_trainer`).
+        """Write ckpt.pt (or ``path``) atomically; returns the path (:func:`~fastebm.runstate.save_run`).
 
         Raises:
             DivergenceError: non-finite weights, buffer or energies (nothing written).
             CheckpointError: the write failed (the previous file stays).
         """
-        return save_trainer(self, path or self.ckpt_path)
+        return save_run(self.parts, self.state, path or self.ckpt_path)
 
     def load_checkpoint(self, path: str) -> None:
-        """Restore the whole run from ``path`` (:func:`~fastebm.runstate.restore_trainer`).
+        """Restore the whole run from ``path`` (:func:`~fastebm.runstate.restore_run`).
 
         Raises:
             CheckpointError: missing/unreadable file, or a checkpoint of another model/architecture.
         """
-        restore_trainer(self, path)
+        restore_run(self.parts, self.state, path)
 
 
 def _same_file(a: str | None, b: str) -> bool:

@@ -145,7 +145,7 @@ def _worker(rank, port, tmp):
         n_sgld = len(buckets) - n_fit
         grads_untouched = all(torch.equal(g, p.grad) for g, p in zip(grads, t.model.parameters()))
         t.model.train()
-        t.train_step(t.iteration)  # one more optimizer step: the same number of buckets as each fit step
+        t.train_step(t.state.iteration)  # one more optimizer step: the same number of buckets as each fit step
         n_step = len(buckets) - n_fit - n_sgld
         torch.save({"params": [p.detach().clone() for p in t.model.parameters()], "buffer": buffer_at_ckpt,
                     "buffer_len": len(t.buffer), "n_fit": n_fit, "n_sgld": n_sgld, "n_step": n_step,
@@ -168,8 +168,8 @@ def _worker(rank, port, tmp):
 
         t.watch.note = watch_rank1
         t.fit()
-        torch.save({"params": [p.detach().clone() for p in t.model.parameters()], "iteration": t.iteration,
-                    "rollbacks": t.rollbacks, "lr_scale": t.lr_scale, "lr": t.opt.param_groups[0]["lr"]},
+        torch.save({"params": [p.detach().clone() for p in t.model.parameters()], "iteration": t.state.iteration,
+                    "rollbacks": t.state.rollbacks, "lr_scale": t.state.lr_scale, "lr": t.opt.param_groups[0]["lr"]},
                    os.path.join(tmp, f"c{rank}.pt"))
     finally:
         shutdown()

@@ -305,7 +305,7 @@ def test_rollback_keeps_the_captured_sgld_graph_valid(tmp_path):
 
     t.train_step = nan_weight_at_5
     t.fit()
-    assert t.iteration == 6 and t.rollbacks == 1 and graphs[0] is not None
+    assert t.state.iteration == 6 and t.state.rollbacks == 1 and graphs[0] is not None
     assert t.fast.sampler._graph is graphs[0]  # the same capture, replayed after the rollback
     assert torch.isfinite(t.model.energy_head.weight).all() and torch.isfinite(t.buffer.samples).all()
     x0 = t.buffer.samples[:TINY["batch_size"]].clone()

@@ -1,9 +1,10 @@
 """The package's layering and layout: lower layers never import higher ones, no module imports another in a
-circle, every module imports on its own (no import cycle hidden by import order), and every package folder
+circle, every module imports on its own (no import cycle hidden by import order), no module below the trainer
+takes the trainer (a dependency through its attributes is one no import shows), and every package folder
 (fastebm/, fastebm/evaluation/, the top-level kernels/ installed as fastebm.kernels) is scanned and installed.
 
 Layers, low to high: profiling, checkpoint → data, model, loss → init, init_variants, p0, buffer, sampler →
-limits, config, completion (with bufferfid, runfolder), schedule → distributed → recovery, runstate → trainer →
+limits, config, completion (with bufferfid, runfolder), schedule → distributed → recovery → runstate → trainer →
 train, eval (the CLIs). ``metrics`` and the ``evaluation`` wing sit beside the CLIs' helpers and never import the
 trainer either; the kernels import no other fastebm module.
 """
@@ -107,6 +108,53 @@ def test_no_import_cycle_between_modules():
 
     for m in MODULES:
         visit(m, [])
+
+
+TRAINER_NAMES = {"tr", "trainer"}  # what a parameter that takes the whole trainer is called
+
+
+def trainer_uses(name: str) -> list:
+    """Where module ``name`` names the trainer, from its syntax tree: an import of ``Trainer``, an annotation
+    that mentions it, a parameter called ``tr`` / ``trainer``, or one such parameter without an annotation
+    (``"line N: ..."`` each)."""
+    path = MODULES[name][0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and any(a.name == "Trainer" for a in node.names):
+            found.append(f"line {node.lineno}: imports Trainer")
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            params = [*a.posonlyargs, *a.args, *a.kwonlyargs, *filter(None, (a.vararg, a.kwarg))]
+            annotations = [p.annotation for p in params] + [getattr(node, "returns", None)]
+            if any(x is not None and "Trainer" in ast.unparse(x) for x in annotations):
+                found.append(f"line {node.lineno}: annotates a Trainer")
+            for p in params:
+                if p.arg in TRAINER_NAMES:
+                    found.append(f"line {node.lineno}: parameter {p.arg!r}"
+                                 + ("" if p.annotation is not None else " without a type"))
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_below_the_trainer_takes_the_trainer(name):
+    """Outside trainer.py and train.py no function takes the Trainer: it takes the typed pieces it uses
+    (:class:`~fastebm.runstate.RunState`, :class:`~fastebm.runstate.RunParts`, ...). In those two, a parameter
+    that holds the trainer says so in its annotation."""
+    found = trainer_uses(name)
+    if name in ("trainer", "train"):
+        found = [f for f in found if f.endswith("without a type")]
+    assert not found, f"fastebm.{name} takes the trainer: {found}"
+
+
+def test_the_trainer_scan_finds_what_it_looks_for(tmp_path, monkeypatch):
+    """The scan above would see each way of taking the trainer (a scan that finds nothing proves nothing)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from .trainer import Trainer\n\ndef f(tr, x: int) -> None:\n    pass\n\n"
+                   "def g(run: 'Trainer'):\n    pass\n\nh = lambda trainer: trainer\n")
+    monkeypatch.setitem(MODULES, "bad", (bad, False))
+    assert trainer_uses("bad") == ["line 1: imports Trainer", "line 3: parameter 'tr' without a type",
+                                   "line 6: annotates a Trainer", "line 9: parameter 'trainer' without a type"]
+    assert trainer_uses("train") and not [f for f in trainer_uses("train") if f.endswith("without a type")]
 
 
 @pytest.mark.slow

@@ -95,14 +95,14 @@ def test_a_run_caches_and_checkpoints_its_p0(p0, kind, tmp_path):
     assert torch.load(os.path.join(out, "p0.pt"), weights_only=True)["kind"] == kind.kind
     again = Trainer(resolve(dict(TINY, **p0, out=out, epochs=2)))
     again.load_checkpoint(os.path.join(out, "ckpt.pt"))  # weights_only: tensors and plain values
-    assert isinstance(again.p0, kind) and again.iteration == 2
+    assert isinstance(again.p0, kind) and again.state.iteration == 2
     _assert_same(t.p0.state_dict(), again.p0.state_dict())
     torch.manual_seed(0)
     x = again.p0.sample(3)
     torch.manual_seed(0)
     assert torch.equal(x, t.p0.sample(3))
     again.fit()
-    assert again.iteration == 4
+    assert again.state.iteration == 4
 
 
 @pytest.mark.parametrize("p0", [dict(p0="gaussian-mixture")])

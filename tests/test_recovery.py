@@ -79,7 +79,7 @@ def runs(data, tmp_path_factory):
 def test_rollback_restores_the_checkpoint_lowers_the_lr_and_finishes(runs):
     ref, t = runs
     cfg = t.cfg
-    assert t.iteration == 8 and t.rollbacks == 1 and t.lr_scale == 0.5
+    assert t.state.iteration == 8 and t.state.rollbacks == 1 and t.state.lr_scale == 0.5
     [rb] = _rows(cfg.out, "rollback")
     assert (rb["iter"], rb["from_iter"], rb["lr_scale"], rb["rollbacks"]) == (4, 5, 0.5, 1)
     assert rb["lr"] == pytest.approx(lr_at(cfg, 4) * 0.5)
@@ -108,7 +108,7 @@ def test_resume_after_a_rollback_keeps_the_lowered_lr_and_is_exact(runs, data, t
     half.fit()
     resumed = _trainer(data, epochs=4, out=out)
     resumed.load_checkpoint(os.path.join(out, "ckpt.pt"))
-    assert (resumed.iteration, resumed.lr_scale, resumed.rollbacks) == (6, 0.5, 1)
+    assert (resumed.state.iteration, resumed.state.lr_scale, resumed.state.rollbacks) == (6, 0.5, 1)
     resumed.fit()
     assert [r["lr"] for r in _rows(out, "train")[-2:]] == pytest.approx(
         [lr_at(resumed.cfg, it) * 0.5 for it in (6, 7)])
@@ -126,7 +126,7 @@ def test_a_nan_weight_is_never_checkpointed_and_rolls_back(data, tmp_path):
     # run goes back to the one at 2
     [rb] = _rows(tmp_path, "rollback")
     assert (rb["iter"], rb["from_iter"]) == (2, 4) and "refusing to write a checkpoint" in rb["reason"]
-    assert t.iteration == 6 and torch.isfinite(t.model.energy_head.weight).all()
+    assert t.state.iteration == 6 and torch.isfinite(t.model.energy_head.weight).all()
     assert [r["iter"] for r in _rows(tmp_path, "train")] == [1, 2, 3, 4, 3, 4, 5, 6]
     ckpt = load_checkpoint(os.path.join(tmp_path, "ckpt.pt"))
     assert ckpt["iteration"] == 6 and torch.isfinite(ckpt["model"]["energy_head.weight"]).all()
@@ -137,7 +137,7 @@ def test_a_divergence_before_the_first_periodic_checkpoint_returns_to_iteration_
     t.train_step = _inject(t.train_step, at=2, what="loss", times=1)
     t.fit()
     [rb] = _rows(tmp_path, "rollback")
-    assert (rb["iter"], rb["from_iter"]) == (0, 2) and t.iteration == 4
+    assert (rb["iter"], rb["from_iter"]) == (0, 2) and t.state.iteration == 4
 
 
 def test_an_exploding_loss_between_two_checks_is_caught_before_the_checkpoint(data, tmp_path):
@@ -147,14 +147,14 @@ def test_an_exploding_loss_between_two_checks_is_caught_before_the_checkpoint(da
 
     def exploding(it):
         m = step(it)
-        return dict(m, loss=m["loss"] + 1e6) if it + 1 == 2 and not t.rollbacks else m
+        return dict(m, loss=m["loss"] + 1e6) if it + 1 == 2 and not t.state.rollbacks else m
 
     t.train_step = exploding
     t.fit()
     [rb] = _rows(tmp_path, "rollback")
     assert (rb["iter"], rb["from_iter"]) == (0, 3)
     assert "diverged at iteration 2" in rb["reason"] and "detected at iteration 3" in rb["reason"]
-    assert t.iteration == 4 and t.rollbacks == 1
+    assert t.state.iteration == 4 and t.state.rollbacks == 1
 
 
 @pytest.mark.parametrize("mode", ["stop", "rollback"])
@@ -221,6 +221,7 @@ def test_a_rollback_keeps_the_best_so_far_and_notes_it_before_the_divergence(dat
         rows = [json.loads(line) for line in f]
     first_rollback = next(i for i, r in enumerate(rows) if r["kind"] == "rollback")
     before = max(r["test_acc"] for r in rows[:first_rollback] if r["kind"] == "eval")
-    assert t.best_before_divergence == {"iter": 5, "test_acc": before}
-    assert t.best["test_acc"] == max(r["test_acc"] for r in rows if r["kind"] == "eval") >= before
-    assert load_checkpoint(os.path.join(tmp_path, "ckpt.pt"))["best_before_divergence"] == t.best_before_divergence
+    assert t.state.best_before_divergence == {"iter": 5, "test_acc": before}
+    assert t.state.best["test_acc"] == max(r["test_acc"] for r in rows if r["kind"] == "eval") >= before
+    ckpt = load_checkpoint(os.path.join(tmp_path, "ckpt.pt"))
+    assert ckpt["best_before_divergence"] == t.state.best_before_divergence

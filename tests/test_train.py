@@ -65,7 +65,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, cifar_subset):
     half.fit()
     resumed = Trainer(resolve(dict(base, epochs=2, out=str(tmp_path / "b"))), *cifar_subset)
     resumed.load_checkpoint(str(tmp_path / "b" / "ckpt.pt"))
-    assert resumed.iteration == 3
+    assert resumed.state.iteration == 3
     resumed.fit()
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
@@ -109,7 +109,7 @@ def test_non_finite_energies_stop_the_run(tmp_path, cifar_subset):
     match = r"non-finite values \(weights, buffer, or the energies they give\) at iteration 0"
     with pytest.raises(DivergenceError, match=match):
         t.fit()
-    assert not os.path.exists(tmp_path / "ckpt.pt") and t.iteration == 0
+    assert not os.path.exists(tmp_path / "ckpt.pt") and t.state.iteration == 0
 
 
 def test_cli_digits_run_and_resume(tmp_path, capsys):
@@ -295,11 +295,12 @@ def test_a_paper_configuration_gets_its_row_beside_its_numbers():
     import types
 
     from fastebm.completion import for_device
+    from fastebm.runstate import RunState
     from fastebm.train import run_summary
 
     cfg = for_device(resolve(dict(dataset="cifar10", model="mjem", k=5)), "cpu")  # a trainer's cfg: for its device
-    trainer = types.SimpleNamespace(iteration=7, out="o", last_checkpoint="o/ckpt.pt", cfg=cfg,
-                                    best={"fid": float("inf"), "test_acc": 0.5}, best_before_divergence=None)
+    state = RunState(iteration=7, last_checkpoint="o/ckpt.pt", best={"fid": float("inf"), "test_acc": 0.5})
+    trainer = types.SimpleNamespace(out="o", cfg=cfg, state=state)
     summary = run_summary(trainer, {})
     assert summary["best"] == {"test_acc": 0.5} and "best_before_divergence" not in summary
     assert summary["paper"]["row"] == "t3-mjem-cifar10-k5" and summary["paper"]["fid"] == 12.1
@@ -308,7 +309,7 @@ def test_a_paper_configuration_gets_its_row_beside_its_numbers():
         "(sndnyang/mebm train_maebm.py @20bbf21, models/norms.py @ab600eb): --reg-form eq8 (theirs squared-means), "
         "--bn-momentum 0.1 (theirs 0.9), --sgld-bn batch (theirs update)")  # fp32 on the CPU, as theirs
     assert set(summary["paper"]["differs"]) == {"reg_form", "bn_momentum", "sgld_bn"}
-    trainer.best_before_divergence = {"iter": 5, "test_acc": 0.4, "fid": float("inf")}
+    state.best_before_divergence = {"iter": 5, "test_acc": 0.4, "fid": float("inf")}
     assert "; best before divergence (iteration 5): acc 0.931 (ours 0.400), IS 8.71, FID 12.1;" in (
         run_summary(trainer, {})["paper"]["beside"])
 
