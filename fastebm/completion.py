@@ -50,7 +50,7 @@ def for_device(cfg: Config, device_type: str, world_size: int = 1) -> Config:
     if device_type != "cuda":
         for name in ("cuda_graphs", "triton"):
             if getattr(new, name):
-                raise ValueError(f"--{name.replace('_', '-')} needs a CUDA device (this run is on {device_type})")
+                raise ValueError(f"{flag(name)} needs a CUDA device (this run is on {device_type})")
     return new
 
 

@@ -43,7 +43,7 @@ from .config import NONE, Config, OneLineParser, resolve
 from .data import DatasetError
 from .distributed import DataMismatch, env_world_size, exit_process, init_from_env, shutdown
 from .fastpath import FastPathError
-from .limits import CHOICES
+from .limits import CHOICES, flag
 from .recovery import finite
 from .runfolder import RunFolderBusy, RunLock, run_folder_base
 from .schedule import decays_after_end
@@ -53,10 +53,6 @@ from .trainer import DivergenceError, Trainer
 
 CLI_ONLY = ("resume", "print_config")  # flags that are not Config fields
 DERIVED = ("n_classes",)  # Config fields set from the data, not options
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _typed(base: type, optional: bool):
@@ -93,7 +89,7 @@ def _preset_view(argv) -> Config | None:
     """The Config that the --dataset / --model / --k of ``argv`` resolve to (for the help's defaults)."""
     pre = argparse.ArgumentParser(add_help=False)
     for name in ("dataset", "model", "k", "paper"):
-        pre.add_argument(_flag(name))
+        pre.add_argument(flag(name))
     known, _ = pre.parse_known_args(argv)
     given = {k: v for k, v in vars(known).items() if v is not None}
     try:
@@ -161,7 +157,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
                 kw["choices"] = CHOICES[f.name]
             else:
                 kw["type"] = _typed(base, optional)
-        p.shown_fields.append((g.add_argument(_flag(f.name), **kw), f.name))
+        p.shown_fields.append((g.add_argument(flag(f.name), **kw), f.name))
     return p
 
 
@@ -182,7 +178,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
         args.resume, cfg = _auto_resume(given, requested)
     if args.resume:
         ckpt = load_checkpoint(args.resume)
-        changed = [f"{_flag(k)} {ckpt['config'][k]} -> {v}" for k, v in given.items()
+        changed = [f"{flag(k)} {ckpt['config'][k]} -> {v}" for k, v in given.items()
                    if k != "out" and k in ckpt["config"] and ckpt["config"][k] != (None if v is NONE else v)]
         if changed and os.environ.get("RANK", "0") == "0":
             print(f"fastebm: resuming {args.resume} with options changed from the checkpoint's: {', '.join(changed)} "
@@ -226,7 +222,7 @@ def _auto_resume(given: dict, requested: dict) -> tuple[str | None, Config | Non
     differ = sorted(k for k in set(before or {}) | set(requested) if k != "out"
                     and (before or {}).get(k) != requested.get(k) and stored.get(k) != getattr(cfg, k, None))
     if before is None or differ:
-        what = ", ".join(f"{_flag(k)} {stored.get(k)!r} there, {getattr(cfg, k, None)!r} now"
+        what = ", ".join(f"{flag(k)} {stored.get(k)!r} there, {getattr(cfg, k, None)!r} now"
                          for k in differ[:4]) or "it does not record its options"
         raise CheckpointError(f"--resume auto: {path!r} holds a run with other options ({what}); pass "
                               f"--resume {path} to continue it with these, or another --out")

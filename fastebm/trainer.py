@@ -30,6 +30,7 @@ from .data import Batches, ImageSet, to_uint8
 from .datasets import load_dataset, test_split
 from .distributed import DistContext
 from .fastpath import FastPath
+from .limits import flag
 from .loss import classification_loss
 from .model import build_model, model_outputs
 from .p0 import load_or_fit_p0
@@ -93,7 +94,7 @@ class Trainer:
         cfg = complete(cfg, self.device, self.dist.world_size, len(self.train_data), self.train_data.image_size,
                        self.train_data.n_classes, has_test)
         self.cfg, self.out = cfg, cfg.out
-        slow = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("amp", "sgld_amp")
+        slow = [f"{flag(name)} {getattr(cfg, name)}" for name in ("amp", "sgld_amp")
                 if self.device.type == "cpu" and getattr(cfg, name) in ("bf16", "fp16")
                 and not fast_low_precision(getattr(cfg, name))]
         if slow and self.dist.is_main:
