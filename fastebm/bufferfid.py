@@ -32,7 +32,7 @@ def fid_cadence(cfg: Config, explicit: bool) -> int:
     and right: :func:`fastebm.inception.check_inception_weights`): an explicit ``--fid-every`` (or a weights
     file named by ``--inception-weights``) that cannot is a ValueError saying what to do; the device default
     (5 on CUDA) is turned off with a warning."""
-    from . import metrics
+    from . import inception as inc
 
     if cfg.px_weight == 0 and cfg.fid_every:  # a classifier only: no samples (mebm train_maebm.py: "if arg.px > 0")
         if explicit:
@@ -41,22 +41,22 @@ def fid_cadence(cfg: Config, explicit: bool) -> int:
         return 0
     if not cfg.fid_every:
         return cfg.fid_every
-    missing = metrics.missing_packages()
-    path = cfg.inception_weights or metrics.default_inception_weights_path()
+    missing = inc.missing_packages()
+    path = cfg.inception_weights or inc.default_inception_weights_path()
     if missing:
-        msg = (f"--fid-every: FID needs {' and '.join(missing)}, not installed: {metrics.METRICS_EXTRA}, or "
+        msg = (f"--fid-every: FID needs {' and '.join(missing)}, not installed: {inc.METRICS_EXTRA}, or "
                f"--fid-every 0")
     elif cfg.random_inception:
         return cfg.fid_every
     elif os.path.isfile(path):
         try:  # read whole at start, not at the end of the first epoch
-            metrics.check_inception_weights(cfg.inception_weights)
+            inc.check_inception_weights(cfg.inception_weights)
             return cfg.fid_every
-        except metrics.InceptionWeightsError as e:  # a file given by name is refused even at the default cadence
+        except inc.InceptionWeightsError as e:  # a file given by name is refused even at the default cadence
             msg, explicit = f"{e}; or --fid-every 0", explicit or bool(cfg.inception_weights)
     else:
         msg = (f"--fid-every: the FID Inception weights are not at {path!r}; pass --inception-weights "
-               f"PATH ({metrics.FID_WEIGHTS_URL}) or --fid-every 0")
+               f"PATH ({inc.FID_WEIGHTS_URL}) or --fid-every 0")
     if explicit:
         raise ValueError(msg)
     warnings.warn(msg + "; in-training FID is off", UserWarning, stacklevel=3)
@@ -127,14 +127,14 @@ class BufferScore:
 
     def reference_statistics(self, train_data: ImageSet) -> tuple:
         """(mu, sigma) of the reference images (:func:`reference_images`), made once (Inception loaded too)."""
-        from . import metrics
+        from . import inception as inc
         from .fidstats import inception_statistics
 
         if self.real_stats is None:
             cfg = self.cfg
             if self.inception is None:
-                self.inception = metrics.load_inception(None if cfg.random_inception else cfg.inception_weights,
-                                                         device=self.device, random_init=cfg.random_inception)
+                self.inception = inc.load_inception(None if cfg.random_inception else cfg.inception_weights,
+                                                     device=self.device, random_init=cfg.random_inception)
             split = reference_split(cfg)
             mu, sigma, self.n_real = inception_statistics(
                 self.inception, reference_images(cfg, train_data), 100, self.device,
@@ -146,6 +146,7 @@ class BufferScore:
         """Score ``samples`` (N, 3, H, W) float in [-1, 1] (clamped) of ``model`` (an EnergyModel; its classifier
         ranks them). Returns ``{"fid", "is_mean", "is_std", "is_splits", "n_fake", "n_is", "n_buffer", "n_real",
         "real_split", "keep_ratio", "is_keep_ratio", "protocol"}`` (and ``meaningless`` with a random Inception)."""
+        from . import inception as inc
         from . import metrics
         from .evaluation.options import IS_IMAGES_PER_SPLIT
 
@@ -155,8 +156,8 @@ class BufferScore:
         keep_fid, keep_is = confident_subsets(model, fake, cfg, device) if ranked else (np.arange(n_buffer),) * 2
         scored = np.union1d(keep_fid, keep_is)                      # one Inception pass serves both
         real_stats = self.reference_statistics(train_data)
-        pool, logits = metrics.inception_outputs(self.inception, fake[torch.as_tensor(scored)], 100,
-                                                 desc="fastebm: FID: Inception features of the buffer")
+        pool, logits = inc.inception_outputs(self.inception, fake[torch.as_tensor(scored)], 100,
+                                             desc="fastebm: FID: Inception features of the buffer")
         pool, logits = pool[np.searchsorted(scored, keep_fid)], logits[np.searchsorted(scored, keep_is)]
         splits = max(1, len(logits) // IS_IMAGES_PER_SPLIT)          # Task/eval_buffer.py: max(1, N // 5000)
         is_mean, is_std = metrics.inception_score(logits, splits, True, 0)
@@ -166,5 +167,5 @@ class BufferScore:
                "keep_ratio": cfg.fid_keep_ratio if ranked else 1.0,
                "is_keep_ratio": cfg.is_keep_ratio if ranked else 1.0, "protocol": PROTOCOL}
         if cfg.random_inception:
-            out["meaningless"] = metrics.RANDOM_INCEPTION_NOTE
+            out["meaningless"] = inc.RANDOM_INCEPTION_NOTE
         return out
