@@ -228,7 +228,7 @@ class TrainStep:
 _RSS_SCRIPT = r"""
 import json, os, sys, threading, time, torch
 torch.set_num_threads(1)
-from fastebm.init import fit_gaussian
+from fastebm.p0.gaussian import fit_gaussian
 side, n, form = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(side))
 fit_gaussian(torch.randint(0, 256, (16, 3, 4, 4), dtype=torch.uint8), form=form, rank=4)  # first-call setup, tiny D

@@ -15,7 +15,7 @@ code's way; the distribution, i.e. the D×D Cholesky, is built outside the timin
 extra_info). The full form at D = 49,152 needs a 49k × 49k covariance (9.7 GB in fp32) and its Cholesky:
 skipped on CPU.
 
-p0 fit (``fastebm.init.fit_gaussian``), full vs low-rank (r = 100), on N = 2,000 synthetic uint8 images as
+p0 fit (``fastebm.p0.gaussian.fit_gaussian``), full vs low-rank (r = 100), on N = 2,000 synthetic uint8 images as
 D grows: time and peak memory (CUDA: torch.cuda.max_memory_allocated growth; CPU: peak RSS growth, sampled every
 2 ms, of one fit run in a fresh process) next to the analytic size of one D×D float64 matrix.
 """
@@ -123,8 +123,8 @@ def _lowrank_params(d: int):
 @pytest.mark.parametrize("variant", [pytest.param("triton", marks=gpu), "lowrank_mvn", "gemm", "full_mvn"])
 @pytest.mark.parametrize("d", SAMPLER_D, ids=lambda d: f"D{d}")
 def test_lowrank_sampler(benchmark, d, variant):
-    from fastebm.init import GaussianInit
     from fastebm.kernels.lowrank_gaussian import lowrank_gaussian_sample, make_rng_state
+    from fastebm.p0.gaussian import GaussianInit
 
     if variant == "full_mvn" and d > 12_288 and not C.CUDA:
         pytest.skip(f"full-covariance MultivariateNormal at D = {d} needs a {d}x{d} covariance "
@@ -176,7 +176,7 @@ FULL_MAX_SIDE = 64  # the engine's default: full up to 64×64, lowrank above
 @pytest.mark.parametrize("form", ["full", "lowrank"])
 @pytest.mark.parametrize("side", FIT_SIDES, ids=lambda s: f"3x{s}x{s}")
 def test_p0_fit(benchmark, side, form):
-    from fastebm.init import fit_gaussian
+    from fastebm.p0.gaussian import fit_gaussian
 
     d = 3 * side * side
     if form == "full" and side > FULL_MAX_SIDE:

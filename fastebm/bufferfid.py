@@ -82,14 +82,14 @@ class BufferScore:
 
     def reference_statistics(self, train_data: ImageSet) -> tuple:
         """(mu, sigma) of the reference images (:func:`reference_images`), made once (Inception loaded too)."""
-        from . import metrics
+        from . import inception as inc
         from .fidstats import inception_statistics
 
         if self.real_stats is None:
             cfg = self.cfg
             if self.inception is None:
-                self.inception = metrics.load_inception(None if cfg.random_inception else cfg.inception_weights,
-                                                         device=self.device, random_init=cfg.random_inception)
+                self.inception = inc.load_inception(None if cfg.random_inception else cfg.inception_weights,
+                                                     device=self.device, random_init=cfg.random_inception)
             split = reference_split(cfg)
             mu, sigma, self.n_real = inception_statistics(
                 self.inception, reference_images(cfg, train_data), 100, self.device,
@@ -101,6 +101,7 @@ class BufferScore:
         """Score ``samples`` (N, 3, H, W) float in [-1, 1] (clamped) of ``model`` (an EnergyModel; its classifier
         ranks them). Returns ``{"fid", "is_mean", "is_std", "is_splits", "n_fake", "n_is", "n_buffer", "n_real",
         "real_split", "keep_ratio", "is_keep_ratio", "protocol"}`` (and ``meaningless`` with a random Inception)."""
+        from . import inception as inc
         from . import metrics
         from .evaluation.options import IS_IMAGES_PER_SPLIT
 
@@ -110,8 +111,8 @@ class BufferScore:
         keep_fid, keep_is = confident_subsets(model, fake, cfg, device) if ranked else (np.arange(n_buffer),) * 2
         scored = np.union1d(keep_fid, keep_is)                      # one Inception pass serves both
         real_stats = self.reference_statistics(train_data)
-        pool, logits = metrics.inception_outputs(self.inception, fake[torch.as_tensor(scored)], 100,
-                                                 desc="fastebm: FID: Inception features of the buffer")
+        pool, logits = inc.inception_outputs(self.inception, fake[torch.as_tensor(scored)], 100,
+                                             desc="fastebm: FID: Inception features of the buffer")
         pool, logits = pool[np.searchsorted(scored, keep_fid)], logits[np.searchsorted(scored, keep_is)]
         splits = max(1, len(logits) // IS_IMAGES_PER_SPLIT)          # Task/eval_buffer.py: max(1, N // 5000)
         is_mean, is_std = metrics.inception_score(logits, splits, True, 0)
@@ -121,5 +122,5 @@ class BufferScore:
                "keep_ratio": cfg.fid_keep_ratio if ranked else 1.0,
                "is_keep_ratio": cfg.is_keep_ratio if ranked else 1.0, "protocol": PROTOCOL}
         if cfg.random_inception:
-            out["meaningless"] = metrics.RANDOM_INCEPTION_NOTE
+            out["meaningless"] = inc.RANDOM_INCEPTION_NOTE
         return out

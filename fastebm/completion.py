@@ -173,7 +173,7 @@ def fid_cadence(cfg: Config, explicit: bool) -> int:
     and right: :func:`fastebm.inception.check_inception_weights`): an explicit ``--fid-every`` (or a weights
     file named by ``--inception-weights``) that cannot is a ValueError saying what to do; the device default
     (5 on CUDA) is turned off with a warning."""
-    from . import metrics
+    from . import inception as inc
 
     if cfg.px_weight == 0 and cfg.fid_every:  # a classifier only: no samples (mebm train_maebm.py: "if arg.px > 0")
         if explicit:
@@ -182,22 +182,22 @@ def fid_cadence(cfg: Config, explicit: bool) -> int:
         return 0
     if not cfg.fid_every:
         return cfg.fid_every
-    missing = metrics.missing_packages()
-    path = cfg.inception_weights or metrics.default_inception_weights_path()
+    missing = inc.missing_packages()
+    path = cfg.inception_weights or inc.default_inception_weights_path()
     if missing:
-        msg = (f"--fid-every: FID needs {' and '.join(missing)}, not installed: {metrics.METRICS_EXTRA}, or "
+        msg = (f"--fid-every: FID needs {' and '.join(missing)}, not installed: {inc.METRICS_EXTRA}, or "
                f"--fid-every 0")
     elif cfg.random_inception:
         return cfg.fid_every
     elif os.path.isfile(path):
         try:  # read whole at start, not at the end of the first epoch
-            metrics.check_inception_weights(cfg.inception_weights)
+            inc.check_inception_weights(cfg.inception_weights)
             return cfg.fid_every
-        except metrics.InceptionWeightsError as e:  # a file given by name is refused even at the default cadence
+        except inc.InceptionWeightsError as e:  # a file given by name is refused even at the default cadence
             msg, explicit = f"{e}; or --fid-every 0", explicit or bool(cfg.inception_weights)
     else:
         msg = (f"--fid-every: the FID Inception weights are not at {path!r}; pass --inception-weights "
-               f"PATH ({metrics.FID_WEIGHTS_URL}) or --fid-every 0")
+               f"PATH ({inc.FID_WEIGHTS_URL}) or --fid-every 0")
     if explicit:
         raise ValueError(msg)
     warnings.warn(msg + "; in-training FID is off", UserWarning, stacklevel=4)

@@ -22,7 +22,7 @@ def inception_statistics(model, images: torch.Tensor | Sequence[torch.Tensor], b
     """``(mu (F,), sigma (F, F), n)`` float64 of the pool3 features of ``images``, streamed.
 
     Args:
-        model: :class:`fastebm.metrics.InceptionOutputs` (or anything with its interface: x (B, 3, H, W) float in
+        model: :class:`fastebm.inception.InceptionOutputs` (or anything with its interface: x (B, 3, H, W) float in
             [0, 1] → (pool (B, F), logits)); run in eval mode without gradients, its mode restored.
         images: (N, 3, H, W) uint8 in [0, 255] (converted a batch at a time by :func:`fastebm.data.to_float`, the
             conversion of the whole-set path) or float in [−1, 1]; or a sequence of such tensors (``train+test``),

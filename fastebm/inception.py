@@ -135,6 +135,16 @@ def load_inception(weights_path: str | os.PathLike | None = None, device: str | 
     return InceptionOutputs(inception, fc).to(device).eval()
 
 
+def weights_id(weights_path: str | os.PathLike | None = None, random_init: bool = False) -> str:
+    """The identity of the weights :func:`load_inception` reads with the same arguments, for the keys of cached
+    statistics: ``path:size:mtime_ns`` of the file (None: :func:`default_inception_weights_path`), or
+    ``random-init``. Raises FileNotFoundError when the file is absent."""
+    if random_init:
+        return "random-init"
+    path = os.path.abspath(os.fspath(weights_path) if weights_path is not None else default_inception_weights_path())
+    return f"{path}:{os.path.getsize(path)}:{os.stat(path).st_mtime_ns}"
+
+
 def inception_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 50,
                       device: str | torch.device | None = None,
                       desc: str = "fastebm: Inception features") -> tuple[np.ndarray, np.ndarray]:

@@ -7,11 +7,13 @@ import dataclasses
 import math
 
 from .datasets import DATASETS
-from .init import COV_FORMS, P0_KINDS
 from .loss import REG_FORMS
 from .model import MODEL_KINDS, NORMS
+from .p0 import P0_KINDS
+from .p0.base import COV_FORMS
 from .sampler import BN_MODES
 
+# --p0's choices are the registry itself (its keys, in order): a kind registered later is a choice too.
 CHOICES = {"dataset": tuple(DATASETS), "model": MODEL_KINDS, "norm": NORMS, "p0": P0_KINDS,
            "cov": ("auto",) + COV_FORMS, "sgld_bn": BN_MODES, "reg_form": REG_FORMS,
            "optimizer": ("sgd", "adam"), "device": None,
@@ -94,9 +96,9 @@ def validate(cfg) -> None:
 
 
 def check_p0_size(cfg) -> None:
-    """``--p0 gaussian-downsampled``: --p0-size must divide the image side (each pixel becomes a block); raises
-    ValueError naming --p0-size otherwise."""
-    if cfg.p0 == "gaussian-downsampled" and (cfg.p0_size > cfg.image_size or cfg.image_size % cfg.p0_size):
+    """A p0 fitted at --p0-size (``gaussian-downsampled``): it must divide the image side (each pixel becomes a
+    block)."""
+    if P0_KINDS[cfg.p0].uses_size and (cfg.p0_size > cfg.image_size or cfg.image_size % cfg.p0_size):
         raise ValueError(f"--p0-size {cfg.p0_size}: expected a divisor of the image side {cfg.image_size} "
-                         f"(--p0 gaussian-downsampled fits at p0-size and repeats each pixel image-side / p0-size "
+                         f"(--p0 {cfg.p0} fits at p0-size and repeats each pixel image-side / p0-size "
                          f"times each way)")

@@ -4,9 +4,10 @@ The M-EBM / M-JEM paper (Yang & Ji) reports sample quality with the Inception Sc
 Inception Distance, calibration with the expected calibration error and OOD detection with the AUROC.
 Generic parts come from well-kept libraries; each function names its reference:
 
-* Inception network: pytorch-fid's ``InceptionV3`` with the FID weights
+* Inception network and its features: pytorch-fid's ``InceptionV3`` with the FID weights
   (``pt_inception-2015-12-05-6726825d.pth``, TensorFlow's 2015-12-05 graph), read from a local file —
-  nothing is ever downloaded (:mod:`fastebm.inception`, whose names are also here).
+  nothing is ever downloaded: :mod:`fastebm.inception` (streamed statistics of a large set:
+  :mod:`fastebm.fidstats`).
 * FID: ``pytorch_fid.fid_score.calculate_frechet_distance`` on pool3 statistics (Heusel et al. 2017).
 * IS: softmax of the *unbiased* logits pool3 · Wᵀ (no fc bias), as the reference code
   (openai/improved-gan ``inception_score.py``, the MatMul before the bias add) and torch-fidelity
@@ -23,21 +24,6 @@ import warnings
 
 import numpy as np
 import torch
-
-from .inception import (  # noqa: F401 - the Inception of FID / IS, where the callers of the metrics find it
-    FID_WEIGHTS_FILENAME,
-    FID_WEIGHTS_URL,
-    METRICS_EXTRA,
-    RANDOM_INCEPTION_NOTE,
-    InceptionOutputs,
-    InceptionWeightsError,
-    check_inception_weights,
-    default_inception_weights_path,
-    inception_outputs,
-    load_inception,
-    missing_packages,
-    random_inception_state_dict,
-)
 
 PLOTS_HINT = "figures need matplotlib: pip install 'fastebm[plots]' (or pip install matplotlib)"
 

@@ -29,8 +29,7 @@ def save_p0_pictures(p0, folder: str, n: int = 64, device="cpu", seed: int = 0) 
     """μ of p0 (``p0_mean.png``; the pixel-wise mean of the informative initialization, Eq. 6) and a grid of
     ``n`` p0 samples (``p0_samples.png``) — the paper's Fig. 7. The global RNG is left untouched.
 
-    ``p0``: :class:`~fastebm.init.GaussianInit` (its ``mean``) or :class:`~fastebm.init.UniformInit`
-    (mean 0). Returns the two paths.
+    ``p0``: a :class:`~fastebm.p0.base.P0`; its ``mean`` where it has one (0 for ``uniform``). Returns the two paths.
     """
     os.makedirs(folder, exist_ok=True)
     with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):

@@ -1,7 +1,7 @@
 import torch
 
 from fastebm.buffer import ReplayBuffer
-from fastebm.init import UniformInit
+from fastebm.p0.uniform import UniformInit
 
 
 class Constant:

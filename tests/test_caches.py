@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastebm import metrics
+from fastebm import inception, metrics
 from fastebm.config import resolve
 from fastebm.evaluation import EvalOptions
 from fastebm.evaluation.fid import real_statistics
@@ -26,7 +26,7 @@ def stats(tmp_path, monkeypatch):
         f = torch.cat([x.mean(2), (x ** 2).mean(2)], 1).numpy()
         return f, f
 
-    monkeypatch.setattr(metrics, "inception_outputs", features)
+    monkeypatch.setattr(inception, "inception_outputs", features)
     run = types.SimpleNamespace(cfg=resolve(dict(dataset="digits", image_size=8)), device=torch.device("cpu"))
     opts = EvalOptions(stats_cache=str(tmp_path / "cache"), fid_split="train", random_inception=True)
     return (lambda: real_statistics(run, opts, None, "stand-in")), passes

@@ -14,6 +14,7 @@ from PIL import Image
 
 import fastebm.evaluation.fid
 import fastebm.evaluation.run
+from fastebm import inception as I  # noqa: E741
 from fastebm import metrics as M
 from fastebm.config import resolve
 from fastebm.eval import build_parser, main
@@ -326,7 +327,7 @@ def test_is_from_fresh_chains(ckpts, tmp_path):
 
 def test_missing_inception_weights_exit_2_with_path(ckpts, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    expected = os.path.join(str(tmp_path / "hub"), "checkpoints", M.FID_WEIGHTS_FILENAME)
+    expected = os.path.join(str(tmp_path / "hub"), "checkpoints", I.FID_WEIGHTS_FILENAME)
     msg = _fails(["--ckpt", ckpts["mjem"], "--task", "fid", "--out", str(tmp_path)], capsys, expected)
     assert "--inception-weights" in msg and "Nothing is downloaded" in msg
     missing = str(tmp_path / "nowhere" / "w.pth")
@@ -422,13 +423,13 @@ def test_fid_reference_of_train_and_test_together(ckpts, tmp_path, cifar_root, f
             for f in sorted(os.listdir(os.path.join(cifar_root, split, c)))[:n]:
                 shutil.copy(os.path.join(cifar_root, split, c, f), data / split / c / f)
     seen = []
-    real_outputs = M.inception_outputs
+    real_outputs = I.inception_outputs
 
     def spy(model, images, *a, **k):  # the images each Inception pass gets
         seen.append(images.clone())
         return real_outputs(model, images, *a, **k)
 
-    monkeypatch.setattr(M, "inception_outputs", spy)
+    monkeypatch.setattr(I, "inception_outputs", spy)
     argv = _folder_fid(ckpts["mebm"], data, tmp_path, "--fid-split", "train+test")
     with pytest.warns(UserWarning, match="meaningless"):
         assert main(argv) == 0

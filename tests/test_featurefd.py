@@ -13,8 +13,9 @@ from fastebm import metrics as M
 from fastebm.config import resolve
 from fastebm.datasets import load_dataset
 from fastebm.eval import main
-from fastebm.init import UniformInit, fit_gaussian
 from fastebm.numerics import U64
+from fastebm.p0.gaussian import fit_gaussian
+from fastebm.p0.uniform import UniformInit
 from fastebm.trainer import Trainer, lr_at
 
 pytestmark = pytest.mark.usefixtures("single_threaded")  # see tests/conftest.py

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastebm import metrics
+from fastebm import inception, metrics
 from fastebm.bufferfid import reference_split
 from fastebm.completion import check_fid_reference
 from fastebm.config import resolve
@@ -42,7 +42,7 @@ def test_streamed_statistics_equal_the_whole_matrix_statistics():
     a, b = (torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=gen) for n in (37, 26))
     model = StubInception()
     mu, sigma, n = inception_statistics(model, [a, b], batch_size=10)
-    pool, _ = metrics.inception_outputs(model, to_float(torch.cat([a, b])), 10)
+    pool, _ = inception.inception_outputs(model, to_float(torch.cat([a, b])), 10)
     want_mu, want_sigma = metrics.activation_statistics(pool)
     assert n == 63 and mu.dtype == sigma.dtype == np.float64
     np.testing.assert_allclose(mu, want_mu, rtol=1e-12, atol=0)
@@ -67,11 +67,11 @@ _PEAK = r"""
 import json, os, sys, threading, time, torch
 torch.set_num_threads(1)
 from test_fidstats import StubInception
-from fastebm import metrics
+from fastebm import inception, metrics
 from fastebm.bufferfid import BufferScore, reference_images
 from fastebm.config import resolve
 from fastebm.data import ImageSet, to_float
-metrics.load_inception = lambda *a, **k: StubInception()
+inception.load_inception = lambda *a, **k: StubInception()
 page = os.sysconf("SC_PAGE_SIZE")
 def rss():
     with open("/proc/self/statm") as f:
@@ -92,7 +92,7 @@ train = ImageSet(torch.zeros((2, 3, 32, 32), dtype=torch.uint8), torch.zeros(2, 
 scorer = BufferScore(cfg, torch.device("cpu"))
 streamed, stats = peak_growth(lambda: scorer.reference_statistics(train))
 val = reference_images(cfg, train)[0]
-copied, _ = peak_growth(lambda: metrics.activation_statistics(metrics.inception_outputs(
+copied, _ = peak_growth(lambda: metrics.activation_statistics(inception.inception_outputs(
     StubInception(), to_float(val), 100)[0]))
 print(json.dumps({"streamed": streamed, "copied": copied, "n_real": scorer.n_real, "uint8": val.numel()}))
 """

@@ -113,9 +113,9 @@ def test_long_steps_report_progress_in_a_redirected_log(tmp_path, monkeypatch, c
     import functools
 
     import fastebm.folders as data_mod
-    import fastebm.init as init_mod
+    import fastebm.p0.gaussian as init_mod
     import fastebm.progress as progress_mod
-    from fastebm.init import fit_gaussian
+    from fastebm.p0.gaussian import fit_gaussian
 
     _layout(tmp_path)
     monkeypatch.setattr(data_mod, "progress", functools.partial(progress_mod.progress, every_s=1e-9))

@@ -7,10 +7,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastebm.checkpoint import atomic_save, safe_load
 from fastebm.data import ImageSet
-from fastebm.init import GaussianInit, UniformInit, fit_gaussian
-from fastebm.init_variants import DownsampledGaussianInit, GaussianMixtureInit, fit_downsampled, fit_mixture
 from fastebm.numerics import float64_draws, tolerance
 from fastebm.p0 import load_or_fit_p0, p0_from_state_dict
+from fastebm.p0.downsampled import DownsampledGaussianInit, fit_downsampled
+from fastebm.p0.gaussian import GaussianInit, fit_gaussian
+from fastebm.p0.mixture import GaussianMixtureInit, fit_mixture
+from fastebm.p0.uniform import UniformInit
 
 
 def _images(n, shape=(3, 4, 4), seed=0):

@@ -3,7 +3,7 @@ circle, every module imports on its own (no import cycle hidden by import order)
 takes the trainer (a dependency through its attributes is one no import shows), and every package folder
 (fastebm/, fastebm/evaluation/, the top-level kernels/ installed as fastebm.kernels) is scanned and installed.
 
-Layers, low to high: profiling, checkpoint → data, model, loss → init, init_variants, p0, buffer, sampler →
+Layers, low to high: profiling, checkpoint → data, model, loss → the p0 wing, buffer, sampler →
 limits, config, completion (with bufferfid, runfolder), schedule → distributed → recovery → runstate → trainer →
 train, eval (the CLIs). ``metrics`` and the ``evaluation`` wing sit beside the CLIs' helpers and never import the
 trainer either; the kernels import no other fastebm module.
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Each installed package and its folder in the checkout (pyproject.toml's package-dir; checked below).
 FOLDERS = {"fastebm": ROOT / "fastebm", "fastebm.kernels": ROOT / "kernels"}
 HIGH = {"trainer", "train", "eval"}
-LOW = ("distributed", "checkpoint", "data", "folders", "model", "init", "init_variants", "p0", "buffer", "sampler",
+LOW = ("distributed", "checkpoint", "data", "folders", "model", "p0", "buffer", "sampler",
        "loss", "config", "limits", "schedule", "recovery", "runstate", "profiling", "metrics", "inception", "paper",
        "recipes", "fidstats", "featurefd", "completion", "bufferfid", "runfolder")
 
@@ -73,15 +73,17 @@ def imported_fastebm_modules(name: str) -> set:
 
 
 def test_the_scan_sees_every_package_folder():
-    assert {"sampler", "evaluation", "evaluation.fid", "kernels", "kernels.langevin", "kernels.reference"} \
-        <= set(MODULES)
+    assert {"sampler", "evaluation", "evaluation.fid", "kernels", "kernels.langevin", "kernels.reference", "p0",
+            "p0.base", "p0.gaussian"} <= set(MODULES)
     assert {"kernels.reference", "kernels"} <= imported_fastebm_modules("sampler")
+    assert {"p0", "p0.base"} <= imported_fastebm_modules("limits")
+    assert {"data", "kernels.reference", "p0.base"} <= imported_fastebm_modules("p0.gaussian")
     assert {"evaluation", "evaluation.fid"} <= imported_fastebm_modules("bufferfid")
     assert {"config", "evaluation.options"} <= imported_fastebm_modules("evaluation.fid")
     assert "kernels._common" in imported_fastebm_modules("kernels.langevin")
 
 
-@pytest.mark.parametrize("name", [m for m in MODULES if m in LOW or m.split(".")[0] == "evaluation"])
+@pytest.mark.parametrize("name", [m for m in MODULES if m.split(".")[0] in LOW + ("evaluation",)])
 def test_lower_layers_never_import_the_trainer_or_the_clis(name):
     bad = imported_fastebm_modules(name) & HIGH
     assert not bad, f"fastebm.{name} imports {sorted(bad)}: a lower layer must not import a higher one"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastebm import inception as I  # noqa: E741
 from fastebm import metrics as M
 from fastebm.numerics import agree, gamma
 
@@ -52,7 +53,7 @@ def _fp32_dot_bound(a: np.ndarray, w: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory):
     """Random FID-Inception weights with a large fc (so IS is well above 1) and a non-zero bias, in a file."""
-    state = M.random_inception_state_dict(0)
+    state = I.random_inception_state_dict(0)
     state["fc.weight"] = state["fc.weight"] * 40
     path = str(tmp_path_factory.mktemp("incep") / "weights.pth")
     torch.save(state, path)
@@ -68,8 +69,8 @@ def images():
 
 @pytest.fixture(scope="module")
 def ours(inception_file, images):
-    model = M.load_inception(inception_file)
-    return model, M.inception_outputs(model, images.float() / 127.5 - 1, batch_size=6)
+    model = I.load_inception(inception_file)
+    return model, I.inception_outputs(model, images.float() / 127.5 - 1, batch_size=6)
 
 
 def test_inception_logits_are_unbiased(ours):
@@ -106,7 +107,7 @@ def test_is_equals_torch_fidelity_with_the_same_weights_file(inception_file, ima
 def test_inception_outputs_checks_and_batching(ours, images):
     model, (pool, logits) = ours
     assert pool.shape == (12, 2048) and logits.shape == (12, 1008) and pool.dtype == np.float64
-    pool3, _ = M.inception_outputs(model, images[:3].float() / 127.5 - 1, batch_size=2)
+    pool3, _ = I.inception_outputs(model, images[:3].float() / 127.5 - 1, batch_size=2)
     # batches of 2 + 1 = the batch of 6: judged against float64, the batch of 6 the yardstick (numerics.agree)
     with torch.inference_mode():
         x64 = images[:3].double() / 127.5 - 1
@@ -114,11 +115,11 @@ def test_inception_outputs_checks_and_batching(ours, images):
     result, = agree("pool3", torch.from_numpy(pool3), torch.from_numpy(pool[:3]), pool64, per_sample=True)
     assert result.ok, str(result)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
-        M.inception_outputs(model, images.float(), batch_size=2)
+        I.inception_outputs(model, images.float(), batch_size=2)
     with pytest.raises(ValueError, match="uint8"):
-        M.inception_outputs(model, images, batch_size=2)
+        I.inception_outputs(model, images, batch_size=2)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
-        M.inception_outputs(model, torch.zeros(2, 1, 32, 32))
+        I.inception_outputs(model, torch.zeros(2, 1, 32, 32))
 
 
 def test_missing_weights_raise_file_not_found(tmp_path, monkeypatch):
@@ -127,14 +128,14 @@ def test_missing_weights_raise_file_not_found(tmp_path, monkeypatch):
     monkeypatch.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(FileNotFoundError) as exc:
-        M.load_inception()
-    assert os.path.join(str(tmp_path / "hub"), "checkpoints", M.FID_WEIGHTS_FILENAME) in str(exc.value)
-    assert "Nothing is downloaded" in str(exc.value) and M.FID_WEIGHTS_URL in str(exc.value)
+        I.load_inception()
+    assert os.path.join(str(tmp_path / "hub"), "checkpoints", I.FID_WEIGHTS_FILENAME) in str(exc.value)
+    assert "Nothing is downloaded" in str(exc.value) and I.FID_WEIGHTS_URL in str(exc.value)
     given = str(tmp_path / "mine.pth")
     with pytest.raises(FileNotFoundError, match=f"file '{given}' not found"):
-        M.load_inception(given)  # the path the user gave, not the default cache
+        I.load_inception(given)  # the path the user gave, not the default cache
     with pytest.raises(ValueError, match="random_init"):
-        M.load_inception(weights_path="x.pth", random_init=True)
+        I.load_inception(weights_path="x.pth", random_init=True)
 
 
 # --------------------------------------------------------------------------------------------------

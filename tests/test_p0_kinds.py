@@ -1,6 +1,7 @@
-"""The two p0 beside Eq. 6 as fastebm fits it, end to end: the authors' CelebA form (--p0 gaussian-downsampled)
-and JEM++'s per-class mixture (--p0 gaussian-mixture): options, one-line errors, the fast path's choice of
-sampler, a training run's p0.pt and checkpoint."""
+"""The p0 kinds end to end: the registry and its interface (a kind registered in one line is a --p0 choice, is
+fitted, cached and checkpointed), and the two p0 beside Eq. 6 as fastebm fits it: the authors' CelebA form
+(--p0 gaussian-downsampled) and JEM++'s per-class mixture (--p0 gaussian-mixture): options, one-line errors, the
+fast path's choice of sampler, a training run's p0.pt and checkpoint."""
 import json
 import os
 
@@ -9,9 +10,12 @@ import torch
 
 from fastebm.completion import check_fits
 from fastebm.config import resolve
-from fastebm.data import ImageSet
+from fastebm.data import ImageSet, to_float
 from fastebm.fastpath import requested_components
-from fastebm.init_variants import DownsampledGaussianInit, GaussianMixtureInit
+from fastebm.p0 import P0_KINDS, p0_from_state_dict
+from fastebm.p0.base import P0
+from fastebm.p0.downsampled import DownsampledGaussianInit
+from fastebm.p0.mixture import GaussianMixtureInit
 from fastebm.sampler import prepare_compiled_input_grad
 from fastebm.selfcheck import check_compile_step
 from fastebm.step import graph_breaks
@@ -31,6 +35,77 @@ def _assert_same(a, b, where="p0"):
             _assert_same(a[k], b[k], f"{where}.{k}")
     else:
         assert torch.equal(a, b) if torch.is_tensor(a) else a == b, where
+
+
+class PixelMeanInit:
+    """A toy p0 for the registry test: the training images' per-pixel mean, plus U(−0.1, 0.1) noise."""
+
+    kind, fitted, uses_size = "pixel-mean", True, False
+    fits = 0  # fits so far (the cache test counts them)
+
+    def __init__(self, mean, meta=None):
+        self.mean, self.shape, self.meta = mean, tuple(mean.shape), dict(meta or {})
+
+    @classmethod
+    def fit(cls, data, opts, device="cpu"):
+        cls.fits += 1
+        return cls(to_float(data.images).mean(0).to(device), {"n": len(data), "jitter": opts.jitter})
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls(state["mean"], state["meta"])
+
+    def sample(self, n, device=None):
+        mean = self.mean.to(device)
+        return (mean + 0.2 * torch.rand(n, *self.shape, device=mean.device) - 0.1).clamp_(-1, 1)
+
+    def to(self, device, dtype=None):
+        return PixelMeanInit(self.mean.to(device, dtype), self.meta)
+
+    def use_triton(self, rng_state):
+        pass
+
+    def state_dict(self):
+        return {"kind": self.kind, "shape": self.shape, "mean": self.mean.cpu(), "meta": self.meta}
+
+
+def test_every_registered_kind_is_a_p0_under_its_own_name_and_has_its_own_module():
+    """One kind, one module of fastebm/p0/ (besides base.py and the registry in __init__.py), one line."""
+    import fastebm.p0 as wing
+
+    folder = os.path.dirname(wing.__file__)
+    modules = {f[:-3] for f in os.listdir(folder) if f.endswith(".py")} - {"__init__", "base"}
+    assert sorted(cls.__module__.rsplit(".", 1)[1] for cls in P0_KINDS.values()) == sorted(modules)
+    assert list(P0_KINDS) == ["gaussian", "gaussian-downsampled", "gaussian-mixture", "uniform"]  # --help's order
+    for name, cls in P0_KINDS.items():
+        assert cls.kind == name and isinstance(cls.fitted, bool) and isinstance(cls.uses_size, bool), name
+        for method in ("fit", "from_state_dict", "sample", "to", "use_triton", "state_dict"):
+            assert callable(getattr(cls, method, None)), (name, method)
+    with pytest.raises(ValueError, match=r"p0 state: expected a kind of \['gaussian', .*got 'nope'"):
+        p0_from_state_dict({"kind": "nope", "shape": (3, 8, 8)})
+
+
+def test_a_kind_registered_in_one_line_is_a_choice_fitted_cached_and_checkpointed(tmp_path, monkeypatch, capsys):
+    """The trainer's path (--p0 → limits' choices → load_or_fit_p0 → p0.pt → checkpoint → p0_from_state_dict)
+    knows a kind by its registry line alone."""
+    monkeypatch.setitem(P0_KINDS, "pixel-mean", PixelMeanInit)  # the one line a new kind adds
+    monkeypatch.setattr(PixelMeanInit, "fits", 0)
+    assert _printed(["--p0", "pixel-mean"], capsys)["p0"] == "pixel-mean"
+    out = str(tmp_path / "run")
+    t = Trainer(resolve(dict(TINY, p0="pixel-mean", out=out)))
+    assert isinstance(t.p0, PixelMeanInit) and isinstance(t.p0, P0)
+    assert t.p0.meta["key"]["kind"] == "pixel-mean" and t.p0.meta["n"] == len(t.train_data)
+    t.fit()
+    cached = torch.load(os.path.join(out, "p0.pt"), weights_only=True)
+    assert cached["kind"] == "pixel-mean" and torch.equal(cached["mean"], t.p0.mean)
+    again = Trainer(resolve(dict(TINY, p0="pixel-mean", out=out, epochs=2)))
+    assert PixelMeanInit.fits == 1 and torch.equal(again.p0.mean, t.p0.mean)  # read from p0.pt
+    again.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert isinstance(again.p0, PixelMeanInit) and torch.equal(again.p0.mean, t.p0.mean)
+    torch.manual_seed(0)
+    x = again.p0.sample(3)
+    torch.manual_seed(0)
+    assert torch.equal(x, t.p0.sample(3)) and x.shape == (3, *t.p0.shape)
 
 
 def _printed(argv, capsys):

@@ -1,9 +1,9 @@
 """FID and Inception Score of generated images (the paper's Tables 1-4), and the cache of real statistics.
 
-FID: pytorch-fid's InceptionV3 and ``calculate_frechet_distance`` (:mod:`fastebm.metrics`). IS: softmax of the
-unbiased logits pool3 · Wᵀ over shuffled splits (Salimans et al. 2016). Generated images come from the replay
-buffer (optionally filtered per predicted class as the JEM++ / M-EBM reference ``cond_is_fid``) or from fresh
-SGLD chains.
+FID: pytorch-fid's InceptionV3 (:mod:`fastebm.inception`) and ``calculate_frechet_distance`` (:mod:`fastebm.metrics`).
+IS: softmax of the unbiased logits pool3 · Wᵀ over shuffled splits (Salimans et al. 2016). Generated images come
+from the replay buffer (optionally filtered per predicted class as the JEM++ / M-EBM reference ``cond_is_fid``) or
+from fresh SGLD chains.
 """
 from __future__ import annotations
 
@@ -118,22 +118,22 @@ def generated_images(run: Run, opts: EvalOptions) -> tuple[torch.Tensor, dict]:
     return check_range(x, f"generated images ({opts.source})"), info
 
 
-def load_inception(opts: EvalOptions, device: torch.device):
-    """(pytorch-fid's FID InceptionV3, an id of its weights: path, size and mtime, or ``random-init``).
-    Raises EvalError naming ``inception_weights`` when the file is missing (nothing is downloaded)."""
-    from .. import metrics
+def options_inception(opts: EvalOptions, device: torch.device):
+    """(:func:`fastebm.inception.load_inception` of ``opts.inception_weights`` or ``opts.random_inception``, the
+    id of its weights: :func:`fastebm.inception.weights_id`). Raises EvalError naming ``inception_weights`` when
+    the file is missing (nothing is downloaded); warns that random weights give meaningless numbers."""
+    from .. import inception
 
     if opts.random_inception:
         warnings.warn("random_inception: randomly initialised Inception; FID / IS numbers are meaningless "
                       "(tests and smoke runs only)", UserWarning, stacklevel=2)
-        return metrics.load_inception(device=device, random_init=True), "random-init"
+    weights = None if opts.random_inception else opts.inception_weights
     try:
-        model = metrics.load_inception(opts.inception_weights, device=device)
+        model = inception.load_inception(weights, device=device, random_init=opts.random_inception)
     except FileNotFoundError as e:
         raise EvalError(str(e) + ("" if opts.inception_weights else ", or give its path"),
                         "inception_weights") from None
-    path = os.path.abspath(opts.inception_weights or metrics.default_inception_weights_path())
-    return model, f"{path}:{os.path.getsize(path)}:{os.stat(path).st_mtime_ns}"
+    return model, inception.weights_id(weights, opts.random_inception)
 
 
 def real_statistics(run: Run, opts: EvalOptions, inception, inception_id: str) -> tuple[tuple, int, str, bool]:
@@ -141,6 +141,7 @@ def real_statistics(run: Run, opts: EvalOptions, inception, inception_id: str) -
     (default all) of split ``opts.fid_split`` (``train+test``: both splits together, the first ``n_real`` of a
     fixed permutation of their union). The cache is keyed by the data's content
     (:func:`split_fingerprint`), the split, the image count and the Inception weights."""
+    from .. import inception as inc
     from .. import metrics
 
     cfg, split = run.cfg, opts.fid_split
@@ -159,7 +160,7 @@ def real_statistics(run: Run, opts: EvalOptions, inception, inception_id: str) -
              for part in split.split("+")]  # train+test: the period's reference, e.g. CIFAR-10's 60,000 images
     real = ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
                     parts[0].n_classes, parts[0].name).subset(opts.n_real, 0)
-    pool, _ = metrics.inception_outputs(inception, to_float(real.images), opts.batch_size, run.device,
+    pool, _ = inc.inception_outputs(inception, to_float(real.images), opts.batch_size, run.device,
                                         desc=f"{LOG}: fid: Inception features (real, {split})")
     stats = metrics.activation_statistics(pool)
     metrics.save_stats(cache, *stats)
@@ -201,19 +202,20 @@ def fid_and_is(run: Run, opts: EvalOptions, tasks: tuple[str, ...] = ("fid", "is
     every number computed (``fid``, ``is_mean``, ``is_std``, ``n_fake``, ``n_real``, ...) and differ in
     ``task``. Raises EvalError (bad input, no Inception weights file), DatasetError.
     """
+    from .. import inception as inc
     from .. import metrics
 
     for task in tasks:
         check_task(run, opts, task)
     out = out_dir(run, opts)
-    inception, inception_id = load_inception(opts, run.device)  # fail fast on missing weights
+    inception, inception_id = options_inception(opts, run.device)  # fail fast on missing weights
     fake, info = generated_images(run, opts)
     splits = opts.splits or max(1, len(fake) // IS_IMAGES_PER_SPLIT)
     if "is" in tasks and len(fake) < splits:
         raise EvalError(f"expected at most as many Inception Score splits as the {len(fake)} generated images, "
                         f"got {splits}", "splits")
     record = {**header(run, tasks[0]), **info, "inception": inception_id}
-    pool, logits = metrics.inception_outputs(inception, fake, opts.batch_size, run.device,
+    pool, logits = inc.inception_outputs(inception, fake, opts.batch_size, run.device,
                                              desc=f"{LOG}: fid: Inception features (generated)")
     if "is" in tasks:
         record["is_mean"], record["is_std"] = metrics.inception_score(logits, splits, True, opts.seed)
@@ -226,7 +228,7 @@ def fid_and_is(run: Run, opts: EvalOptions, tasks: tuple[str, ...] = ("fid", "is
         record["note"] = (f"fewer samples than the {pool.shape[1]} Inception features: FID regularised and "
                           "strongly biased; use >= 10k samples for reported numbers")
     if opts.random_inception:
-        record["meaningless"] = metrics.RANDOM_INCEPTION_NOTE
+        record["meaningless"] = inc.RANDOM_INCEPTION_NOTE
     return {task: write_json(out, f"{task}.json", dict(record, task=task)) for task in tasks}
 
 

@@ -1,69 +1,19 @@
-"""The p0 beside Eq. 6 as :mod:`fastebm.init` fits it (``--p0``): the authors' CelebA-HQ form and JEM++'s mixture.
-
-- ``gaussian-downsampled`` (:class:`DownsampledGaussianInit`): Eq. 6 fitted on the images averaged over s×s pixel
-  blocks (128 px → 32 px: s = 4, D = 3,072), samples clamped and each pixel repeated s×s back to full size
-  (mebm ``one_center.py`` ``ds_grain`` / ``downsample`` / ``upsample`` at 23b0813, ``train_maebm_celeba.py``
-  ``init_from_centers`` / ``init_random`` at 32f98f9).
-- ``gaussian-mixture`` (:class:`GaussianMixtureInit`): one Gaussian per class, each restart from a class drawn
-  uniformly (JEMPP ``train_jempp.py`` ``category_mean`` / ``init_from_centers`` / ``init_random`` at 0fd76f0);
-  the mixture the paper's Section 3.1 calls "comparable" to one Gaussian.
-
-Both keep fastebm's estimator (unbiased, float64 accumulation) and jitter rule (:func:`fastebm.init.fit_gaussian`).
+"""``--p0 gaussian-mixture``: JEM++'s p0, one Gaussian (Eq. 6, :mod:`fastebm.p0.gaussian`) per class, each
+restart from a class drawn uniformly (JEMPP ``train_jempp.py`` ``category_mean`` / ``init_from_centers`` /
+``init_random`` at 0fd76f0); the mixture the paper's Section 3.1 calls "comparable" to one Gaussian. fastebm's
+estimator (unbiased, float64 accumulation) and jitter rule (:func:`fastebm.p0.gaussian.fit_gaussian`).
 """
 from __future__ import annotations
 
 import math
+import sys
+from typing import ClassVar
 
 import torch
 
-from .init import COV_FORMS, GaussianInit, fit_gaussian
-
-
-class DownsampledGaussianInit:
-    """The authors' CelebA-HQ p0: N(μ, Σ) over images averaged to (C, H/s, W/s), each sample clamped to [−1, 1]
-    and every pixel repeated s×s (nearest) back to ``shape`` (C, H, W).
-
-    mebm ``one_center.py`` at 23b0813: ``ds_grain(128) = 4``, ``downsample`` averages 4×4 blocks, the full
-    covariance is fitted at 32×32 (D = 3,072); ``train_maebm_celeba.py`` at 32f98f9 ``init_from_centers`` /
-    ``init_random``: ``MultivariateNormal(mean, cov + 1e-4 I)``, ``clamp(−1, 1)``, then ``upsample`` copies each
-    pixel into its 4×4 block. fastebm keeps its own estimator (unbiased, float64) and jitter rule.
-
-    Attributes:
-        shape: (C, H, W) of the samples; scale: s = H / h.
-        inner: the :class:`GaussianInit` at (C, h, w), float32 tensors.
-    """
-
-    kind = "gaussian-downsampled"
-
-    def __init__(self, shape, inner: GaussianInit, meta=None):
-        self.shape, self.inner, self.meta = tuple(shape), inner, dict(meta or {})
-        self.scale = self.shape[1] // inner.shape[1]
-        assert self.shape[1] == self.scale * inner.shape[1] and self.shape[2] == self.scale * inner.shape[2]
-
-    def upsample(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, C, h, w) → (n, C, H, W), each pixel repeated s×s (the authors' ``upsample``; exact, no blend)."""
-        n, c, h, w, s = *x.shape, self.scale
-        return x[:, :, :, None, :, None].expand(n, c, h, s, w, s).reshape(n, c, h * s, w * s)
-
-    @property
-    def mean(self) -> torch.Tensor:
-        """μ repeated s×s: (D,) at full size (D = C·H·W), the inner tensors' dtype."""
-        return self.upsample(self.inner.mean.view(1, *self.inner.shape)).flatten()
-
-    def sample(self, n: int, device=None) -> torch.Tensor:
-        """n samples (n, C, H, W) in [−1, 1]: the inner Gaussian's (global torch RNG, clamped), upsampled."""
-        return self.upsample(self.inner.sample(n, device))
-
-    def use_triton(self, rng_state) -> None:
-        """The fused p0 kernel serves ``--p0 gaussian`` only (fastpath.requested_components): plain sampling."""
-
-    def to(self, device, dtype: torch.dtype | None = None) -> DownsampledGaussianInit:
-        """A copy with the inner tensors on ``device`` (and of ``dtype``)."""
-        return DownsampledGaussianInit(self.shape, self.inner.to(device, dtype), self.meta)
-
-    def state_dict(self) -> dict:
-        """{"kind", "shape", "inner": the inner Gaussian's state_dict, "meta"}: tensors and plain values."""
-        return {"kind": self.kind, "shape": self.shape, "inner": self.inner.state_dict(), "meta": self.meta}
+from ..data import ImageSet
+from .base import COV_FORMS, FitOptions
+from .gaussian import fit_gaussian
 
 
 class GaussianMixtureInit:
@@ -81,12 +31,29 @@ class GaussianMixtureInit:
         diag_sqrt: (K, D) √d_k (``lowrank``) or None.
     """
 
-    kind = "gaussian-mixture"
+    kind: ClassVar[str] = "gaussian-mixture"
+    fitted: ClassVar[bool] = True
+    uses_size: ClassVar[bool] = False
 
     def __init__(self, shape, means, weights, form, factor, diag_sqrt=None, meta=None):
         assert form in COV_FORMS and means.shape[0] == weights.shape[0] == factor.shape[0], form
         self.shape, self.means, self.weights, self.form = tuple(shape), means, weights, form
         self.factor, self.diag_sqrt, self.meta = factor, diag_sqrt, dict(meta or {})
+
+    @classmethod
+    def fit(cls, data: ImageSet, opts: FitOptions, device="cpu") -> GaussianMixtureInit:
+        """:func:`fit_mixture` on ``data``'s classes with ``opts``' form, rank and jitter (one line on stderr when
+        ``data`` has one class: the mixture is then the one Gaussian of ``--p0 gaussian``)."""
+        if data.n_classes == 1:
+            print("fastebm: --p0 gaussian-mixture on one class: one component, the Gaussian of --p0 gaussian",
+                  file=sys.stderr)
+        return fit_mixture(data.images, data.labels, data.n_classes, opts.form, opts.rank, opts.jitter, device=device)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> GaussianMixtureInit:
+        """From :meth:`state_dict` (CPU tensors)."""
+        return cls(state["shape"], state["means"], state["weights"], state["form"], state["factor"],
+                   state["diag_sqrt"], state.get("meta"))
 
     @property
     def mean(self) -> torch.Tensor:
@@ -123,27 +90,11 @@ class GaussianMixtureInit:
                                    mv(self.diag_sqrt), self.meta)
 
     def state_dict(self) -> dict:
-        """Every tensor on the CPU plus form and meta: tensors and plain values (see :func:`p0_from_state_dict`)."""
+        """Every tensor on the CPU plus form and meta: tensors and plain values (see :meth:`from_state_dict`)."""
         cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
         return {"kind": self.kind, "shape": self.shape, "form": self.form, "means": cpu(self.means),
                 "weights": cpu(self.weights), "factor": cpu(self.factor), "diag_sqrt": cpu(self.diag_sqrt),
                 "meta": self.meta}
-
-
-def fit_downsampled(images_u8: torch.Tensor, size: int = 32, form: str = "full", rank: int = 100,
-                    jitter: float = 1e-4, batch_size: int = 500, device="cpu") -> DownsampledGaussianInit:
-    """Fit the authors' CelebA-HQ p0 (:class:`DownsampledGaussianInit`): Eq. 6 on (N, C, H, W) uint8 images
-    averaged over (H/size)×(H/size) blocks, i.e. at ``size``×``size`` (mebm ``one_center.py`` at 23b0813: 4×4
-    blocks, 128 → 32 px); ``form`` / ``rank`` / ``jitter`` as :func:`fit_gaussian` at that size.
-
-    Raises ValueError naming --p0-size when ``size`` does not divide H and W."""
-    h, w = images_u8.shape[2:]
-    if size < 1 or h % size or w % size:
-        raise ValueError(f"--p0-size {size}: expected a divisor of the image side {h} (the Gaussian is fitted at "
-                         f"size×size and each pixel repeated (side / size)² times)")
-    inner = fit_gaussian(images_u8, form, rank, jitter=jitter, batch_size=batch_size, device=device,
-                         pool=h // size, what=f" at {size}x{size}")
-    return DownsampledGaussianInit(tuple(images_u8.shape[1:]), inner, meta=dict(inner.meta))
 
 
 def fit_mixture(images_u8: torch.Tensor, labels: torch.Tensor, n_classes: int, form: str = "full", rank: int = 100,

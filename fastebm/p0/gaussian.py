@@ -1,4 +1,4 @@
-"""Initial distributions p0(x) for SGLD chains: informative initialization (paper Eq. 6) and uniform.
+"""``--p0 gaussian``: the informative initialization of the SGLD chains (paper Eq. 6).
 
 Informative initialization fits one Gaussian p0(x) = N(μ, Σ) to the whole training set, D = 3·H·W,
 in a single streaming pass with float64 accumulation (the data is never held in float at once).
@@ -17,46 +17,21 @@ A constant pixel (zero variance) or fewer samples than dimensions (N < D) do not
 jitter (full) or the variance floor (lowrank) keep Σ positive definite.
 Samples are batched (one GEMM) and clamped to [−1, 1].
 
-Two more p0 beside Eq. 6 as fastebm fits it (``--p0``, :data:`P0_KINDS`), the authors' CelebA-HQ form and
-JEM++'s per-class mixture: :mod:`fastebm.init_variants`.
+The other kinds (``--p0``, :data:`fastebm.p0.P0_KINDS`) fit this Gaussian too: at 32 px
+(:mod:`fastebm.p0.downsampled`), per class (:mod:`fastebm.p0.mixture`).
 """
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from .data import to_float
-from .kernels.reference import lowrank_gaussian_reference
-from .progress import Progress
-
-COV_FORMS = ("full", "lowrank")
-P0_KINDS = ("gaussian", "gaussian-downsampled", "gaussian-mixture", "uniform")  # --p0
-
-
-class UniformInit:
-    """p0 = U(−1, 1)^D, the JEM baseline's initialization. Samples (n, *shape) float32."""
-
-    kind = "uniform"
-
-    def __init__(self, shape: tuple[int, int, int]):
-        self.shape = tuple(shape)
-
-    def sample(self, n: int, device=None) -> torch.Tensor:
-        """n samples (n, C, H, W) float32 uniform in [−1, 1), global torch RNG."""
-        return torch.rand((n, *self.shape), device=device).mul_(2).sub_(1)
-
-    def to(self, device, dtype: torch.dtype | None = None) -> UniformInit:
-        """No tensors to move: returns self (samples are float32; a float64 buffer promotes them)."""
-        return self
-
-    def use_triton(self, rng_state) -> None:
-        """Uniform sampling is one torch.rand; there is no fused kernel to switch to."""
-
-    def state_dict(self) -> dict:
-        """{"kind": "uniform", "shape"} (see :func:`p0_from_state_dict`)."""
-        return {"kind": self.kind, "shape": self.shape}
+from ..data import ImageSet, to_float
+from ..kernels.reference import lowrank_gaussian_reference
+from ..progress import Progress
+from .base import COV_FORMS, FitOptions
 
 
 class GaussianInit:
@@ -68,13 +43,26 @@ class GaussianInit:
         factor: (D, r) U and diag_sqrt: (D,) √d with Σ = U Uᵀ + diag(d) (form ``lowrank``).
     """
 
-    kind = "gaussian"
+    kind: ClassVar[str] = "gaussian"
+    fitted: ClassVar[bool] = True
+    uses_size: ClassVar[bool] = False
 
     def __init__(self, shape, mean, form, scale_tril=None, factor=None, diag_sqrt=None, meta=None):
         assert form in COV_FORMS, form
         self.shape, self.mean, self.form = tuple(shape), mean, form
         self.scale_tril, self.factor, self.diag_sqrt = scale_tril, factor, diag_sqrt
         self.meta = dict(meta or {})
+
+    @classmethod
+    def fit(cls, data: ImageSet, opts: FitOptions, device="cpu") -> GaussianInit:
+        """Eq. 6 on the whole image set: :func:`fit_gaussian` with ``opts``' form, rank and jitter."""
+        return fit_gaussian(data.images, form=opts.form, rank=opts.rank, jitter=opts.jitter, device=device)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> GaussianInit:
+        """From :meth:`state_dict` (CPU tensors)."""
+        return cls(state["shape"], state["mean"], state["form"], state["scale_tril"], state["factor"],
+                   state["diag_sqrt"], state.get("meta"))
 
     @property
     def dim(self) -> int:
@@ -117,7 +105,7 @@ class GaussianInit:
     def sample_fused(self, n: int, rng_state: torch.Tensor, device=None) -> torch.Tensor:
         """n samples (n, C, H, W) float32 in [−1, 1] from the fused Triton kernel, noise from the Philox
         state ``rng_state`` (advanced in place); CPU tensors need the Triton interpreter."""
-        from .kernels.lowrank_gaussian import lowrank_gaussian_sample
+        from ..kernels.lowrank_gaussian import lowrank_gaussian_sample
 
         mean = self.mean if device is None else self.mean.to(device)
         factor, diag = self._factors(mean.device)
@@ -137,7 +125,7 @@ class GaussianInit:
                             mv(self.diag_sqrt), self.meta)
 
     def state_dict(self) -> dict:
-        """Every tensor on the CPU plus form and meta (see :func:`p0_from_state_dict`)."""
+        """Every tensor on the CPU plus form and meta (see :meth:`from_state_dict`)."""
         cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
         return {"kind": self.kind, "shape": self.shape, "form": self.form, "mean": cpu(self.mean),
                 "scale_tril": cpu(self.scale_tril), "factor": cpu(self.factor),
