@@ -1,5 +1,5 @@
 """Every cache fastebm reads is rebuilt when damaged, naming the file: the FID statistics cache of the evaluation
-(its .npz and its .json; p0.pt is tested in test_init.py / test_files.py)."""
+(its .npz and its .json; p0.pt is tested in test_p0.py / test_files.py)."""
 import json
 import os
 import types
