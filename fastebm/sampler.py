@@ -59,6 +59,14 @@ class SGLDConfig:
     bn_mode: str = "batch"
     inner_steps: int = 1
 
+    @classmethod
+    def of_run(cls, cfg, n_steps: int | None = None, bn_mode: str | None = None) -> SGLDConfig:
+        """The SGLD settings of a run's :class:`~fastebm.config.Config` (``k``, ``step_size``, ``noise``,
+        ``grad_clip``, ``clamp_x``, ``sgld_bn``, ``sgld_inner_steps``); ``n_steps`` / ``bn_mode`` replace K and
+        the BN mode (evaluation's longer chains)."""
+        return cls(cfg.k if n_steps is None else int(n_steps), cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x,
+                   cfg.sgld_bn if bn_mode is None else bn_mode, cfg.sgld_inner_steps)
+
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 

@@ -38,7 +38,7 @@ from .profiling import enable as enable_nvtx
 from .progress import TrainingProgress
 from .recovery import DivergenceError, DivergenceWatch, check
 from .runlog import RunLog
-from .runstate import RunParts, RunState, restore_run, roll_back, run_state_dict, save_run
+from .runstate import RunParts, RunState, restore_run, roll_back, save_run
 from .sampler import Sampler, SGLDConfig
 from .schedule import lr_at
 from .step import init_optimizer_state
@@ -125,8 +125,7 @@ class Trainer:
             self.train_data, cfg.p0 if cfg.px_weight else "uniform",  # classifier only: the authors' uniform buffer
             cfg.cov, cfg.rank, os.path.join(self.out, "p0.pt"), self.device, size=cfg.p0_size))
         self.buffer = ReplayBuffer(self.dist.buffer_size(cfg.buffer_size), p0, cfg.reinit_freq, self.device)
-        sgld = SGLDConfig(cfg.k, cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, cfg.sgld_bn,
-                          cfg.sgld_inner_steps)
+        sgld = SGLDConfig.of_run(cfg)
         # x+ for p(x): unaugmented (M-EBM / M-JEM: mebm utils.get_data transform_px) or augmented (JEM).
         self.gen_batches = Batches(self.train_data, cfg.batch_size, self.device, cfg.seed, stream=0,
                                    augment=cfg.augment_px, data_noise=cfg.data_noise, shard=self.dist.shard)
@@ -394,10 +393,6 @@ class Trainer:
         return self.runlog.grid(name, to_uint8(imgs), self.state.iteration)
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
-        """Everything a checkpoint holds (:func:`~fastebm.runstate.run_state_dict`)."""
-        return run_state_dict(self.parts, self.state)
-
     def save_checkpoint(self, path: str | None = None) -> str:
         """Write ckpt.pt (or ``path``) atomically; returns the path (:func:`~fastebm.runstate.save_run`).
 

@@ -207,7 +207,7 @@ def sample_chains(run: Run, n: int, n_steps: int, batch_size: int, labels: torch
     cfg, model = run.cfg, run.model
     # update normalizes as batch does (same chains); restoring keeps the checkpoint's statistics for later tasks
     bn_mode = "batch" if cfg.sgld_bn == "update" else cfg.sgld_bn
-    scfg = SGLDConfig(int(n_steps), cfg.step_size, cfg.noise, cfg.grad_clip, cfg.clamp_x, bn_mode, cfg.sgld_inner_steps)
+    scfg = SGLDConfig.of_run(cfg, n_steps, bn_mode)
     fast = fast_flags(run.device.type)
     sampler = Sampler(model, scfg, triton=fast["triton"], amp=fast["sgld_amp"], cuda_graphs=fast["cuda_graphs"])
     out, was_training = [], model.training
