@@ -29,6 +29,7 @@ import warnings
 import torch
 
 from .algorithm import Algorithm1
+from .kernels import reseed_rng_state, rng_state_from_torch
 from .sampler import AMP_DTYPES, Sampler, compile_mode, prepare_compiled_input_grad
 from .step import compile_step
 
@@ -78,7 +79,6 @@ class FastPath:
         self.on = {name: True for name in requested_components(cfg)}
         self.rng = None
         if self.on.get("triton_langevin"):  # the fused kernels' Philox state: a device tensor
-            from .kernels import rng_state_from_torch
             self.rng = rng_state_from_torch(self.device)
         self.net = (torch.compile(self.model, **compile_mode(cfg.compile, bool(self.on.get("cuda_graphs"))))
                     if self.on.get("compile") else self.model)
@@ -170,7 +170,6 @@ class FastPath:
         """New chain noise: torch's generators and the Triton Philox state."""
         torch.manual_seed(seed)
         if self.rng is not None:
-            from .kernels import reseed_rng_state
             reseed_rng_state(self.rng, seed)
 
     # ------------------------------------------------------------------ the check

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .kernels import rng_state_from_torch
+from .kernels import reseed_rng_state, rng_state_from_torch
 from .kernels.reference import langevin_reference
 from .profiling import nvtx_range
 
@@ -394,5 +394,4 @@ class Sampler:
         """Reseed the chain noise: the torch generators and, for the Triton kernel, ``rng_state``."""
         torch.manual_seed(seed)
         if self.rng_state is not None:
-            from fastebm.kernels import reseed_rng_state
             reseed_rng_state(self.rng_state, seed)
