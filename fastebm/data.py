@@ -54,12 +54,16 @@ class ImageSet:
     def fingerprint(self) -> dict:
         """What identifies this set cheaply, for processes that must hold the same data (DDP ranks): the class
         names (or count), the image count and shape, the images per class, and the SHA-1 of the file names
-        (:attr:`files`) or, where there is none, a checksum of every ~N/997-th image. Plain values only."""
-        step = max(1, len(self) // 997)
+        (:attr:`files`) or, where there is none, :meth:`checksum`. Plain values only."""
         return {"classes": list(self.classes) if self.classes is not None else self.n_classes,
                 "images": len(self), "shape": list(self.images.shape[1:]),
                 "per_class": torch.bincount(self.labels, minlength=self.n_classes).tolist(),
-                "files": self.files or f"checksum {int(self.images[::step].sum())}"}
+                "files": self.files or f"checksum {self.checksum()}"}
+
+    def checksum(self) -> int:
+        """The sum of the uint8 pixels of every ~N/997-th image (about a thousand images, whatever N): a cheap
+        identity of the pixels, not a hash (a reordering within the stride goes unseen)."""
+        return int(self.images[:: max(1, len(self) // 997)].sum())
 
 
 def to_float(images_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
