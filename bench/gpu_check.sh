@@ -98,7 +98,9 @@ step() {
         "$PY" -m pytest --collect-only -q -p no:cacheprovider "$@" 2>&1 | grep -E "collected|rror" | tail -n 1
         return 0
     fi
-    timeout "$limit" "$PY" -m pytest "$@" -p no:cacheprovider --junitxml="$DEST/$name.xml" > "$DEST/$name.log" 2>&1
+    # -v and --durations: a step stopped at its limit still shows which test was running and what took the time
+    timeout "$limit" "$PY" -m pytest "$@" -v -rfE --durations=12 -p no:cacheprovider --junitxml="$DEST/$name.xml" \
+        > "$DEST/$name.log" 2>&1
     local rc=$?
     [ "$rc" = 124 ] && echo "$name hit the $limit s limit"
     tail -n 2 "$DEST/$name.log"
