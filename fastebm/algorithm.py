@@ -14,7 +14,7 @@ paper's line numbers, which the other modules cite too:
 :class:`Algorithm1` holds what one iteration reads and writes (network, sampler, replay buffer, optimizer,
 the two batch streams) and is a function of tensors: the dataset indices of the iteration and the learning
 rate come in, the losses come out, with static shapes and no host sync. The same object runs eagerly or
-as one compiled graph (:mod:`fastebm.step`); which network and sampler it holds (plain, compiled, CUDA
+as one compiled graph (:mod:`fastebm.compiled_step`); which network and sampler it holds (plain, compiled, CUDA
 graphs, Triton) is decided by :class:`fastebm.fastpath.FastPath`.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch
 from .buffer import ReplayBuffer
 from .data import Batches
 from .loss import classification_loss, generative_loss
+from .optimizer import optimizer_step
 from .profiling import nvtx_range
 from .sampler import frozen_bn_stats
-from .step import optimizer_step
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ class Algorithm1:
             or its DDP wrapper.
         sampler: x0 (N, C, H, W) → x_K after K SGLD steps (:class:`~fastebm.sampler.Sampler`).
         buffer: the replay buffer B (with p0 for the ρ-restarts).
-        opt: SGD or Adam on θ (state created up front, :func:`~fastebm.step.init_optimizer_state`).
+        opt: SGD or Adam on θ (state created up front, :func:`~fastebm.optimizer.init_optimizer_state`).
         data: the p(x) batch stream (positives x+); cls_data: the augmented p(y|x) stream or None.
         l2, reg_form: λ and the form of the L2 term (Eq. 8, :func:`~fastebm.loss.generative_loss`).
         cls_weight: weight of the cross-entropy term.
@@ -149,7 +149,7 @@ class Algorithm1:
 
     def zero_grad(self) -> None:
         """θ's gradients ← None, so that line 11's backward writes ∇θ L afresh (no accumulation across
-        iterations). :meth:`update` calls it when eager; a compiled step (:func:`fastebm.step.compile_step`)
+        iterations). :meth:`update` calls it when eager; a compiled step (:func:`fastebm.compiled_step.compile_step`)
         calls it eagerly before each run of its graph, which must not assign ``p.grad = None`` itself: on
         torch 2.14 that, followed by the traced ``backward()``, makes Dynamo write the attribute's source onto
         its process-wide None constant, and every function compiled later in the process then returns that

@@ -5,7 +5,7 @@ device, and is never changed; what actually runs is :meth:`FastPath.active`):
 
 ==================  ====================================================================================
 ``compile_step``    the whole iteration (:class:`~fastebm.algorithm.Algorithm1`) as one ``torch.compile``d
-                    graph, CUDA graphs on CUDA (:mod:`fastebm.step`); when it runs, the per-piece
+                    graph, CUDA graphs on CUDA (:mod:`fastebm.compiled_step`); when it runs, the per-piece
                     components below are not used (the graph holds the plain network and SGLD loop)
 ``compile``         ``torch.compile`` of the network x → (E, logits), for SGLD and the loss pass
 ``cuda_graphs``     the K-step SGLD loop captured once in a CUDA graph and replayed
@@ -29,9 +29,9 @@ import warnings
 import torch
 
 from .algorithm import Algorithm1
+from .compiled_step import compile_step
 from .kernels import reseed_rng_state, rng_state_from_torch
 from .sampler import AMP_DTYPES, Sampler, compile_mode, prepare_compiled_input_grad
-from .step import compile_step
 
 COMPONENTS = ("amp", "sgld_amp", "compile_step", "compile", "cuda_graphs", "triton_langevin", "triton_p0")
 PER_PIECE = ("compile", "cuda_graphs", "triton_langevin", "triton_p0")

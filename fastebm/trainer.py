@@ -33,6 +33,7 @@ from .fastpath import FastPath
 from .limits import flag
 from .loss import classification_loss
 from .model import build_model, model_outputs
+from .optimizer import init_optimizer_state
 from .p0 import load_or_fit_p0
 from .profiling import enable as enable_nvtx
 from .progress import TrainingProgress
@@ -41,7 +42,6 @@ from .runlog import RunLog
 from .runstate import RunParts, RunState, restore_run, roll_back, save_run
 from .sampler import Sampler, SGLDConfig
 from .schedule import lr_at
-from .step import init_optimizer_state
 from .stopping import GracefulStop, Stopped
 from .threads import fast_low_precision
 

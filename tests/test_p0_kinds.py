@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from fastebm.compiled_step import graph_breaks
 from fastebm.completion import check_fits
 from fastebm.config import resolve
 from fastebm.data import ImageSet, to_float
@@ -18,7 +19,6 @@ from fastebm.p0.downsampled import DownsampledGaussianInit
 from fastebm.p0.mixture import GaussianMixtureInit
 from fastebm.sampler import prepare_compiled_input_grad
 from fastebm.selfcheck import check_compile_step
-from fastebm.step import graph_breaks
 from fastebm.train import main
 from fastebm.trainer import Trainer
 

@@ -13,12 +13,13 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from fastebm.compiled_step import graph_breaks
 from fastebm.config import resolve
 from fastebm.data import ImageSet
 from fastebm.model import MODEL_KINDS
+from fastebm.optimizer import init_optimizer_state, optimizer_step
 from fastebm.sampler import prepare_compiled_input_grad
 from fastebm.selfcheck import check_compile_step
-from fastebm.step import graph_breaks, init_optimizer_state, optimizer_step
 from fastebm.trainer import Trainer, lr_at
 
 TINY = dict(dataset="folder", device="cpu", depth=10, width=1, buffer_size=64, batch_size=8, cls_batch_size=16, k=2,
