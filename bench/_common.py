@@ -161,7 +161,7 @@ def cifar_train():
     """
     global DATA_NAME
     if "train" not in _DATA:
-        from fastebm.datasets import load_dataset
+        from fastebm.data.datasets import load_dataset
 
         root = cifar_root()
         if root is not None:
@@ -181,12 +181,12 @@ atexit.register(shutil.rmtree, _RUN_DIR, ignore_errors=True)
 
 
 def make_trainer(model: str, k: int, flags: dict | None = None, **extra):
-    """A :class:`fastebm.trainer.Trainer` at the bench sizes. ``flags``: fast-path flags (plain when None).
+    """A :class:`fastebm.run.trainer.Trainer` at the bench sizes. ``flags``: fast-path flags (plain when None).
 
     The p0 cache (``p0.pt``) is shared by all runs of the session, so the full-covariance fit is done once.
     """
-    from fastebm.config import plain_flags, resolve
-    from fastebm.trainer import Trainer
+    from fastebm.config.options import plain_flags, resolve
+    from fastebm.run.trainer import Trainer
 
     over = dict(dataset="folder", model=model, k=k, device=DEVICE, out=_RUN_DIR, progress=False,
                 depth=SIZES["depth"], width=SIZES["width"], batch_size=SIZES["batch_size"],
@@ -209,7 +209,7 @@ class TrainStep:
         self.trainer, self.it, self.last = trainer, 0, None
 
     def __call__(self):
-        from fastebm.trainer import lr_at
+        from fastebm.run.trainer import lr_at
 
         for g in self.trainer.opt.param_groups:
             g["lr"] = lr_at(self.trainer.cfg, self.it)

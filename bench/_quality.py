@@ -12,7 +12,7 @@ Interleaving. Every run is built first; then round r runs iteration r of every r
 so that the machine's load hits every configuration alike. Each run keeps its own torch RNG state (swapped in and
 out around its step), so a run draws the same random numbers as it would alone.
 
-Scores (:mod:`fastebm.featurefd`, :func:`fastebm.evaluation.featurefd.sample_scores`): a :class:`FeatureNet`
+Scores (:mod:`fastebm.evaluation.featurenet`, :func:`fastebm.evaluation.featurefd.sample_scores`): a :class:`FeatureNet`
 trained on the training split (12 epochs, seed 0, a few seconds); the feature-FD against the test split of the
 whole replay buffer (also at ``CURVE_POINTS`` points during training, for the curve against wall-clock time) and
 of ``CHAINS`` fresh chains of the run's K steps from p0 (:func:`fastebm.evaluation.sample_chains`), the feature
@@ -39,7 +39,7 @@ CURVE_POINTS = 6
 CHAINS = 256 if SMALL else 512  # fresh chains per run, in batches of the run's p(x) batch (its BatchNorm statistics)
 FEATURE_EPOCHS = 12
 
-# label -> Config overrides on the digits preset (fastebm.datasets); JEM's K = 20 and recipe come from --model jem
+# label -> Config overrides on the digits preset (fastebm.data.datasets); JEM's K = 20 and recipe come from --model jem
 CONFIGS = {
     "mebm-k1": dict(model="mebm", k=1),
     "mebm-k2": dict(model="mebm", k=2),
@@ -57,14 +57,14 @@ GENERATIVE = [label for label in CONFIGS if label != "classifier"]
 def fast_flags() -> dict:
     """The fast path of this device: ``fast_flags('cuda')`` on CUDA; on the CPU, whose default is the plain path,
     the compiled network (``--compile default``), the CPU's fast path."""
-    from fastebm.config import fast_flags as ff
-    from fastebm.config import plain_flags
+    from fastebm.config.options import fast_flags as ff
+    from fastebm.config.options import plain_flags
 
     return ff("cuda") if C.CUDA else dict(plain_flags(), compile="default")
 
 
 def flags_of(label: str) -> dict:
-    from fastebm.config import plain_flags
+    from fastebm.config.options import plain_flags
 
     return fast_flags() if label.endswith("-fast") else plain_flags()
 
@@ -82,7 +82,7 @@ class QualityRun:
         self.scores: dict = {}
 
     def step(self, it: int) -> None:
-        from fastebm.trainer import lr_at
+        from fastebm.run.trainer import lr_at
 
         tr = self.trainer
         torch.random.set_rng_state(self.rng)
@@ -119,8 +119,8 @@ class Session:
         self.load = [os.getloadavg()]
 
     def run(self) -> Session:
-        from fastebm.datasets import load_dataset
-        from fastebm.featurefd import FeatureScore, train_feature_net
+        from fastebm.data.datasets import load_dataset
+        from fastebm.evaluation.featurenet import FeatureScore, train_feature_net
 
         self.train = load_dataset("digits", split="train", image_size=IMAGE_SIZE)
         self.test = load_dataset("digits", split="test", image_size=IMAGE_SIZE)
@@ -138,8 +138,8 @@ class Session:
         return self
 
     def _build(self) -> None:
-        from fastebm.config import resolve
-        from fastebm.trainer import Trainer
+        from fastebm.config.options import resolve
+        from fastebm.run.trainer import Trainer
 
         out = tempfile.mkdtemp(prefix="fastebm-quality-")
         for label, over in CONFIGS.items():
@@ -255,9 +255,9 @@ def figure(session: Session, path: str) -> str:
     """The PNG at ``path``: the first seed's buffer samples (8×8) of every generative configuration side by side,
     then the buffer feature-FD against seconds of training of every configuration (the mean over seeds at each
     point; the paper's Fig. 2(b) in miniature). Needs matplotlib (the plots extra)."""
-    from fastebm.data import to_uint8
-    from fastebm.images import make_grid
-    from fastebm.metrics import pyplot
+    from fastebm.data.imagefiles import make_grid
+    from fastebm.data.imageset import to_uint8
+    from fastebm.evaluation.metrics import pyplot
 
     plt = pyplot()
     labels = [label for label in GENERATIVE if session.runs[label][0].finite]

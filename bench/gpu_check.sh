@@ -23,7 +23,7 @@
 # 7. prints a short table last (the bench summaries of bench/conftest.py and the result lines).
 #
 # The per-piece fast path (compiled network, CUDA-graph SGLD loop, Triton kernels, bf16, channels-last) and
-# the compiled step are both wired into the trainer (fastebm.fastpath.FastPath); `auto` runs the compiled
+# the compiled step are both wired into the trainer (fastebm.fastpath.fastpath.FastPath); `auto` runs the compiled
 # step on CUDA after its check. None of it has run on a GPU before this script's first run.
 #
 # Logs, JUnit XML and the pytest-benchmark JSON go to $OUT when set (else /tmp/fastebm-gpu-check).

@@ -3,7 +3,7 @@
 Configurations: M-EBM K = 2 and M-JEM K = 5 (a full ``Trainer.train_step`` each, as in
 ``test_epoch_speed``), built twice:
 
-- ``plain``: ``fastebm.config.plain_flags()``, every fast-path flag off;
+- ``plain``: ``fastebm.config.options.plain_flags()``, every fast-path flag off;
 - ``fast``: today's per-piece fast path: on CUDA ``fast_flags("cuda")`` without the compiled step
   (torch.compile of the network, CUDA-graph SGLD loop, bf16 autocast, Triton kernels, channels_last);
   on CPU ``fast_flags("cpu")`` is the plain path, so the CPU comparison is ``compile="default"``
@@ -36,7 +36,7 @@ PEDANTIC_ROUNDS, PEDANTIC_WARMUP = (5, 1) if C.CUDA else (2, 0)
 
 
 def fast_mode_flags(mode: str = "fast") -> dict:
-    from fastebm.config import fast_flags, plain_flags
+    from fastebm.config.options import fast_flags, plain_flags
 
     flags = fast_flags("cuda") if C.CUDA else dict(plain_flags(), compile="default")
     return dict(flags, compile_step=mode == "step", fast_path="strict")
@@ -52,7 +52,7 @@ def _dynamo_graphs() -> int:
 
 @pytest.fixture(scope="session")
 def engine_runs():
-    from fastebm.config import plain_flags
+    from fastebm.config.options import plain_flags
 
     runs = {}
     for model, k in CONFIGS:

@@ -1,7 +1,7 @@
 """Training speed per epoch: M-EBM / M-JEM at K = 1, 2, 5, 10 and JEM++ at K = 5, 10 against the JEM baseline,
 and the classifier alone (paper Table 6).
 
-What is timed: one full training iteration, :meth:`fastebm.trainer.Trainer.train_step` (data batch,
+What is timed: one full training iteration, :meth:`fastebm.run.trainer.Trainer.train_step` (data batch,
 replay-buffer draw with ρ-reinitialization from p0, K SGLD steps, the losses, backward, optimizer step),
 CUDA synchronized. Minutes per epoch = median iteration time × 390 / 60 (the paper's CIFAR-10 epoch).
 
@@ -96,7 +96,7 @@ BASELINE_UNITS = flop_units("jem", 20, B, BC)
 def _flags():
     """Fast-path flags of the epoch-speed runs: plain by default (one engine, all configs alike);
     FASTEBM_BENCH_FLAGS=fast uses ``fast_flags(device)`` for all of them."""
-    from fastebm.config import fast_flags, plain_flags
+    from fastebm.config.options import fast_flags, plain_flags
 
     return fast_flags(C.DEVICE) if os.environ.get("FASTEBM_BENCH_FLAGS") == "fast" else plain_flags()
 

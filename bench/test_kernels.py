@@ -1,7 +1,7 @@
 """Kernels: the SGLD (Langevin) update, the low-rank p0 sampler and the p0 fit.
 
 Langevin update, x ← clamp(x − α·g + σ·ε) on an SGLD batch (64, 3, 32, 32) and (64, 3, 128, 128):
-eager PyTorch (``fastebm.sampler.langevin_update``, i.e. the kernel's reference
+eager PyTorch (``fastebm.algorithm.sampler.langevin_update``, i.e. the kernel's reference
 ``kernels.reference.langevin_reference`` with noise drawn by randn_like) against the fused Triton
 kernel (``kernels.langevin.langevin_step``, CUDA only). Bandwidth = the minimal traffic of the update,
 read x + read g + write x = 12 bytes per element (fp32), over the median time; for the eager paths this is
@@ -74,8 +74,8 @@ def copy_bandwidth(x: torch.Tensor) -> float:
 @pytest.mark.parametrize("variant", ["eager_sampler", pytest.param("triton", marks=gpu)])
 @pytest.mark.parametrize("shape", LANGEVIN_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_langevin_update(benchmark, shape, variant):
+    from fastebm.algorithm.sampler import SGLDConfig, langevin_update
     from fastebm.kernels.langevin import langevin_step, make_rng_state
-    from fastebm.sampler import SGLDConfig, langevin_update
 
     torch.manual_seed(0)
     x = torch.rand(shape, device=C.DEVICE) * 2 - 1

@@ -1,4 +1,5 @@
-"""The fast path's self-check, its margins on both sides measured (fastebm.numerics, fastebm.selfcheck).
+"""The fast path's self-check, its margins on both sides measured (fastebm.fastpath.numerics,
+fastebm.fastpath.selfcheck).
 
 For every cell of the matrix the check's comparisons are gathered once from a run's own state (iteration 0
 of a fresh trainer at the benchmark sizes, the schedule's peak learning rate) and judged four times: as they
@@ -65,16 +66,16 @@ def _skip_reason(variant: str) -> str | None:
 
 
 def _trainer(model: str, k: int, seed: int):
-    from fastebm.config import fast_flags, plain_flags
+    from fastebm.config.options import fast_flags, plain_flags
 
     flags = dict(plain_flags(), compile="default", compile_step=True, fast_path="off", seed=seed)
     if C.CUDA:  # the GPU's fast path with the compiled step, in fp32: bf16 is judged by its noise budget
         flags = dict(fast_flags("cuda"), compile_step=True, amp="off", fast_path="off", seed=seed)
     if not SMALL:
         return C.make_trainer(model, k, flags)
-    from fastebm.config import resolve
-    from fastebm.data import ImageSet
-    from fastebm.trainer import Trainer
+    from fastebm.config.options import resolve
+    from fastebm.data.imageset import ImageSet
+    from fastebm.run.trainer import Trainer
 
     g = torch.Generator().manual_seed(0)
     data = ImageSet(torch.randint(0, 256, (64, 3, 16, 16), generator=g, dtype=torch.uint8), torch.arange(64) % 10,
@@ -106,7 +107,7 @@ def measure_cell(model: str, k: int, seed: int, variant: str) -> list[dict]:
     """Gather and judge both components in one cell; rows of {component, output, statistic, honest, <injected
     name>: ratio} (ratios: statistic / limit)."""
     from bench._tf32 import tf32_emulation
-    from fastebm.selfcheck import compare_compile, compare_compile_step, gather_compile, gather_compile_step
+    from fastebm.fastpath.selfcheck import compare_compile, compare_compile_step, gather_compile, gather_compile_step
 
     simdlen, threads, tf32 = VARIANTS.get(variant, (None, 1, False) if variant == GPU_VARIANT else (256, 1, False))
     torch._dynamo.reset()
@@ -183,7 +184,7 @@ def _record(benchmark, model, k, variant, cells: dict) -> None:
     _RESULTS.update(cells)
     benchmark.extra_info.update(device=C.DEVICE, isa=NATIVE, model=model, k=k, variant=variant, cells=cells)
     sec = C.summary_section(
-        f"Self-check margins (fastebm.numerics; CPU {NATIVE}; ratio = statistic / limit, worst cell)",
+        f"Self-check margins (fastebm.fastpath.numerics; CPU {NATIVE}; ratio = statistic / limit, worst cell)",
         ["component", "output", "statistic", "rounding (<= 1/3)", "worst cell", "injected (>= 3)", "worst cell"])
     worst = {}
     for cell, rows in _RESULTS.items():

@@ -4,7 +4,7 @@ minutes? (Yang & Ji, M-EBM, Sections 4–5, Tables 1–3 and 6, Figs. 2 and 4.)
 Every configuration trains for the same iterations on the embedded digits at 16×16 with WRN-10-1, with the same
 seeds, interleaved (bench/_quality.py: sizes, scores, timing). Sample quality is the **feature-FD**: the Fréchet
 distance to the test split in the feature space of a small CNN trained on the training split
-(:mod:`fastebm.featurefd`; no Inception weights are needed, and it is not FID).
+(:mod:`fastebm.evaluation.featurenet`; no Inception weights are needed, and it is not FID).
 
 The claims, each a test whose margin is stated in the seeds' run-to-run spread: ``2SE`` = two standard errors of
 the difference of the two means, 2·sqrt(s_a²/n + s_b²/n), over the seeds (3 full, 2 small):

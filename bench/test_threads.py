@@ -2,7 +2,7 @@
 on an idle machine and with all cores but one kept busy by spinning processes.
 
 Why: torch's default (one thread per physical core) collapses when other jobs share the cores (OpenMP
-threads wait for each other on busy cores), which is why ``fastebm.threads.choose_threads`` takes the usable
+threads wait for each other on busy cores), which is why ``fastebm.run.threads.choose_threads`` takes the usable
 cores minus the load. Timed interleaved (round r runs every thread count once), medians; the summary
 gives both ratios. CPU only.
 
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from bench import _common as C
-from fastebm.progress import duration
+from fastebm.io.progress import duration
 
 ROUNDS, WARMUP = 5, 1
 DEMO_ITERS = 300  # python -m fastebm.train: the digits preset's 3 epochs of 100 iterations
@@ -36,10 +36,10 @@ def _spinners(n: int) -> list:
 @pytest.mark.skipif(C.CUDA, reason="CPU threads only matter for a CPU run")
 @pytest.mark.parametrize("load", ["idle", "busy"])
 def test_threads_on_a_shared_machine(benchmark, tmp_path, load):
-    from fastebm.config import resolve
-    from fastebm.datasets import load_dataset
-    from fastebm.threads import choose_threads, usable_cores
-    from fastebm.trainer import Trainer
+    from fastebm.config.options import resolve
+    from fastebm.data.datasets import load_dataset
+    from fastebm.run.threads import choose_threads, usable_cores
+    from fastebm.run.trainer import Trainer
 
     cores = usable_cores()
     if cores < 2:

@@ -1,7 +1,7 @@
 """Evaluation of trained checkpoints: ``python -m fastebm.eval --ckpt RUN/ckpt.pt [MORE.pt ...] --task ...``.
 
 Reproduces the measurements and figures of the M-EBM paper (Yang & Ji, "M-EBM: Towards Understanding the
-Manifolds of Energy-Based Models") from checkpoints written by :class:`fastebm.trainer.Trainer`: the tasks of
+Manifolds of Energy-Based Models") from checkpoints written by :class:`fastebm.run.trainer.Trainer`: the tasks of
 :data:`fastebm.evaluation.TASKS` (fid, is, feature-fd, gen, acc, ece, ood, logpx, tsne, curves, extremes, energy,
 p0). Each task writes ``<task>.json`` and its figures into ``--out`` (default: ``eval/`` next to the checkpoint).
 
@@ -19,16 +19,17 @@ import contextlib
 import json
 import sys
 
-from . import __version__, paper
-from .checkpoint import CheckpointError
-from .config import OneLineParser
-from .data import DatasetError
-from .datasets import DATASETS
+from . import __version__
+from .config import paper
+from .config.limits import flag
+from .config.options import OneLineParser
+from .data.datasets import DATASETS
+from .data.imageset import DatasetError
 from .evaluation import TASKS, EvalError, EvalOptions, Run, evaluate, load_run
 from .evaluation.options import FID_SPLITS
 from .evaluation.records import jsonable
-from .limits import flag
-from .threads import apply_threads
+from .io.checkpoint import CheckpointError
+from .run.threads import apply_threads
 
 __all__ = ["PROG", "Run", "build_parser", "cli", "load_run", "main", "options_from_args"]  # Run, load_run: as before
 
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
 
 
 def paper_row(run, results: dict) -> dict | None:
-    """The paper row a checkpoint's configuration reproduces (:func:`fastebm.paper.match`) with the paper's
+    """The paper row a checkpoint's configuration reproduces (:func:`fastebm.config.paper.match`) with the paper's
     numbers and one line setting this evaluation's accuracy / IS / FID beside them; None when it reproduces
     none. ``results``: task -> record of this checkpoint."""
     row = paper.match(run.cfg)

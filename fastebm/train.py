@@ -1,8 +1,8 @@
 """The main job: ``python -m fastebm.train --dataset imagenet32 --k 2``.
 
 Trains an M-EBM / M-JEM / LSE-JEM / JEM energy model with Algorithm 1 of the paper, from the presets of
-:mod:`fastebm.config` with any knob overridden on the command line (one flag per ``Config`` field, generated
-by :func:`build_parser`), and writes the run folder described in :mod:`fastebm.runfolder` (one run at a
+:mod:`fastebm.config.options` with any knob overridden on the command line (one flag per ``Config`` field, generated
+by :func:`build_parser`), and writes the run folder described in :mod:`fastebm.run.folder` (one run at a
 time: a second run into a folder in use stops with an error). ``--resume RUN/ckpt.pt`` continues a run
 exactly where it stopped (same buffer, optimizer, LR schedule position and RNG states); options given with
 ``--resume`` override the stored configuration, except the architecture, which must match. ``--resume auto``
@@ -11,14 +11,14 @@ same options, and starts otherwise. ``--print-config`` prints the resolved confi
 without loading any data.
 
 Data-parallel: ``torchrun --nproc-per-node N -m fastebm.train ...`` trains on N processes (DDP; gloo on
-CPU, nccl on GPUs); see :mod:`fastebm.distributed`. A plain run creates no process group.
+CPU, nccl on GPUs); see :mod:`fastebm.run.distributed`. A plain run creates no process group.
 
 Divergence (non-finite or exploding loss / energies): by default the run rolls back to its latest
 ``ckpt.pt``, lowers the learning rate and goes on (``--on-divergence rollback``, at most
-``--max-rollbacks`` times); ``--on-divergence stop`` stops at once. See :mod:`fastebm.recovery`.
+``--max-rollbacks`` times); ``--on-divergence stop`` stops at once. See :mod:`fastebm.run.recovery`.
 
 Signals: SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 finish the current iteration, write ckpt.pt and exit
-(:mod:`fastebm.stopping`).
+(:mod:`fastebm.run.stopping`).
 
 Exit status: 0 done, 1 training diverged and was not (or no longer) rolled back, or a checkpoint could not be
 written (the last good checkpoint is intact either way), 2 bad input, 128 + signal number after a signal
@@ -36,27 +36,29 @@ import sys
 import types
 import typing
 
-from . import __version__, paper
-from .checkpoint import CheckpointError, load_checkpoint
-from .completion import DEVICE_FIELDS, run_folder
-from .config import NONE, Config, OneLineParser, resolve
-from .data import DatasetError
-from .distributed import DataMismatch, env_world_size, exit_process, init_from_env, shutdown
-from .fastpath import FastPathError
-from .limits import CHOICES, flag
-from .recovery import finite
-from .runfolder import RunFolderBusy, RunLock, run_folder_base
-from .schedule import decays_after_end
-from .stopping import GracefulStop, Stopped
-from .threads import apply_threads
-from .trainer import DivergenceError, Trainer
+from . import __version__
+from .config import paper
+from .config.limits import CHOICES, flag
+from .config.options import NONE, Config, OneLineParser, resolve
+from .data.imageset import DatasetError
+from .fastpath.fastpath import FastPathError
+from .io.checkpoint import CheckpointError, load_checkpoint
+from .run.completion import DEVICE_FIELDS, run_folder
+from .run.distributed import DataMismatch, env_world_size, exit_process, init_from_env, shutdown
+from .run.folder import RunFolderBusy, RunLock, run_folder_base
+from .run.recovery import finite
+from .run.schedule import decays_after_end
+from .run.stopping import GracefulStop, Stopped
+from .run.threads import apply_threads
+from .run.trainer import DivergenceError, Trainer
 
 CLI_ONLY = ("resume", "print_config")  # flags that are not Config fields
 DERIVED = ("n_classes",)  # Config fields set from the data, not options
 
 
 def _typed(base: type, optional: bool):
-    """argparse ``type`` for a field: ``base`` values, and ``none`` → :data:`fastebm.config.NONE` if optional."""
+    """argparse ``type`` for a field: ``base`` values, and ``none`` → :data:`fastebm.config.options.NONE` if
+    optional."""
     def parse(s: str):
         if optional and s.lower() == "none":
             return NONE
@@ -124,7 +126,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     Every field ``name`` becomes ``--name`` (underscores → dashes) with the help line of its
     ``metadata["help"]``, in the help group ``metadata.get("group", "other options")``; bool fields get
     ``--x`` / ``--no-x``, list fields take several values, Optional fields also accept ``none``, and the
-    choices come from :data:`fastebm.limits.CHOICES`. Every default is None (= not given: the preset
+    choices come from :data:`fastebm.config.limits.CHOICES`. Every default is None (= not given: the preset
     decides); the help shows the value the presets resolve to for the ``--dataset`` / ``--model`` /
     ``--k`` of ``argv`` (``sys.argv[1:]`` when None), resolved when the help is formatted. CLI-only:
     ``--resume``, ``--print-config``.
@@ -132,7 +134,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     argv = sys.argv[1:] if argv is None else argv
     p = _TrainParser(argv, prog="python -m fastebm.train", description=__doc__.split("\n\n")[0],
                      epilog="Defaults shown are the presets resolved for the --dataset / --model / "
-                            "--k given (fastebm/config.py; --print-config prints them all).")
+                            "--k given (fastebm/config/options.py; --print-config prints them all).")
     p.add_argument("--version", action="version", version=f"fastebm {__version__}")
     p.add_argument("--resume", metavar="CKPT", help="continue the run stored in this checkpoint; auto: the run "
                    "folder's ckpt.pt if it exists and was written by these options, else start (requeued jobs)")
@@ -167,7 +169,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict, int | None
     trainer stores in its checkpoints, and the iteration of the checkpoint resumed (None without --resume).
 
     A resumed run keeps the stored configuration, with the options given now on top, except the
-    device-dependent fields (:data:`fastebm.completion.DEVICE_FIELDS`: fast-path flags, host-check and FID
+    device-dependent fields (:data:`fastebm.run.completion.DEVICE_FIELDS`: fast-path flags, host-check and FID
     cadence), which are resolved again for the device the run resumes on unless the original run or this
     command gave them: a GPU checkpoint resumes on a CPU, and a CPU checkpoint gets the fast path on a GPU.
     """
@@ -356,7 +358,7 @@ def banner(trainer: Trainer, threads: str) -> str:
 
 
 def paper_notice(cfg: Config) -> str | None:
-    """The run's second line when it aims at a row of the paper (:func:`fastebm.paper.nearest`): which row, and
+    """The run's second line when it aims at a row of the paper (:func:`fastebm.config.paper.nearest`): which row, and
     every setting that differs from the row and from its authors' code (``cfg`` resolved for its device, so that
     ``--amp`` says the precision), with the ``--paper`` option that sets them all; None for no row."""
     row = paper.nearest(cfg)
@@ -372,7 +374,7 @@ def paper_notice(cfg: Config) -> str | None:
 
 def decay_warning(cfg: Config, requested: dict) -> str | None:
     """The warning line for learning-rate decays that never happen: the ``--decay-epochs`` at or after the
-    run's last epoch (:func:`fastebm.schedule.decays_after_end`), with where they came from (the options given or
+    run's last epoch (:func:`fastebm.run.schedule.decays_after_end`), with where they came from (the options given or
     the recipe's presets) and the flag that changes them; None when every decay falls within the run."""
     never = decays_after_end(cfg)
     if not never:
@@ -388,7 +390,7 @@ def run_summary(trainer: Trainer, last: dict, diverged: bool = False) -> dict:
     """The end-of-run summary printed on stdout: iterations, run folder, checkpoint, the last training row,
     the best test accuracy / FID, the best before the first divergence (the paper's "best before diverging":
     at the first rollback, or everything of a run that stopped at its divergence), and the paper row the run
-    aims at (:func:`fastebm.paper.nearest`) with both sides' numbers and every setting that differs from it."""
+    aims at (:func:`fastebm.config.paper.nearest`) with both sides' numbers and every setting that differs from it."""
     state = trainer.state
     best = finite(state.best)
     out = {"iteration": state.iteration, "run_folder": trainer.out, "checkpoint": state.last_checkpoint,
@@ -408,7 +410,7 @@ def run_summary(trainer: Trainer, last: dict, diverged: bool = False) -> dict:
 
 def cli() -> None:
     """The ``fastebm-train`` console script (and ``python -m fastebm.train``): exits with :func:`main`'s
-    status; under torchrun through :func:`~fastebm.distributed.exit_process`."""
+    status; under torchrun through :func:`~fastebm.run.distributed.exit_process`."""
     exit_process(main(), multi_process=env_world_size() > 1)
 
 

@@ -116,7 +116,7 @@ def langevin_step(
     Returns:
         ``out`` (or a new tensor laid out like ``x``), ``torch.float32``.
 
-    Inputs are checked with asserts (the library validates user options once, in ``fastebm.config``).
+    Inputs are checked with asserts (the library validates user options once, in ``fastebm.config.options``).
     """
     assert x.dtype == torch.float32, f"x: the chain state stays float32, got {x.dtype}"
     assert grad.dtype in _GRAD_DTYPES, f"grad: float32, bfloat16 or float16, got {grad.dtype}"

@@ -161,7 +161,7 @@ def lowrank_gaussian_sample(
         ``x`` of shape (n, D) float32 contiguous (reshape to images as needed), or
         ``(x, z, eps)`` when ``return_noise``.
 
-    Inputs are checked with asserts (the library validates user options once, in ``fastebm.config``).
+    Inputs are checked with asserts (the library validates user options once, in ``fastebm.config.options``).
     """
     D, R = U.shape
     device = mean.device

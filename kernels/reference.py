@@ -1,6 +1,6 @@
 """The plain PyTorch reference of each fastebm kernel: exactly one per kernel, with the noise passed in.
 
-They are the library's plain path too (:func:`fastebm.sampler.langevin_update`, :meth:`GaussianInit.sample
+They are the library's plain path too (:func:`fastebm.algorithm.sampler.langevin_update`, :meth:`GaussianInit.sample
 <fastebm.p0.gaussian.GaussianInit.sample>`) and what ``tests/test_kernels.py`` compares each kernel against. Each
 uses the same operation order as its kernel (which is compiled without FMA contraction), so on the kernel's
 own noise they agree bit for bit (Langevin) or to fp32 GEMM rounding (p0). No Triton import here: the plain

@@ -45,7 +45,7 @@ def cifar_root():
 
 @pytest.fixture
 def tiny_model():
-    from fastebm.model import EnergyModel
+    from fastebm.algorithm.model import EnergyModel
 
     def make(kind="mjem", norm="batch", image_size=16, depth=10, width=1):
         torch.manual_seed(0)
@@ -70,7 +70,7 @@ def fast_fid(monkeypatch):
     """Tests of the plumbing around FID (caches, in-training rows, best_fid.pt) replace pytorch-fid's sqrtm
     (~30 s for 2048 features on one thread here) by :func:`fid_eigh`, the same number in exact arithmetic
     (tests/test_metrics.py checks it against pytorch-fid); the FID itself is tested in test_metrics.py."""
-    from fastebm import metrics
+    from fastebm.evaluation import metrics
 
     monkeypatch.setattr(metrics, "frechet_distance", fid_eigh)
 

@@ -1,6 +1,6 @@
 import torch
 
-from fastebm.buffer import ReplayBuffer
+from fastebm.algorithm.buffer import ReplayBuffer
 from fastebm.p0.uniform import UniformInit
 
 

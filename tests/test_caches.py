@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastebm import inception, metrics
-from fastebm.config import resolve
-from fastebm.evaluation import EvalOptions
+from fastebm.config.options import resolve
+from fastebm.evaluation import EvalOptions, inception, metrics
 from fastebm.evaluation.fid import real_statistics
 
 

@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
-from fastebm.config import MODEL_PRESETS, NONE, PRESETS, Config, resolve
-from fastebm.data import to_float
-from fastebm.datasets import load_dataset
+from fastebm.config.options import MODEL_PRESETS, NONE, PRESETS, Config, resolve
+from fastebm.data.datasets import load_dataset
+from fastebm.data.imageset import to_float
+from fastebm.run.trainer import Trainer, lr_at
 from fastebm.train import build_parser, main
-from fastebm.trainer import Trainer, lr_at
 
 CIFAR10_MJEM = dict(dataset="cifar10", model="mjem", k=5)
 
@@ -145,8 +145,8 @@ def test_warmup_is_lr_times_it_over_warmup():
 def test_a_short_run_reaches_its_learning_rate(tmp_path):
     """The warm-up takes at most a fifth of the run: a 300-iteration run (docs/training.md's small CIFAR command)
     warms up over 60 iterations instead of the recipe's 1,000; a paper-length run keeps 1,000."""
-    from fastebm.data import ImageSet
-    from fastebm.trainer import Trainer
+    from fastebm.data.imageset import ImageSet
+    from fastebm.run.trainer import Trainer
 
     data = ImageSet(torch.randint(0, 256, (256, 3, 8, 8), dtype=torch.uint8), torch.arange(256) % 2, 2, "toy")
     short = Trainer(resolve(dict(dataset="folder", depth=10, width=1, epochs=1, iters_per_epoch=300,
@@ -164,12 +164,12 @@ def _print_config(argv, capsys):
 
 
 def test_print_config_done_when_checks(capsys, monkeypatch):
-    import fastebm.trainer
+    import fastebm.run.trainer
 
     def no_data(*a, **k):
         raise AssertionError("--print-config must not load data")
 
-    monkeypatch.setattr(fastebm.trainer, "load_dataset", no_data)
+    monkeypatch.setattr(fastebm.run.trainer, "load_dataset", no_data)
     d = _print_config(["--dataset", "cifar10", "--model", "mjem", "--k", "5"], capsys)
     assert (d["lr"], d["weight_decay"], d["grad_clip"], d["epochs"], d["decay_epochs"], d["iters_per_epoch"],
             d["l2"], d["noise"]) == (0.1, 5e-4, 1.0, 200, [60, 120, 180], 390, 0.5, 0.001)
@@ -296,7 +296,7 @@ def test_auto_leaves_the_compiled_step_off_under_ddp():
     """On CUDA ``auto`` turns every fast component on, but the compiled step is single-process: under torchrun
     ``auto`` must leave it off (completion.check_world_size refuses an explicit --compile-step there), or every default
     multi-GPU run would stop at start."""
-    from fastebm.completion import check_world_size, for_device
+    from fastebm.run.completion import check_world_size, for_device
 
     for world, expected in ((1, True), (2, False)):
         cfg = for_device(resolve(dict(dataset="cifar10", data_root="x")), "cuda", world)
@@ -311,7 +311,7 @@ def test_auto_leaves_the_compiled_step_off_under_ddp():
 
 
 def test_an_epoch_is_the_authors_loader_pass():
-    from fastebm.config import derive_iters_per_epoch
+    from fastebm.config.options import derive_iters_per_epoch
 
     assert derive_iters_per_epoch(resolve(dict(dataset="cifar10")), 50_000) == 390  # labelled loader, 128
     assert derive_iters_per_epoch(resolve(dict(dataset="celebahq128")), 30_000) == 468  # train_maebm_celeba.py, 64
@@ -321,7 +321,7 @@ def test_an_epoch_is_the_authors_loader_pass():
 
 def _completed(over: dict, world_size: int = 1, n_train: int = 1000, image_size: int = 16):
     """(resolved, completed) on the CPU for ``n_train`` images of ``image_size`` px and 10 classes."""
-    from fastebm.completion import complete
+    from fastebm.run.completion import complete
 
     cfg = resolve(over)
     return cfg, complete(cfg, "cpu", world_size, n_train, image_size, 10)
@@ -333,7 +333,7 @@ def _completed(over: dict, world_size: int = 1, n_train: int = 1000, image_size:
     (dict(dataset="digits", model="mjem", image_size=16, iters_per_epoch=NONE), 2),  # DDP: 2 ranks
 ])
 def test_a_completed_config_completed_again_is_unchanged(over, world_size, tmp_path, monkeypatch):
-    from fastebm.completion import complete
+    from fastebm.run.completion import complete
 
     monkeypatch.chdir(tmp_path)  # the default run folder is looked for here
     _, done = _completed(over, world_size)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastebm.data import Batches, DatasetError, ImageSet, augment, to_float, to_uint8
-from fastebm.datasets import load_dataset
-from fastebm.numerics import tolerance
+from fastebm.data.datasets import load_dataset
+from fastebm.data.imageset import Batches, DatasetError, ImageSet, augment, to_float, to_uint8
+from fastebm.fastpath.numerics import tolerance
 
 
 def _imagenet32_dict(n=4):
@@ -70,7 +70,7 @@ def test_folder_layout_reads_real_cifar_jpegs(cifar_root):
 
 
 def test_folder_with_png_and_resize(tmp_path):
-    from fastebm.images import save_png
+    from fastebm.data.imagefiles import save_png
 
     for split in ("train", "val"):
         for cls in ("a", "b"):
@@ -143,13 +143,13 @@ def test_batches_are_a_pure_function_of_iteration():
 
 
 def test_every_dataset_is_one_registry_entry():
-    """A dataset is one entry of fastebm.datasets.DATASETS: the CLI offers it, its preset holds Config fields
+    """A dataset is one entry of fastebm.data.datasets.DATASETS: the CLI offers it, its preset holds Config fields
     that resolve() applies, and its declared sizes are the ones the config uses before loading any data."""
     import dataclasses
 
-    from fastebm.config import NATIVE_IMAGE_SIZES, TRAIN_SIZES, Config, resolve
-    from fastebm.datasets import DATASETS
-    from fastebm.limits import CHOICES
+    from fastebm.config.limits import CHOICES
+    from fastebm.config.options import NATIVE_IMAGE_SIZES, TRAIN_SIZES, Config, resolve
+    from fastebm.data.datasets import DATASETS
 
     assert CHOICES["dataset"] == tuple(DATASETS)
     fields = {f.name for f in dataclasses.fields(Config)}

@@ -27,16 +27,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fastebm.config import resolve
-from fastebm.data import Batches
-from fastebm.datasets import load_dataset
-from fastebm.distributed import DistContext
-from fastebm.numerics import agree, float64_draws
-from fastebm.sampler import sgld
-from fastebm.schedule import lr_at
-from fastebm.selfcheck import float64_copy
+from fastebm.algorithm.sampler import sgld
+from fastebm.config.options import resolve
+from fastebm.data.datasets import load_dataset
+from fastebm.data.imageset import Batches
+from fastebm.fastpath.numerics import agree, float64_draws
+from fastebm.fastpath.selfcheck import float64_copy
+from fastebm.run.distributed import DistContext
+from fastebm.run.schedule import lr_at
+from fastebm.run.trainer import Trainer
 from fastebm.train import main
-from fastebm.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD = 2
@@ -126,7 +126,7 @@ def _worker(rank, port, tmp):
     torch.set_num_threads(1)
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    from fastebm.distributed import exit_process, init_from_env, shutdown
+    from fastebm.run.distributed import exit_process, init_from_env, shutdown
 
     assert init_from_env("cpu", timeout_s=120)
     try:
@@ -174,7 +174,7 @@ def _worker(rank, port, tmp):
     finally:
         shutdown()
     # As fastebm.train under torchrun: a worker that used DDP ends with os._exit, or a gloo thread can abort
-    # it at interpreter shutdown (fastebm.distributed.exit_process); reached only when no exception was raised.
+    # it at interpreter shutdown (fastebm.run.distributed.exit_process); reached only when no exception was raised.
     exit_process(0, multi_process=True)
 
 
@@ -194,7 +194,7 @@ def test_parameters_stay_identical_across_ranks(ddp):
             assert torch.equal(p0, p1)
     # and training did move them: rank 0 of A differs from a fresh model of the same seed
     torch.manual_seed(1)
-    from fastebm.model import build_model
+    from fastebm.algorithm.model import build_model
     fresh = build_model(resolve(dict(CFG_A, n_classes=10)))
     assert any(not torch.equal(p, q) for p, q in zip(fresh.parameters(), a[0]["params"]))
 
@@ -254,7 +254,7 @@ def _float64_b(t: Trainer) -> tuple[list[dict], list[torch.Tensor]]:
 
 def test_loss_matches_single_process_run_with_the_same_global_batch(ddp, tmp_path, single_threaded):
     """2 ranks of 8 = 1 process with the global batch of 16, judged as the fast path's check judges
-    (:func:`fastebm.numerics.agree`): against the same run in float64, the yardstick of honest rounding being
+    (:func:`fastebm.fastpath.numerics.agree`): against the same run in float64, the yardstick of honest rounding being
     the single-process fp32 runs in both memory layouts (their convolutions sum in other orders, as batches of
     8 do). Each logged metric over the iterations; θ_T − θ_0 per parameter tensor. The same judgement
     rejects an update 2 % too large, so it can fail. One thread, as each rank has (two on a busy 2-core
@@ -404,7 +404,7 @@ def test_exit_process_flushes_and_keeps_the_status(multi):
     """A torchrun rank ends with os._exit (no interpreter finalization, where a live gloo worker thread can
     abort the process): what it printed still arrives, the exit status is kept, and atexit handlers are
     skipped only in the multi-process case."""
-    code = ("import atexit; from fastebm.distributed import exit_process; atexit.register(print, 'atexit'); "
+    code = ("import atexit; from fastebm.run.distributed import exit_process; atexit.register(print, 'atexit'); "
             f"print('done', end=''); exit_process(3, multi_process={multi})")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=REPO))

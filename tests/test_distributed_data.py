@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 from test_distributed import _free_port
 
-from fastebm.distributed import data_difference
+from fastebm.run.distributed import data_difference
 
 WORLD = 2
 CASES = ("partial", "missing_class", "unreadable", "same")
@@ -33,10 +33,10 @@ def _worker(rank, port, tmp):
                       LOCAL_RANK=str(rank))
     import torch
 
-    from fastebm.config import resolve
-    from fastebm.distributed import exit_process, init_from_env
+    from fastebm.config.options import resolve
+    from fastebm.run.distributed import exit_process, init_from_env
+    from fastebm.run.trainer import Trainer
     from fastebm.train import main
-    from fastebm.trainer import Trainer
 
     torch.set_num_threads(1)
     assert init_from_env("cpu", timeout_s=60)

@@ -14,14 +14,14 @@ from PIL import Image
 
 import fastebm.evaluation.fid
 import fastebm.evaluation.run
-from fastebm import inception as I  # noqa: E741
-from fastebm import metrics as M
-from fastebm.config import resolve
+from fastebm.algorithm.sampler import frozen_bn_stats
+from fastebm.config.options import resolve
 from fastebm.eval import build_parser, main
 from fastebm.evaluation import filter_by_confidence, load_run, sample_chains
+from fastebm.evaluation import inception as I  # noqa: E741
+from fastebm.evaluation import metrics as M
 from fastebm.evaluation.run import outputs
-from fastebm.sampler import frozen_bn_stats
-from fastebm.trainer import Trainer
+from fastebm.run.trainer import Trainer
 
 TINY = dict(dataset="digits", depth=10, width=1, k=1, epochs=1, iters_per_epoch=2, buffer_size=64,
             batch_size=16, cls_batch_size=16, warmup_iters=1, decay_epochs=[], progress=False, log_every=1,
@@ -113,9 +113,10 @@ def test_progress_in_a_redirected_log_is_plain_lines_on_stderr(ckpts, tmp_path, 
     """Every pass says what it does and how far it got; here every step is 'long' (a report due at once)."""
     import functools
 
-    import fastebm.progress
+    import fastebm.io.progress
 
-    monkeypatch.setattr(fastebm.evaluation.run, "Progress", functools.partial(fastebm.progress.Progress, every_s=1e-9))
+    monkeypatch.setattr(fastebm.evaluation.run, "Progress",
+                        functools.partial(fastebm.io.progress.Progress, every_s=1e-9))
     assert main(["--ckpt", ckpts["mjem"], "--task", "acc", "gen", "--n-samples", "10", "--sgld-steps", "1",
                  "--out", str(tmp_path), *FAST]) == 0
     captured = capsys.readouterr()
@@ -435,7 +436,7 @@ def test_fid_reference_of_train_and_test_together(ckpts, tmp_path, cifar_root, f
         assert main(argv) == 0
     rec = _json(tmp_path / "o" / "fid.json")
     assert rec["n_real"] == 18 and rec["real_split"] == "train+test"
-    from fastebm.datasets import load_dataset
+    from fastebm.data.datasets import load_dataset
 
     size = seen[0].shape[-1]  # the checkpoint's image size
     both = torch.cat([load_dataset("folder", str(data), s, False, None, size).images for s in ("train", "test")])
@@ -452,11 +453,11 @@ def test_fid_reference_of_train_and_test_together(ckpts, tmp_path, cifar_root, f
 
 
 def test_chains_run_through_the_fast_sampler(ckpts, monkeypatch):
-    import fastebm.sampler
+    import fastebm.algorithm.sampler
 
     calls = []
 
-    class Counting(fastebm.sampler.Sampler):
+    class Counting(fastebm.algorithm.sampler.Sampler):
         def __call__(self, x0, noise=None):
             calls.append(len(x0))
             return super().__call__(x0, noise)

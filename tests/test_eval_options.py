@@ -5,9 +5,9 @@ import math
 
 import pytest
 
+from fastebm.config.limits import flag
 from fastebm.eval import build_parser, main, options_from_args
 from fastebm.evaluation import TASKS, EvalError, EvalOptions
-from fastebm.limits import flag
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -93,7 +93,7 @@ def test_an_unknown_task_names_the_task_flag(tmp_path, capsys):
 def test_a_paper_configuration_is_reported_beside_its_row():
     import types
 
-    from fastebm.config import resolve
+    from fastebm.config.options import resolve
     from fastebm.eval import paper_row
 
     run = types.SimpleNamespace(cfg=resolve(dict(dataset="cifar10", model="mjem", k=5)))

@@ -1,6 +1,6 @@
 """The fast path agrees with the plain reference path: compiled energy, fused Triton update, channels-last,
 AMP, one-forward energies; FLOPs of an SGLD step; no recompiles; GPU-only CUDA graphs. Agreement is judged
-as the fast path's check judges it (:func:`fastebm.numerics.agree`: against float64, relative to the plain
+as the fast path's check judges it (:func:`fastebm.fastpath.numerics.agree`: against float64, relative to the plain
 fp32 path's own error)."""
 import copy
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastebm.config import resolve
-from fastebm.data import ImageSet
-from fastebm.numerics import agree
-from fastebm.sampler import Sampler, SGLDConfig, compile_mode, sampling_mode, sgld
-from fastebm.trainer import Trainer
+from fastebm.algorithm.sampler import Sampler, SGLDConfig, compile_mode, sampling_mode, sgld
+from fastebm.config.options import resolve
+from fastebm.data.imageset import ImageSet
+from fastebm.fastpath.numerics import agree
+from fastebm.run.trainer import Trainer
 
 
 def _x(n=8, size=16, seed=0):
@@ -188,7 +188,7 @@ def test_fast_flags_resolve_and_refuse_cuda_only_options_on_cpu(tmp_path):
 
 # ------------------------------------------------------------------------------------------- GPU only
 def _gpu_model(kind="mjem"):
-    from fastebm.model import EnergyModel
+    from fastebm.algorithm.model import EnergyModel
 
     torch.manual_seed(0)
     return EnergyModel(kind, depth=10, width=2, norm="batch", image_size=32).cuda().train()

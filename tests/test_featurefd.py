@@ -1,5 +1,5 @@
-"""The offline sample-quality measure (fastebm.featurefd) and its evaluation task: the measure checked on the
-data itself, on a deliberately broken training, and the feature network's file and cache."""
+"""The offline sample-quality measure (fastebm.evaluation.featurenet) and its evaluation task: the measure checked on
+the data itself, on a deliberately broken training, and the feature network's file and cache."""
 import json
 import os
 
@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from conftest import fid_eigh
-from fastebm import featurefd as FF
-from fastebm import metrics as M
-from fastebm.config import resolve
-from fastebm.datasets import load_dataset
+from fastebm.config.options import resolve
+from fastebm.data.datasets import load_dataset
 from fastebm.eval import main
-from fastebm.numerics import U64
+from fastebm.evaluation import featurenet as FF
+from fastebm.evaluation import metrics as M
+from fastebm.fastpath.numerics import U64
 from fastebm.p0.gaussian import fit_gaussian
 from fastebm.p0.uniform import UniformInit
-from fastebm.trainer import Trainer, lr_at
+from fastebm.run.trainer import Trainer, lr_at
 
 pytestmark = pytest.mark.usefixtures("single_threaded")  # see tests/conftest.py
 
@@ -51,7 +51,7 @@ def test_real_images_score_near_zero_p0_samples_far_and_noise_farther(digits, sc
 
 
 def test_fd_is_the_frechet_distance_of_the_features(digits, score):
-    """FeatureScore.fd = FID's formula (fastebm.metrics.frechet_distance, pytorch-fid's algorithm, checked in
+    """FeatureScore.fd = FID's formula (fastebm.evaluation.metrics.frechet_distance, pytorch-fid's algorithm, checked in
     tests/test_metrics.py) on np.mean / np.cov of the network's features, exactly; and the eigenvalue form of the
     same distance agrees in float64 up to the matrix square root's conditioning (ReLU features: nearly singular
     covariances)."""

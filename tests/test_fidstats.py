@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastebm import inception, metrics
-from fastebm.bufferfid import reference_split
-from fastebm.completion import check_fid_reference
-from fastebm.config import resolve
-from fastebm.data import to_float
-from fastebm.fidstats import inception_statistics
+from fastebm.config.options import resolve
+from fastebm.data.imageset import to_float
+from fastebm.evaluation import inception, metrics
+from fastebm.evaluation.bufferfid import reference_split
+from fastebm.evaluation.fidstats import inception_statistics
+from fastebm.run.completion import check_fid_reference
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -67,10 +67,10 @@ _PEAK = r"""
 import json, os, sys, threading, time, torch
 torch.set_num_threads(1)
 from test_fidstats import StubInception
-from fastebm import inception, metrics
-from fastebm.bufferfid import BufferScore, reference_images
-from fastebm.config import resolve
-from fastebm.data import ImageSet, to_float
+from fastebm.evaluation import inception, metrics
+from fastebm.evaluation.bufferfid import BufferScore, reference_images
+from fastebm.config.options import resolve
+from fastebm.data.imageset import ImageSet, to_float
 inception.load_inception = lambda *a, **k: StubInception()
 page = os.sysconf("SC_PAGE_SIZE")
 def rss():

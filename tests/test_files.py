@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastebm.checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
-from fastebm.data import DatasetError
-from fastebm.datasets import load_dataset
+from fastebm.data.datasets import load_dataset
+from fastebm.data.imageset import DatasetError
 from fastebm.eval import main as eval_main
+from fastebm.io.checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
 from fastebm.train import main as train_main
 
 TINY_CLI = ["--depth", "10", "--width", "1", "--buffer-size", "32", "--batch-size", "8", "--cls-batch-size", "8",

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fastebm.config import resolve
-from fastebm.data import DatasetError
-from fastebm.datasets import load_dataset
-from fastebm.images import ImageError, read_image
-from fastebm.trainer import Trainer
+from fastebm.config.options import resolve
+from fastebm.data.datasets import load_dataset
+from fastebm.data.imagefiles import ImageError, read_image
+from fastebm.data.imageset import DatasetError
+from fastebm.run.trainer import Trainer
 
 
 def _png(path, color=(255, 0, 0), size=8):
@@ -112,9 +112,9 @@ def test_long_steps_report_progress_in_a_redirected_log(tmp_path, monkeypatch, c
     returns, when stderr is not a terminal); here every step is 'long' (a report due at once)."""
     import functools
 
-    import fastebm.folders as data_mod
+    import fastebm.data.folders as data_mod
+    import fastebm.io.progress as progress_mod
     import fastebm.p0.gaussian as init_mod
-    import fastebm.progress as progress_mod
     from fastebm.p0.gaussian import fit_gaussian
 
     _layout(tmp_path)

@@ -1,16 +1,16 @@
-"""The Inception weights file is checked at the start of a run or an evaluation (fastebm.inception), not at the
-first FID: a truncated download and torchvision's ImageNet inception_v3 weights given by mistake stop in one line
+"""The Inception weights file is checked at the start of a run or an evaluation (fastebm.evaluation.inception), not at
+the first FID: a truncated download and torchvision's ImageNet inception_v3 weights given by mistake stop in one line
 naming --inception-weights, what is wrong and where the right file comes from."""
 import os
 
 import pytest
 import torch
 
-from fastebm import inception as I  # noqa: E741
-from fastebm.config import resolve
+from fastebm.config.options import resolve
 from fastebm.eval import main as eval_main
+from fastebm.evaluation import inception as I  # noqa: E741
+from fastebm.run.trainer import Trainer
 from fastebm.train import main as train_main
-from fastebm.trainer import Trainer
 
 RIGHT = f"expected pytorch-fid's {I.FID_WEIGHTS_FILENAME}, from {I.FID_WEIGHTS_URL}"
 RUN = ["--dataset", "digits", "--depth", "10", "--width", "1", "--k", "1", "--buffer-size", "16", "--batch-size", "8",
@@ -94,7 +94,7 @@ def test_a_wrong_weights_file_stops_a_training_run_at_start(files, tmp_path, cap
 def test_the_default_file_damaged_turns_the_default_fid_off_with_a_warning(files, tmp_path, monkeypatch):
     """On CUDA FID is on by default; a damaged file in pytorch-fid's cache then turns it off (as a missing one),
     naming the file and --inception-weights; an explicit --fid-every refuses it."""
-    from fastebm.completion import fid_cadence
+    from fastebm.run.completion import fid_cadence
 
     hub = tmp_path / "hub"
     (hub / "checkpoints").mkdir(parents=True)

@@ -17,12 +17,12 @@ import fastebm
 import fastebm.kernels
 from fastebm import eval as fastebm_eval
 from fastebm import train as fastebm_train
-from fastebm.checkpoint import atomic_save, remove_stale_temporaries
-from fastebm.completion import check_fits
-from fastebm.config import Config, resolve
-from fastebm.data import DatasetError
-from fastebm.datasets import load_dataset
-from fastebm.limits import RANGES, flag, validate
+from fastebm.config.limits import RANGES, flag, validate
+from fastebm.config.options import Config, resolve
+from fastebm.data.datasets import load_dataset
+from fastebm.data.imageset import DatasetError
+from fastebm.io.checkpoint import atomic_save, remove_stale_temporaries
+from fastebm.run.completion import check_fits
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CLI = ["--depth", "10", "--width", "1", "--buffer-size", "50", "--batch-size", "4", "--cls-batch-size", "4",
@@ -147,7 +147,7 @@ def test_buffer_larger_than_memory_exits_2(capsys, tmp_path):
 # ---------------------------------------------------------------- --image-size
 @pytest.fixture
 def mixed_folder(tmp_path):
-    from fastebm.images import save_png
+    from fastebm.data.imagefiles import save_png
 
     g = torch.Generator().manual_seed(0)
     for split, n in (("train", 6), ("test", 4)):

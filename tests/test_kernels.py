@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 
+from fastebm.fastpath.numerics import U_TF32, agree, gamma, tolerance
 from fastebm.kernels.langevin import langevin_step, make_rng_state
 from fastebm.kernels.lowrank_gaussian import lowrank_gaussian_sample
 from fastebm.kernels.reference import langevin_reference, lowrank_gaussian_reference
-from fastebm.numerics import U_TF32, agree, gamma, tolerance
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 HAS_CUDA = torch.cuda.is_available()
@@ -189,7 +189,7 @@ def test_langevin_counter_ranges_are_consecutive_and_disjoint(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_langevin_launcher_asserts_its_inputs(device, monkeypatch):
-    """The launcher checks with asserts (user options are validated once, in fastebm.config): each bad
+    """The launcher checks with asserts (user options are validated once, in fastebm.config.options): each bad
     input stops it before the launch."""
     x, g = make_xg((2, 3, 8, 8), device)
     rs = make_rng_state(0, device)

@@ -1,12 +1,10 @@
-"""The package's layering and layout: lower layers never import higher ones, no module imports another in a
-circle, every module imports on its own (no import cycle hidden by import order), no module below the trainer
-takes the trainer (a dependency through its attributes is one no import shows), and every package folder
-(fastebm/, fastebm/evaluation/, the top-level kernels/ installed as fastebm.kernels) is scanned and installed.
+"""The package's layering and layout: the modules sit in wings, a wing imports only lower wings (and itself), no
+module imports another in a circle, every module imports on its own (no import cycle hidden by import order), no
+module but the CLI takes the trainer (a dependency through its attributes is one no import shows), and every package
+folder (fastebm/ and its wings, the top-level kernels/ installed as fastebm.kernels) is scanned and installed.
 
-Layers, low to high: profiling, checkpoint → data, model, loss → the p0 wing, buffer, sampler →
-limits, config, completion (with bufferfid, runfolder), schedule → distributed → recovery → runstate → trainer →
-train, eval (the CLIs). ``metrics`` and the ``evaluation`` wing sit beside the CLIs' helpers and never import the
-trainer either; the kernels import no other fastebm module.
+Wings, low to high (:data:`WINGS`): kernels → io → data → algorithm, p0 → config → fastpath, evaluation → run →
+train, eval (the CLIs). Wings of one rank never import each other.
 """
 import ast
 import os
@@ -19,10 +17,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Each installed package and its folder in the checkout (pyproject.toml's package-dir; checked below).
 FOLDERS = {"fastebm": ROOT / "fastebm", "fastebm.kernels": ROOT / "kernels"}
-HIGH = {"trainer", "train", "eval"}
-LOW = ("distributed", "checkpoint", "data", "folders", "model", "p0", "buffer", "sampler",
-       "loss", "config", "limits", "schedule", "recovery", "runstate", "profiling", "metrics", "inception", "paper",
-       "recipes", "fidstats", "featurefd", "completion", "bufferfid", "runfolder")
+# Every module of fastebm sits in a wing (a folder) or is a CLI; a module imports its own wing and lower ranks only.
+WINGS = {"kernels": 0, "io": 1, "data": 2, "algorithm": 3, "p0": 3, "config": 4, "fastpath": 5, "evaluation": 5,
+         "run": 6, "train": 7, "eval": 7}
+ONLY_THE_CLI = {"run.trainer", "train", "eval"}  # imported by the training CLI alone (``train``)
 
 
 def package_modules() -> dict:
@@ -73,20 +71,35 @@ def imported_fastebm_modules(name: str) -> set:
 
 
 def test_the_scan_sees_every_package_folder():
-    assert {"sampler", "evaluation", "evaluation.fid", "kernels", "kernels.langevin", "kernels.reference", "p0",
-            "p0.base", "p0.gaussian"} <= set(MODULES)
-    assert {"kernels.reference", "kernels"} <= imported_fastebm_modules("sampler")
-    assert {"p0", "p0.base"} <= imported_fastebm_modules("limits")
-    assert {"data", "kernels.reference", "p0.base"} <= imported_fastebm_modules("p0.gaussian")
-    assert {"evaluation", "evaluation.fid"} <= imported_fastebm_modules("bufferfid")
-    assert {"config", "evaluation.options"} <= imported_fastebm_modules("evaluation.fid")
+    assert {"algorithm.sampler", "evaluation", "evaluation.fid", "kernels", "kernels.langevin", "kernels.reference",
+            "p0", "p0.base", "p0.gaussian", "run.trainer", "train"} <= set(MODULES)
+    assert {"kernels.reference", "kernels"} <= imported_fastebm_modules("algorithm.sampler")
+    assert {"p0", "p0.base", "algorithm", "algorithm.loss"} <= imported_fastebm_modules("config.limits")
+    assert {"data.imageset", "kernels.reference", "p0.base"} <= imported_fastebm_modules("p0.gaussian")
+    assert {"evaluation.fid"} <= imported_fastebm_modules("evaluation.bufferfid")
+    assert {"config.options", "evaluation.options"} <= imported_fastebm_modules("evaluation.fid")
     assert "kernels._common" in imported_fastebm_modules("kernels.langevin")
 
 
-@pytest.mark.parametrize("name", [m for m in MODULES if m.split(".")[0] in LOW + ("evaluation",)])
-def test_lower_layers_never_import_the_trainer_or_the_clis(name):
-    bad = imported_fastebm_modules(name) & HIGH
-    assert not bad, f"fastebm.{name} imports {sorted(bad)}: a lower layer must not import a higher one"
+def test_every_module_sits_in_a_wing():
+    """``ls fastebm`` shows the wings and the two CLIs, nothing flat beside them."""
+    assert {m.split(".")[0] for m in MODULES} == set(WINGS)
+    assert all(MODULES[w][1] for w in WINGS if w not in ("train", "eval")), "a wing is a package folder"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_a_wing_imports_only_lower_wings(name):
+    wing = name.split(".")[0]
+    bad = sorted(m for m in imported_fastebm_modules(name)
+                 if m.split(".")[0] != wing and WINGS[m.split(".")[0]] >= WINGS[wing])
+    assert not bad, (f"fastebm.{name} (wing {wing}, rank {WINGS[wing]}) imports {bad}: a wing imports only lower "
+                     f"wings (tests/test_layers.py WINGS)")
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - {"train"}))
+def test_only_the_training_cli_imports_the_trainer(name):
+    bad = imported_fastebm_modules(name) & ONLY_THE_CLI
+    assert not bad, f"fastebm.{name} imports {sorted(bad)}: only the training CLI (fastebm.train) does"
 
 
 @pytest.mark.parametrize("name", [m for m in MODULES if m.split(".")[0] == "kernels"])
@@ -139,11 +152,11 @@ def trainer_uses(name: str) -> list:
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_no_module_below_the_trainer_takes_the_trainer(name):
-    """Outside trainer.py and train.py no function takes the Trainer: it takes the typed pieces it uses
-    (:class:`~fastebm.runstate.RunState`, :class:`~fastebm.runstate.RunParts`, ...). In those two, a parameter
+    """Outside run/trainer.py and train.py no function takes the Trainer: it takes the typed pieces it uses
+    (:class:`~fastebm.run.state.RunState`, :class:`~fastebm.run.state.RunParts`, ...). In those two, a parameter
     that holds the trainer says so in its annotation."""
     found = trainer_uses(name)
-    if name in ("trainer", "train"):
+    if name in ("run.trainer", "train"):
         found = [f for f in found if f.endswith("without a type")]
     assert not found, f"fastebm.{name} takes the trainer: {found}"
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fastebm.loss import classification_loss, generative_loss
-from fastebm.numerics import tolerance
+from fastebm.algorithm.loss import classification_loss, generative_loss
+from fastebm.fastpath.numerics import tolerance
 
 
 def test_eq8_and_reference_forms():
@@ -31,7 +31,7 @@ def test_gradient_lowers_positive_and_raises_negative_energy():
 
 
 def test_errors_and_cross_entropy():
-    from fastebm.config import resolve
+    from fastebm.config.options import resolve
 
     with pytest.raises(ValueError, match="--reg-form"):  # validated once, at the boundary
         resolve({"reg_form": "l1"})

@@ -1,4 +1,4 @@
-"""Tests of fastebm.metrics: every metric equals its reference implementation on the same inputs."""
+"""Tests of fastebm.evaluation.metrics: every metric equals its reference implementation on the same inputs."""
 import copy
 import math
 import os
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastebm import inception as I  # noqa: E741
-from fastebm import metrics as M
-from fastebm.numerics import agree, gamma
+from fastebm.evaluation import inception as I  # noqa: E741
+from fastebm.evaluation import metrics as M
+from fastebm.fastpath.numerics import agree, gamma
 
 pytestmark = pytest.mark.usefixtures("single_threaded")  # Inception and 2048² covariances: see conftest.py
 

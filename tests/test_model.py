@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fastebm.model import EnergyModel, WideResNet
+from fastebm.algorithm.model import EnergyModel, WideResNet
 
 
 @pytest.mark.parametrize("kind", ["mebm", "mjem", "jem"])
@@ -48,7 +48,7 @@ def test_wrn_shapes_and_fourth_stage():
 
 @pytest.mark.parametrize("kwargs", [dict(depth=27), dict(width=0), dict(norm="layer")])
 def test_bad_architecture_is_asserted(kwargs):
-    """The options are validated once, by fastebm.config (--depth / --width / --norm, tests/test_train.py);
+    """The options are validated once, by fastebm.config.options (--depth / --width / --norm, tests/test_train.py);
     the model asserts."""
     with pytest.raises(AssertionError):
         WideResNet(**{"depth": 10, "width": 1, **kwargs})
@@ -64,9 +64,9 @@ def test_bad_kind_is_asserted():
 def test_the_size_check_counts_the_models_weights(depth, width, image_size, model):
     """completion.count_weights (the memory check before building, on the meta device) equals the built model's
     parameter count."""
-    from fastebm.completion import count_weights
-    from fastebm.config import resolve
-    from fastebm.model import build_model
+    from fastebm.algorithm.model import build_model
+    from fastebm.config.options import resolve
+    from fastebm.run.completion import count_weights
 
     cfg = resolve(dict(model=model, depth=depth, width=width, image_size=image_size, n_classes=10))
     assert count_weights(cfg) == sum(p.numel() for p in build_model(cfg).parameters()) > 0
@@ -75,8 +75,8 @@ def test_the_size_check_counts_the_models_weights(depth, width, image_size, mode
 @pytest.mark.parametrize("given,expected", [({}, 0.1), ({"bn_momentum": 0.9}, 0.9)])
 def test_bn_momentum_reaches_every_batchnorm(given, expected):
     """--bn-momentum sets every BatchNorm2d of the WRN (blocks and the last norm); the default is PyTorch's 0.1."""
-    from fastebm.config import resolve
-    from fastebm.model import build_model
+    from fastebm.algorithm.model import build_model
+    from fastebm.config.options import resolve
 
     model = build_model(resolve(dict(depth=10, width=1, image_size=16, **given)))
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastebm.checkpoint import atomic_save, safe_load
-from fastebm.data import ImageSet
-from fastebm.numerics import float64_draws, tolerance
+from fastebm.data.imageset import ImageSet
+from fastebm.fastpath.numerics import float64_draws, tolerance
+from fastebm.io.checkpoint import atomic_save, safe_load
 from fastebm.p0 import load_or_fit_p0, p0_from_state_dict
 from fastebm.p0.downsampled import DownsampledGaussianInit, fit_downsampled
 from fastebm.p0.gaussian import GaussianInit, fit_gaussian
@@ -110,7 +110,7 @@ def test_cache_is_reused_and_refitted_on_other_data(tmp_path):
 
 @pytest.mark.parametrize("kwargs", [dict(form="diag"), dict(jitter=0), dict(rank=0, form="lowrank")])
 def test_bad_fit_arguments(kwargs):
-    """--cov / --rank are validated by fastebm.config; the fit asserts them, and rejects too few images."""
+    """--cov / --rank are validated by fastebm.config.options; the fit asserts them, and rejects too few images."""
     with pytest.raises(AssertionError):
         fit_gaussian(_images(10), **kwargs)
     with pytest.raises(AssertionError):

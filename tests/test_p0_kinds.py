@@ -8,19 +8,19 @@ import os
 import pytest
 import torch
 
-from fastebm.compiled_step import graph_breaks
-from fastebm.completion import check_fits
-from fastebm.config import resolve
-from fastebm.data import ImageSet, to_float
-from fastebm.fastpath import requested_components
+from fastebm.algorithm.sampler import prepare_compiled_input_grad
+from fastebm.config.options import resolve
+from fastebm.data.imageset import ImageSet, to_float
+from fastebm.fastpath.compiled_step import graph_breaks
+from fastebm.fastpath.fastpath import requested_components
+from fastebm.fastpath.selfcheck import check_compile_step
 from fastebm.p0 import P0_KINDS, p0_from_state_dict
 from fastebm.p0.base import P0
 from fastebm.p0.downsampled import DownsampledGaussianInit
 from fastebm.p0.mixture import GaussianMixtureInit
-from fastebm.sampler import prepare_compiled_input_grad
-from fastebm.selfcheck import check_compile_step
+from fastebm.run.completion import check_fits
+from fastebm.run.trainer import Trainer
 from fastebm.train import main
-from fastebm.trainer import Trainer
 
 TINY = dict(dataset="digits", image_size=16, depth=10, width=1, buffer_size=40, batch_size=8, cls_batch_size=8,
             train_subset=300, test_subset=16, warmup_iters=0, decay_epochs=[], progress=False, log_every=1,

@@ -1,4 +1,4 @@
-"""The paper's rows (fastebm/paper.py): every command resolves, through fastebm's own CLI, to a Config that
+"""The paper's rows (fastebm/config/paper.py): every command resolves, through fastebm's own CLI, to a Config that
 match() maps back to its row; keys are unique; numbers are plausible and appear in the paper's text;
 docs/recipes.md lists every row."""
 import dataclasses
@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from fastebm import paper
-from fastebm.config import Config
+from fastebm.config import paper
+from fastebm.config.options import Config
 from fastebm.train import build_parser, config_from_args, main
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -40,7 +40,7 @@ def test_print_config_matches_its_row(r, capsys):
 
 
 def _for_cuda(cfg):
-    from fastebm.completion import for_device
+    from fastebm.run.completion import for_device
 
     return for_device(cfg, "cuda")  # where --amp auto means bf16: the precision the authors' fp32 is compared with
 

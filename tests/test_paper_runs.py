@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from fastebm import paper
+from fastebm.config import paper
 from fastebm.train import main
 
 SMALL = ["--depth", "10", "--width", "1", "--batch-size", "8", "--buffer-size", "16", "--epochs", "1",
@@ -95,8 +95,8 @@ def test_the_classifier_only_baseline_trains_the_cross_entropy_alone(tmp_path, c
     assert all(r["loss"] == r["loss_cls"] > 0 for r in recs)
     import torch
 
-    from fastebm.config import resolve
-    from fastebm.model import build_model
+    from fastebm.algorithm.model import build_model
+    from fastebm.config.options import resolve
 
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert ckpt["p0"]["kind"] == "uniform"  # the authors' buffer of a --px 0 run: never fitted, never sampled
@@ -107,7 +107,7 @@ def test_the_classifier_only_baseline_trains_the_cross_entropy_alone(tmp_path, c
     with pytest.raises(SystemExit):
         main(["--dataset", "digits", "--model", "mebm", "--px-weight", "0", "--print-config"])
     assert "--px-weight 0: a classifier-only run needs a classifier model" in capsys.readouterr().err
-    from fastebm.completion import check_fits
+    from fastebm.run.completion import check_fits
 
     cfg = resolve(dict(json.load(open(out / "config.json")), out=None))
     with pytest.raises(ValueError, match="under torchrun: DDP refuses the energy head"):

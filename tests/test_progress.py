@@ -1,9 +1,9 @@
-"""fastebm.progress: a bar on a terminal, a plain line at most every few seconds anywhere else."""
+"""fastebm.io.progress: a bar on a terminal, a plain line at most every few seconds anywhere else."""
 import io
 
 import pytest
 
-from fastebm.progress import Progress, duration, progress
+from fastebm.io.progress import Progress, duration, progress
 
 
 class FakeClock:

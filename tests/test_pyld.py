@@ -2,8 +2,8 @@
 (``SGLDConfig.inner_steps``): against the authors' loop written out with its Hamiltonian of the first layer."""
 import torch
 
-from fastebm.model import EnergyModel
-from fastebm.sampler import Sampler, SGLDConfig, energy_grad, langevin_update, quiet_update
+from fastebm.algorithm.model import EnergyModel
+from fastebm.algorithm.sampler import Sampler, SGLDConfig, energy_grad, langevin_update, quiet_update
 
 
 def _model():

@@ -9,12 +9,12 @@ import os
 import pytest
 import torch
 
-from fastebm.checkpoint import load_checkpoint
-from fastebm.config import resolve
-from fastebm.datasets import load_dataset
-from fastebm.model import build_model, model_outputs
+from fastebm.algorithm.model import build_model, model_outputs
+from fastebm.config.options import resolve
+from fastebm.data.datasets import load_dataset
+from fastebm.io.checkpoint import load_checkpoint
+from fastebm.run.trainer import DivergenceError, Trainer, lr_at
 from fastebm.train import main
-from fastebm.trainer import DivergenceError, Trainer, lr_at
 
 BASE = dict(dataset="digits", model="mjem", depth=10, width=1, train_subset=200, test_subset=32, buffer_size=64,
             batch_size=16, cls_batch_size=16, k=1, noise=0.01, data_noise=0.0, warmup_iters=3, decay_epochs=[],

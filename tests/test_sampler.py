@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastebm.numerics import agree, tolerance
-from fastebm.sampler import SGLDConfig, energy_grad, langevin_update, sgld
+from fastebm.algorithm.sampler import SGLDConfig, energy_grad, langevin_update, sgld
+from fastebm.fastpath.numerics import agree, tolerance
 
 
 class Quadratic(nn.Module):
@@ -102,7 +102,7 @@ def test_batch_vs_eval_bn_modes_differ_and_eval_restores_mode(tiny_model):
     (dict(noise=-1), "--noise"), (dict(grad_clip=0), "--grad-clip"), (dict(sgld_bn="train"), "--sgld-bn")])
 def test_bad_sgld_options_are_rejected_at_the_boundary(overrides, match):
     """SGLD settings are validated once, by config.resolve, with the option's name."""
-    from fastebm.config import resolve
+    from fastebm.config.options import resolve
 
     with pytest.raises(ValueError, match=match):
         resolve(overrides)
@@ -129,7 +129,7 @@ def test_update_mode_moves_running_stats_by_each_step_and_batch_mode_leaves_them
     """``update``: after K = 2 steps the first BatchNorm's running mean / var are (1 − m)²·old +
     (1 − m)·m·s(x0) + m·s(x1), s the batch statistic of the step's input, x1 the chain after one step;
     ``batch`` leaves them exactly as they were."""
-    from fastebm.model import EnergyModel
+    from fastebm.algorithm.model import EnergyModel
 
     torch.manual_seed(0)
     model = EnergyModel("mebm", depth=10, width=1, norm="batch", image_size=16, bn_momentum=momentum).double().train()
@@ -169,9 +169,9 @@ def _running_mean_by_hand(model, x_pos, x_neg, start, mode):
 def test_update_mode_reaches_the_negatives_pass_of_an_iteration(tmp_path):
     """Algorithm 1's E(x−) forward: with ``--sgld-bn update`` it updates the running statistics after E(x+)'s
     (the authors' f(x_q)); with ``batch`` only E(x+)'s forward does. First BatchNorm, by hand, m = 0.9."""
-    from fastebm.config import resolve
-    from fastebm.data import ImageSet
-    from fastebm.trainer import Trainer
+    from fastebm.config.options import resolve
+    from fastebm.data.imageset import ImageSet
+    from fastebm.run.trainer import Trainer
 
     g = torch.Generator().manual_seed(0)
     data = ImageSet(torch.randint(0, 256, (32, 3, 16, 16), generator=g, dtype=torch.uint8), torch.arange(32) % 10,

@@ -11,12 +11,12 @@ import json
 import pytest
 import torch
 
-import fastebm.fastpath as fastpath_mod
-from fastebm import selfcheck
-from fastebm.config import resolve
-from fastebm.data import ImageSet
-from fastebm.fastpath import FastPathError
-from fastebm.trainer import Trainer, lr_at
+import fastebm.fastpath.fastpath as fastpath_mod
+from fastebm.config.options import resolve
+from fastebm.data.imageset import ImageSet
+from fastebm.fastpath import selfcheck
+from fastebm.fastpath.fastpath import FastPathError
+from fastebm.run.trainer import Trainer, lr_at
 
 TINY = dict(dataset="folder", device="cpu", model="mjem", depth=10, width=1, buffer_size=64, batch_size=8,
             cls_batch_size=16, k=2, epochs=1, iters_per_epoch=3, progress=False, eval_every=1000,

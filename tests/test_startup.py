@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 
-from fastebm.config import resolve
-from fastebm.schedule import decays_after_end, lr_at
+from fastebm.config.options import resolve
+from fastebm.run.schedule import decays_after_end, lr_at
 from fastebm.train import decay_warning, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,12 +22,12 @@ TINY_CLI = ["--depth", "10", "--width", "1", "--buffer-size", "32", "--batch-siz
 def test_digits_are_read_without_importing_scikit_learn():
     from sklearn.datasets import load_digits
 
-    from fastebm.datasets import _digits_arrays
+    from fastebm.data.datasets import _digits_arrays
 
     images, labels = _digits_arrays()
     bunch = load_digits()
     assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
-    code = ("import sys; from fastebm.datasets import load_digits; d = load_digits('train'); "
+    code = ("import sys; from fastebm.data.datasets import load_digits; d = load_digits('train'); "
             "print(len(d), 'sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["1437", "False"], out.stderr[-2000:]
@@ -51,7 +51,7 @@ def test_the_banner_comes_before_the_build_and_the_build_says_where_it_is(tmp_pa
 
 
 def test_stages_come_after_every_check_and_before_the_slow_build(tmp_path):
-    from fastebm.trainer import Trainer
+    from fastebm.run.trainer import Trainer
 
     seen = []
 

@@ -1,8 +1,8 @@
 """The whole training iteration as one compiled graph (``--compile-step``), on CPU.
 
-For every model kind (``fastebm.model.MODEL_KINDS``, so a kind added later is covered): Dynamo traces
-:class:`~fastebm.algorithm.Algorithm1` without a graph break; at each of five iterations the compiled step
-passes the fast path's own check (:func:`fastebm.selfcheck.check_compile_step`: against the same iteration
+For every model kind (``fastebm.algorithm.model.MODEL_KINDS``, so a kind added later is covered): Dynamo traces
+:class:`~fastebm.algorithm.algorithm1.Algorithm1` without a graph break; at each of five iterations the compiled step
+passes the fast path's own check (:func:`fastebm.fastpath.selfcheck.check_compile_step`: against the same iteration
 eagerly and in float64) from the state the compiled run has reached; no recompilation after the first step
 although the warm-up changes the learning rate at every step. The compile backend here is ``aot_eager``
 (Dynamo + AOTAutograd, the graph capture that Inductor compiles; Inductor's C++ code for the whole step takes
@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from fastebm.compiled_step import graph_breaks
-from fastebm.config import resolve
-from fastebm.data import ImageSet
-from fastebm.model import MODEL_KINDS
-from fastebm.optimizer import init_optimizer_state, optimizer_step
-from fastebm.sampler import prepare_compiled_input_grad
-from fastebm.selfcheck import check_compile_step
-from fastebm.trainer import Trainer, lr_at
+from fastebm.algorithm.model import MODEL_KINDS
+from fastebm.algorithm.optimizer import init_optimizer_state, optimizer_step
+from fastebm.algorithm.sampler import prepare_compiled_input_grad
+from fastebm.config.options import resolve
+from fastebm.data.imageset import ImageSet
+from fastebm.fastpath.compiled_step import graph_breaks
+from fastebm.fastpath.selfcheck import check_compile_step
+from fastebm.run.trainer import Trainer, lr_at
 
 TINY = dict(dataset="folder", device="cpu", depth=10, width=1, buffer_size=64, batch_size=8, cls_batch_size=16, k=2,
             epochs=1, iters_per_epoch=20, progress=False, eval_every=1000, sample_every=1000,

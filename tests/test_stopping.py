@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-import fastebm.checkpoint as ckpt_mod
-import fastebm.trainer as trainer_mod
-from fastebm.checkpoint import load_checkpoint
-from fastebm.runfolder import RunLock, default_run_folder, holder
+import fastebm.io.checkpoint as ckpt_mod
+import fastebm.run.trainer as trainer_mod
+from fastebm.io.checkpoint import load_checkpoint
+from fastebm.run.folder import RunLock, default_run_folder, holder
 from fastebm.train import main
 
 TINY_CLI = ["--depth", "10", "--width", "1", "--buffer-size", "200", "--batch-size", "8", "--cls-batch-size", "8",
@@ -226,7 +226,7 @@ def test_a_full_disk_between_checkpoints_is_one_line_and_loses_no_row(tmp_path, 
     """ENOSPC in metrics.jsonl at iteration 5, between the checkpoints of iterations 3 and 6: the one line of a
     full disk during a save (the file, the cause, the free space), exit 1, ckpt.pt of iteration 3 intact, every row
     before whole (the half row taken back), and the same command goes on once there is room."""
-    import fastebm.runlog as runlog_mod
+    import fastebm.run.log as runlog_mod
 
     out = str(tmp_path / "run")
     real_open = open
@@ -275,7 +275,7 @@ def test_a_full_disk_under_tensorboard_is_the_same_one_line(tmp_path, monkeypatc
 
 
 def test_a_full_disk_when_a_resume_rewrites_the_log_leaves_it_unchanged(tmp_path, monkeypatch):
-    from fastebm.runlog import RunLog, RunLogError
+    from fastebm.run.log import RunLog, RunLogError
 
     log = RunLog(str(tmp_path))
     for it in (1, 2, 3):
@@ -289,7 +289,7 @@ def test_a_full_disk_when_a_resume_rewrites_the_log_leaves_it_unchanged(tmp_path
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real_open(path, mode, *a, **k)
 
-    monkeypatch.setattr("fastebm.runlog.open", full, raising=False)
+    monkeypatch.setattr("fastebm.run.log.open", full, raising=False)
     with pytest.raises(RunLogError, match="cannot write .*metrics.jsonl': No space left on device, .* MiB free "
                                           "there; it is unchanged"):
         log.drop_rows_after(1)

@@ -1,11 +1,11 @@
-"""The CPU thread count of a run (fastebm.threads): the banner's choice, the override, the load rule, container CPU
+"""The CPU thread count of a run (fastebm.run.threads): the banner's choice, the override, the load rule, container CPU
 quotas (a fake cgroup tree) and the load measured at start (/proc/stat)."""
 import os
 import time
 
 import torch
 
-from fastebm import threads
+from fastebm.run import threads
 
 
 def test_requested_threads_and_omp_num_threads_decide(monkeypatch):
@@ -113,9 +113,9 @@ def test_apply_sets_torch_and_says_what_it_chose(monkeypatch):
 
 
 def test_autocast_on_a_cpu_without_hardware_support_warns(tmp_path, capsys, monkeypatch):
-    import fastebm.trainer as trainer_mod
-    from fastebm.config import resolve
-    from fastebm.datasets import load_dataset
+    import fastebm.run.trainer as trainer_mod
+    from fastebm.config.options import resolve
+    from fastebm.data.datasets import load_dataset
 
     monkeypatch.setattr(trainer_mod, "fast_low_precision", lambda dtype: False)
     data = load_dataset("digits", split="train").subset(64, 0)

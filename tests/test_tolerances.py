@@ -2,8 +2,8 @@
 
 A tolerance that was right on the machine at hand failed on the next one three times (AVX2, then AVX-512). A
 comparison is exact (``torch.equal``, ``rtol=0, atol=0``), float64-level, judged against float64 by
-:func:`fastebm.numerics.agree`, or takes its tolerance from :mod:`fastebm.numerics` (a stated bound). This
-module scans tests/*.py and bench/*.py (their AST) and fails, naming file:line, on a comparison call
+:func:`fastebm.fastpath.numerics.agree`, or takes its tolerance from :mod:`fastebm.fastpath.numerics` (a stated bound).
+This module scans tests/*.py and bench/*.py (their AST) and fails, naming file:line, on a comparison call
 (``assert_close``, ``allclose``, ``isclose``, ``assert_allclose``, ``approx``)
 
 - with a literal tolerance (``rtol`` / ``atol`` / ``rel`` / ``abs``, by keyword or position, a constant or a
@@ -122,8 +122,8 @@ def _files() -> list[pathlib.Path]:
 def test_no_literal_tolerance_on_a_comparison_in_tests_or_bench():
     files = _files()
     found = [v for f in files for v in violations(f.read_text(), str(f.relative_to(ROOT)))]
-    assert not found, ("a literal or default tolerance on a comparison: take it from fastebm.numerics (tolerance, "
-                       "agree), compare exactly, or say '# not fp32 rounding: <why>'\n" + "\n".join(found))
+    assert not found, ("a literal or default tolerance on a comparison: take it from fastebm.fastpath.numerics "
+                       "(tolerance, agree), compare exactly, or say '# not fp32 rounding: <why>'\n" + "\n".join(found))
     trees = [ast.parse(f.read_text()) for f in files]
     calls = sum(isinstance(n, ast.Call) and _name(n) in CALLS for t in trees for n in ast.walk(t))
     assert len(files) >= 30 and calls >= 50, (len(files), calls)  # the scan sees the suite

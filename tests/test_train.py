@@ -5,10 +5,10 @@ import os
 import pytest
 import torch
 
-from fastebm.config import resolve
-from fastebm.datasets import load_dataset
+from fastebm.config.options import resolve
+from fastebm.data.datasets import load_dataset
+from fastebm.run.trainer import DivergenceError, Trainer
 from fastebm.train import main
-from fastebm.trainer import DivergenceError, Trainer
 
 TINY = dict(depth=10, width=1, buffer_size=200, batch_size=16, cls_batch_size=32, warmup_iters=5,
             decay_epochs=[], progress=False, log_every=1, eval_every=1000, sample_every=1000, test_subset=64)
@@ -127,7 +127,7 @@ def _as_cuda_wrote_it(path, requested):
     """Rewrite a CPU checkpoint as a CUDA run of the default fast path writes it: the config resolved for
     CUDA (fast_flags("cuda"), FID every 5 epochs, host check every --log-every), a Philox state, the fast-path
     components that ran, and ``requested`` (None: a checkpoint of a version that did not record it)."""
-    from fastebm.config import fast_flags
+    from fastebm.config.options import fast_flags
 
     ckpt = torch.load(path, weights_only=False)
     ckpt["config"].update(fast_flags("cuda"), fid_every=5, check_every=ckpt["config"]["log_every"], device="auto")
@@ -172,10 +172,10 @@ def test_an_explicit_cuda_option_is_kept_on_resume(tmp_path):
 
 def test_a_cpu_checkpoint_gets_the_fast_path_on_cuda(tmp_path):
     """The reverse: a CPU smoke-test checkpoint's plain flags are not carried to a GPU (resolution checked
-    for CUDA without one: fastebm.completion.for_device)."""
+    for CUDA without one: fastebm.run.completion.for_device)."""
     import fastebm.train as T
-    from fastebm.completion import for_device
-    from fastebm.config import fast_flags
+    from fastebm.config.options import fast_flags
+    from fastebm.run.completion import for_device
 
     out = str(tmp_path / "run")
     assert main(TINY_CLI + ["--out", out, "--epochs", "1", "--iters-per-epoch", "2", "--k", "1"]) == 0
@@ -241,8 +241,8 @@ def test_cli_checkpoint_from_another_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--resume", os.path.join(out, "nan.pt"), "--out", str(tmp_path / "c"), "--epochs", "2"])
     assert e.value.code == 2 and "non-finite values in 1 weight tensor(s)" in capsys.readouterr().err
-    from fastebm.checkpoint import CheckpointError
     from fastebm.eval import load_run
+    from fastebm.io.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="non-finite values"):
         load_run(os.path.join(out, "nan.pt"), device="cpu")
@@ -260,7 +260,7 @@ def test_resuming_a_finished_run_says_how_to_continue(tmp_path, capsys):
 
 def test_an_interrupt_names_the_checkpoint_iteration_and_resume_drops_the_replayed_rows(tmp_path, capsys,
                                                                                      monkeypatch):
-    import fastebm.trainer as trainer_mod
+    import fastebm.run.trainer as trainer_mod
 
     out = str(tmp_path / "run")
     real = trainer_mod.Trainer.train_step
@@ -294,8 +294,8 @@ def test_the_end_of_run_summary_is_json_on_stdout(tmp_path, capsys):
 def test_a_paper_configuration_gets_its_row_beside_its_numbers():
     import types
 
-    from fastebm.completion import for_device
-    from fastebm.runstate import RunState
+    from fastebm.run.completion import for_device
+    from fastebm.run.state import RunState
     from fastebm.train import run_summary
 
     cfg = for_device(resolve(dict(dataset="cifar10", model="mjem", k=5)), "cpu")  # a trainer's cfg: for its device
@@ -315,7 +315,7 @@ def test_a_paper_configuration_gets_its_row_beside_its_numbers():
 
 
 def test_training_progress_in_a_redirected_log_is_plain_lines(tmp_path, capsys, monkeypatch):
-    import fastebm.trainer as trainer_mod
+    import fastebm.run.trainer as trainer_mod
 
     clock = iter(range(0, 10_000, 4))  # every call 4 s later: a line every 10 s, then every minute
     monkeypatch.setattr(trainer_mod.time, "perf_counter", lambda: float(next(clock)))

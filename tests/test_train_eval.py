@@ -78,8 +78,8 @@ def test_in_training_filter_ranks_by_probability_not_by_logit(monkeypatch):
     """mebm Task/eval_buffer.py ranks each predicted class by the largest softmax probability: of two images of a
     class, the one with the larger top logit but a close second class is less confident than the one whose smaller
     top logit stands far above the rest, and the filter keeps the latter."""
-    from fastebm import bufferfid
-    from fastebm.config import resolve
+    from fastebm.config.options import resolve
+    from fastebm.evaluation import bufferfid
 
     logits = torch.tensor([[5.0, 4.9, 0.0], [3.0, -10.0, -10.0],  # class 0: top logit 5 > 3, probability .52 < 1.00
                            [0.0, 2.0, 1.9], [-5.0, 1.0, -5.0]])   # class 1: top logit 2 > 1, probability .49 < .997

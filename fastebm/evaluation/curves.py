@@ -40,7 +40,7 @@ def read_curves(run: Run) -> dict[str, tuple[list[float], list[float]]]:
 def task_curves(run: Run, opts: EvalOptions, more_runs: Sequence[Run] = ()) -> dict:
     """Test accuracy, FID and IS against epoch of ``run`` and ``more_runs`` (one line each, labelled by run
     folder, model and K), from their metrics.jsonl. Writes ``curves.png`` and ``curves.json`` (the series)."""
-    from .. import plots
+    from . import plots
 
     runs = [run, *more_runs]
     series = {f"{run_name(r)} ({r.cfg.model}, K={r.cfg.k})": read_curves(r) for r in runs}

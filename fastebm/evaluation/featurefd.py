@@ -1,4 +1,4 @@
-"""The feature-FD task: sample quality without Inception weights (:mod:`fastebm.featurefd`).
+"""The feature-FD task: sample quality without Inception weights (:mod:`fastebm.evaluation.featurenet`).
 
 ``feature-fd`` scores the replay buffer or fresh SGLD chains of a checkpoint by the Fréchet distance to the test
 split in the feature space of a small CNN classifier trained on the training split, never by FID. The network
@@ -15,8 +15,8 @@ import sys
 
 import torch
 
-from .. import featurefd
-from ..featurefd import FeatureNetError, FeatureScore
+from . import featurenet
+from .featurenet import FeatureNetError, FeatureScore
 from .fid import generated_images, split_fingerprint
 from .options import EvalError, EvalOptions
 from .records import header, out_dir, write_json
@@ -35,7 +35,8 @@ def cache_folder(opts: EvalOptions) -> str:
 
 
 def feature_net_for(run: Run, opts: EvalOptions):
-    """(the :class:`~fastebm.featurefd.FeatureNet` of this evaluation, its file, whether it was read, not trained).
+    """(the :class:`~fastebm.evaluation.featurenet.FeatureNet` of this evaluation, its file, whether it was read, not
+    trained).
 
     ``opts.features`` names the file: read it when it exists (a damaged file or one for other image sizes is an
     EvalError: its numbers would not compare with the ones it gave before); train one on the run's training split
@@ -45,7 +46,7 @@ def feature_net_for(run: Run, opts: EvalOptions):
     cfg = run.cfg
     if opts.features and os.path.isfile(opts.features):
         try:
-            net = featurefd.load_feature_net(opts.features, run.device)
+            net = featurenet.load_feature_net(opts.features, run.device)
         except FeatureNetError as e:
             raise EvalError(str(e), "features") from None
         if net.image_size != cfg.image_size:
@@ -55,15 +56,15 @@ def feature_net_for(run: Run, opts: EvalOptions):
     train = load_split(run, "train", None)
     test = load_split(run, "test", None)
     if opts.features:
-        net = featurefd.train_feature_net(train, device=run.device, test=test)
+        net = featurenet.train_feature_net(train, device=run.device, test=test)
         os.makedirs(os.path.dirname(os.path.abspath(opts.features)), exist_ok=True)
-        return net, featurefd.save_feature_net(net, opts.features), False
+        return net, featurenet.save_feature_net(net, opts.features), False
     key = json.dumps([cfg.dataset, os.path.abspath(cfg.data_root) if cfg.data_root else "", cfg.max_per_class,
-                      cfg.image_size, split_fingerprint(cfg, "train"), featurefd.FORMAT])
+                      cfg.image_size, split_fingerprint(cfg, "train"), featurenet.FORMAT])
     path = os.path.join(cache_folder(opts), f"feature_net_{cfg.dataset}_{cfg.image_size}px_"
                                             f"{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    net, cached = featurefd.cached_feature_net(path, train, key, run.device, test=test,
+    net, cached = featurenet.cached_feature_net(path, train, key, run.device, test=test,
                                                say=lambda line: print(f"{LOG}: {line}", file=sys.stderr))
     return net, path, cached
 
@@ -72,10 +73,10 @@ def sample_scores(run: Run, score: FeatureScore, images: torch.Tensor, batch_siz
                   real: torch.Tensor | None = None) -> dict:
     """The numbers of a sample set (N, C, H, W) float in [-1, 1] of ``run``'s model, scored by ``score``:
 
-    ``feature_fd`` (:meth:`~fastebm.featurefd.FeatureScore.fd`), ``agreement`` (classifier models: the feature
-    network's accuracy on the classes the model predicts for its samples, argmax p(y|x); None otherwise) and
-    ``confidence`` (:meth:`~fastebm.featurefd.FeatureScore.classifiability`), and the energies: ``e_neg`` (mean
-    E(x−) of the samples), with ``real`` (images of the data) ``e_pos`` (mean E(x+)) and ``energy_gap``
+    ``feature_fd`` (:meth:`~fastebm.evaluation.featurenet.FeatureScore.fd`), ``agreement`` (classifier models: the
+    feature network's accuracy on the classes the model predicts for its samples, argmax p(y|x); None otherwise) and
+    ``confidence`` (:meth:`~fastebm.evaluation.featurenet.FeatureScore.classifiability`), and the energies: ``e_neg``
+    (mean E(x−) of the samples), with ``real`` (images of the data) ``e_pos`` (mean E(x+)) and ``energy_gap``
     = e_neg − e_pos (> 0: the model still tells its samples from data). Energies: low = likely.
     """
     energy, logits = outputs(run, images, batch_size, "feature-fd: scoring samples")

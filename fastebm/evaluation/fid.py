@@ -1,9 +1,9 @@
 """FID and Inception Score of generated images (the paper's Tables 1-4), and the cache of real statistics.
 
-FID: pytorch-fid's InceptionV3 (:mod:`fastebm.inception`) and ``calculate_frechet_distance`` (:mod:`fastebm.metrics`).
-IS: softmax of the unbiased logits pool3 · Wᵀ over shuffled splits (Salimans et al. 2016). Generated images come
-from the replay buffer (optionally filtered per predicted class as the JEM++ / M-EBM reference ``cond_is_fid``) or
-from fresh SGLD chains.
+FID: pytorch-fid's InceptionV3 (:mod:`fastebm.evaluation.inception`) and ``calculate_frechet_distance``
+(:mod:`fastebm.evaluation.metrics`). IS: softmax of the unbiased logits pool3 · Wᵀ over shuffled splits (Salimans et al.
+2016). Generated images come from the replay buffer (optionally filtered per predicted class as the JEM++ / M-EBM
+reference ``cond_is_fid``) or from fresh SGLD chains.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import warnings
 import numpy as np
 import torch
 
-from ..config import Config
-from ..data import ImageSet, to_float
-from ..datasets import DATASETS, load_dataset
+from ..config.options import Config
+from ..data.datasets import DATASETS, load_dataset
+from ..data.imageset import ImageSet, to_float
 from .options import IS_IMAGES_PER_SPLIT, EvalError, EvalOptions, check_keep_ratio
 from .records import header, out_dir, write_json
 from .run import LOG, Run, check_range, check_task, outputs, sample_chains, subsample
@@ -119,10 +119,11 @@ def generated_images(run: Run, opts: EvalOptions) -> tuple[torch.Tensor, dict]:
 
 
 def options_inception(opts: EvalOptions, device: torch.device):
-    """(:func:`fastebm.inception.load_inception` of ``opts.inception_weights`` or ``opts.random_inception``, the
-    id of its weights: :func:`fastebm.inception.weights_id`). Raises EvalError naming ``inception_weights`` when
-    the file is missing (nothing is downloaded); warns that random weights give meaningless numbers."""
-    from .. import inception
+    """(:func:`fastebm.evaluation.inception.load_inception` of ``opts.inception_weights`` or ``opts.random_inception``,
+    the id of its weights: :func:`fastebm.evaluation.inception.weights_id`). Raises EvalError naming
+    ``inception_weights`` when the file is missing (nothing is downloaded); warns that random weights give meaningless
+    numbers."""
+    from . import inception
 
     if opts.random_inception:
         warnings.warn("random_inception: randomly initialised Inception; FID / IS numbers are meaningless "
@@ -141,8 +142,8 @@ def real_statistics(run: Run, opts: EvalOptions, inception, inception_id: str) -
     (default all) of split ``opts.fid_split`` (``train+test``: both splits together, the first ``n_real`` of a
     fixed permutation of their union). The cache is keyed by the data's content
     (:func:`split_fingerprint`), the split, the image count and the Inception weights."""
-    from .. import inception as inc
-    from .. import metrics
+    from . import inception as inc
+    from . import metrics
 
     cfg, split = run.cfg, opts.fid_split
     key = json.dumps([cfg.dataset, os.path.abspath(cfg.data_root) if cfg.data_root else "", cfg.max_per_class,
@@ -176,7 +177,7 @@ def read_cached_statistics(cache: str) -> tuple[tuple, int] | None:
     """((mu, sigma), n_real) of the FID statistics cache entry ``cache`` (its .npz and .json), None when there
     is none. A damaged entry (either file cut short or unreadable, arrays of wrong shapes or non-finite) is
     said on stderr, naming the file and why, and None is returned: the caller computes it again and rewrites it."""
-    from .. import metrics
+    from . import metrics
 
     if not (os.path.isfile(cache) and os.path.isfile(cache + ".json")):
         return None
@@ -195,15 +196,16 @@ def fid_and_is(run: Run, opts: EvalOptions, tasks: tuple[str, ...] = ("fid", "is
     """FID and / or Inception Score of generated images (the paper's Tables 1-4) from one Inception pass.
 
     Generated images: :func:`generated_images`. Real statistics: :func:`real_statistics`. FID:
-    :func:`fastebm.metrics.frechet_distance` (pytorch-fid); IS: :func:`fastebm.metrics.inception_score` with
-    ``opts.splits`` shuffled splits (seed ``opts.seed``; None: one per 5,000 images, as the authors).
+    :func:`fastebm.evaluation.metrics.frechet_distance` (pytorch-fid); IS:
+    :func:`fastebm.evaluation.metrics.inception_score` with ``opts.splits`` shuffled splits (seed ``opts.seed``; None:
+    one per 5,000 images, as the authors).
 
     Writes ``<task>.json`` for each of ``tasks`` (``fid``, ``is``). Returns task -> record; both records hold
     every number computed (``fid``, ``is_mean``, ``is_std``, ``n_fake``, ``n_real``, ...) and differ in
     ``task``. Raises EvalError (bad input, no Inception weights file), DatasetError.
     """
-    from .. import inception as inc
-    from .. import metrics
+    from . import inception as inc
+    from . import metrics
 
     for task in tasks:
         check_task(run, opts, task)

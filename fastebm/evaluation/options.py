@@ -5,7 +5,7 @@ import dataclasses
 import math
 import re
 
-from ..datasets import DATASETS
+from ..data.datasets import DATASETS
 
 TASKS = ("fid", "is", "feature-fd", "gen", "acc", "ece", "ood", "logpx", "tsne", "extremes", "energy", "p0", "curves")
 
@@ -45,14 +45,14 @@ class EvalOptions:
         out: output folder; None: ``eval/`` next to the checkpoint.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         threads: CPU threads of torch (>= 1); None: the usable cores minus the current load. Set by the command
-            line (:func:`fastebm.threads.apply_threads`); the task functions leave torch's setting alone.
+            line (:func:`fastebm.run.threads.apply_threads`); the task functions leave torch's setting alone.
         batch_size: images per forward pass and SGLD chains per batch (>= 1).
         n_samples: images per set (>= 1); None: each task's default (fid/is: the whole buffer or |B| chains;
             gen 64; tsne and energy 500; logpx the whole buffer).
         seed: seed of every random choice (subsets, chains, IS shuffle, t-SNE), an integer in [0, 2**32).
 
     Data (None: the checkpoint's):
-        dataset: one of :data:`fastebm.datasets.DATASETS`; data_root: its folder.
+        dataset: one of :data:`fastebm.data.datasets.DATASETS`; data_root: its folder.
         max_per_class: folder layouts: files read per class (>= 1).
         test_subset: test images used (>= 1; None: all).
 
@@ -72,12 +72,12 @@ class EvalOptions:
             or ``~/.cache/fastebm/fid_stats`` (``.../feature_nets`` for the networks).
 
     feature-fd:
-        features: the feature network's file (:mod:`fastebm.featurefd`): read when it exists, trained on the
+        features: the feature network's file (:mod:`fastebm.evaluation.featurenet`): read when it exists, trained on the
             training split and written there when not; None: one cached per training split.
 
     ece / ood / logpx / tsne / extremes / energy:
         ece_bins: calibration bins (>= 1).
-        ood_dataset: one of :data:`fastebm.datasets.DATASETS` (needed by ``ood``); ood_root: its folder;
+        ood_dataset: one of :data:`fastebm.data.datasets.DATASETS` (needed by ``ood``); ood_root: its folder;
         ood_max_per_class, ood_subset: as max_per_class and test_subset, for it.
         bins: histogram bins (>= 1). perplexity: t-SNE perplexity (> 0, capped at (points - 1) / 3).
         n_show: extremes: images per row (>= 1).

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 
-from ..data import to_uint8
+from ..data.imageset import to_uint8
 from .options import EvalOptions
 from .run import Run
 

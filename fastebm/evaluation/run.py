@@ -6,14 +6,14 @@ import os
 
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint, load_model_state
-from ..config import Config, fast_flags, resolve, resolve_device
-from ..data import ImageSet, to_float
-from ..datasets import DATASETS, load_dataset
-from ..model import EnergyModel, build_model, model_outputs
+from ..algorithm.model import EnergyModel, build_model, model_outputs
+from ..algorithm.sampler import Sampler, SGLDConfig, energy_grad, sampling_mode
+from ..config.options import Config, fast_flags, resolve, resolve_device
+from ..data.datasets import DATASETS, load_dataset
+from ..data.imageset import ImageSet, to_float
+from ..io.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from ..io.progress import Progress
 from ..p0 import p0_from_state_dict
-from ..progress import Progress
-from ..sampler import Sampler, SGLDConfig, energy_grad, sampling_mode
 from .options import EvalError, EvalOptions
 
 LOG = "fastebm.eval"  # first word of every progress line on stderr
@@ -53,7 +53,7 @@ def load_run(ckpt_path: str, device: str = "auto", dataset: str | None = None,
     """Load model, p0 and replay buffer of a fastebm checkpoint for evaluation.
 
     Args:
-        ckpt_path: ``RUN/ckpt.pt`` written by :meth:`fastebm.trainer.Trainer.save_checkpoint`.
+        ckpt_path: ``RUN/ckpt.pt`` written by :meth:`fastebm.run.trainer.Trainer.save_checkpoint`.
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:N``.
         dataset, data_root, max_per_class: override the checkpoint's data settings (None: keep).
 
@@ -117,7 +117,7 @@ def check_task(run: Run, opts: EvalOptions, task: str) -> None:
     if needs_p0 and run.p0 is None:
         raise EvalError(f"task {task!r} needs p0, and {run.ckpt!r} holds none")
     if task in ("fid", "is") and not opts.random_inception:  # the weights file, before any work
-        from ..inception import check_inception_weights
+        from .inception import check_inception_weights
 
         try:
             check_inception_weights(opts.inception_weights)
@@ -145,7 +145,7 @@ def subsample(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
 
 
 def outputs(run: Run, images: torch.Tensor, batch_size: int, desc: str, features: bool = False):
-    """:func:`fastebm.model.model_outputs` of the run's model on its device, with progress on stderr.
+    """:func:`fastebm.algorithm.model.model_outputs` of the run's model on its device, with progress on stderr.
 
     Args:
         images: (N, 3, H, W) uint8 in [0, 255] or float in [-1, 1]; batch_size: images per pass (>= 1).
@@ -180,9 +180,9 @@ def grad_norms(run: Run, images: torch.Tensor, batch_size: int, desc: str) -> to
 def sample_chains(run: Run, n: int, n_steps: int, batch_size: int, labels: torch.Tensor | None = None,
                   desc: str = "SGLD chains") -> torch.Tensor:
     """Fresh SGLD chains from p0 with the run's SGLD settings (paper Eq. 3), through the fast
-    :class:`~fastebm.sampler.Sampler`: on CUDA the fused Triton update and (unconditional chains) a CUDA graph
+    :class:`~fastebm.algorithm.sampler.Sampler`: on CUDA the fused Triton update and (unconditional chains) a CUDA graph
     per batch shape, in fp32 as in training (docs/fastpath.md, "bf16 and SGLD"); on the CPU the plain path (identical to
-    :func:`~fastebm.sampler.sgld`).
+    :func:`~fastebm.algorithm.sampler.sgld`).
 
     Args:
         run: the loaded run (``run.p0`` and the step size / noise / clamps / BN mode of its config; ``update``

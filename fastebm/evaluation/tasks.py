@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..data import ImageSet, to_float
-from ..datasets import load_dataset
-from ..images import resize
+from ..data.datasets import load_dataset
+from ..data.imagefiles import resize
+from ..data.imageset import ImageSet, to_float
 from .options import EvalError, EvalOptions
 from .records import header, out_dir, run_name, save_npz_images, write_json
 from .run import Run, check_task, grad_norms, load_split, outputs, sample_chains, subsample
@@ -30,7 +30,7 @@ def task_gen(run: Run, opts: EvalOptions) -> dict:
     Classifier models also get class-conditional samples (E(x, y) = -f(x)[y]): ``gen_cond.png`` (one row per
     class) and ``gen_cond.npz``, max(1, N // n_classes) per class. Writes ``gen.json``.
     """
-    from ..plots import save_grid
+    from .plots import save_grid
 
     check_task(run, opts, "gen")
     out = out_dir(run, opts)
@@ -71,9 +71,9 @@ def task_acc(run: Run, opts: EvalOptions) -> dict:
 
 def task_ece(run: Run, opts: EvalOptions) -> dict:
     """Expected calibration error (Guo et al. 2017) on the test split with ``opts.ece_bins`` equal-width
-    confidence bins (:func:`fastebm.metrics.expected_calibration_error`); writes ``ece.json`` (``ece`` in
+    confidence bins (:func:`fastebm.evaluation.metrics.expected_calibration_error`); writes ``ece.json`` (``ece`` in
     [0, 1], ``accuracy``, ``bins``) and ``reliability.png``. Classifier models."""
-    from .. import metrics
+    from . import metrics
 
     check_task(run, opts, "ece")
     out = out_dir(run, opts)
@@ -98,11 +98,11 @@ def ood_images(run: Run, opts: EvalOptions) -> ImageSet:
 
 
 def task_ood(run: Run, opts: EvalOptions) -> dict:
-    """OOD detection: AUROC (:func:`fastebm.metrics.auroc`, scikit-learn) between the test split (positives)
+    """OOD detection: AUROC (:func:`fastebm.evaluation.metrics.auroc`, scikit-learn) between the test split (positives)
     and ``opts.ood_dataset`` for ``logpx`` = -E(x), ``max_softmax`` = max_y p(y|x) (classifier models;
     Hendrycks & Gimpel 2017) and ``grad_norm`` = -||dE/dx||_2 (JEM's OOD code); every score is oriented so
     that in-distribution inputs score higher. Writes ``ood.json`` and ``ood_hist.png`` (score histograms)."""
-    from .. import metrics, plots
+    from . import metrics, plots
 
     check_task(run, opts, "ood")
     out = out_dir(run, opts)
@@ -136,7 +136,7 @@ def task_logpx(run: Run, opts: EvalOptions) -> dict:
     Writes ``logpx.png`` (one panel per class, both series as densities, ``opts.bins`` bins) and
     ``logpx.json`` (per class: n, mean, std of each series; null when empty).
     """
-    from .. import plots
+    from . import plots
 
     check_task(run, opts, "logpx")
     out = out_dir(run, opts)
@@ -189,7 +189,7 @@ def task_tsne(run: Run, opts: EvalOptions, more_runs: Sequence[Run] = ()) -> dic
     """
     from sklearn.manifold import TSNE
 
-    from .. import plots
+    from . import plots
 
     runs = [run, *more_runs]
     for r in runs:
@@ -225,7 +225,7 @@ def task_extremes(run: Run, opts: EvalOptions) -> dict:
     Writes ``extremes/class_<c>.png`` (the labelled rows of a class), ``extremes.png`` (the overview: classes ×
     the selections) and ``extremes.json`` (buffer indices and scores of each selection).
     """
-    from .. import plots
+    from . import plots
 
     check_task(run, opts, "extremes")
     out = out_dir(run, opts)
@@ -266,7 +266,7 @@ def task_energy(run: Run, opts: EvalOptions) -> dict:
     """Distributions of the energies E(x+) of real training images, E(x0) of p0 samples and E(x-) of
     buffer samples (``opts.n_samples`` each, default 500). Writes ``energy.png`` (violins),
     ``energy_hist.png`` (overlaid histograms) and ``energy.json`` (mean, std, quantiles per set)."""
-    from .. import plots
+    from . import plots
 
     check_task(run, opts, "energy")
     out = out_dir(run, opts)
@@ -286,7 +286,7 @@ def task_energy(run: Run, opts: EvalOptions) -> dict:
 def task_p0(run: Run, opts: EvalOptions) -> dict:
     """μ of p0 and a grid of 64 p0 samples (the paper's Fig. 7): ``p0_mean.png``, ``p0_samples.png``,
     ``p0.json``."""
-    from ..plots import save_p0_pictures
+    from .plots import save_p0_pictures
 
     check_task(run, opts, "p0")
     out = out_dir(run, opts)

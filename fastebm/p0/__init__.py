@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
-from ..checkpoint import atomic_save, load_error, safe_load
-from ..data import ImageSet
+from ..data.imageset import ImageSet
+from ..io.checkpoint import atomic_save, load_error, safe_load
 from .base import COV_FORMS, P0, FitOptions, default_cov_form
 from .downsampled import DownsampledGaussianInit
 from .gaussian import GaussianInit
@@ -55,7 +55,7 @@ def load_or_fit_p0(data: ImageSet, kind: str, form: str, rank: int, cache_path: 
     anything but tensors and plain values: it is read with ``weights_only=True``), the fit is redone (one line on
     stderr says why) and the cache rewritten atomically.
 
-    ``kind`` and ``form`` are asserted (validated as --p0 / --cov in fastebm.limits).
+    ``kind`` and ``form`` are asserted (validated as --p0 / --cov in fastebm.config.limits).
     """
     assert kind in P0_KINDS, kind  # --p0 (limits)
     cls = P0_KINDS[kind]

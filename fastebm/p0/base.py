@@ -8,7 +8,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from ..data import ImageSet
+from ..data.imageset import ImageSet
 
 COV_FORMS = ("full", "lowrank")  # --cov, besides "auto" (default_cov_form)
 

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from ..data import ImageSet
+from ..data.imageset import ImageSet
 from .base import FitOptions
 from .gaussian import GaussianInit, fit_gaussian
 

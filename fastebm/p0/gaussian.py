@@ -28,9 +28,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..data import ImageSet, to_float
+from ..data.imageset import ImageSet, to_float
+from ..io.progress import Progress
 from ..kernels.reference import lowrank_gaussian_reference
-from ..progress import Progress
 from .base import COV_FORMS, FitOptions
 
 
@@ -165,7 +165,7 @@ def fit_gaussian(images_u8: torch.Tensor, form: str = "full", rank: int = 100, o
 
     Raises:
         ValueError: fewer than 2 images (form, rank, jitter and dtype are asserted: the options are
-            validated as --cov / --rank in fastebm.config).
+            validated as --cov / --rank in fastebm.config.options).
     """
     assert form in COV_FORMS and rank >= 1 and jitter > 0, (form, rank, jitter)  # --cov / --rank (config)
     assert images_u8.dtype == torch.uint8 and images_u8.ndim == 4, (images_u8.dtype, images_u8.shape)

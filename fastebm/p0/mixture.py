@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from ..data import ImageSet
+from ..data.imageset import ImageSet
 from .base import COV_FORMS, FitOptions
 from .gaussian import fit_gaussian
 

@@ -5,7 +5,7 @@ from typing import ClassVar
 
 import torch
 
-from ..data import ImageSet
+from ..data.imageset import ImageSet
 from .base import FitOptions
 
 
