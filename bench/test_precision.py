@@ -5,10 +5,10 @@ with σ = 0.001, K = 2 with σ = 0), from an M-JEM trainer's own state at the be
 CUDA and FASTEBM_BENCH_SIZE=full: the paper's WRN-28-10; real CIFAR-10 JPEGs), at initialization and, at
 the CPU size, after 20 plain iterations:
 
-- SGLD under autocast (:func:`fastebm.fastpath.selfcheck.measure_sgld_amp`): the K-step chains' deviation from the
+- SGLD under autocast (:func:`fastebm.fastpath.precision.measure_sgld_amp`): the K-step chains' deviation from the
   float64 chains with the same noise, relative to the noise SGLD injects (σ·Σε) and to the displacement
   ‖x_K − x_0‖, beside the fp32 chains' deviation;
-- the loss pass under autocast (:func:`fastebm.fastpath.selfcheck.measure_amp`): the weight gradient's error against
+- the loss pass under autocast (:func:`fastebm.fastpath.precision.measure_amp`): the weight gradient's error against
   float64 relative to the minibatch gradient noise, and the energy gap E(x+) − E(x−) error beside fp32's.
 
 The self-check accepts a precision when its perturbation adds at most 10 % to the noise the algorithm
@@ -37,7 +37,7 @@ def _trainer(k, noise, precision):
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("k,noise", CONFIGS, ids=[f"k{k}" for k, _ in CONFIGS])
 def test_reduced_precision_against_float64(benchmark, k, noise, precision, trained):
-    from fastebm.fastpath.selfcheck import NOISE_SHARE, measure_amp, measure_sgld_amp
+    from fastebm.fastpath.precision import NOISE_SHARE, measure_amp, measure_sgld_amp
     from fastebm.run.trainer import lr_at
 
     tr = _trainer(k, noise, precision)

@@ -14,7 +14,7 @@ import torch
 import fastebm.fastpath.fastpath as fastpath_mod
 from fastebm.config.options import resolve
 from fastebm.data.imageset import ImageSet
-from fastebm.fastpath import selfcheck
+from fastebm.fastpath import precision, selfcheck
 from fastebm.fastpath.fastpath import FastPathError
 from fastebm.run.trainer import Trainer, lr_at
 
@@ -109,7 +109,7 @@ def test_amp_of_the_loss_pass_passes_on_cpu_and_a_broken_one_is_switched_off(tmp
     report = t.check_fast_path(0)
     assert report["amp"].startswith("ok (margin ") and "weight-gradient error" in report["amp"], report
     assert t.fast.active()["amp"] == "bf16" and t.fast.step.amp == torch.bfloat16
-    monkeypatch.setattr(selfcheck, "NOISE_SHARE", 0.0)  # no perturbation allowed: bf16 must be switched off
+    monkeypatch.setattr(precision, "NOISE_SHARE", 0.0)  # no perturbation allowed: bf16 must be switched off
     t.request_fast_path_check()
     report = t.check_fast_path(0)
     assert report["amp"].startswith("off: weight-gradient error") and t.fast.active()["amp"] == "off"

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..io.profiling import nvtx_range
-from ..kernels import reseed_rng_state, rng_state_from_torch
+from ..kernels import rng_state_from_torch
 from ..kernels.reference import langevin_reference
 
 BN_MODES = ("batch", "eval", "update")
@@ -390,8 +390,3 @@ class Sampler:
         rng, zero = self.rng_state.clone(), torch.zeros_like(x)
         return [langevin_step(zero, zero, 0.0, 1.0, rng, clamp=None) for _ in range(self.cfg.n_steps)]
 
-    def reseed(self, seed: int) -> None:
-        """Reseed the chain noise: the torch generators and, for the Triton kernel, ``rng_state``."""
-        torch.manual_seed(seed)
-        if self.rng_state is not None:
-            reseed_rng_state(self.rng_state, seed)

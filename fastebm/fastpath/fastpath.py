@@ -32,9 +32,14 @@ from ..algorithm.algorithm1 import Algorithm1
 from ..algorithm.sampler import AMP_DTYPES, Sampler, compile_mode, prepare_compiled_input_grad
 from ..kernels import reseed_rng_state, rng_state_from_torch
 from .compiled_step import compile_step
+from .precision import check_amp, check_sgld_amp
+from .selfcheck import check_compile, check_compile_step, check_cuda_graphs, check_triton_langevin, check_triton_p0
 
 COMPONENTS = ("amp", "sgld_amp", "compile_step", "compile", "cuda_graphs", "triton_langevin", "triton_p0")
 PER_PIECE = ("compile", "cuda_graphs", "triton_langevin", "triton_p0")
+# Each component's check: against the plain path and float64 (selfcheck), or the noise it adds (precision)
+CHECKS = {"amp": check_amp, "sgld_amp": check_sgld_amp, "compile_step": check_compile_step, "compile": check_compile,
+          "cuda_graphs": check_cuda_graphs, "triton_langevin": check_triton_langevin, "triton_p0": check_triton_p0}
 
 
 class FastPathError(RuntimeError):
@@ -63,7 +68,8 @@ class FastPath:
 
     Attributes:
         step: the callable ``(idx, idx_cls, lr) -> dict`` to run (:meth:`step`).
-        lr: the 0-dim learning-rate tensor the step reads (filled by the trainer every iteration).
+        lr: the 0-dim learning-rate tensor a compiled step reads: a copy of the optimizer's group ``lr`` (the
+            learning rate's one source, which eager steps read), made by :meth:`batch` before every step.
         rng: the Triton kernels' Philox state ([seed, offset] int64 on the device), or None.
         report: component → ``"ok (margin Mx): ..."``, ``"off: ..."`` or ``"unused (compiled step)"`` after
             :meth:`check` (M: the limit over the error of the tightest statistic,
@@ -175,7 +181,9 @@ class FastPath:
 
     # ------------------------------------------------------------------ the check
     def batch(self, it: int):
-        """(idx, idx_cls, lr) of iteration ``it`` (this rank's shard)."""
+        """(idx, idx_cls, lr) of iteration ``it`` (this rank's shard); ``lr`` is :attr:`lr`, refilled here from the
+        optimizer's group (a device fill, no host sync)."""
+        self.lr.fill_(self.opt.param_groups[0]["lr"])
         data, cls = self.plain.data, self.plain.cls_data
         return data.shard_indices(it), (cls.shard_indices(it) if cls is not None else None), self.lr
 
@@ -214,13 +222,10 @@ class FastPath:
 
         Returns :attr:`report`. Raises FastPathError for a failure under ``--fast-path strict``.
         """
-        from .selfcheck import CHECKS
-
         self.pending = False
         lr_before = [g["lr"] for g in self.opt.param_groups]
-        for g in self.opt.param_groups:  # eager steps read the group's float, compiled ones the tensor
+        for g in self.opt.param_groups:  # the one source; batch() copies it into the compiled step's tensor
             g["lr"] = lr
-        self.lr.fill_(lr)
         snap = self.snapshot()
         was_training = self.model.training
         self.model.train()

@@ -165,7 +165,6 @@ class Trainer:
         """
         if self.fast.pending:
             self.check_fast_path(it)
-        self.fast.lr.fill_(self.opt.param_groups[0]["lr"])
         idx, idx_cls, lr = self.fast.batch(it)
         return self.fast.step(idx, idx_cls, lr)
 
