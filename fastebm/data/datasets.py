@@ -45,8 +45,8 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled digits as (images (1797, 8, 8) float64 in 0..16, labels (1797,) int64).
 
     Read straight from the package's ``datasets/data/digits.csv.gz`` (64 pixel values and the label per row,
-    the file ``sklearn.datasets.load_digits`` parses) without importing scikit-learn: its import pulls in
-    SciPy and took 3–6 s of a 2-core machine's start-up, longer than reading the file (0.1 s). Falls back to
+    the file ``sklearn.datasets.load_digits`` parses) without importing scikit-learn, whose import pulls in
+    SciPy and costs more start-up than reading the file. Falls back to
     ``load_digits`` when the file is not where scikit-learn 1.3–1.9 keep it.
     """
     import gzip

@@ -5,7 +5,7 @@ FID (Heusel et al. 2017) needs pytorch-fid's Inception weights, which a machine 
 The same construction works in any feature space: fit a Gaussian (mean, covariance) to the features of real
 images and of samples, and take the Fréchet distance between the two. Here the features are the globally
 pooled last convolution of :class:`FeatureNet`, a 4-layer CNN trained as a classifier on the training split
-(12 epochs, about 7 s on the 1,437 digits at 16×16 on one CPU thread). The statistics and the distance are
+(12 epochs). The statistics and the distance are
 :func:`fastebm.evaluation.metrics.activation_statistics` and :func:`fastebm.evaluation.metrics.frechet_distance`
 (pytorch-fid's algorithm, on these features instead of Inception's pool3).
 
@@ -87,8 +87,7 @@ def train_feature_net(data: ImageSet, epochs: int = 12, batch_size: int = 64, lr
     epoch, no augmentation) and return it in eval mode on ``device``. The global RNG is left untouched.
 
     ``net.meta`` records what it was trained on (dataset name, image count, ``train_accuracy`` and, with
-    ``test``, ``test_accuracy``, both in [0, 1]). Digits at 16×16: about 7 s on one CPU thread, test accuracy
-    0.967.
+    ``test``, ``test_accuracy``, both in [0, 1]).
 
     Raises:
         ValueError: fewer than 2 classes, or an epoch / batch size below 1.

@@ -93,7 +93,7 @@ def finite(best: dict) -> dict:
     return {k: v for k, v in best.items() if math.isfinite(v)}
 
 
-def check(watch: DivergenceWatch, dist: DistContext, m: dict, it: int, runlog: RunLog,
+def raise_if_diverged(watch: DivergenceWatch, dist: DistContext, m: dict, it: int, runlog: RunLog,
           last_checkpoint: str | None) -> None:
     """Raise :class:`DivergenceError` if ``watch`` noted a divergence on any rank (one host sync and, under DDP,
     one all-reduce, so every rank decides alike), after saving a diagnostic grid of the last positive and

@@ -39,7 +39,7 @@ from ..p0 import load_or_fit_p0
 from .completion import complete
 from .distributed import DistContext
 from .log import RunLog
-from .recovery import DivergenceError, DivergenceWatch, check
+from .recovery import DivergenceError, DivergenceWatch, raise_if_diverged
 from .schedule import lr_at
 from .state import RunParts, RunState, restore_run, roll_back, save_run
 from .stopping import GracefulStop, Stopped
@@ -231,7 +231,7 @@ class Trainer:
                     epoch_now = epoch > 0 and (fid_epoch(cfg, epoch) or bool(cfg.keep_every and
                                                                               epoch % cfg.keep_every == 0))
                     if done % cfg.check_every == 0 or log_now or eval_now or sample_now or ckpt_now or epoch_now:
-                        self._check(m, done)                            # before anything is logged or saved
+                        self._raise_if_diverged(m, done)                            # before anything is logged or saved
                     if log_now:
                         rate = (done - it0) / max(time.perf_counter() - t0, 1e-9)
                         last = {"kind": "train", "iter": done, "epoch": done / cfg.iters_per_epoch,
@@ -284,7 +284,7 @@ class Trainer:
         import signal
 
         if not saved:
-            self._check(m, self.state.iteration)                    # never a checkpoint of a diverged state
+            self._raise_if_diverged(m, self.state.iteration)                    # never a checkpoint of a diverged state
             with stop.saving():
                 self.save_checkpoint()
         self.log({"kind": "stop", "iter": self.state.iteration, "signal": signal.Signals(signum).name,
@@ -292,9 +292,10 @@ class Trainer:
         self.dist.barrier()  # no rank exits before the stop row: a launcher ends the job when one rank exits
         raise Stopped(signum, self.ckpt_path, self.state.iteration)
 
-    def _check(self, m: dict, it: int) -> None:
-        """Raise :class:`DivergenceError` if any rank noted a divergence (:func:`fastebm.run.recovery.check`)."""
-        check(self.watch, self.dist, m, it, self.runlog, self.state.last_checkpoint)
+    def _raise_if_diverged(self, m: dict, it: int) -> None:
+        """Raise :class:`DivergenceError` if any rank noted a divergence
+        (:func:`fastebm.run.recovery.raise_if_diverged`)."""
+        raise_if_diverged(self.watch, self.dist, m, it, self.runlog, self.state.last_checkpoint)
 
     def rollback(self, reason: str) -> None:
         """Return to ckpt.pt with a lower lr and new RNG streams (:func:`fastebm.run.state.roll_back`; every
