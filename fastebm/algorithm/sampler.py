@@ -219,7 +219,9 @@ def chain_state(x0: torch.Tensor) -> torch.Tensor:
 
 
 def sgld(model: nn.Module, x0: torch.Tensor, cfg: SGLDConfig, energy_fn=None, noise=None) -> torch.Tensor:
-    """Run K SGLD steps from x0 (Algorithm 1 lines 4–6).
+    """Run K SGLD steps from x0 (Algorithm 1 lines 4–6): Eq. 3 as a plain loop, the reference that
+    :class:`Sampler` (what training runs) is tested against bit for bit, as ``kernels/reference.py`` is for the
+    kernels; also the shortest reading of the sampler.
 
     Args:
         model: the :class:`~fastebm.algorithm.model.EnergyModel` (frozen and BN-protected while sampling).
