@@ -2,8 +2,8 @@
 
 Reproduces the measurements and figures of the M-EBM paper (Yang & Ji, "M-EBM: Towards Understanding the
 Manifolds of Energy-Based Models") from checkpoints written by :class:`fastebm.run.trainer.Trainer`: the tasks of
-:data:`fastebm.evaluation.TASKS` (fid, is, feature-fd, gen, acc, ece, ood, logpx, tsne, curves, extremes, energy,
-p0). Each task writes ``<task>.json`` and its figures into ``--out`` (default: ``eval/`` next to the checkpoint).
+:data:`fastebm.evaluation.TASKS` (``--help`` lists them). Each task writes ``<task>.json`` and its figures into
+``--out`` (default: ``eval/`` next to the checkpoint).
 
 Output: stdout is one JSON object, for ``| jq``: with one ``--ckpt``, task -> record; with several, task ->
 checkpoint path -> record. Everything else (progress, warnings, the folders written, errors) goes to stderr.
@@ -25,7 +25,7 @@ from .config.limits import flag
 from .config.options import OneLineParser
 from .data.datasets import DATASETS
 from .data.imageset import DatasetError
-from .evaluation import TASKS, EvalError, EvalOptions, Run, evaluate, load_run
+from .evaluation import TASKS, EvalError, EvalOptions, Run, check_task_names, evaluate, load_run
 from .evaluation.options import FID_SPLITS
 from .evaluation.records import jsonable
 from .io.checkpoint import CheckpointError
@@ -111,9 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> EvalOptions:
-    """The :class:`EvalOptions` of parsed arguments (``--task a,b c`` → tasks ``(a, b, c)``). Raises EvalError."""
+    """The :class:`EvalOptions` of parsed arguments (``--task a,b c`` → tasks ``(a, b, c)``), task names checked.
+    Raises EvalError."""
+    tasks = tuple(t for item in args.task for t in item.split(",") if t)
+    check_task_names(tasks)
     values = {k: v for k, v in vars(args).items() if k not in ("ckpt", "task")}
-    return EvalOptions(tasks=tuple(t for item in args.task for t in item.split(",") if t), **values)
+    return EvalOptions(tasks=tasks, **values)
 
 
 def _message(e: Exception) -> str:

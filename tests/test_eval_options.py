@@ -1,13 +1,17 @@
-"""EvalOptions: every value checked once, errors that name the value; the CLI turns them into one line
-naming the flag, before any checkpoint is read."""
+"""EvalOptions: every value checked once, errors that name the value (task names: by the runner, which holds the
+one list of tasks); the CLI turns them into one line naming the flag, before any checkpoint is read."""
+import ast
 import dataclasses
 import math
+import re
+from pathlib import Path
 
 import pytest
 
+from fastebm import evaluation
 from fastebm.config.limits import flag
 from fastebm.eval import build_parser, main, options_from_args
-from fastebm.evaluation import TASKS, EvalError, EvalOptions
+from fastebm.evaluation import TASK_FUNCTIONS, TASKS, EvalError, EvalOptions, check_task_names, evaluate, run_tasks
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -25,7 +29,6 @@ from fastebm.evaluation import TASKS, EvalError, EvalOptions
     ("ood_dataset", "svhn", "ood_dataset: expected one of .*got 'svhn'"),
     ("fid_split", "val", "fid_split: expected one of \\['train', 'test', 'train\\+test'\\], got 'val'"),
     ("device", "tpu", "device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
-    ("tasks", ("acc", "nope"), r"tasks: unknown task\(s\) \['nope'\]"),
 ])
 def test_a_bad_value_is_a_value_error_naming_the_field_and_the_value(field, value, match):
     with pytest.raises(ValueError, match=f"^{match}") as e:
@@ -88,6 +91,38 @@ def test_an_unknown_task_names_the_task_flag(tmp_path, capsys):
         main(["--ckpt", str(tmp_path / "none.pt"), "--task", "acc,nope"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "error: --task: unknown task(s) ['nope']" in err[0]
+
+
+def test_an_unknown_task_is_one_error_naming_tasks_before_any_work():
+    expected = "^" + re.escape(f"tasks: unknown task(s) ['nope']; expected some of {list(TASKS)}") + "$"
+    for check in (lambda: check_task_names(("acc", "nope")),
+                  lambda: evaluate([], EvalOptions(tasks=("acc", "nope"))),  # no checkpoint looked at
+                  lambda: run_tasks(None, EvalOptions(tasks=("acc", "nope")))):
+        with pytest.raises(EvalError, match=expected) as e:
+            check()
+        assert e.value.option == "tasks"
+    check_task_names(TASKS)  # every registered name passes
+
+
+def test_the_task_list_is_written_once():
+    """TASK_FUNCTIONS (evaluation/runner.py) is the one list: every name has its task_<name> function, the
+    CLI offers exactly these names, and no other literal in the package names most of them."""
+    assert TASKS == tuple(TASK_FUNCTIONS) and len(TASKS) == len(set(TASKS))
+    for name, function in TASK_FUNCTIONS.items():
+        assert callable(function) and function.__name__ == "task_" + name.replace("-", "_"), name
+        assert getattr(evaluation, function.__name__) is function  # exported under its name
+    task_help = next(a.help for a in build_parser()._actions if a.dest == "task")
+    assert task_help == f"one or several of {', '.join(TASKS)} (or comma-separated)"
+    package = Path(evaluation.__file__).resolve().parent.parent
+    lists = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            items = (node.keys if isinstance(node, ast.Dict) else node.elts
+                     if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [])
+            names = {i.value for i in items if isinstance(i, ast.Constant) and i.value in TASK_FUNCTIONS}
+            if len(names) > len(TASKS) // 2:
+                lists.append((path.relative_to(package).as_posix(), node.lineno))
+    assert [p for p, _ in lists] == ["evaluation/runner.py"], lists
 
 
 def test_a_paper_configuration_is_reported_beside_its_row():

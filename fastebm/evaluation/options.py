@@ -7,8 +7,6 @@ import re
 
 from ..data.datasets import DATASETS
 
-TASKS = ("fid", "is", "feature-fd", "gen", "acc", "ece", "ood", "logpx", "tsne", "extremes", "energy", "p0", "curves")
-
 
 class EvalError(ValueError):
     """Bad input for an evaluation: a bad option value, a task the checkpoint cannot serve, ...
@@ -41,7 +39,9 @@ class EvalOptions:
     """What to evaluate and how; the defaults are those of ``python -m fastebm.eval``.
 
     Run and output:
-        tasks: names from :data:`TASKS`, run in this order (duplicates run once). Default: none.
+        tasks: names from :data:`fastebm.evaluation.runner.TASKS`, run in this order (duplicates run once); the
+            names are checked where that list is seen, by :func:`~fastebm.evaluation.runner.check_task_names`
+            (called by ``evaluate``, ``run_tasks`` and the command line before any work). Default: none.
         out: output folder; None: ``eval/`` next to the checkpoint.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         threads: CPU threads of torch (>= 1); None: the usable cores minus the current load. Set by the command
@@ -120,9 +120,6 @@ class EvalOptions:
         if isinstance(self.tasks, str):  # "acc" would otherwise be read as the tasks a, c, c
             object.__setattr__(self, "tasks", (self.tasks,))
         object.__setattr__(self, "tasks", tuple(dict.fromkeys(self.tasks)))
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown:
-            raise EvalError(f"unknown task(s) {unknown}; expected some of {list(TASKS)}", "tasks")
         for name in _FLOATS:  # every float finite, before any range check
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
