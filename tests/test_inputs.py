@@ -123,17 +123,17 @@ def test_check_fits_names_each_option_and_its_limit():
         check_fits(cfg, 20, "cpu", available=2 ** 30)
     with pytest.raises(ValueError, match=r"^--cls-batch-size 64: .*at most 40 "):
         check_fits(cfg, 40, "cpu", available=2 ** 30)
-    cfg = dataclasses.replace(cfg, model="mebm")  # no classifier batch: only the p(x) batch counts
-    check_fits(cfg, 40, "cpu", available=2 ** 30)
+    cfg = dataclasses.replace(cfg, model="mebm", cov="lowrank")  # no classifier batch: only the p(x) batch counts
+    check_fits(cfg, 40, "cpu", available=2 ** 30)  # (and a low-rank p0 fit needs little: the buffer's limits below)
     per_sample = 3 * 32 * 32 * 4
     with pytest.raises(ValueError, match=r"^--buffer-size 1000: .*expected at most 999 samples"):
         check_fits(cfg, 64, "cpu", available=999 * per_sample)
     check_fits(cfg, 64, "cpu", available=1000 * per_sample)
     with pytest.raises(ValueError, match=r"^--buffer-size 1000: .*expected at most 998 samples"):  # 2 ranks
         check_fits(cfg, 64, "cpu", world_size=2, available=499 * per_sample)
-    cfg = dataclasses.replace(cfg, cov="full", buffer_size=10)
-    with pytest.raises(ValueError, match=r"^--cov full: a 3072×3072 float64 covariance"):
-        check_fits(cfg, 64, "cpu", available=100 * 2 ** 20)
+    for cov in ("full", "auto"):  # auto is the full form up to 64 px
+        with pytest.raises(ValueError, match=r"^--cov full: a 3072×3072 float64 covariance"):
+            check_fits(dataclasses.replace(cfg, cov=cov, buffer_size=10), 64, "cpu", available=100 * 2 ** 20)
 
 
 def test_buffer_larger_than_memory_exits_2(capsys, tmp_path):

@@ -2,6 +2,7 @@
 fitted, cached and checkpointed), and the two p0 beside Eq. 6 as fastebm fits it: the authors' CelebA form
 (--p0 gaussian-downsampled) and JEM++'s per-class mixture (--p0 gaussian-mixture): options, one-line errors, the
 fast path's choice of sampler, a training run's p0.pt and checkpoint."""
+import dataclasses
 import json
 import os
 
@@ -40,8 +41,14 @@ def _assert_same(a, b, where="p0"):
 class PixelMeanInit:
     """A toy p0 for the registry test: the training images' per-pixel mean, plus U(−0.1, 0.1) noise."""
 
-    kind, fitted, uses_size = "pixel-mean", True, False
+    kind, fitted, uses_size, triton = "pixel-mean", True, False, False
     fits = 0  # fits so far (the cache test counts them)
+    needs = 0
+
+    @classmethod
+    def check_memory(cls, shape, n_classes, opts, free, device):
+        if free < cls.needs:  # the registry test sets what the kind needs
+            raise ValueError(f"--p0 pixel-mean: needs {cls.needs} bytes, {free} are free on {device}")
 
     def __init__(self, mean, meta=None):
         self.mean, self.shape, self.meta = mean, tuple(mean.shape), dict(meta or {})
@@ -78,8 +85,8 @@ def test_every_registered_kind_is_a_p0_under_its_own_name_and_has_its_own_module
     assert sorted(cls.__module__.rsplit(".", 1)[1] for cls in P0_KINDS.values()) == sorted(modules)
     assert list(P0_KINDS) == ["gaussian", "gaussian-downsampled", "gaussian-mixture", "uniform"]  # --help's order
     for name, cls in P0_KINDS.items():
-        assert cls.kind == name and isinstance(cls.fitted, bool) and isinstance(cls.uses_size, bool), name
-        for method in ("fit", "from_state_dict", "sample", "to", "use_triton", "state_dict"):
+        assert cls.kind == name and all(isinstance(getattr(cls, a), bool) for a in ("fitted", "uses_size", "triton"))
+        for method in ("check_memory", "fit", "from_state_dict", "sample", "to", "use_triton", "state_dict"):
             assert callable(getattr(cls, method, None)), (name, method)
     with pytest.raises(ValueError, match=r"p0 state: expected a kind of \['gaussian', .*got 'nope'"):
         p0_from_state_dict({"kind": "nope", "shape": (3, 8, 8)})
@@ -91,6 +98,13 @@ def test_a_kind_registered_in_one_line_is_a_choice_fitted_cached_and_checkpointe
     monkeypatch.setitem(P0_KINDS, "pixel-mean", PixelMeanInit)  # the one line a new kind adds
     monkeypatch.setattr(PixelMeanInit, "fits", 0)
     assert _printed(["--p0", "pixel-mean"], capsys)["p0"] == "pixel-mean"
+    cfg = resolve(dict(TINY, p0="pixel-mean"))
+    assert "triton_p0" not in requested_components(dataclasses.replace(cfg, triton=True))  # the kind says so
+    check_fits(cfg, 300, "cpu", available=2 ** 30)  # the kind's own memory check, through the run's
+    monkeypatch.setattr(PixelMeanInit, "needs", 2 ** 31)
+    with pytest.raises(ValueError, match=r"^--p0 pixel-mean: needs 2147483648 bytes, 1073741824 are free on cpu"):
+        check_fits(cfg, 300, "cpu", available=2 ** 30)
+    monkeypatch.setattr(PixelMeanInit, "needs", 0)
     out = str(tmp_path / "run")
     t = Trainer(resolve(dict(TINY, p0="pixel-mean", out=out)))
     assert isinstance(t.p0, PixelMeanInit) and isinstance(t.p0, P0)
@@ -154,7 +168,8 @@ def test_mixture_covariances_larger_than_memory_are_refused():
 
 
 def test_the_fused_p0_kernel_serves_the_one_gaussian_only():
-    """fastpath.requested_components: the other kinds sample with the plain PyTorch path, on CUDA too."""
+    """fastpath.requested_components asks the kind (``triton``): the other kinds sample with the plain PyTorch
+    path, on CUDA too."""
     for p0, fused in (("gaussian", True), ("gaussian-downsampled", False), ("gaussian-mixture", False)):
         cfg = resolve(dict(dataset="digits", p0=p0, triton=True))
         assert ("triton_p0" in requested_components(cfg)) is fused, p0

@@ -31,6 +31,7 @@ import torch
 from ..algorithm.algorithm1 import Algorithm1
 from ..algorithm.sampler import AMP_DTYPES, Sampler, compile_mode, prepare_compiled_input_grad
 from ..kernels import reseed_rng_state, rng_state_from_torch
+from ..p0 import P0_KINDS
 from .compiled_step import compile_step
 from .precision import check_amp, check_sgld_amp
 from .selfcheck import check_compile, check_compile_step, check_cuda_graphs, check_triton_langevin, check_triton_p0
@@ -51,7 +52,7 @@ def requested_components(cfg) -> list[str]:
     on = {"amp": cfg.amp not in ("off", "auto", None), "sgld_amp": cfg.sgld_amp not in ("off", "auto", None),
           "compile_step": bool(cfg.compile_step), "compile": cfg.compile not in ("off", "auto", None),
           "cuda_graphs": bool(cfg.cuda_graphs), "triton_langevin": bool(cfg.triton),
-          "triton_p0": bool(cfg.triton) and cfg.p0 == "gaussian"}
+          "triton_p0": bool(cfg.triton) and P0_KINDS[cfg.p0].triton}
     return [name for name in COMPONENTS if on[name]]
 
 

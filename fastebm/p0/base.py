@@ -39,6 +39,7 @@ class P0(Protocol):
         fitted: fitted on the training data (and cached in the run's ``p0.pt``); False: built from the image
             shape alone (``uniform``), never cached.
         uses_size: fitted at ``--p0-size``, not at the image side (the side ``--cov auto`` and the cache key use).
+        triton: has a fused Triton sampler (:meth:`use_triton` switches it on; the fast path's ``triton_p0``).
 
     Attributes:
         shape: (C, H, W) of the samples. meta: plain values about the fit (``n``, ``jitter``, the cache key).
@@ -48,8 +49,15 @@ class P0(Protocol):
     kind: ClassVar[str]
     fitted: ClassVar[bool]
     uses_size: ClassVar[bool]
+    triton: ClassVar[bool]
     shape: tuple[int, int, int]
     meta: dict
+
+    @classmethod
+    def check_memory(cls, shape: tuple[int, int, int], n_classes: int, opts: FitOptions, free: int, device) -> None:
+        """Raise ValueError (one line naming the options at fault) when fitting this kind for images of ``shape``
+        (C, H, W) with ``n_classes`` classes and ``opts`` (its ``form`` resolved) would need more than ``free``
+        bytes on ``device``; checked before anything is allocated (:func:`fastebm.run.completion.check_fits`)."""
 
     @classmethod
     def fit(cls, data: ImageSet, opts: FitOptions, device) -> P0:

@@ -32,6 +32,7 @@ class DownsampledGaussianInit:
     kind: ClassVar[str] = "gaussian-downsampled"
     fitted: ClassVar[bool] = True
     uses_size: ClassVar[bool] = True
+    triton: ClassVar[bool] = False
 
     def __init__(self, shape, inner: GaussianInit, meta=None):
         self.shape, self.inner, self.meta = tuple(shape), inner, dict(meta or {})
@@ -62,8 +63,18 @@ class DownsampledGaussianInit:
         """n samples (n, C, H, W) in [−1, 1]: the inner Gaussian's (global torch RNG, clamped), upsampled."""
         return self.upsample(self.inner.sample(n, device))
 
+    @classmethod
+    def check_memory(cls, shape, n_classes: int, opts: FitOptions, free: int, device) -> None:
+        """The fit is :class:`GaussianInit`'s at (C, --p0-size, --p0-size): its full form's (D, D) float64
+        covariance and factor must fit ``free``. ValueError naming --p0-size and --cov otherwise."""
+        d = shape[0] * opts.size ** 2
+        if opts.form == "full" and 2 * d * d * 8 > free:
+            raise ValueError(f"--p0-size {opts.size} --cov full: a {d}×{d} float64 covariance (and its factor) needs "
+                             f"{2 * d * d * 8 / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free on {device}; "
+                             f"use --cov lowrank or a smaller --p0-size")
+
     def use_triton(self, rng_state) -> None:
-        """The fused p0 kernel serves ``--p0 gaussian`` only (fastpath.requested_components): plain sampling."""
+        """No fused kernel for the upsampled form (``triton`` False): plain sampling."""
 
     def to(self, device, dtype: torch.dtype | None = None) -> DownsampledGaussianInit:
         """A copy with the inner tensors on ``device`` (and of ``dtype``)."""

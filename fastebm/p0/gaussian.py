@@ -46,6 +46,7 @@ class GaussianInit:
     kind: ClassVar[str] = "gaussian"
     fitted: ClassVar[bool] = True
     uses_size: ClassVar[bool] = False
+    triton: ClassVar[bool] = True
 
     def __init__(self, shape, mean, form, scale_tril=None, factor=None, diag_sqrt=None, meta=None):
         assert form in COV_FORMS, form
@@ -57,6 +58,16 @@ class GaussianInit:
     def fit(cls, data: ImageSet, opts: FitOptions, device="cpu") -> GaussianInit:
         """Eq. 6 on the whole image set: :func:`fit_gaussian` with ``opts``' form, rank and jitter."""
         return fit_gaussian(data.images, form=opts.form, rank=opts.rank, jitter=opts.jitter, device=device)
+
+    @classmethod
+    def check_memory(cls, shape, n_classes: int, opts: FitOptions, free: int, device) -> None:
+        """The full form's fit holds a (D, D) float64 covariance and its factor (2·D²·8 bytes); the low-rank
+        form's fit stays far below that. ValueError naming --cov when the full form does not fit ``free``."""
+        d = math.prod(shape)
+        if opts.form == "full" and 2 * d * d * 8 > free:
+            raise ValueError(f"--cov full: a {d}×{d} float64 covariance (and its factor) needs "
+                             f"{2 * d * d * 8 / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free on {device}; "
+                             f"use --cov lowrank or a smaller --image-size")
 
     @classmethod
     def from_state_dict(cls, state: dict) -> GaussianInit:

@@ -34,6 +34,7 @@ class GaussianMixtureInit:
     kind: ClassVar[str] = "gaussian-mixture"
     fitted: ClassVar[bool] = True
     uses_size: ClassVar[bool] = False
+    triton: ClassVar[bool] = False
 
     def __init__(self, shape, means, weights, form, factor, diag_sqrt=None, meta=None):
         assert form in COV_FORMS and means.shape[0] == weights.shape[0] == factor.shape[0], form
@@ -80,8 +81,20 @@ class GaussianMixtureInit:
             x = x + self.diag_sqrt.to(dev)[k] * torch.randn(n, x.shape[1], device=dev, dtype=factor.dtype)
         return x.clamp_(-1, 1).view(n, *self.shape)
 
+    @classmethod
+    def check_memory(cls, shape, n_classes: int, opts: FitOptions, free: int, device) -> None:
+        """K float32 factors (D × D, or D × (r + 1) with the diagonal) and, for the full form, one float64 fit
+        (2·D²·8 bytes) at a time. ValueError naming --p0 and --cov when they do not fit ``free``."""
+        d = math.prod(shape)
+        m, fit = (d, 2 * d * d * 8) if opts.form == "full" else (min(opts.rank, d) + 1, 0)
+        need = n_classes * d * m * 4 + fit
+        if need > free:
+            raise ValueError(f"--p0 gaussian-mixture --cov {opts.form}: {n_classes} class covariances over D = {d} "
+                             f"need {need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free on {device}; use "
+                             f"--cov lowrank, --p0 gaussian or a smaller --image-size")
+
     def use_triton(self, rng_state) -> None:
-        """The fused p0 kernel serves ``--p0 gaussian`` only (fastpath.requested_components): plain sampling."""
+        """No fused kernel for a mixture (``triton`` False): plain sampling."""
 
     def to(self, device, dtype: torch.dtype | None = None) -> GaussianMixtureInit:
         """A copy with every tensor on ``device`` (and of ``dtype``)."""

@@ -15,6 +15,11 @@ class UniformInit:
     kind: ClassVar[str] = "uniform"
     fitted: ClassVar[bool] = False
     uses_size: ClassVar[bool] = False
+    triton: ClassVar[bool] = False
+
+    @classmethod
+    def check_memory(cls, shape, n_classes: int, opts: FitOptions, free: int, device) -> None:
+        """Nothing is fitted: nothing to check."""
 
     def __init__(self, shape: tuple[int, int, int]):
         self.shape, self.meta = tuple(shape), {}

@@ -26,7 +26,8 @@ import torch
 from ..config.limits import check_p0_size, flag
 from ..config.options import Config, derive_iters_per_epoch, fast_flags
 from ..evaluation.bufferfid import reference_split
-from ..p0 import default_cov_form
+from ..p0 import P0_KINDS, default_cov_form
+from ..p0.base import FitOptions
 from .folder import default_run_folder
 
 # The fields whose "auto" / None depends on the device a run is on: a resume on another device resolves them
@@ -96,8 +97,8 @@ def check_fits(cfg, n_train: int, device, world_size: int = 1, available: int | 
         whose weights, gradients and optimizer state (16 bytes a weight) exceed the free memory
         (``--depth`` / ``--width``); ``--batch-size`` / ``--cls-batch-size``
         (models with a p(y|x) batch) larger than the training set, a replay
-        buffer (float32, ``--buffer-size``), a full p0 covariance (float64, ``--cov full``) or the class
-        covariances of ``--p0 gaussian-mixture`` larger than the free memory of the device; a ``--p0-size``
+        buffer (float32, ``--buffer-size``) or a p0 fit (each kind's ``check_memory``: a full covariance in
+        float64, the class covariances of a mixture) larger than the free memory of the device; a ``--p0-size``
         that does not divide the image side. The message names the option and the limit.
     """
     if cfg.px_weight == 0 and cfg.model == "mjem" and world_size > 1:  # DDP (find_unused_parameters=False)
@@ -132,20 +133,11 @@ def check_fits(cfg, n_train: int, device, world_size: int = 1, available: int | 
         raise ValueError(f"{flag('buffer_size')} {cfg.buffer_size}: the replay buffer needs "
                          f"{shard * per_sample / 2 ** 30:.1f} GiB per rank, {free / 2 ** 30:.1f} GiB are free on "
                          f"{device}; expected at most {limit} samples")
-    d = 3 * cfg.image_size ** 2
-    if cfg.p0 == "gaussian" and cfg.cov == "full" and 2 * d * d * 8 > free:
-        raise ValueError(f"--cov full: a {d}×{d} float64 covariance (and its factor) needs "
-                         f"{2 * d * d * 8 / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free on {device}; "
-                         f"use --cov lowrank or a smaller --image-size")
     check_p0_size(cfg)
-    form = default_cov_form(cfg.image_size) if cfg.cov == "auto" else cfg.cov
-    if cfg.p0 == "gaussian-mixture":  # K float32 factors (D × D or D × rank, + diagonal), one float64 fit at a time
-        m, fit = (d, 2 * d * d * 8) if form == "full" else (min(cfg.rank, d) + 1, 0)
-        need = cfg.n_classes * d * m * 4 + fit
-        if need > free:
-            raise ValueError(f"--p0 gaussian-mixture --cov {form}: {cfg.n_classes} class covariances over D = {d} "
-                             f"need {need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free on {device}; use "
-                             f"--cov lowrank, --p0 gaussian or a smaller --image-size")
+    kind = P0_KINDS[cfg.p0]
+    side = cfg.p0_size if kind.uses_size else cfg.image_size  # the side the p0 is fitted at
+    opts = FitOptions(form=default_cov_form(side) if cfg.cov == "auto" else cfg.cov, rank=cfg.rank, size=cfg.p0_size)
+    kind.check_memory((3, cfg.image_size, cfg.image_size), cfg.n_classes, opts, free, device)
 
 
 def check_world_size(cfg: Config, world_size: int) -> None:
