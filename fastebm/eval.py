@@ -21,8 +21,8 @@ import sys
 
 from . import __version__
 from .config import paper
+from .config.flags import OneLineParser
 from .config.limits import flag
-from .config.options import OneLineParser
 from .data.datasets import DATASETS
 from .data.imageset import DatasetError
 from .evaluation import TASKS, EvalError, EvalOptions, Run, check_task_names, evaluate, load_run

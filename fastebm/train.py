@@ -33,13 +33,12 @@ import os
 import shutil
 import signal
 import sys
-import types
-import typing
 
 from . import __version__
 from .config import paper
-from .config.limits import CHOICES, flag
-from .config.options import NONE, Config, OneLineParser, resolve
+from .config.flags import PresetHelpParser, add_config_flags
+from .config.limits import flag
+from .config.options import NONE, Config, resolve
 from .data.imageset import DatasetError
 from .fastpath.fastpath import FastPathError
 from .io.checkpoint import CheckpointError, load_checkpoint
@@ -53,113 +52,23 @@ from .run.threads import apply_threads
 from .run.trainer import DivergenceError, Trainer
 
 CLI_ONLY = ("resume", "print_config")  # flags that are not Config fields
-DERIVED = ("n_classes",)  # Config fields set from the data, not options
-
-
-def _typed(base: type, optional: bool):
-    """argparse ``type`` for a field: ``base`` values, and ``none`` → :data:`fastebm.config.options.NONE` if
-    optional."""
-    def parse(s: str):
-        if optional and s.lower() == "none":
-            return NONE
-        return base(s)
-    parse.__name__ = base.__name__  # argparse names the type in its error messages
-    return parse
-
-
-def _field_kind(tp) -> tuple[type, bool, bool]:
-    """(element type, is a list, accepts None) of a Config field's annotation."""
-    optional = False
-    if typing.get_origin(tp) in (types.UnionType, typing.Union):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(tp))
-        tp = args[0]
-    if typing.get_origin(tp) is list:
-        return (typing.get_args(tp) or (str,))[0], True, optional
-    return tp, False, optional
-
-
-def _shown(value) -> str:
-    if isinstance(value, list):
-        return " ".join(map(str, value)) if value else "(none)"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
-
-def _preset_view(argv) -> Config | None:
-    """The Config that the --dataset / --model / --k of ``argv`` resolve to (for the help's defaults)."""
-    pre = argparse.ArgumentParser(add_help=False)
-    for name in ("dataset", "model", "k", "paper"):
-        pre.add_argument(flag(name))
-    known, _ = pre.parse_known_args(argv)
-    given = {k: v for k, v in vars(known).items() if v is not None}
-    try:
-        if "k" in given:
-            given["k"] = int(given["k"])
-        return resolve(given)
-    except ValueError:  # an invalid value is reported by the real parser
-        return None
-
-
-class _TrainParser(OneLineParser):
-    """The train CLI's parser: the help's defaults (:func:`_preset_view` of ``argv``) are resolved when the help is
-    formatted, so that a command that only parses resolves its Config once (in :func:`config_from_args`)."""
-
-    def __init__(self, argv, **kw):
-        super().__init__(**kw)
-        self.view_argv, self.shown_fields = argv, []  # [(argparse action, Config field)]
-
-    def format_help(self) -> str:
-        if self.view_argv is not None:
-            view, self.view_argv = _preset_view(self.view_argv), None
-            for action, name in self.shown_fields:
-                value = getattr(view, name, None)
-                if value is not None:
-                    action.help += f" (default: {_shown(value)})"
-        return super().format_help()
 
 
 def build_parser(argv=None) -> argparse.ArgumentParser:
-    """The command line of ``python -m fastebm.train``, generated from the :class:`Config` fields.
-
-    Every field ``name`` becomes ``--name`` (underscores → dashes) with the help line of its
-    ``metadata["help"]``, in the help group ``metadata.get("group", "other options")``; bool fields get
-    ``--x`` / ``--no-x``, list fields take several values, Optional fields also accept ``none``, and the
-    choices come from :data:`fastebm.config.limits.CHOICES`. Every default is None (= not given: the preset
-    decides); the help shows the value the presets resolve to for the ``--dataset`` / ``--model`` /
-    ``--k`` of ``argv`` (``sys.argv[1:]`` when None), resolved when the help is formatted. CLI-only:
-    ``--resume``, ``--print-config``.
+    """The command line of ``python -m fastebm.train``: one flag per :class:`Config` field
+    (:func:`fastebm.config.flags.add_config_flags`), the help's defaults resolved for the ``--dataset`` /
+    ``--model`` / ``--k`` of ``argv`` (``sys.argv[1:]`` when None). CLI-only: ``--resume``, ``--print-config``.
     """
     argv = sys.argv[1:] if argv is None else argv
-    p = _TrainParser(argv, prog="python -m fastebm.train", description=__doc__.split("\n\n")[0],
-                     epilog="Defaults shown are the presets resolved for the --dataset / --model / "
-                            "--k given (fastebm/config/options.py; --print-config prints them all).")
+    p = PresetHelpParser(argv, prog="python -m fastebm.train", description=__doc__.split("\n\n")[0],
+                         epilog="Defaults shown are the presets resolved for the --dataset / --model / "
+                                "--k given (fastebm/config/options.py; --print-config prints them all).")
     p.add_argument("--version", action="version", version=f"fastebm {__version__}")
     p.add_argument("--resume", metavar="CKPT", help="continue the run stored in this checkpoint; auto: the run "
                    "folder's ckpt.pt if it exists and was written by these options, else start (requeued jobs)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved configuration as JSON and exit (no data is loaded)")
-    hints = typing.get_type_hints(Config)
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(Config):
-        if f.name in DERIVED:
-            continue
-        meta = f.metadata
-        title = meta.get("group", "other options")
-        g = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
-        base, is_list, optional = _field_kind(hints[f.name])
-        kw: dict = dict(dest=f.name, default=None, help=meta.get("help", f.name.replace("_", " ")))
-        if base is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            if is_list:
-                kw.update(nargs="*", metavar=f.name.upper())
-            if CHOICES.get(f.name):
-                kw["choices"] = CHOICES[f.name]
-            else:
-                kw["type"] = _typed(base, optional)
-        p.shown_fields.append((g.add_argument(flag(f.name), **kw), f.name))
+    add_config_flags(p)
     return p
 
 

@@ -188,7 +188,7 @@ def test_print_config_done_when_checks(capsys, monkeypatch):
 def test_help_is_generated_from_config_with_resolved_defaults():
     text = build_parser(["--dataset", "cifar100", "--model", "mebm", "--k", "2"]).format_help()
     assert "(default: None)" not in text and "default: None" not in text
-    from fastebm.train import DERIVED
+    from fastebm.config.flags import DERIVED
 
     for f in dataclasses.fields(Config):
         assert ("--" + f.name.replace("_", "-") in text) == (f.name not in DERIVED), f.name  # n_classes: from data
@@ -202,6 +202,7 @@ def test_help_is_generated_from_config_with_resolved_defaults():
 
 
 def test_a_new_config_field_becomes_a_flag(monkeypatch):
+    import fastebm.config.flags as F
     import fastebm.train as T
 
     @dataclasses.dataclass(frozen=True)
@@ -210,7 +211,7 @@ def test_a_new_config_field_becomes_a_flag(monkeypatch):
         best_by: list[str] = dataclasses.field(default_factory=list, metadata={"help": "metrics"})
         tensorboard: bool = dataclasses.field(default=False, metadata={"help": "write TensorBoard events"})
 
-    monkeypatch.setattr(T, "Config", Extended)
+    monkeypatch.setattr(F, "Config", Extended)  # the flags are generated from the dataclass
     p = T.build_parser([])
     args = p.parse_args(["--fid-every", "5", "--best-by", "fid", "acc", "--tensorboard"])
     assert (args.fid_every, args.best_by, args.tensorboard) == (5, ["fid", "acc"], True)

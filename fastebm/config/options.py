@@ -22,7 +22,6 @@ whether a run fits them: :mod:`fastebm.run.completion`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -46,7 +45,8 @@ NONE = _NoneGiven()
 
 
 def _f(default, help: str, group: str, **kw):
-    """A Config field with its command-line help and help group (read by ``fastebm.train.build_parser``)."""
+    """A Config field with its command-line help and help group (read by
+    :func:`fastebm.config.flags.add_config_flags`)."""
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, "group": group, **kw})
     return field(default=default, metadata={"help": help, "group": group, **kw})
@@ -349,11 +349,3 @@ def resolve(overrides: dict) -> Config:
         cfg = dataclasses.replace(cfg, iters_per_epoch=derive_iters_per_epoch(cfg, n))
     validate(cfg)
     return cfg
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line, ``PROG: error: ...`` with exit status 2, without the usage block
-    (the style of every fastebm error): the parser of both CLIs."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
