@@ -7,7 +7,9 @@ Wings, low to high (:data:`WINGS`): kernels → io → data → algorithm, p0 �
 train, eval (the CLIs). Wings of one rank never import each other.
 """
 import ast
+import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +224,33 @@ def test_no_import_path_is_rewritten():
             if isinstance(node, (ast.Assign, ast.AugAssign)) and "__path__" in ast.unparse(node):
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} __path__")
     assert len(files) > 100 and not bad, bad
+
+
+DOTTED = re.compile(r"(?<![\w/.])fastebm(?:\.[A-Za-z_]\w*)+")
+
+
+def _resolves(name: str) -> bool:
+    """``fastebm.a.b.C.d``: the longest importable module prefix, then attributes of it."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for p in parts[i:]:
+            if not hasattr(obj, p):
+                return False
+            obj = getattr(obj, p)
+        return True
+    return False
+
+
+def test_every_dotted_name_in_the_code_and_docs_resolves():
+    """A module moved or renamed leaves no stale ``fastebm.x.y`` in a docstring, a comment or a docs page."""
+    files = [f for folder in (ROOT / "fastebm", ROOT / "kernels") for f in sorted(folder.rglob("*.py"))]
+    files += [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "RESULTS.md"]
+    stale = sorted({f"{path.relative_to(ROOT)}:{n} {m}" for path in files
+                    for n, line in enumerate(path.read_text().splitlines(), 1)
+                    for m in DOTTED.findall(line) if not m.endswith((".py", ".pt")) and not _resolves(m)})
+    assert len(files) > 60 and not stale, stale
+    assert not _resolves("fastebm.sampler") and _resolves("fastebm.algorithm.sampler.SGLDConfig.of_run")

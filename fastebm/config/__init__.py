@@ -1,3 +1,4 @@
-"""A run's options: every option with its default and source (:mod:`~fastebm.config.options.options`), what each
-accepts (:mod:`~fastebm.config.options.limits`), the recipes of the models beside M-EBM / M-JEM and the paper's rows.
+"""A run's options: every option with its default and source (:mod:`~fastebm.config.options`), what each
+accepts (:mod:`~fastebm.config.limits`), the recipes of the models beside M-EBM / M-JEM, the paper's rows, and
+the options as the training CLI's flags (:mod:`~fastebm.config.flags`).
 """

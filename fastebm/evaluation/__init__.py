@@ -12,7 +12,10 @@ Modules: ``options`` (:class:`EvalOptions`, :class:`EvalError`), ``run`` (:class
 :func:`load_run`, what each task needs, the network passes and SGLD chains), ``fid`` (FID / IS and the cache of
 real statistics), ``featurefd`` (the offline feature-FD, no Inception weights), ``tasks`` (every other task),
 ``records`` (the JSON and .npz files), ``runner`` (:data:`TASK_FUNCTIONS`, the one list of the tasks by name,
-and running several tasks and checkpoints).
+and running several tasks and checkpoints). Beneath them: ``metrics`` (FID, IS, ECE, AUROC from features and
+logits), ``inception`` (pytorch-fid's Inception and its weights), ``fidstats`` (streamed statistics of a large real
+set), ``featurenet`` (the small CNN of feature-FD), ``plots`` (the figures); and ``bufferfid``, the in-training
+FID / IS of the replay buffer, which the training loop calls.
 """
 from .curves import read_curves, task_curves
 from .featurefd import task_feature_fd

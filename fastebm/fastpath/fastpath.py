@@ -18,7 +18,8 @@ device, and is never changed; what actually runs is :meth:`FastPath.active`):
 ``channels_last`` is a memory layout of the network and chains, not a switchable component.
 
 At the first iteration (``--fast-path auto`` or ``strict``) :meth:`FastPath.check` runs every enabled
-component's check (:mod:`fastebm.fastpath.selfcheck`) from the run's own state, restores that state, and switches a
+component's check (:data:`CHECKS`: :mod:`fastebm.fastpath.selfcheck` against the plain path and float64,
+:mod:`fastebm.fastpath.precision` for bf16 / fp16) from the run's own state, restores that state, and switches a
 failing component off with one warning line (``auto``) or raises :class:`FastPathError` (``strict``).
 """
 from __future__ import annotations
