@@ -38,17 +38,12 @@ def _assert_same(a, b, where="p0"):
         assert torch.equal(a, b) if torch.is_tensor(a) else a == b, where
 
 
-class PixelMeanInit:
-    """A toy p0 for the registry test: the training images' per-pixel mean, plus U(−0.1, 0.1) noise."""
+class PixelMeanInit(P0):
+    """A toy p0 for the registry test: the training images' per-pixel mean, plus U(−0.1, 0.1) noise. It states only
+    what P0 requires: triton, use_triton and check_memory are P0's defaults."""
 
-    kind, fitted, uses_size, triton = "pixel-mean", True, False, False
+    kind, fitted, uses_size = "pixel-mean", True, False
     fits = 0  # fits so far (the cache test counts them)
-    needs = 0
-
-    @classmethod
-    def check_memory(cls, shape, n_classes, opts, free, device):
-        if free < cls.needs:  # the registry test sets what the kind needs
-            raise ValueError(f"--p0 pixel-mean: needs {cls.needs} bytes, {free} are free on {device}")
 
     def __init__(self, mean, meta=None):
         self.mean, self.shape, self.meta = mean, tuple(mean.shape), dict(meta or {})
@@ -69,9 +64,6 @@ class PixelMeanInit:
     def to(self, device, dtype=None):
         return PixelMeanInit(self.mean.to(device, dtype), self.meta)
 
-    def use_triton(self, rng_state):
-        pass
-
     def state_dict(self):
         return {"kind": self.kind, "shape": self.shape, "mean": self.mean.cpu(), "meta": self.meta}
 
@@ -85,11 +77,33 @@ def test_every_registered_kind_is_a_p0_under_its_own_name_and_has_its_own_module
     assert sorted(cls.__module__.rsplit(".", 1)[1] for cls in P0_KINDS.values()) == sorted(modules)
     assert list(P0_KINDS) == ["gaussian", "gaussian-downsampled", "gaussian-mixture", "uniform"]  # --help's order
     for name, cls in P0_KINDS.items():
+        assert P0 in cls.__mro__, name  # a subclass: P0's defaults apply to it
         assert cls.kind == name and all(isinstance(getattr(cls, a), bool) for a in ("fitted", "uses_size", "triton"))
         for method in ("check_memory", "fit", "from_state_dict", "sample", "to", "use_triton", "state_dict"):
             assert callable(getattr(cls, method, None)), (name, method)
+    assert [n for n, cls in P0_KINDS.items() if cls.triton] == ["gaussian"]  # the one fused sampler
     with pytest.raises(ValueError, match=r"p0 state: expected a kind of \['gaussian', .*got 'nope'"):
         p0_from_state_dict({"kind": "nope", "shape": (3, 8, 8)})
+
+    class NoSample(P0):  # a kind that forgets a method P0 has no default for
+        kind, fitted, uses_size = "no-sample", False, False
+
+        def to(self, device, dtype=None):
+            return self
+
+        def state_dict(self):
+            return {"kind": self.kind}
+
+        @classmethod
+        def fit(cls, data, opts, device=None):
+            return cls()
+
+        @classmethod
+        def from_state_dict(cls, state):
+            return cls()
+
+    with pytest.raises(TypeError, match="abstract method.*sample"):
+        NoSample.fit(None, None)
 
 
 def test_a_kind_registered_in_one_line_is_a_choice_fitted_cached_and_checkpointed(tmp_path, monkeypatch, capsys):
@@ -99,12 +113,23 @@ def test_a_kind_registered_in_one_line_is_a_choice_fitted_cached_and_checkpointe
     monkeypatch.setattr(PixelMeanInit, "fits", 0)
     assert _printed(["--p0", "pixel-mean"], capsys)["p0"] == "pixel-mean"
     cfg = resolve(dict(TINY, p0="pixel-mean"))
-    assert "triton_p0" not in requested_components(dataclasses.replace(cfg, triton=True))  # the kind says so
-    check_fits(cfg, 300, "cpu", available=2 ** 30)  # the kind's own memory check, through the run's
-    monkeypatch.setattr(PixelMeanInit, "needs", 2 ** 31)
-    with pytest.raises(ValueError, match=r"^--p0 pixel-mean: needs 2147483648 bytes, 1073741824 are free on cpu"):
-        check_fits(cfg, 300, "cpu", available=2 ** 30)
-    monkeypatch.setattr(PixelMeanInit, "needs", 0)
+    assert PixelMeanInit.triton is False and PixelMeanInit(torch.zeros(3, 4, 4)).use_triton(torch.zeros(2)) is None
+    assert "triton_p0" not in requested_components(dataclasses.replace(cfg, triton=True))  # P0's default
+    assert PixelMeanInit.check_memory((3, 16, 16), 10, None, 0, "cpu") is None  # default: nothing to check
+    check_fits(cfg, 300, "cpu", available=2 ** 30)
+    seen = []
+
+    def check_memory(cls, shape, n_classes, opts, free, device):  # a kind's own check, seen through the run's
+        seen.append((shape, n_classes, opts.form, opts.size))
+        raise ValueError(f"--p0 pixel-mean: needs {2 ** 31} bytes, {free} are free on {device}")
+
+    with monkeypatch.context() as m:
+        m.setattr(PixelMeanInit, "check_memory", classmethod(check_memory))
+        m.setattr(PixelMeanInit, "triton", True)
+        assert "triton_p0" in requested_components(dataclasses.replace(cfg, triton=True))  # the kind says so
+        with pytest.raises(ValueError, match=r"^--p0 pixel-mean: needs 2147483648 bytes, 1073741824 are free on cpu"):
+            check_fits(cfg, 300, "cpu", available=2 ** 30)
+    assert seen == [((3, 16, 16), 10, "full", 32)]  # --cov auto resolved at the image side (16 px)
     out = str(tmp_path / "run")
     t = Trainer(resolve(dict(TINY, p0="pixel-mean", out=out)))
     assert isinstance(t.p0, PixelMeanInit) and isinstance(t.p0, P0)

@@ -4,6 +4,7 @@ options a fitted one is fitted with (:class:`FitOptions`). The kinds register by
 from __future__ import annotations
 
 import dataclasses
+from abc import abstractmethod
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -34,12 +35,18 @@ class FitOptions:
 class P0(Protocol):
     """The interface every p0 meets, as fastebm uses it (buffer, fast path, checkpoint, p0 pictures).
 
+    A kind subclasses it (``class MyInit(P0)``) and so takes its defaults: no fused sampler (``triton`` False,
+    :meth:`use_triton` does nothing) and a fit with no memory to check (:meth:`check_memory`); it must define
+    ``kind``, ``fitted``, ``uses_size`` and the abstract methods (``fit``, ``from_state_dict``, ``sample``,
+    ``to``, ``state_dict``): a subclass missing one cannot be instantiated (TypeError naming it).
+
     Class attributes:
         kind: its ``--p0`` name, also ``state_dict()["kind"]`` (a checkpoint's p0 is rebuilt by it).
         fitted: fitted on the training data (and cached in the run's ``p0.pt``); False: built from the image
             shape alone (``uniform``), never cached.
         uses_size: fitted at ``--p0-size``, not at the image side (the side ``--cov auto`` and the cache key use).
         triton: has a fused Triton sampler (:meth:`use_triton` switches it on; the fast path's ``triton_p0``).
+            Default False.
 
     Attributes:
         shape: (C, H, W) of the samples. meta: plain values about the fit (``n``, ``jitter``, the cache key).
@@ -49,7 +56,7 @@ class P0(Protocol):
     kind: ClassVar[str]
     fitted: ClassVar[bool]
     uses_size: ClassVar[bool]
-    triton: ClassVar[bool]
+    triton: ClassVar[bool] = False
     shape: tuple[int, int, int]
     meta: dict
 
@@ -57,27 +64,33 @@ class P0(Protocol):
     def check_memory(cls, shape: tuple[int, int, int], n_classes: int, opts: FitOptions, free: int, device) -> None:
         """Raise ValueError (one line naming the options at fault) when fitting this kind for images of ``shape``
         (C, H, W) with ``n_classes`` classes and ``opts`` (its ``form`` resolved) would need more than ``free``
-        bytes on ``device``; checked before anything is allocated (:func:`fastebm.run.completion.check_fits`)."""
+        bytes on ``device``; checked before anything is allocated (:func:`fastebm.run.completion.check_fits`).
+        Default: nothing to check (a kind whose fit is small, or that fits nothing)."""
 
     @classmethod
+    @abstractmethod
     def fit(cls, data: ImageSet, opts: FitOptions, device) -> P0:
         """The p0 of ``data`` (uint8 images (N, C, H, W), labels, n_classes), its tensors float32 on ``device``."""
 
     @classmethod
+    @abstractmethod
     def from_state_dict(cls, state: dict) -> P0:
         """The p0 that :meth:`state_dict` described (its tensors on the CPU)."""
 
+    @abstractmethod
     def sample(self, n: int, device=None) -> torch.Tensor:
         """n samples (n, C, H, W), float32 (or the dtype of :meth:`to`), in [−1, 1], from the global torch RNG
         (the fused kernel's Philox state after :meth:`use_triton`, where a kind has one)."""
 
+    @abstractmethod
     def to(self, device, dtype: torch.dtype | None = None) -> P0:
         """A copy with every tensor on ``device`` (and of ``dtype``: float64 for a reference run)."""
 
     def use_triton(self, rng_state: torch.Tensor | None) -> None:
         """Sample CUDA batches with a fused kernel and the Philox state ``rng_state`` ([seed, offset] int64);
-        ``None``: the plain PyTorch path. A kind without a kernel ignores it."""
+        ``None``: the plain PyTorch path. Default (a kind without a kernel, ``triton`` False): ignored."""
 
+    @abstractmethod
     def state_dict(self) -> dict:
         """``{"kind": kind, "shape": shape, ...}``: CPU tensors and plain values only (a checkpoint is read with
         ``weights_only=True``)."""

@@ -11,11 +11,11 @@ from typing import ClassVar
 import torch
 
 from ..data.imageset import ImageSet
-from .base import FitOptions
+from .base import P0, FitOptions
 from .gaussian import GaussianInit, fit_gaussian
 
 
-class DownsampledGaussianInit:
+class DownsampledGaussianInit(P0):
     """The authors' CelebA-HQ p0: N(μ, Σ) over images averaged to (C, H/s, W/s), each sample clamped to [−1, 1]
     and every pixel repeated s×s (nearest) back to ``shape`` (C, H, W).
 
@@ -31,8 +31,7 @@ class DownsampledGaussianInit:
 
     kind: ClassVar[str] = "gaussian-downsampled"
     fitted: ClassVar[bool] = True
-    uses_size: ClassVar[bool] = True
-    triton: ClassVar[bool] = False
+    uses_size: ClassVar[bool] = True  # no fused sampler: triton False, use_triton ignored (P0's defaults)
 
     def __init__(self, shape, inner: GaussianInit, meta=None):
         self.shape, self.inner, self.meta = tuple(shape), inner, dict(meta or {})
@@ -72,9 +71,6 @@ class DownsampledGaussianInit:
             raise ValueError(f"--p0-size {opts.size} --cov full: a {d}×{d} float64 covariance (and its factor) needs "
                              f"{2 * d * d * 8 / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free on {device}; "
                              f"use --cov lowrank or a smaller --p0-size")
-
-    def use_triton(self, rng_state) -> None:
-        """No fused kernel for the upsampled form (``triton`` False): plain sampling."""
 
     def to(self, device, dtype: torch.dtype | None = None) -> DownsampledGaussianInit:
         """A copy with the inner tensors on ``device`` (and of ``dtype``)."""

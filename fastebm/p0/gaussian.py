@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from ..data.imageset import ImageSet, to_float
 from ..io.progress import Progress
 from ..kernels.reference import lowrank_gaussian_reference
-from .base import COV_FORMS, FitOptions
+from .base import COV_FORMS, P0, FitOptions
 
 
-class GaussianInit:
+class GaussianInit(P0):
     """p0(x) = N(μ, Σ) over images of ``shape`` (C, H, W), D = C·H·W (paper Eq. 6).
 
     Attributes (float32, on one device):

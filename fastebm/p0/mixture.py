@@ -12,11 +12,11 @@ from typing import ClassVar
 import torch
 
 from ..data.imageset import ImageSet
-from .base import COV_FORMS, FitOptions
+from .base import COV_FORMS, P0, FitOptions
 from .gaussian import fit_gaussian
 
 
-class GaussianMixtureInit:
+class GaussianMixtureInit(P0):
     """JEM++'s p0: Σ_k w_k N(μ_k, Σ_k) over images of ``shape`` (C, H, W), one component per class.
 
     JEMPP ``train_jempp.py`` at 0fd76f0: ``category_mean`` fits per class the mean and ``sub.t() @ sub /
@@ -33,8 +33,7 @@ class GaussianMixtureInit:
 
     kind: ClassVar[str] = "gaussian-mixture"
     fitted: ClassVar[bool] = True
-    uses_size: ClassVar[bool] = False
-    triton: ClassVar[bool] = False
+    uses_size: ClassVar[bool] = False  # no fused sampler: triton False, use_triton ignored (P0's defaults)
 
     def __init__(self, shape, means, weights, form, factor, diag_sqrt=None, meta=None):
         assert form in COV_FORMS and means.shape[0] == weights.shape[0] == factor.shape[0], form
@@ -92,9 +91,6 @@ class GaussianMixtureInit:
             raise ValueError(f"--p0 gaussian-mixture --cov {opts.form}: {n_classes} class covariances over D = {d} "
                              f"need {need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free on {device}; use "
                              f"--cov lowrank, --p0 gaussian or a smaller --image-size")
-
-    def use_triton(self, rng_state) -> None:
-        """No fused kernel for a mixture (``triton`` False): plain sampling."""
 
     def to(self, device, dtype: torch.dtype | None = None) -> GaussianMixtureInit:
         """A copy with every tensor on ``device`` (and of ``dtype``)."""

@@ -6,20 +6,16 @@ from typing import ClassVar
 import torch
 
 from ..data.imageset import ImageSet
-from .base import FitOptions
+from .base import P0, FitOptions
 
 
-class UniformInit:
-    """p0 = U(−1, 1)^D, the JEM baseline's initialization. Samples (n, *shape) float32."""
+class UniformInit(P0):
+    """p0 = U(−1, 1)^D, the JEM baseline's initialization. Samples (n, *shape) float32. Nothing is fitted: no
+    memory to check; one torch.rand per batch: no fused kernel (:class:`P0`'s defaults)."""
 
     kind: ClassVar[str] = "uniform"
     fitted: ClassVar[bool] = False
     uses_size: ClassVar[bool] = False
-    triton: ClassVar[bool] = False
-
-    @classmethod
-    def check_memory(cls, shape, n_classes: int, opts: FitOptions, free: int, device) -> None:
-        """Nothing is fitted: nothing to check."""
 
     def __init__(self, shape: tuple[int, int, int]):
         self.shape, self.meta = tuple(shape), {}
@@ -41,9 +37,6 @@ class UniformInit:
     def to(self, device, dtype: torch.dtype | None = None) -> UniformInit:
         """No tensors to move: returns self (samples are float32; a float64 buffer promotes them)."""
         return self
-
-    def use_triton(self, rng_state) -> None:
-        """Uniform sampling is one torch.rand; there is no fused kernel to switch to."""
 
     def state_dict(self) -> dict:
         """{"kind": "uniform", "shape"}."""

@@ -26,8 +26,7 @@ import torch
 from ..config.limits import check_p0_size, flag
 from ..config.options import Config, derive_iters_per_epoch, fast_flags
 from ..evaluation.bufferfid import reference_split
-from ..p0 import P0_KINDS, default_cov_form
-from ..p0.base import FitOptions
+from ..p0 import P0_KINDS, fit_options
 from .folder import default_run_folder
 
 # The fields whose "auto" / None depends on the device a run is on: a resume on another device resolves them
@@ -134,10 +133,8 @@ def check_fits(cfg, n_train: int, device, world_size: int = 1, available: int | 
                          f"{shard * per_sample / 2 ** 30:.1f} GiB per rank, {free / 2 ** 30:.1f} GiB are free on "
                          f"{device}; expected at most {limit} samples")
     check_p0_size(cfg)
-    kind = P0_KINDS[cfg.p0]
-    side = cfg.p0_size if kind.uses_size else cfg.image_size  # the side the p0 is fitted at
-    opts = FitOptions(form=default_cov_form(side) if cfg.cov == "auto" else cfg.cov, rank=cfg.rank, size=cfg.p0_size)
-    kind.check_memory((3, cfg.image_size, cfg.image_size), cfg.n_classes, opts, free, device)
+    opts = fit_options(cfg.p0, cfg.image_size, cfg.cov, cfg.rank, cfg.p0_size)
+    P0_KINDS[cfg.p0].check_memory((3, cfg.image_size, cfg.image_size), cfg.n_classes, opts, free, device)
 
 
 def check_world_size(cfg: Config, world_size: int) -> None:
