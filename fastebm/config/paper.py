@@ -37,8 +37,8 @@ text does not give ("-" in a table, or not readable from the flattened text) is 
 The paper does not say how its FID / IS were computed. The authors' code (github sndnyang/mebm) evaluates
 the replay buffer filtered per predicted class: ``train_maebm.py`` scores the FID of the most confident 90 % per
 class and the IS of the most confident 10 % when p(y|x) is trained (M-JEM; 90 % otherwise, M-EBM ranked by its
-untrained classifier head), and its README
-reports a CIFAR-10 model at ratio 0.9 (``Task/eval_buffer.py`` ``cond_is_fid``). fastebm does the same for
+untrained classifier head), and its README reports a CIFAR-10 model at ratio 0.9 (``Task/eval_buffer.py``
+``cond_is_fid``). fastebm does the same for
 classifier models: in training FID of 90 % and IS of 10 % (``--fid-keep-ratio``, ``--is-keep-ratio``; after the
 first epoch, every ``--fid-every`` and the last, as the authors' loop) and 90 % in ``fastebm-eval``
 (``--keep-ratio``); ``mebm`` has no classifier head and scores the whole buffer.
@@ -244,8 +244,8 @@ _PLOT = "numbers only in the figure's plot, not in the text"
 _OTHER = "another method, not trained by fastebm"
 _JEMPP = ("JEM++'s code (github sndnyang/JEMPP train_jempp.py @fba6ba5, scripts/jempp_cifar10.sh; "
           "fastebm.config.recipes 'jempp', the paper's M and K being its --n_steps) differs in three places: it "
-          "holds out 5,000 training "
-          "images (--n_valid 5000; fastebm trains on all and keeps the 703-iteration epoch), fills the buffer with "
+          "holds out 5,000 training images (--n_valid 5000; fastebm trains on all and keeps the 703-iteration "
+          "epoch), fills the buffer with "
           "10,000 // C draws of each class (fastebm: classes drawn uniformly, as its restarts) and reads the class "
           "means and covariances from files (fastebm fits them on the training images)")
 _T6_EPOCH = "Table 6 times every model over 390 iterations (fastebm's JEM++ epoch, as JEM++'s, is 703)"

@@ -51,11 +51,10 @@ def run_tasks(run: Run, opts: EvalOptions) -> dict[str, dict]:
 def evaluate(runs: list[Run], opts: EvalOptions) -> tuple[dict, list[str]]:
     """Run ``opts.tasks`` on one or several checkpoints, checking every (checkpoint, task) pair first.
 
-    One checkpoint: its results go to ``opts.out`` (default ``eval/`` next to it). Several: ``tsne`` embeds
-    them jointly and ``curves`` draws them in one figure (one record each, in ``opts.out``, default ``eval/`` next
-    to the first), and every other task runs
-    per checkpoint, into ``opts.out/<run folder name>`` (``-1``, ``-2``, ... appended when two names clash) or,
-    without ``opts.out``, ``eval/<checkpoint stem>`` next to each checkpoint.
+    One checkpoint: its results go to ``opts.out`` (default ``eval/`` next to it). Several: ``tsne`` embeds them
+    jointly and ``curves`` draws them in one figure (one record each, in ``opts.out``, default ``eval/`` next to the
+    first), and every other task runs per checkpoint, into ``opts.out/<run folder name>`` (``-1``, ``-2``, ...
+    appended when two names clash) or, without ``opts.out``, ``eval/<checkpoint stem>`` next to each checkpoint.
 
     Returns:
         (results, folders written). Results: one checkpoint, task -> record; several, task -> checkpoint path ->
