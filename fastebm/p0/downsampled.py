@@ -12,7 +12,7 @@ import torch
 
 from ..data.imageset import ImageSet
 from .base import P0, FitOptions
-from .gaussian import GaussianInit, fit_gaussian
+from .gaussian import GaussianInit, check_full_fit, fit_gaussian
 
 
 class DownsampledGaussianInit(P0):
@@ -66,11 +66,8 @@ class DownsampledGaussianInit(P0):
     def check_memory(cls, shape, n_classes: int, opts: FitOptions, free: int, device) -> None:
         """The fit is :class:`GaussianInit`'s at (C, --p0-size, --p0-size): its full form's (D, D) float64
         covariance and factor must fit ``free``. ValueError naming --p0-size and --cov otherwise."""
-        d = shape[0] * opts.size ** 2
-        if opts.form == "full" and 2 * d * d * 8 > free:
-            raise ValueError(f"--p0-size {opts.size} --cov full: a {d}×{d} float64 covariance (and its factor) needs "
-                             f"{2 * d * d * 8 / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free on {device}; "
-                             f"use --cov lowrank or a smaller --p0-size")
+        if opts.form == "full":
+            check_full_fit(shape[0] * opts.size ** 2, free, device, f"--p0-size {opts.size} --cov full", "--p0-size")
 
     def to(self, device, dtype: torch.dtype | None = None) -> DownsampledGaussianInit:
         """A copy with the inner tensors on ``device`` (and of ``dtype``)."""

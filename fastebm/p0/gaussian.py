@@ -34,6 +34,21 @@ from ..kernels.reference import lowrank_gaussian_reference
 from .base import COV_FORMS, P0, FitOptions
 
 
+def full_fit_bytes(d: int) -> int:
+    """Bytes a full-covariance fit over D = ``d`` dimensions holds at once: the (D, D) float64 covariance and its
+    Cholesky factor, 2·D²·8."""
+    return 2 * d * d * 8
+
+
+def check_full_fit(d: int, free: int, device, given: str = "--cov full", side: str = "--image-size") -> None:
+    """Raise ValueError (one line: ``given``, the bytes needed, the bytes ``free`` on ``device``, and the way out:
+    ``--cov lowrank`` or a smaller ``side``) when :func:`full_fit_bytes` of ``d`` exceeds ``free``."""
+    need = full_fit_bytes(d)
+    if need > free:
+        raise ValueError(f"{given}: a {d}×{d} float64 covariance (and its factor) needs {need / 2 ** 30:.1f} GiB, "
+                         f"{free / 2 ** 30:.1f} GiB are free on {device}; use --cov lowrank or a smaller {side}")
+
+
 class GaussianInit(P0):
     """p0(x) = N(μ, Σ) over images of ``shape`` (C, H, W), D = C·H·W (paper Eq. 6).
 
@@ -63,11 +78,8 @@ class GaussianInit(P0):
     def check_memory(cls, shape, n_classes: int, opts: FitOptions, free: int, device) -> None:
         """The full form's fit holds a (D, D) float64 covariance and its factor (2·D²·8 bytes); the low-rank
         form's fit stays far below that. ValueError naming --cov when the full form does not fit ``free``."""
-        d = math.prod(shape)
-        if opts.form == "full" and 2 * d * d * 8 > free:
-            raise ValueError(f"--cov full: a {d}×{d} float64 covariance (and its factor) needs "
-                             f"{2 * d * d * 8 / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free on {device}; "
-                             f"use --cov lowrank or a smaller --image-size")
+        if opts.form == "full":
+            check_full_fit(math.prod(shape), free, device)
 
     @classmethod
     def from_state_dict(cls, state: dict) -> GaussianInit:

@@ -13,7 +13,7 @@ import torch
 
 from ..data.imageset import ImageSet
 from .base import COV_FORMS, P0, FitOptions
-from .gaussian import fit_gaussian
+from .gaussian import fit_gaussian, full_fit_bytes
 
 
 class GaussianMixtureInit(P0):
@@ -85,7 +85,7 @@ class GaussianMixtureInit(P0):
         """K float32 factors (D × D, or D × (r + 1) with the diagonal) and, for the full form, one float64 fit
         (2·D²·8 bytes) at a time. ValueError naming --p0 and --cov when they do not fit ``free``."""
         d = math.prod(shape)
-        m, fit = (d, 2 * d * d * 8) if opts.form == "full" else (min(opts.rank, d) + 1, 0)
+        m, fit = (d, full_fit_bytes(d)) if opts.form == "full" else (min(opts.rank, d) + 1, 0)
         need = n_classes * d * m * 4 + fit
         if need > free:
             raise ValueError(f"--p0 gaussian-mixture --cov {opts.form}: {n_classes} class covariances over D = {d} "
